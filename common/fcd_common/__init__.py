@@ -1,0 +1,1 @@
+"""Shared building blocks of the fcd daemons: config, ids, errors, RPC, runtime."""

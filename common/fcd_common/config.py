@@ -1,0 +1,188 @@
+"""fcd configuration: one TOML file decoded into msgspec Structs.
+
+The file is ``/etc/fcd/fcd.toml`` unless ``FCD_CONFIG`` names another. Every
+field has a default, so an empty (or missing) file is a valid configuration.
+Unknown keys and bad values stop the daemon at start with a message naming the
+field (``ConfigError: ... at `$.network.subnet```).
+
+``FCD_FIRECRACKER`` and ``FCD_JAILER`` override the binary paths.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from pathlib import Path
+from typing import Annotated, Literal
+
+import msgspec
+
+DEFAULT_PATH = "/etc/fcd/fcd.toml"
+
+PosInt = Annotated[int, msgspec.Meta(ge=1)]
+Seconds = Annotated[float, msgspec.Meta(gt=0, le=3600)]
+
+
+class ConfigError(Exception):
+    """The configuration file is unreadable or invalid; the message names the field."""
+
+
+class _Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
+    pass
+
+
+def _absolute(field: str, value: str) -> None:
+    if not value.startswith("/"):
+        raise ValueError(f"{field} must be an absolute path, got {value!r}")
+
+
+class PathsConfig(_Section):
+    state_dir: str = "/var/lib/fcd"
+    """Persistent state; each daemon owns one subdirectory (api/, net/, storage/, vmm/)."""
+    run_dir: str = "/run/fcd"
+    """Sockets: api.sock, net.sock, storage.sock, vmm.sock."""
+    chroot_base: str = "/srv/jailer"
+    """The jailer's --chroot-base-dir."""
+
+    def __post_init__(self) -> None:
+        for name in ("state_dir", "run_dir", "chroot_base"):
+            _absolute(name, getattr(self, name))
+
+
+class NetworkConfig(_Section):
+    bridge: Annotated[str, msgspec.Meta(pattern=r"^[a-zA-Z0-9_-]{1,15}$")] = "fcbr0"
+    subnet: str = "172.30.0.0/16"
+    """Guest pool; the first host address is the gateway on the bridge."""
+    tap_prefix: Annotated[str, msgspec.Meta(pattern=r"^[a-z]{1,4}$")] = "fc"
+    nft_table: Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_]{0,31}$")] = "fcd"
+    masquerade: bool = True
+
+    def __post_init__(self) -> None:
+        try:
+            net = ipaddress.IPv4Network(self.subnet, strict=True)
+        except ValueError as e:
+            raise ValueError(f"subnet: {e}") from None
+        if net.prefixlen > 29:
+            raise ValueError("subnet must be /29 or larger")
+
+    @property
+    def network(self) -> ipaddress.IPv4Network:
+        return ipaddress.IPv4Network(self.subnet)
+
+    @property
+    def gateway(self) -> ipaddress.IPv4Address:
+        return self.network.network_address + 1
+
+
+class JailConfig(_Section):
+    firecracker: str = "/usr/local/bin/firecracker"
+    jailer: str = "/usr/local/bin/jailer"
+    uid_min: Annotated[int, msgspec.Meta(ge=1000, le=2**31)] = 900_000
+    uid_max: Annotated[int, msgspec.Meta(ge=1000, le=2**31)] = 965_535
+    """Each VM gets uid = gid from [uid_min, uid_max]; nothing else may use that range."""
+    cgroup_version: Literal["auto", "1", "2"] = "auto"
+    parent_cgroup: Annotated[str, msgspec.Meta(pattern=r"^[a-zA-Z0-9_-]+$")] = "fcd"
+    new_pid_ns: bool = True
+    """Run Firecracker as init of its own pid namespace (jailer --new-pid-ns)."""
+
+    def __post_init__(self) -> None:
+        _absolute("firecracker", self.firecracker)
+        _absolute("jailer", self.jailer)
+        if self.uid_min > self.uid_max:
+            raise ValueError("uid_min must not exceed uid_max")
+
+
+class LimitsConfig(_Section):
+    max_vms: PosInt = 512
+    max_vcpu: Annotated[int, msgspec.Meta(ge=1, le=32)] = 32
+    max_mem_mib: PosInt = 65536
+    max_disk_mib: PosInt = 1_048_576
+    rpc_timeout_s: Seconds = 30.0
+    boot_timeout_s: Seconds = 10.0
+    """How long to wait for the jailed Firecracker's API socket."""
+    stop_timeout_s: Seconds = 10.0
+    """After SendCtrlAltDel, wait this long before SIGKILL."""
+    shutdown_grace_s: Seconds = 10.0
+    """Graceful shutdown budget of every daemon on SIGTERM."""
+    mem_overhead_mib: Annotated[int, msgspec.Meta(ge=0)] = 64
+    """Added to a VM's memory for its cgroup memory limit (VMM + page tables)."""
+
+
+class SecurityConfig(_Section):
+    api_user: str = "fcd"
+    """The user fcd-api runs as: the only non-root peer a helper accepts."""
+    api_group: str = "fcd-users"
+    """Members may use the public API socket."""
+
+
+class Config(_Section):
+    paths: PathsConfig = msgspec.field(default_factory=PathsConfig)
+    network: NetworkConfig = msgspec.field(default_factory=NetworkConfig)
+    jail: JailConfig = msgspec.field(default_factory=JailConfig)
+    limits: LimitsConfig = msgspec.field(default_factory=LimitsConfig)
+    security: SecurityConfig = msgspec.field(default_factory=SecurityConfig)
+
+    # Derived locations. Kept here so that every daemon agrees on them.
+    def socket(self, daemon: Literal["api", "net", "storage", "vmm"]) -> Path:
+        return Path(self.paths.run_dir) / f"{daemon}.sock"
+
+    def state(self, daemon: Literal["api", "net", "storage", "vmm"]) -> Path:
+        return Path(self.paths.state_dir) / daemon
+
+
+def decode(data: bytes | str, *, source: str = "<config>") -> Config:
+    """Decode TOML text into a Config; raise ConfigError naming the bad field."""
+    try:
+        return msgspec.toml.decode(data, type=Config)
+    except msgspec.ValidationError as e:
+        raise ConfigError(f"{source}: {e}") from None
+    except msgspec.DecodeError as e:
+        raise ConfigError(f"{source}: not valid TOML: {e}") from None
+
+
+def render(cfg: Config) -> str:
+    """Render a Config as TOML (sections of scalars only; used for generated dev configs)."""
+    out: list[str] = []
+    for section, values in msgspec.to_builtins(cfg).items():
+        out.append(f"[{section}]")
+        for key, value in values.items():
+            out.append(f"{key} = {msgspec.json.encode(value).decode()}")
+        out.append("")
+    return "\n".join(out)
+
+
+def load(path: str | None = None) -> Config:
+    """Load the config named by ``path``, ``$FCD_CONFIG`` or the default path.
+
+    A missing file at the *default* path yields the defaults; a missing file
+    that was asked for explicitly is an error. Environment overrides are
+    applied last.
+    """
+    explicit = path or os.environ.get("FCD_CONFIG")
+    target = Path(explicit or DEFAULT_PATH)
+    try:
+        data = target.read_bytes()
+    except FileNotFoundError:
+        if explicit:
+            raise ConfigError(f"{target}: no such file") from None
+        data = b""
+    except OSError as e:
+        raise ConfigError(f"{target}: {e.strerror}") from None
+    cfg = decode(data, source=str(target))
+    return apply_env(cfg)
+
+
+def apply_env(cfg: Config, env: dict[str, str] | None = None) -> Config:
+    env = dict(os.environ) if env is None else env
+    jail = cfg.jail
+    fc, jl = env.get("FCD_FIRECRACKER"), env.get("FCD_JAILER")
+    if fc or jl:
+        try:
+            jail = msgspec.structs.replace(
+                jail, firecracker=fc or jail.firecracker, jailer=jl or jail.jailer
+            )
+            jail.__post_init__()
+        except ValueError as e:
+            raise ConfigError(f"FCD_FIRECRACKER/FCD_JAILER: {e}") from None
+        return msgspec.structs.replace(cfg, jail=jail)
+    return cfg

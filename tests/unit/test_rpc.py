@@ -1,0 +1,176 @@
+"""RPC codec and transport: framing, typed errors, concurrency, peer checks, bad input."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import struct
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from fcd_common.errors import (
+    DeadlineExceeded,
+    NotFound,
+    PermissionDenied,
+    ProtocolError,
+    Unavailable,
+)
+from fcd_common.rpc import MAX_FRAME, FrameDecoder, Peer, Protocol, Reply, Request, RpcClient, RpcServer, bind_unix
+from fcd_common.rpc.codec import Call, decode_envelope, frame
+
+
+class Echo(Request, tag="t.echo"):
+    text: str
+    delay: float = 0.0
+
+
+class Missing(Request, tag="t.missing"):
+    key: str
+
+
+class Crash(Request, tag="t.crash"):
+    pass
+
+
+class EchoReply(Reply):
+    text: str
+
+
+PROTO = Protocol("test", [Echo, Missing, Crash])
+
+
+async def echo(req: Echo, peer: Peer) -> EchoReply:
+    await asyncio.sleep(req.delay)
+    return EchoReply(text=req.text)
+
+
+async def missing(req: Missing, peer: Peer) -> EchoReply:
+    raise NotFound(f"no {req.key}", details={"key": req.key})
+
+
+async def crash(req: Crash, peer: Peer) -> EchoReply:
+    raise RuntimeError("boom")
+
+
+HANDLERS = {Echo: echo, Missing: missing, Crash: crash}
+
+
+def test_frame_decoder_splits_and_joins() -> None:
+    d = FrameDecoder()
+    data = frame(b"abc") + frame(b"") + frame(b"x" * 70000)
+    out: list[bytes] = []
+    for i in range(0, len(data), 7):
+        out += d.feed(data[i : i + 7])
+    assert out == [b"abc", b"", b"x" * 70000]
+    assert d.pending == 0
+
+
+def test_frame_decoder_rejects_oversized() -> None:
+    d = FrameDecoder()
+    with pytest.raises(ProtocolError):
+        d.feed(struct.pack(">I", MAX_FRAME + 1))
+    with pytest.raises(ProtocolError):
+        frame(b"x" * (MAX_FRAME + 1))
+
+
+def test_unknown_tag_and_bad_field_are_protocol_errors() -> None:
+    raw = msgspec.msgpack.encode({"t": "t.nope"})
+    with pytest.raises(ProtocolError, match="invalid request"):
+        PROTO.decode_request(msgspec.Raw(raw))
+    raw = msgspec.msgpack.encode({"t": "t.echo", "text": 5})
+    with pytest.raises(ProtocolError, match=r"\$\.text"):
+        PROTO.decode_request(msgspec.Raw(raw))
+    raw = msgspec.msgpack.encode({"t": "t.echo", "text": "a", "extra": 1})
+    with pytest.raises(ProtocolError):
+        PROTO.decode_request(msgspec.Raw(raw))
+
+
+def test_envelope_roundtrip() -> None:
+    data = PROTO.encode_call(7, Echo(text="hi"))
+    (payload,) = FrameDecoder().feed(data)
+    env = decode_envelope(payload)
+    assert isinstance(env, Call) and env.id == 7
+    assert PROTO.decode_request(env.body) == Echo(text="hi")
+
+
+@pytest.fixture
+def sock_path(tmp_path: Path) -> Path:
+    return tmp_path / "t.sock"
+
+
+async def _serve(path: Path, uids: frozenset[int] | None = None) -> RpcServer:
+    server = RpcServer(PROTO, HANDLERS, allowed_uids=uids or frozenset({os.geteuid()}))
+    await server.start(bind_unix(path))
+    return server
+
+
+def test_calls_concurrent_typed_errors(sock_path: Path) -> None:
+    async def main() -> None:
+        server = await _serve(sock_path)
+        client = RpcClient(sock_path, PROTO, timeout=5)
+        slow = asyncio.create_task(client.call(Echo(text="slow", delay=0.3), EchoReply))
+        fast = await client.call(Echo(text="fast"), EchoReply)
+        assert fast.text == "fast" and not slow.done()  # not head-of-line blocked
+        assert (await slow).text == "slow"
+        results = await asyncio.gather(*(client.call(Echo(text=str(i)), EchoReply) for i in range(200)))
+        assert [r.text for r in results] == [str(i) for i in range(200)]
+        with pytest.raises(NotFound) as ei:
+            await client.call(Missing(key="k"), EchoReply)
+        assert ei.value.details == {"key": "k"}
+        with pytest.raises(Exception) as ei2:
+            await client.call(Crash(), EchoReply)
+        assert getattr(ei2.value, "code", None) == "internal"
+        with pytest.raises(DeadlineExceeded):
+            await client.call(Echo(text="x", delay=2), EchoReply, timeout=0.1)
+        # the connection survives a timeout
+        assert (await client.call(Echo(text="again"), EchoReply)).text == "again"
+        await client.close()
+        await server.close(1)
+
+    asyncio.run(main())
+
+
+def test_peer_not_allowed_is_refused(sock_path: Path) -> None:
+    async def main() -> None:
+        server = await _serve(sock_path, frozenset({os.geteuid() + 12345}))
+        client = RpcClient(sock_path, PROTO, timeout=5)
+        with pytest.raises(PermissionDenied):
+            await client.call(Echo(text="x"), EchoReply)
+        await client.close()
+        await server.close(1)
+
+    asyncio.run(main())
+
+
+def test_garbage_and_oversized_frames_do_not_kill_server(sock_path: Path) -> None:
+    async def main() -> None:
+        server = await _serve(sock_path)
+        loop = asyncio.get_running_loop()
+        for junk in (frame(b"\xc1\xc1garbage"), frame(msgspec.msgpack.encode({"k": "call", "id": 3, "body": {"t": "zz"}})), struct.pack(">I", MAX_FRAME + 5)):
+            s = socket.socket(socket.AF_UNIX)
+            s.setblocking(False)
+            await loop.sock_connect(s, str(sock_path))
+            await loop.sock_sendall(s, junk)
+            reply = await asyncio.wait_for(loop.sock_recv(s, 65536), 5)
+            (payload,) = FrameDecoder().feed(reply)
+            env = decode_envelope(payload)
+            assert getattr(env, "code", None) == "protocol_error"
+            s.close()
+        client = RpcClient(sock_path, PROTO, timeout=5)
+        assert (await client.call(Echo(text="alive"), EchoReply)).text == "alive"
+        await client.close()
+        await server.close(1)
+
+    asyncio.run(main())
+
+
+def test_no_server_is_unavailable(sock_path: Path) -> None:
+    async def main() -> None:
+        client = RpcClient(sock_path, PROTO, timeout=1)
+        with pytest.raises(Unavailable):
+            await client.call(Echo(text="x"), EchoReply)
+
+    asyncio.run(main())
