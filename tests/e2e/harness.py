@@ -1,0 +1,107 @@
+"""Helpers for tests that run the four real daemons (fcd_api.suite.Suite) in a private netns."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from fcd_api import suite as suite_mod
+
+
+def sh(*cmd: str, check: bool = True) -> str:
+    return subprocess.run(cmd, capture_output=True, text=True, check=check).stdout
+
+
+def in_ns(ns: str, *cmd: str, check: bool = True) -> str:
+    """Run a command in the namespace with its own /sys (ip netns exec remounts sysfs)."""
+    return sh("ip", "netns", "exec", ns, *cmd, check=check)
+
+
+def api(suite: suite_mod.Suite, timeout: float = 60.0) -> httpx.Client:
+    return httpx.Client(
+        transport=httpx.HTTPTransport(uds=str(suite.api_socket)),
+        base_url="http://fcd",
+        timeout=timeout,
+    )
+
+
+def fc_get(sock: Path, path: str = "/") -> dict[str, Any]:
+    with httpx.Client(transport=httpx.HTTPTransport(uds=str(sock)), base_url="http://localhost", timeout=5) as c:
+        r = c.get(path)
+        r.raise_for_status()
+        out: dict[str, Any] = r.json()
+        return out
+
+
+def proc_status(pid: int) -> dict[str, str]:
+    out = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        k, _, v = line.partition(":")
+        out[k] = v.strip()
+    return out
+
+
+def pids_with_uid_in(lo: int, hi: int) -> list[int]:
+    found = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            st = proc_status(int(d.name))
+        except OSError:
+            continue
+        uid = int(st["Uid"].split()[0])
+        if lo <= uid <= hi and st.get("State", "").split()[0] != "Z":
+            found.append(int(d.name))
+    return found
+
+
+def nft_ruleset(ns: str) -> dict[str, Any]:
+    out: dict[str, Any] = json.loads(in_ns(ns, "nft", "-j", "list", "ruleset"))
+    return out
+
+
+def taps(ns: str, prefix: str = "fc") -> list[str]:
+    links = json.loads(sh("ip", "-n", ns, "-j", "link", "show"))
+    return [link["ifname"] for link in links if link["ifname"].startswith(prefix)]
+
+
+@contextmanager
+def running_suite(tmp_path: Path, **kw: Any) -> Iterator[suite_mod.Suite]:
+    fc = os.environ.get("FCD_FIRECRACKER")
+    jl = os.environ.get("FCD_JAILER")
+    if not (fc and jl):
+        fc, jl = suite_mod.test_double_paths()
+    tag = secrets.token_hex(3)
+    suite = suite_mod.Suite(
+        base=tmp_path / "fcd",
+        firecracker=fc,
+        jailer=jl,
+        netns=f"fcde-{tag}",
+        subnet=kw.pop("subnet", "10.77.0.0/24"),
+        parent_cgroup=f"fcdtest-{tag}",
+        **kw,
+    )
+    suite.write_config()
+    try:
+        suite.start()
+        yield suite
+    finally:
+        suite.stop()
+        # anything a failed test left running in the pool range is killed so cleanup can proceed
+        cfg = suite.cfg
+        for pid in pids_with_uid_in(cfg.jail.uid_min, cfg.jail.uid_max):
+            root = os.readlink(f"/proc/{pid}/root") if os.path.exists(f"/proc/{pid}") else ""
+            if root.startswith(str(suite.base)):
+                os.kill(pid, 9)
+        suite.remove_netns()
+        subprocess.run(["sh", "-c", f"sleep 0.2; rmdir /sys/fs/cgroup/*/{suite.parent_cgroup}/* 2>/dev/null; true"])
+        suite_mod.remove_parent_cgroups(suite.parent_cgroup)
