@@ -1,0 +1,57 @@
+"""Growing an ext2/3/4 image after its file was extended (e2fsprogs)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+from fcd_common.errors import FailedPrecondition, Internal
+
+log = logging.getLogger("fcd.storage")
+
+_MAGIC_OFFSET = 1024 + 56
+_MAGIC = b"\x53\xef"  # 0xEF53, little endian
+_SBIN = "/usr/sbin:/sbin:/usr/bin:/bin"
+TIMEOUT_S = 600.0
+
+
+def is_extfs(header: bytes) -> bool:
+    """True if the first bytes of an image carry the ext2/3/4 superblock magic."""
+    return header[_MAGIC_OFFSET : _MAGIC_OFFSET + 2] == _MAGIC
+
+
+def _tool(name: str) -> str:
+    path = shutil.which(name, path=os.environ.get("PATH", "") + ":" + _SBIN)
+    if path is None:
+        raise FailedPrecondition(f"{name} not found: install e2fsprogs to resize ext4 disks")
+    return path
+
+
+def _run(argv: list[str]) -> subprocess.CompletedProcess[str]:
+    try:
+        return subprocess.run(
+            argv,
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT_S,
+            check=False,
+            env={"LC_ALL": "C", "PATH": _SBIN},
+        )
+    except subprocess.TimeoutExpired:
+        raise Internal(f"{os.path.basename(argv[0])} timed out after {TIMEOUT_S:g}s") from None
+
+
+def grow(image: Path) -> None:
+    """Check the filesystem (``e2fsck -fp``) and grow it to the file's size (``resize2fs``)."""
+    fsck = _run([_tool("e2fsck"), "-fp", str(image)])
+    if fsck.returncode >= 4:  # 1 and 2 mean "errors corrected"
+        out = (fsck.stdout + fsck.stderr).strip()
+        raise Internal(f"e2fsck failed on the new disk (exit {fsck.returncode}): {out}")
+    if fsck.returncode:
+        log.warning("e2fsck corrected errors on %s: %s", image, fsck.stdout.strip())
+    res = _run([_tool("resize2fs"), str(image)])
+    if res.returncode != 0:
+        raise Internal(f"resize2fs failed (exit {res.returncode}): {res.stderr.strip()}")

@@ -1,0 +1,139 @@
+"""Where the store keeps things: pure path rules shared by fcd-storage and fcd-vmm.
+
+    <state>/storage/templates/<name>/vmlinux, rootfs.ext4, manifest.json
+    <state>/storage/disks/<vm_id>/rootfs.ext4, disk.json
+    <state>/storage/tmp/            staging (same filesystem, so rename is atomic)
+
+Every path is derived from a validated name or VM id; a path that came in a
+request is never used as a destination. The ``is_*`` helpers are lexical (no
+filesystem access) so fcd-vmm can check the paths it is handed before it
+links them into a jail; it must still open them with ``O_NOFOLLOW``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from fcd_common.config import Config
+from fcd_common.errors import InvalidArgument
+from fcd_common.ids import check_name, check_vm_id, is_vm_id
+
+__all__ = [
+    "DISK_MANIFEST",
+    "DISK_ROOTFS",
+    "KERNEL",
+    "ROOTFS",
+    "TEMPLATE_MANIFEST",
+    "StoreLayout",
+    "is_inside_store",
+    "is_template_kernel",
+    "is_template_rootfs",
+    "is_vm_disk",
+    "layout",
+]
+
+KERNEL = "vmlinux"
+ROOTFS = "rootfs.ext4"
+TEMPLATE_MANIFEST = "manifest.json"
+DISK_ROOTFS = "rootfs.ext4"
+DISK_MANIFEST = "disk.json"
+
+
+@dataclass(frozen=True, slots=True)
+class StoreLayout:
+    """All store paths, derived from the store root (``cfg.state("storage")``)."""
+
+    root: Path
+
+    def __post_init__(self) -> None:
+        if not self.root.is_absolute():
+            raise ValueError(f"store root must be absolute, got {self.root}")
+
+    @property
+    def templates(self) -> Path:
+        return self.root / "templates"
+
+    @property
+    def disks(self) -> Path:
+        return self.root / "disks"
+
+    @property
+    def tmp(self) -> Path:
+        return self.root / "tmp"
+
+    def template_dir(self, name: str) -> Path:
+        return self.templates / check_name(name, "template")
+
+    def template_kernel(self, name: str) -> Path:
+        return self.template_dir(name) / KERNEL
+
+    def template_rootfs(self, name: str) -> Path:
+        return self.template_dir(name) / ROOTFS
+
+    def template_manifest(self, name: str) -> Path:
+        return self.template_dir(name) / TEMPLATE_MANIFEST
+
+    def disk_dir(self, vm_id: str) -> Path:
+        return self.disks / check_vm_id(vm_id)
+
+    def disk_rootfs(self, vm_id: str) -> Path:
+        return self.disk_dir(vm_id) / DISK_ROOTFS
+
+    def disk_manifest(self, vm_id: str) -> Path:
+        return self.disk_dir(vm_id) / DISK_MANIFEST
+
+    # -- lexical checks -------------------------------------------------------
+
+    def contains(self, path: str | os.PathLike[str]) -> bool:
+        """True if ``path`` is absolute, normalized and strictly below the root."""
+        p = os.fspath(path)
+        if not p.startswith("/") or os.path.normpath(p) != p or "\0" in p:
+            return False
+        root = os.fspath(self.root)
+        return p.startswith(root.rstrip("/") + "/")
+
+    def template_of_kernel(self, path: str | os.PathLike[str]) -> str | None:
+        """The template name if ``path`` is exactly some template's kernel, else None."""
+        return self._name_of(path, self.templates, KERNEL)
+
+    def template_of_rootfs(self, path: str | os.PathLike[str]) -> str | None:
+        return self._name_of(path, self.templates, ROOTFS)
+
+    def _name_of(self, path: str | os.PathLike[str], parent: Path, leaf: str) -> str | None:
+        if not self.contains(path):
+            return None
+        p = Path(path)
+        if p.name != leaf or p.parent.parent != parent:
+            return None
+        name = p.parent.name
+        try:
+            return check_name(name)
+        except InvalidArgument:
+            return None
+
+
+def layout(cfg: Config) -> StoreLayout:
+    return StoreLayout(cfg.state("storage"))
+
+
+def is_inside_store(cfg: Config, path: str | os.PathLike[str]) -> bool:
+    """Lexically inside ``<state>/storage`` (absolute, normalized, no ``..``)."""
+    return layout(cfg).contains(path)
+
+
+def is_template_kernel(cfg: Config, path: str | os.PathLike[str]) -> bool:
+    """``path`` is ``<state>/storage/templates/<valid name>/vmlinux``."""
+    return layout(cfg).template_of_kernel(path) is not None
+
+
+def is_template_rootfs(cfg: Config, path: str | os.PathLike[str]) -> bool:
+    return layout(cfg).template_of_rootfs(path) is not None
+
+
+def is_vm_disk(cfg: Config, vm_id: str, path: str | os.PathLike[str]) -> bool:
+    """``path`` is exactly the root disk fcd-storage provisions for ``vm_id``."""
+    if not is_vm_id(vm_id):
+        return False
+    return os.fspath(path) == os.fspath(layout(cfg).disk_rootfs(vm_id))
