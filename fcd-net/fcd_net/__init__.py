@@ -1,0 +1,1 @@
+"""fcd-net: the network helper (CAP_NET_ADMIN): bridge, TAPs, address pool, nftables."""

@@ -1,0 +1,58 @@
+"""Composition root of the ``fcd-net`` daemon."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+from fcd_common import runtime
+from fcd_common.config import Config
+from fcd_common.errors import FcdError
+from fcd_common.proto.net import PROTOCOL
+from fcd_common.service import serve_rpc
+
+from .firewall import Firewall
+from .leases import LeaseStore
+from .links import Links, enable_ipv4_forwarding
+from .service import NetCore, NetService
+
+log = logging.getLogger("fcd.net")
+
+
+def make_core(cfg: Config) -> NetCore:
+    """Build and start the core (runs on the worker thread that will own it)."""
+    core = NetCore(cfg, LeaseStore(cfg.state("net")), Links(), Firewall(cfg.network))
+    core.start()
+    if cfg.network.masquerade and enable_ipv4_forwarding():
+        log.info("enabled IPv4 forwarding for guest egress")
+    return core
+
+
+async def build(ctx: runtime.Context) -> runtime.Service:
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fcd-net")
+    try:
+        core = await asyncio.get_running_loop().run_in_executor(executor, make_core, ctx.cfg)
+    except FcdError as e:
+        executor.shutdown(wait=False)
+        log.error("cannot start: %s", e)
+        raise SystemExit(1) from None
+    except BaseException:
+        executor.shutdown(wait=False)
+        raise
+    svc = NetService(core, executor)
+    return await serve_rpc(
+        ctx, "net", PROTOCOL, svc.handlers(), status=svc.status, on_close=svc.close
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = runtime.base_parser(
+        "fcd-net", "fcd network helper: bridge, TAPs, address pool, nftables"
+    )
+    return runtime.run("fcd-net", build, parser, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

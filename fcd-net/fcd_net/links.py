@@ -1,0 +1,192 @@
+"""Netlink applier (pyroute2): the bridge and the per-VM TAP devices.
+
+The only module of fcd-net that talks rtnetlink. Every method is synchronous
+and opens its own short-lived ``IPRoute`` socket: pyroute2's asyncio core
+cannot run on uvloop (it needs an AF_NETLINK datagram endpoint uvloop does
+not offer), so the service calls these from one dedicated worker thread.
+
+TAPs are created persistent with ``TUNSETOWNER``/``TUNSETGROUP`` set to the
+VM's jail uid/gid (pyroute2's ``kind="tuntap"`` issues those ioctls on
+/dev/net/tun), so the jailed Firecracker can attach to its TAP without
+CAP_NET_ADMIN -- and no other unprivileged user can.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import logging
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from fcd_common.errors import Conflict, FailedPrecondition, FcdError, Internal
+
+log = logging.getLogger("fcd.net.links")
+
+IFF_UP = 0x1
+TUN_TYPE_TAP = 2
+IP_FORWARD = Path("/proc/sys/net/ipv4/ip_forward")
+
+
+@dataclass(frozen=True, slots=True)
+class Link:
+    """What fcd-net needs to know about one interface."""
+
+    index: int
+    name: str
+    kind: str | None
+    up: bool
+    master: int | None
+    tun_type: int | None = None
+    owner: int | None = None
+    group: int | None = None
+
+    @property
+    def is_tap(self) -> bool:
+        return self.kind == "tun" and self.tun_type == TUN_TYPE_TAP
+
+
+def _parse(msg: Any) -> Link:
+    info: dict[str, Any] = {}
+    linkinfo = msg.get_attr("IFLA_LINKINFO")
+    kind = None
+    if linkinfo is not None:
+        kind = linkinfo.get_attr("IFLA_INFO_KIND")
+        data = linkinfo.get_attr("IFLA_INFO_DATA")
+        if data is not None and hasattr(data, "get_attr"):
+            for key in ("IFLA_TUN_TYPE", "IFLA_TUN_OWNER", "IFLA_TUN_GROUP"):
+                info[key] = data.get_attr(key)
+    return Link(
+        index=int(msg["index"]),
+        name=str(msg.get_attr("IFLA_IFNAME")),
+        kind=kind,
+        up=bool(msg["flags"] & IFF_UP),
+        master=msg.get_attr("IFLA_MASTER"),
+        tun_type=info.get("IFLA_TUN_TYPE"),
+        owner=info.get("IFLA_TUN_OWNER"),
+        group=info.get("IFLA_TUN_GROUP"),
+    )
+
+
+def _err(action: str, e: NetlinkError | OSError) -> FcdError:
+    code = e.code if isinstance(e, NetlinkError) else e.errno
+    text = errno.errorcode.get(code or 0, str(code))
+    msg = f"{action}: {text} ({e})"
+    if code == errno.EBUSY:
+        return FailedPrecondition(msg)
+    if code == errno.EEXIST:
+        return Conflict(msg)
+    return Internal(msg)
+
+
+@contextmanager
+def _ipr() -> Iterator[Any]:
+    ipr = IPRoute()
+    try:
+        yield ipr
+    finally:
+        ipr.close()
+
+
+class Links:
+    """Bridge and TAP operations, each idempotent where the caller needs it."""
+
+    def get(self, name: str) -> Link | None:
+        with _ipr() as ipr:
+            return self._get(ipr, name)
+
+    @staticmethod
+    def _get(ipr: Any, name: str) -> Link | None:
+        try:
+            msgs = ipr.link("get", ifname=name)
+        except NetlinkError as e:
+            if e.code == errno.ENODEV:
+                return None
+            raise _err(f"look up {name}", e) from None
+        for msg in msgs:
+            return _parse(msg)
+        return None
+
+    def ensure_bridge(self, name: str, gateway: ipaddress.IPv4Interface) -> Link:
+        """The bridge exists, is up and carries ``gateway`` (address/prefix)."""
+        with _ipr() as ipr:
+            link = self._get(ipr, name)
+            if link is None:
+                try:
+                    ipr.link("add", ifname=name, kind="bridge")
+                except NetlinkError as e:
+                    raise _err(f"create bridge {name}", e) from None
+                log.info("created bridge %s", name)
+                link = self._get(ipr, name)
+                assert link is not None
+            if link.kind != "bridge":
+                raise Conflict(f"{name} exists and is not a bridge (kind {link.kind})")
+            have = {
+                (a.get_attr("IFA_LOCAL") or a.get_attr("IFA_ADDRESS"), a["prefixlen"])
+                for a in ipr.addr("dump", index=link.index, family=socket.AF_INET)
+            }
+            want = (str(gateway.ip), gateway.network.prefixlen)
+            if want not in have:
+                try:
+                    ipr.addr("add", index=link.index, address=want[0], prefixlen=want[1])
+                except NetlinkError as e:
+                    if e.code != errno.EEXIST:
+                        raise _err(f"add {gateway} to {name}", e) from None
+                log.info("bridge %s has address %s", name, gateway)
+            if not link.up:
+                ipr.link("set", index=link.index, state="up")
+            link = self._get(ipr, name)
+            assert link is not None
+            return link
+
+    def create_tap(self, name: str, uid: int, gid: int) -> None:
+        """Create a persistent TAP owned by uid/gid.
+
+        On an existing, idle TAP the same ioctls re-set its owner; on one a
+        process holds open they fail with EBUSY (FailedPrecondition).
+        """
+        with _ipr() as ipr:
+            try:
+                ipr.link("add", ifname=name, kind="tuntap", mode="tap", uid=uid, gid=gid)
+            except (NetlinkError, OSError) as e:
+                raise _err(f"create TAP {name}", e) from None
+
+    def attach(self, name: str, bridge: str) -> None:
+        """Make ``name`` a port of ``bridge`` and bring it up."""
+        with _ipr() as ipr:
+            br = self._get(ipr, bridge)
+            if br is None:
+                raise Internal(f"bridge {bridge} is missing")
+            try:
+                (index,) = ipr.link_lookup(ifname=name)
+                ipr.link("set", index=index, master=br.index, state="up")
+            except ValueError:
+                raise Internal(f"{name} vanished while attaching it to {bridge}") from None
+            except NetlinkError as e:
+                raise _err(f"attach {name} to {bridge}", e) from None
+
+    def delete(self, name: str) -> bool:
+        """Delete interface ``name``; False if it did not exist."""
+        with _ipr() as ipr:
+            try:
+                ipr.link("del", ifname=name)
+            except NetlinkError as e:
+                if e.code == errno.ENODEV:
+                    return False
+                raise _err(f"delete {name}", e) from None
+            return True
+
+
+def enable_ipv4_forwarding(path: Path = IP_FORWARD) -> bool:
+    """Turn on IPv4 forwarding (needed for guest egress); True if it was off."""
+    if path.read_text().strip() == "1":
+        return False
+    path.write_text("1\n")
+    return True
