@@ -1,0 +1,205 @@
+"""fcd-net's pure parts: address allocation, naming, the lease file, the nftables JSON plan."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+
+from fcd_common import ids
+from fcd_common.config import JailConfig, NetworkConfig
+from fcd_common.errors import Internal, InvalidArgument, ResourceExhausted
+from fcd_net import leases, plan
+from fcd_net.leases import LeaseStore
+from fcd_net.plan import Lease
+
+NET = NetworkConfig(subnet="10.213.0.0/24")
+SMALL = NetworkConfig(subnet="10.9.9.0/29")
+
+
+def lease(vm_id: str, ip: str, net: NetworkConfig = NET) -> Lease:
+    return Lease(
+        vm_id=vm_id, ip=ip, tap=ids.tap_name(vm_id, net.tap_prefix), mac=ids.guest_mac(ip),
+        uid=900_001, gid=900_001,
+    )
+
+
+# --- allocation -------------------------------------------------------------------
+
+
+def test_first_address_is_after_the_gateway() -> None:
+    assert str(plan.allocate_ip(NET, [])) == "10.213.0.2"
+
+
+def test_lowest_free_address_is_taken() -> None:
+    assert str(plan.allocate_ip(NET, ["10.213.0.2", "10.213.0.4"])) == "10.213.0.3"
+    assert str(plan.allocate_ip(NET, ["10.213.0.2", "10.213.0.3"])) == "10.213.0.4"
+
+
+def test_small_pool_exhausts_without_network_gateway_or_broadcast() -> None:
+    used: list[str] = []
+    for _ in range(plan.pool_size(SMALL)):
+        used.append(str(plan.allocate_ip(SMALL, used)))
+    assert used == ["10.9.9.2", "10.9.9.3", "10.9.9.4", "10.9.9.5", "10.9.9.6"]
+    assert not {"10.9.9.0", "10.9.9.1", "10.9.9.7"} & set(used)
+    with pytest.raises(ResourceExhausted):
+        plan.allocate_ip(SMALL, used)
+
+
+def test_released_address_is_reused_only_once_free() -> None:
+    used = ["10.9.9.2", "10.9.9.3", "10.9.9.4"]
+    assert str(plan.allocate_ip(SMALL, used)) == "10.9.9.5"
+    used.remove("10.9.9.3")
+    assert str(plan.allocate_ip(SMALL, used)) == "10.9.9.3"
+
+
+def test_new_lease_derives_tap_and_mac() -> None:
+    x = plan.new_lease(NET, "vm-a", 900_010, 900_011, [])
+    assert x.ip == "10.213.0.2"
+    assert x.mac == "06:00:0a:d5:00:02"
+    assert x.tap == ids.tap_name("vm-a", "fc")
+    assert x.tap.startswith("fc") and len(x.tap) <= 15
+    assert (x.uid, x.gid) == (900_010, 900_011)
+
+
+def test_tap_names_differ_per_vm_and_follow_the_prefix() -> None:
+    names = {ids.tap_name(f"vm-{i}", "fc") for i in range(500)}
+    assert len(names) == 500
+    assert ids.tap_name("vm-1", "tap").startswith("tap")
+    assert len(ids.tap_name("a" * 64, "abcd").encode()) <= 15
+
+
+def test_owner_must_be_in_the_jail_pool() -> None:
+    jail = JailConfig(uid_min=900_000, uid_max=900_100)
+    plan.check_owner(jail, 900_000, 900_100)
+    with pytest.raises(InvalidArgument) as e:
+        plan.check_owner(jail, 0, 900_000)
+    assert e.value.details == {"field": "uid"}
+    with pytest.raises(InvalidArgument) as e:
+        plan.check_owner(jail, 900_001, 900_101)
+    assert e.value.details == {"field": "gid"}
+
+
+def test_net_info() -> None:
+    info = plan.net_info(NET, lease("vm-a", "10.213.0.7"))
+    assert (info.ip, info.gateway, info.prefix_len, info.bridge) == (
+        "10.213.0.7", "10.213.0.1", 24, "fcbr0"
+    )
+
+
+# --- lease file -------------------------------------------------------------------
+
+
+def test_lease_file_roundtrip(tmp_path: Path) -> None:
+    store = LeaseStore(tmp_path / "net")
+    assert len(store) == 0
+    store.put(lease("vm-b", "10.213.0.3"))
+    store.put(lease("vm-a", "10.213.0.2"))
+    again = LeaseStore(tmp_path / "net")
+    assert [x.vm_id for x in again] == ["vm-a", "vm-b"]
+    assert again.get("vm-b") == lease("vm-b", "10.213.0.3")
+    assert again.used_ips() == {"10.213.0.2", "10.213.0.3"}
+    assert again.by_tap(ids.tap_name("vm-a")) == lease("vm-a", "10.213.0.2")
+    again.remove("vm-a")
+    assert [x.vm_id for x in LeaseStore(tmp_path / "net")] == ["vm-b"]
+    assert not list((tmp_path / "net").glob(".*tmp"))  # no temp files left
+    assert (tmp_path / "net" / "leases.json").stat().st_mode & 0o777 == 0o600
+
+
+def test_store_never_persists_a_double_lease(tmp_path: Path) -> None:
+    store = LeaseStore(tmp_path)
+    store.put(lease("vm-a", "10.213.0.2"))
+    with pytest.raises(Internal):
+        store.put(lease("vm-b", "10.213.0.2"))
+    assert [x.vm_id for x in LeaseStore(tmp_path)] == ["vm-a"]
+
+
+def test_corrupt_lease_file_is_an_error(tmp_path: Path) -> None:
+    (tmp_path / "leases.json").write_text("{not json")
+    with pytest.raises(Internal):
+        leases.load(tmp_path / "leases.json")
+    doc = {"version": 1, "leases": [msgspec.to_builtins(lease("a", "10.213.0.2"))] * 2}
+    (tmp_path / "leases.json").write_text(json.dumps(doc))
+    with pytest.raises(Internal):
+        leases.load(tmp_path / "leases.json")
+
+
+# --- nftables plan ----------------------------------------------------------------
+
+
+def _cmds(doc: dict[str, Any], verb: str, kind: str) -> list[dict[str, Any]]:
+    return [c[verb][kind] for c in doc["nftables"] if verb in c and kind in c[verb]]
+
+
+def test_base_ruleset_replaces_both_tables_atomically() -> None:
+    doc = plan.base_ruleset(NET, [])
+    tables = [(verb, next(iter(c[verb].values()))) for c in doc["nftables"] for verb in c
+              if "table" in c[verb]]
+    assert tables == [
+        ("add", {"family": "inet", "name": "fcd"}),
+        ("delete", {"family": "inet", "name": "fcd"}),
+        ("add", {"family": "inet", "name": "fcd"}),
+        ("add", {"family": "bridge", "name": "fcd"}),
+        ("delete", {"family": "bridge", "name": "fcd"}),
+        ("add", {"family": "bridge", "name": "fcd"}),
+    ]
+    chains = {(c["family"], c["name"]): c for c in _cmds(doc, "add", "chain")}
+    assert chains[("inet", "postrouting")]["type"] == "nat"
+    assert chains[("inet", "forward")]["hook"] == "forward"
+    assert chains[("bridge", "prerouting")]["hook"] == "prerouting"
+    sets = {s["name"]: s["type"] for s in _cmds(doc, "add", "set")}
+    assert sets == {
+        "vm_ip4": ["ifname", "ether_addr", "ipv4_addr"],
+        "vm_arp": ["ifname", "ether_addr", "ether_addr", "ipv4_addr"],
+    }
+
+
+def test_masquerade_rule_matches_pool_leaving_the_bridge() -> None:
+    rules = [r for r in _cmds(plan.base_ruleset(NET, []), "add", "rule")
+             if r["chain"] == "postrouting"]
+    assert len(rules) == 1
+    text = json.dumps(rules[0]["expr"])
+    assert '"addr": "10.213.0.0", "len": 24' in text
+    assert '"op": "!=", "left": {"meta": {"key": "oifname"}}, "right": "fcbr0"' in text
+    assert rules[0]["expr"][-1] == {"masquerade": None}
+
+
+def test_no_masquerade_chain_when_disabled() -> None:
+    net = NetworkConfig(subnet="10.213.0.0/24", masquerade=False)
+    chains = [c["name"] for c in _cmds(plan.base_ruleset(net, []), "add", "chain")]
+    assert "postrouting" not in chains
+
+
+def test_antispoof_chain_checks_every_tap_and_drops_the_rest() -> None:
+    rules = [r for r in _cmds(plan.base_ruleset(NET, []), "add", "rule") if r["family"] == "bridge"]
+    pre = [r for r in rules if r["chain"] == "prerouting"]
+    assert pre[0]["expr"][0]["match"]["right"] == "fc*"
+    from_vm = [r["expr"] for r in rules if r["chain"] == "from_vm"]
+    assert [e[-1] for e in from_vm] == [{"accept": None}, {"accept": None}, {"drop": None}]
+    assert from_vm[0][1]["match"]["right"] == "@vm_ip4"
+    assert from_vm[1][1]["match"]["right"] == "@vm_arp"
+
+
+def test_base_ruleset_carries_every_lease() -> None:
+    a, b = lease("vm-a", "10.213.0.2"), lease("vm-b", "10.213.0.3")
+    elems = _cmds(plan.base_ruleset(NET, [a, b]), "add", "element")
+    assert {e["name"]: len(e["elem"]) for e in elems} == {"vm_ip4": 2, "vm_arp": 2}
+
+
+def test_one_vm_is_two_elements_in_one_transaction() -> None:
+    a = lease("vm-a", "10.213.0.2")
+    add = plan.add_vm(NET, a)
+    assert add == {
+        "nftables": [
+            {"add": {"element": {"family": "bridge", "table": "fcd", "name": "vm_ip4",
+                                 "elem": [{"concat": [a.tap, a.mac, "10.213.0.2"]}]}}},
+            {"add": {"element": {"family": "bridge", "table": "fcd", "name": "vm_arp",
+                                 "elem": [{"concat": [a.tap, a.mac, a.mac, "10.213.0.2"]}]}}},
+        ]
+    }
+    rm = plan.remove_vm(NET, a)["nftables"]
+    # add-then-delete: idempotent removal in one transaction
+    assert [next(iter(c)) for c in rm] == ["add", "add", "delete", "delete"]
