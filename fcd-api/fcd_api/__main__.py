@@ -1,0 +1,123 @@
+"""fcd-api's composition root: registry + helper clients + flows + uvicorn on the UDS."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import grp
+import logging
+import socket
+import sys
+from collections.abc import Iterator, Sequence
+
+import uvicorn
+
+from fcd_common import runtime
+from fcd_common.rpc import bind_unix
+
+from . import states
+from .app import create_asgi
+from .clients import Helpers
+from .flows import Flows
+from .registry import Registry
+
+log = logging.getLogger("fcd.api")
+
+INTERRUPTED = "interrupted by an fcd-api restart"
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handling: fcd_common.runtime owns signals."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+class ApiService:
+    def __init__(
+        self,
+        registry: Registry,
+        helpers: Helpers,
+        flows: Flows,
+        server: _Server,
+        task: asyncio.Task[None],
+    ) -> None:
+        self.registry = registry
+        self.helpers = helpers
+        self.flows = flows
+        self.server = server
+        self.task = task
+
+    def status(self) -> str:
+        return self.flows.status()
+
+    async def close(self, grace: float) -> None:
+        self.server.should_exit = True
+        try:
+            await asyncio.wait_for(asyncio.shield(self.task), grace)
+        except TimeoutError:
+            self.server.force_exit = True
+            self.task.cancel()
+        with contextlib.suppress(BaseException):
+            await self.task
+        await self.helpers.close()
+        self.registry.close()
+
+
+def api_socket(ctx: runtime.Context) -> socket.socket:
+    """The activated socket if systemd passed one, else bound 0660 with the API group."""
+    socks = runtime.inherited_sockets()
+    if socks:
+        log.info("using socket passed by systemd")
+        return socks[0]
+    gid = -1
+    try:
+        gid = grp.getgrnam(ctx.cfg.security.api_group).gr_gid
+    except KeyError:
+        log.warning(
+            "group %s does not exist: %s is usable by its owner only",
+            ctx.cfg.security.api_group,
+            ctx.cfg.socket("api"),
+        )
+    return bind_unix(ctx.cfg.socket("api"), mode=0o660, gid=gid)
+
+
+async def build(ctx: runtime.Context) -> ApiService:
+    cfg = ctx.cfg
+    registry = Registry.open(cfg.state("api") / "registry.db")
+    interrupted = registry.mark_interrupted(states.TRANSIENT, INTERRUPTED)
+    for vm_id in interrupted:
+        log.warning("VM %s was left mid-operation; marked error", vm_id, extra={"FCD_VM_ID": vm_id})
+    helpers = Helpers.from_config(cfg)
+    flows = Flows(registry, helpers, cfg.limits)
+    sock = api_socket(ctx)
+    sock.setblocking(False)
+    config = uvicorn.Config(
+        create_asgi(flows),
+        lifespan="off",
+        log_config=None,
+        access_log=False,
+        server_header=False,
+        timeout_graceful_shutdown=int(cfg.limits.shutdown_grace_s),
+    )
+    server = _Server(config)
+    task = asyncio.create_task(server.serve(sockets=[sock]), name="uvicorn")
+    while not server.started:
+        if task.done():
+            registry.close()
+            await helpers.close()
+            exc = task.exception()
+            raise RuntimeError(f"HTTP server failed to start: {exc!r}")
+        await asyncio.sleep(0.01)
+    log.info("serving the API on %s", cfg.socket("api"))
+    return ApiService(registry, helpers, flows, server, task)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = runtime.base_parser("fcd-api", "fcd public API (HTTP/JSON on a Unix socket)")
+    return runtime.run("fcd-api", build, parser, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

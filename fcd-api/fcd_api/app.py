@@ -1,0 +1,218 @@
+"""The public HTTP/JSON API (Litestar): routes, one error shape, request ids.
+
+Every error leaves as ``{"error": {"code", "message", "details"}}`` with the
+status from ``fcd_common.errors.HTTP_STATUS``; Litestar's own validation
+errors become ``400 invalid_argument`` naming the field. Every response
+carries ``X-Request-Id`` (the client's, or a generated one), which is also
+logged with each line a flow writes (journal field ``FCD_REQUEST_ID``).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+from importlib import metadata
+from typing import Annotated, Any
+
+from litestar import Controller, Litestar, MediaType, Request, Response, delete, get, post
+from litestar.di import Provide
+from litestar.exceptions import HTTPException, ValidationException
+from litestar.openapi import OpenAPIConfig
+from litestar.params import Parameter
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
+
+from fcd_common.errors import HTTP_STATUS, FcdError
+
+from .flows import Flows, request_id
+from .models import VM, CreateVMRequest, ErrorBody, ErrorDetail, VersionInfo, VMList, VMState
+from .registry import parse_label_filters
+
+__all__ = ["RequestIdMiddleware", "build_app", "create_asgi", "version"]
+
+log = logging.getLogger("fcd.api.http")
+
+_RID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_FIELD_RE = re.compile(r"at `\$\.?([^`]*)`")
+_NAMED_FIELD_RE = re.compile(r"(?:unknown|missing required) field `([^`]*)`")
+_PARAM_ALIASES = {"vm_state": "state", "data": ""}
+
+
+def version() -> str:
+    try:
+        return metadata.version("fcd")
+    except metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+# --- errors ----------------------------------------------------------------------
+def error_response(
+    status: int, code: str, message: str, details: Any = None
+) -> Response[ErrorBody]:
+    body = ErrorBody(error=ErrorDetail(code=code, message=message, details=details))
+    return Response(body, status_code=status, media_type=MediaType.JSON)
+
+
+def _on_fcd_error(_: Request[Any, Any, Any], exc: FcdError) -> Response[ErrorBody]:
+    status = HTTP_STATUS.get(exc.code, 500)
+    if status >= 500:
+        log.warning("request failed: %s: %s", exc.code, exc.message)
+    return error_response(status, exc.code, exc.message, exc.details)
+
+
+def _on_validation(_: Request[Any, Any, Any], exc: ValidationException) -> Response[ErrorBody]:
+    problems = exc.extra if isinstance(exc.extra, list) else []
+    fields: list[str] = []
+    messages: list[str] = []
+    for p in problems:
+        if not isinstance(p, dict):
+            continue
+        msg = str(p.get("message", ""))
+        m = _NAMED_FIELD_RE.search(msg) or _FIELD_RE.search(msg)
+        key = str(p.get("key") or "")
+        field = m.group(1) if m else _PARAM_ALIASES.get(key, key)
+        if field:
+            fields.append(field)
+        messages.append(msg)
+    message = "; ".join(messages) or exc.detail
+    if fields and not any(f in message for f in fields):
+        message = f"{message} (field {', '.join(fields)})"
+    details: dict[str, Any] = {"errors": problems}
+    if fields:
+        details["field"] = fields[0]
+    return error_response(400, "invalid_argument", message, details)
+
+
+def _on_http(_: Request[Any, Any, Any], exc: HTTPException) -> Response[ErrorBody]:
+    status = exc.status_code
+    code = {404: "not_found", 403: "permission_denied", 503: "unavailable"}.get(
+        status, "invalid_argument" if 400 <= status < 500 else "internal"
+    )
+    return error_response(status, code, exc.detail, exc.extra or None)
+
+
+def _on_unexpected(_: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
+    log.exception("unhandled error", exc_info=exc)
+    return error_response(500, "internal", f"{type(exc).__name__}: {exc}")
+
+
+# --- routes ----------------------------------------------------------------------
+class VMController(Controller):
+    path = "/v1/vms"
+    tags = ["vms"]
+
+    @post("/", status_code=201, summary="Create a VM (200 if it already exists with this spec)")
+    async def create_vm(self, flows: Flows, data: CreateVMRequest) -> Response[VM]:
+        rec, created = await flows.create(data)
+        return Response(rec.to_public(), status_code=201 if created else 200)
+
+    @get("/", summary="List VMs")
+    async def list_vms(
+        self,
+        flows: Flows,
+        vm_state: Annotated[
+            VMState | None, Parameter(query="state", description="only VMs in this state")
+        ] = None,
+        label: Annotated[
+            list[str] | None, Parameter(description="k=v; repeat to require several labels")
+        ] = None,
+    ) -> VMList:
+        labels = parse_label_filters(label or [])
+        return VMList(vms=[r.to_public() for r in flows.list_vms(state=vm_state, labels=labels)])
+
+    @get("/{vm_id:str}", summary="Get a VM")
+    async def get_vm(self, flows: Flows, vm_id: str) -> VM:
+        return flows.get(vm_id).to_public()
+
+    @post("/{vm_id:str}/start", status_code=200, summary="Start a stopped VM")
+    async def start_vm(self, flows: Flows, vm_id: str) -> VM:
+        return (await flows.start(vm_id)).to_public()
+
+    @post("/{vm_id:str}/stop", status_code=200, summary="Stop a running or paused VM")
+    async def stop_vm(self, flows: Flows, vm_id: str) -> VM:
+        return (await flows.stop(vm_id)).to_public()
+
+    @post("/{vm_id:str}/pause", status_code=200, summary="Pause a running VM")
+    async def pause_vm(self, flows: Flows, vm_id: str) -> VM:
+        return (await flows.pause(vm_id)).to_public()
+
+    @post("/{vm_id:str}/resume", status_code=200, summary="Resume a paused VM")
+    async def resume_vm(self, flows: Flows, vm_id: str) -> VM:
+        return (await flows.resume(vm_id)).to_public()
+
+    @delete("/{vm_id:str}", status_code=204, summary="Delete a stopped/error VM (any with force)")
+    async def delete_vm(self, flows: Flows, vm_id: str, force: bool = False) -> None:
+        await flows.delete(vm_id, force=force)
+
+
+@get("/_ping", media_type=MediaType.TEXT, include_in_schema=False)
+async def ping() -> str:
+    return "OK"
+
+
+@get("/version")
+async def get_version() -> VersionInfo:
+    return VersionInfo(version=version())
+
+
+@get("/openapi.json", include_in_schema=False)
+async def openapi_json(request: Request[Any, Any, Any]) -> dict[str, Any]:
+    return request.app.openapi_schema.to_schema()
+
+
+def build_app(flows: Flows, *, debug: bool = False) -> Litestar:
+    async def provide_flows() -> Flows:
+        return flows
+
+    return Litestar(
+        route_handlers=[VMController, ping, get_version, openapi_json],
+        dependencies={"flows": Provide(provide_flows)},
+        exception_handlers={
+            FcdError: _on_fcd_error,
+            ValidationException: _on_validation,
+            HTTPException: _on_http,
+            Exception: _on_unexpected,
+        },
+        openapi_config=OpenAPIConfig(title="fcd", version=version(), path="/schema"),
+        logging_config=None,
+        debug=debug,
+    )
+
+
+class RequestIdMiddleware:
+    """Outermost ASGI layer: X-Request-Id in (validated, or generated) and echoed out."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        rid = ""
+        for key, value in scope.get("headers", []):
+            if key.lower() == b"x-request-id":
+                rid = value.decode("latin-1")
+                break
+        if not _RID_RE.fullmatch(rid):
+            rid = uuid.uuid4().hex
+        token = request_id.set(rid)
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = [
+                    (k, v) for k, v in message.get("headers", []) if k.lower() != b"x-request-id"
+                ]
+                headers.append((b"x-request-id", rid.encode()))
+                message = {**message, "headers": headers}  # type: ignore[typeddict-item]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            request_id.reset(token)
+
+
+def create_asgi(flows: Flows, *, debug: bool = False) -> RequestIdMiddleware:
+    """The ASGI application fcd-api serves."""
+    return RequestIdMiddleware(build_app(flows, debug=debug))

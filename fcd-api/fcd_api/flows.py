@@ -1,0 +1,383 @@
+"""Orchestration: the create/start/stop/pause/resume/delete flows of DESIGN.md.
+
+Every flow holds the VM's lock (operations on one VM serialize; different VMs
+run concurrently), checks the transition in :mod:`fcd_api.states`, writes the
+transient state, calls the helpers, and writes the final state.
+
+Create keeps an undo stack: a failure runs the undos of the steps already
+done in reverse (``net.teardown``, ``storage.release``, ``vmm.release``) and
+removes the row; if an undo itself fails the row stays in ``error`` with both
+failures in its ``error`` field, so a later (forced) delete can finish the
+job. The client always gets the original error with its stable code. A step
+that failed or timed out may still have left something behind on the helper
+side, so its undo runs too: every undo is idempotent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from typing import Any
+
+import msgspec
+
+from fcd_common import logs
+from fcd_common.config import LimitsConfig
+from fcd_common.errors import (
+    Conflict,
+    FcdError,
+    Internal,
+    InvalidArgument,
+    ResourceExhausted,
+)
+from fcd_common.ids import check_vm_id, new_vm_id
+from fcd_common.proto import net as pnet
+from fcd_common.proto import storage as pstorage
+from fcd_common.proto import vmm as pvmm
+
+from . import states
+from .clients import Helpers
+from .models import CreateVMRequest, Runtime, VmRecord, VMState, now
+from .registry import Registry
+from .states import Action
+
+__all__ = ["Flows", "request_id"]
+
+log = logging.getLogger("fcd.api.flows")
+
+request_id: contextvars.ContextVar[str] = contextvars.ContextVar("fcd_request_id", default="-")
+"""The X-Request-Id of the HTTP request being served (set by the app's middleware)."""
+
+Undo = tuple[str, Callable[[], Awaitable[None]]]
+
+
+def _extra(vm_id: str) -> dict[str, Any]:
+    return logs.vm(vm_id, request_id=request_id.get())
+
+
+def _as_fcd(exc: BaseException) -> FcdError:
+    if isinstance(exc, FcdError):
+        return exc
+    if isinstance(exc, asyncio.CancelledError):
+        return Internal("operation cancelled (fcd-api shutting down)")
+    return Internal(f"{type(exc).__name__}: {exc}")
+
+
+def join_kernel_args(template_args: str, request_args: str) -> str:
+    return " ".join(a for a in (template_args.strip(), request_args.strip()) if a)
+
+
+def launch_request(rec: VmRecord) -> pvmm.Launch:
+    """The vmm.launch request for a VM whose jail, disk and network exist (pure)."""
+    r, s = rec.runtime, rec.spec
+    missing = [
+        name
+        for name in ("kernel_path", "rootfs_path", "tap", "mac", "ip", "gateway", "prefix_len")
+        if getattr(r, name) is None
+    ]
+    if missing:
+        raise Internal(f"VM {rec.id} lacks runtime fields {missing}; delete and recreate it")
+    assert r.kernel_path and r.rootfs_path and r.tap and r.mac and r.ip and r.gateway
+    assert r.prefix_len is not None
+    return pvmm.Launch(
+        vm_id=rec.id,
+        vcpu_count=s.vcpu_count,
+        mem_size_mib=s.mem_size_mib,
+        kernel_path=r.kernel_path,
+        rootfs_path=r.rootfs_path,
+        kernel_args=join_kernel_args(r.template_kernel_args or "", s.kernel_args),
+        tap=r.tap,
+        mac=r.mac,
+        ip=r.ip,
+        gateway=r.gateway,
+        prefix_len=r.prefix_len,
+    )
+
+
+def check_limits(spec: CreateVMRequest, limits: LimitsConfig) -> None:
+    """Limits from the configuration (the static ones are in the request's types)."""
+    if spec.vcpu_count > limits.max_vcpu:
+        raise InvalidArgument(
+            f"vcpu_count {spec.vcpu_count} exceeds the limit of {limits.max_vcpu}",
+            details={"field": "vcpu_count", "max": limits.max_vcpu},
+        )
+    if spec.mem_size_mib > limits.max_mem_mib:
+        raise InvalidArgument(
+            f"mem_size_mib {spec.mem_size_mib} exceeds the limit of {limits.max_mem_mib}",
+            details={"field": "mem_size_mib", "max": limits.max_mem_mib},
+        )
+    if spec.disk_size_mib is not None and spec.disk_size_mib > limits.max_disk_mib:
+        raise InvalidArgument(
+            f"disk_size_mib {spec.disk_size_mib} exceeds the limit of {limits.max_disk_mib}",
+            details={"field": "disk_size_mib", "max": limits.max_disk_mib},
+        )
+    if spec.port_mappings:
+        raise InvalidArgument(
+            "port_mappings are not supported yet",
+            details={"field": "port_mappings"},
+        )
+
+
+class Flows:
+    def __init__(self, registry: Registry, helpers: Helpers, limits: LimitsConfig) -> None:
+        self.registry = registry
+        self.helpers = helpers
+        self.limits = limits
+        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+
+    @asynccontextmanager
+    async def _locked(self, vm_id: str) -> AsyncIterator[None]:
+        lock = self._locks.get(vm_id)
+        if lock is None:
+            lock = self._locks[vm_id] = asyncio.Lock()
+        async with lock:
+            yield
+
+    def _set(self, rec: VmRecord, state: VMState | None = None, **changes: Any) -> VmRecord:
+        """Write ``rec`` with a new state (checked against states.EDGES) and other fields."""
+        if state is not None and state is not rec.state:
+            states.move(rec.state, state)
+            changes["state"] = state
+            log.info("%s -> %s", rec.state.value, state.value, extra=_extra(rec.id))
+        return self.registry.update(msgspec.structs.replace(rec, **changes))
+
+    @contextmanager
+    def _guard(self, rec: VmRecord, what: str) -> Iterator[None]:
+        """A helper call that fails leaves the VM in ``error``; the error goes to the client."""
+        try:
+            yield
+        except asyncio.CancelledError as exc:
+            self._fail(rec, what, exc)
+            raise
+        except Exception as exc:
+            err = self._fail(rec, what, exc)
+            if err is exc:
+                raise
+            raise err from exc
+
+    def _fail(self, rec: VmRecord, what: str, exc: BaseException) -> FcdError:
+        err = _as_fcd(exc)
+        log.error("%s failed: %s: %s", what, err.code, err.message, extra=_extra(rec.id))
+        current = self.registry.get(rec.id) or rec
+        self._set(current, VMState.ERROR, error=f"{what} failed: {err.code}: {err.message}")
+        return err
+
+    # --- reads -----------------------------------------------------------------
+    def get(self, vm_id: str) -> VmRecord:
+        return self.registry.require(check_vm_id(vm_id))
+
+    def list_vms(
+        self, *, state: VMState | None = None, labels: dict[str, str] | None = None
+    ) -> list[VmRecord]:
+        return self.registry.list_vms(state=state, labels=labels)
+
+    def status(self) -> str:
+        counts = self.registry.counts()
+        total = sum(counts.values())
+        return f"{total} VMs ({counts.get(VMState.RUNNING, 0)} running)"
+
+    # --- create ----------------------------------------------------------------
+    async def create(self, req: CreateVMRequest) -> tuple[VmRecord, bool]:
+        """Create and boot a VM; return (record, created). Idempotent per id."""
+        vm_id = req.id or new_vm_id()
+        spec = msgspec.structs.replace(req, id=vm_id)
+        check_limits(spec, self.limits)
+        async with self._locked(vm_id):
+            existing = self.registry.get(vm_id)
+            if existing is not None:
+                if existing.spec == spec:
+                    return existing, False
+                raise Conflict(
+                    f"VM {vm_id!r} already exists with a different spec",
+                    details={"id": vm_id, "state": existing.state.value},
+                )
+            if self.registry.count() >= self.limits.max_vms:
+                raise ResourceExhausted(
+                    f"VM limit of {self.limits.max_vms} reached",
+                    details={"max_vms": self.limits.max_vms},
+                )
+            ts = now()
+            rec = VmRecord(
+                id=vm_id, spec=spec, state=VMState.CREATING, created_at=ts, updated_at=ts
+            )
+            states.move(None, VMState.CREATING)
+            self.registry.insert(rec)
+            log.info("creating from template %s", spec.template, extra=_extra(vm_id))
+            undo: list[Undo] = []
+            try:
+                rec = await self._create_steps(rec, undo)
+            except BaseException as exc:
+                err = _as_fcd(exc)
+                await asyncio.shield(self._rollback(rec, undo, err))
+                if err is exc or not isinstance(exc, Exception):
+                    raise
+                raise err from exc
+            return rec, True
+
+    async def _create_steps(self, rec: VmRecord, undo: list[Undo]) -> VmRecord:
+        h, vm_id, spec = self.helpers, rec.id, rec.spec
+        template = await h.storage.template_get(spec.template)  # unknown template: nothing to undo
+
+        undo.append(("vmm.release", lambda: h.vmm.release(vm_id)))
+        jail = await h.vmm.allocate_jail(vm_id)
+        rec = self._set(
+            rec,
+            runtime=msgspec.structs.replace(
+                rec.runtime,
+                uid=jail.uid,
+                gid=jail.gid,
+                chroot_dir=jail.chroot_dir,
+                template_kernel_args=template.kernel_args,
+            ),
+        )
+
+        # Storage and network need only the jail's uid/gid: run them together.
+        undo.append(("storage.release", lambda: h.storage.release(vm_id)))
+        undo.append(("net.teardown", lambda: h.net.teardown(vm_id)))
+        disk, net = await asyncio.gather(
+            h.storage.provision(vm_id, spec.template, spec.disk_size_mib),
+            h.net.setup(vm_id, jail.uid, jail.gid),
+            return_exceptions=True,
+        )
+        if isinstance(disk, BaseException):
+            if isinstance(net, BaseException):
+                log.error("net.setup failed too: %s", net, extra=_extra(vm_id))
+            raise disk
+        if isinstance(net, BaseException):
+            raise net
+        rec = self._set(rec, VMState.STARTING, runtime=_with_resources(rec.runtime, disk, net))
+
+        proc = await h.vmm.launch(launch_request(rec))
+        rec = self._set(
+            rec,
+            VMState.RUNNING,
+            runtime=msgspec.structs.replace(rec.runtime, pid=proc.pid),
+            started_at=now(),
+            error=None,
+        )
+        log.info("running (pid %s, ip %s)", proc.pid, rec.runtime.ip, extra=_extra(vm_id))
+        return rec
+
+    async def _rollback(self, rec: VmRecord, undo: list[Undo], err: FcdError) -> None:
+        vm_id = rec.id
+        log.error(
+            "create failed: %s: %s; undoing %d step(s)",
+            err.code,
+            err.message,
+            len(undo),
+            extra=_extra(vm_id),
+        )
+        failures: list[str] = []
+        for name, fn in reversed(undo):
+            try:
+                await fn()
+            except Exception as e:
+                u = _as_fcd(e)
+                failures.append(f"{name}: {u.code}: {u.message}")
+                log.error("undo %s failed: %s", name, u.message, extra=_extra(vm_id))
+        if not failures:
+            self.registry.delete(vm_id)
+            return
+        current = self.registry.get(vm_id) or rec
+        self._set(
+            current,
+            VMState.ERROR,
+            error=f"create failed: {err.code}: {err.message}; undo failed: {'; '.join(failures)}",
+        )
+
+    # --- lifecycle -------------------------------------------------------------
+    async def start(self, vm_id: str) -> VmRecord:
+        """stopped -> starting -> running: a fresh jailer + Firecracker on the same disk/TAP/IP."""
+        async with self._locked(check_vm_id(vm_id)):
+            rec = self.registry.require(vm_id)
+            step = states.check(Action.START, rec.state)
+            assert step.via is not None and step.to is not None
+            rec = self._set(rec, step.via)
+            with self._guard(rec, "start"):
+                proc = await self.helpers.vmm.launch(launch_request(rec))
+            return self._set(
+                rec,
+                step.to,
+                runtime=msgspec.structs.replace(rec.runtime, pid=proc.pid),
+                started_at=now(),
+                stopped_at=None,
+                error=None,
+            )
+
+    async def stop(self, vm_id: str) -> VmRecord:
+        """running|paused -> stopping -> stopped; disk, TAP and IP are kept."""
+        async with self._locked(check_vm_id(vm_id)):
+            rec = self.registry.require(vm_id)
+            step = states.check(Action.STOP, rec.state)
+            assert step.via is not None and step.to is not None
+            rec = self._set(rec, step.via)
+            with self._guard(rec, "stop"):
+                res = await self.helpers.vmm.stop(vm_id)
+            log.info("stopped (graceful=%s)", res.graceful, extra=_extra(vm_id))
+            return self._set(
+                rec,
+                step.to,
+                runtime=msgspec.structs.replace(rec.runtime, pid=None),
+                stopped_at=now(),
+            )
+
+    async def pause(self, vm_id: str) -> VmRecord:
+        async with self._locked(check_vm_id(vm_id)):
+            rec = self.registry.require(vm_id)
+            step = states.check(Action.PAUSE, rec.state)
+            assert step.via is not None and step.to is not None
+            rec = self._set(rec, step.via)
+            with self._guard(rec, "pause"):
+                await self.helpers.vmm.pause(vm_id)
+            return self._set(rec, step.to)
+
+    async def resume(self, vm_id: str) -> VmRecord:
+        async with self._locked(check_vm_id(vm_id)):
+            rec = self.registry.require(vm_id)
+            step = states.check(Action.RESUME, rec.state)
+            assert step.to is not None
+            with self._guard(rec, "resume"):
+                await self.helpers.vmm.resume(vm_id)
+            return self._set(rec, step.to)
+
+    async def delete(self, vm_id: str, *, force: bool = False) -> None:
+        """Release everything (vmm, then net, then storage) and remove the record.
+
+        Allowed from stopped and error, from any state with ``force``. If a
+        helper fails the VM is left in ``error`` (so the delete can be retried)
+        and the error is returned.
+        """
+        async with self._locked(check_vm_id(vm_id)):
+            rec = self.registry.require(vm_id)
+            states.check(Action.DELETE, rec.state, force=force)
+            h = self.helpers
+            log.info("deleting (from %s, force=%s)", rec.state.value, force, extra=_extra(vm_id))
+            steps: list[Undo] = [
+                ("vmm.release", lambda: h.vmm.release(vm_id)),
+                ("net.teardown", lambda: h.net.teardown(vm_id)),
+                ("storage.release", lambda: h.storage.release(vm_id)),
+            ]
+            for name, fn in steps:
+                with self._guard(rec, f"delete ({name})"):
+                    await fn()
+            self.registry.delete(vm_id)
+            log.info("deleted", extra=_extra(vm_id))
+
+
+def _with_resources(rt: Runtime, disk: pstorage.DiskInfo, net: pnet.NetInfo) -> Runtime:
+    return msgspec.structs.replace(
+        rt,
+        kernel_path=disk.kernel_path,
+        rootfs_path=disk.rootfs_path,
+        disk_method=disk.method,
+        tap=net.tap,
+        mac=net.mac,
+        ip=net.ip,
+        gateway=net.gateway,
+        prefix_len=net.prefix_len,
+        bridge=net.bridge,
+    )

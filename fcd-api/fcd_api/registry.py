@@ -1,0 +1,229 @@
+"""The VM registry: one SQLite database in WAL mode, owned by fcd-api.
+
+``vms`` holds one row per VM: the spec (the create request, JSON), the state,
+the runtime fields the helpers handed out (JSON), the last error and the
+timestamps. Every write is one transaction. ``PRAGMA user_version`` carries
+the schema version; a database from a newer fcd is refused.
+
+Calls are synchronous: each is a sub-millisecond local transaction, cheaper
+than a hop to a thread. Only fcd-api's event loop thread uses the connection.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sqlite3
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+
+import msgspec
+
+from fcd_common.errors import Conflict, Internal, InvalidArgument, NotFound
+
+from .models import CreateVMRequest, Runtime, VmRecord, VMState, now
+
+__all__ = ["SCHEMA_VERSION", "Registry", "parse_label_filters"]
+
+log = logging.getLogger("fcd.api.registry")
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS vms (
+    id          TEXT PRIMARY KEY,
+    spec        TEXT NOT NULL,
+    state       TEXT NOT NULL,
+    runtime     TEXT NOT NULL DEFAULT '{}',
+    error       TEXT,
+    created_at  TEXT NOT NULL,
+    started_at  TEXT,
+    stopped_at  TEXT,
+    updated_at  TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS vms_state ON vms (state);
+"""
+
+_COLUMNS = "id, spec, state, runtime, error, created_at, started_at, stopped_at, updated_at"
+
+_spec_dec = msgspec.json.Decoder(CreateVMRequest)
+_runtime_dec = msgspec.json.Decoder(Runtime)
+_enc = msgspec.json.Encoder()
+
+
+def parse_label_filters(items: Iterable[str]) -> dict[str, str]:
+    """``["k=v", ...]`` -> ``{k: v}``; the value may contain ``=``."""
+    out: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise InvalidArgument(f"label filter {item!r} is not k=v", details={"field": "label"})
+        out[key] = value
+    return out
+
+
+class Registry:
+    def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
+        self._conn = conn
+        self.path = path
+
+    @classmethod
+    def open(cls, path: str | Path) -> Registry:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        try:
+            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise Internal(f"{path}: cannot switch SQLite to WAL mode (got {mode})")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            conn.execute("PRAGMA busy_timeout=5000")
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise Internal(
+                    f"{path}: registry schema version {version} is newer than this fcd-api "
+                    f"({SCHEMA_VERSION}); refusing to touch it"
+                )
+            with _tx(conn):
+                for stmt in filter(None, (s.strip() for s in _SCHEMA.split(";"))):
+                    conn.execute(stmt)
+                conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        except BaseException:
+            conn.close()
+            raise
+        return cls(conn, path)
+
+    def close(self) -> None:
+        self._conn.close()
+
+    @property
+    def journal_mode(self) -> str:
+        return str(self._conn.execute("PRAGMA journal_mode").fetchone()[0])
+
+    @property
+    def schema_version(self) -> int:
+        return int(self._conn.execute("PRAGMA user_version").fetchone()[0])
+
+    # --- reads -----------------------------------------------------------------
+    def get(self, vm_id: str) -> VmRecord | None:
+        row = self._conn.execute(f"SELECT {_COLUMNS} FROM vms WHERE id = ?", (vm_id,)).fetchone()
+        return _record(row) if row else None
+
+    def require(self, vm_id: str) -> VmRecord:
+        rec = self.get(vm_id)
+        if rec is None:
+            raise NotFound(f"no VM {vm_id!r}", details={"id": vm_id})
+        return rec
+
+    def list_vms(
+        self, *, state: VMState | None = None, labels: Mapping[str, str] | None = None
+    ) -> list[VmRecord]:
+        if state is None:
+            rows = self._conn.execute(f"SELECT {_COLUMNS} FROM vms ORDER BY created_at, id")
+        else:
+            rows = self._conn.execute(
+                f"SELECT {_COLUMNS} FROM vms WHERE state = ? ORDER BY created_at, id",
+                (state.value,),
+            )
+        records = [_record(r) for r in rows]
+        if labels:
+            records = [
+                r for r in records if all(r.spec.labels.get(k) == v for k, v in labels.items())
+            ]
+        return records
+
+    def count(self) -> int:
+        return int(self._conn.execute("SELECT count(*) FROM vms").fetchone()[0])
+
+    def counts(self) -> dict[VMState, int]:
+        rows = self._conn.execute("SELECT state, count(*) FROM vms GROUP BY state")
+        return {VMState(state): n for state, n in rows}
+
+    # --- writes ----------------------------------------------------------------
+    def insert(self, rec: VmRecord) -> None:
+        try:
+            with _tx(self._conn):
+                self._conn.execute(
+                    f"INSERT INTO vms ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", _row(rec)
+                )
+        except sqlite3.IntegrityError:
+            raise Conflict(f"VM {rec.id!r} already exists", details={"id": rec.id}) from None
+
+    def update(self, rec: VmRecord) -> VmRecord:
+        """Replace the row of ``rec.id`` (updated_at is set here); NotFound if gone."""
+        rec = msgspec.structs.replace(rec, updated_at=now())
+        row = _row(rec)
+        with _tx(self._conn):
+            cur = self._conn.execute(
+                "UPDATE vms SET spec = ?, state = ?, runtime = ?, error = ?, created_at = ?,"
+                " started_at = ?, stopped_at = ?, updated_at = ? WHERE id = ?",
+                (*row[1:], row[0]),
+            )
+        if cur.rowcount != 1:
+            raise NotFound(f"no VM {rec.id!r}", details={"id": rec.id})
+        return rec
+
+    def delete(self, vm_id: str) -> bool:
+        with _tx(self._conn):
+            cur = self._conn.execute("DELETE FROM vms WHERE id = ?", (vm_id,))
+        return cur.rowcount == 1
+
+    def mark_interrupted(self, states: Iterable[VMState], message: str) -> list[str]:
+        """Move every VM in one of ``states`` to ``error`` (after a crash); return their ids."""
+        wanted = [s.value for s in states]
+        marks = ",".join("?" * len(wanted))
+        ts = now()
+        with _tx(self._conn):
+            ids = [
+                r[0]
+                for r in self._conn.execute(
+                    f"SELECT id, state FROM vms WHERE state IN ({marks})", wanted
+                )
+            ]
+            self._conn.execute(
+                f"UPDATE vms SET error = ? || ' while ' || state, state = ?, updated_at = ?"
+                f" WHERE state IN ({marks})",
+                (message, VMState.ERROR.value, ts, *wanted),
+            )
+        return ids
+
+
+@contextlib.contextmanager
+def _tx(conn: sqlite3.Connection) -> Iterator[None]:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def _row(rec: VmRecord) -> tuple[object, ...]:
+    return (
+        rec.id,
+        _enc.encode(rec.spec).decode(),
+        rec.state.value,
+        _enc.encode(rec.runtime).decode(),
+        rec.error,
+        rec.created_at,
+        rec.started_at,
+        rec.stopped_at,
+        rec.updated_at,
+    )
+
+
+def _record(row: tuple[object, ...]) -> VmRecord:
+    vm_id, spec, state, runtime, error, created, started, stopped, updated = row
+    return VmRecord(
+        id=str(vm_id),
+        spec=_spec_dec.decode(str(spec)),
+        state=VMState(str(state)),
+        runtime=_runtime_dec.decode(str(runtime)),
+        error=None if error is None else str(error),
+        created_at=str(created),
+        started_at=None if started is None else str(started),
+        stopped_at=None if stopped is None else str(stopped),
+        updated_at=str(updated),
+    )
