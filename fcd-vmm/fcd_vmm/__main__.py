@@ -1,0 +1,46 @@
+"""fcd-vmm: composition root.
+
+Runs as root with a cut capability bounding set; serves the fcd-vmm RPC
+contract (``fcd_common.proto.vmm``) on ``cfg.socket("vmm")``.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+from fcd_common import runtime
+from fcd_common.proto import vmm as proto
+from fcd_common.rpc import Handler, Request
+from fcd_common.service import serve_rpc
+
+from .manager import VmManager
+from .procs import set_child_subreaper
+
+
+async def build(ctx: runtime.Context) -> runtime.Service:
+    set_child_subreaper()
+    manager = VmManager(ctx.cfg)
+    manager.start()
+    handlers: dict[type[Request], Handler] = {
+        proto.AllocateJail: manager.allocate_jail,
+        proto.Launch: manager.launch,
+        proto.Pause: manager.pause,
+        proto.Resume: manager.resume,
+        proto.Stop: manager.stop,
+        proto.ReleaseJail: manager.release_jail,
+        proto.Status: manager.status,
+        proto.ListVms: manager.list_vms,
+    }
+    return await serve_rpc(
+        ctx, "vmm", proto.PROTOCOL, handlers, status=manager.status_line, on_close=manager.close
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = runtime.base_parser("fcd-vmm", "Firecracker launcher: jails, processes, VM lifecycle")
+    return runtime.run("fcd-vmm", build, parser, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,172 @@
+"""Re-checks of every Launch argument: fcd-vmm trusts its caller for nothing.
+
+The jailer trusts *its* caller completely (it runs as root and links what it
+is told into a chroot), so everything that reaches it is validated here first:
+limits, the TAP name (recomputed from the VM id), MAC and addresses, the kernel
+command line, and the two files, which must be regular files inside
+fcd-storage's directory reached without any symlink.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import stat
+from dataclasses import dataclass
+
+from fcd_common.config import Config
+from fcd_common.errors import InvalidArgument
+from fcd_common.ids import check_vm_id, tap_name
+from fcd_common.proto.vmm import Launch
+
+from .jail import LaunchSpec
+
+_MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+_KERNEL_ARGS = re.compile(r"^[\x20-\x7e]*$")
+KERNEL_ARGS_MAX = 1024
+
+
+def _bad(field: str, message: str) -> InvalidArgument:
+    return InvalidArgument(f"{field}: {message}", details={"field": field})
+
+
+def check_limits(vcpu_count: int, mem_size_mib: int, cfg: Config) -> None:
+    if not 1 <= vcpu_count <= cfg.limits.max_vcpu:
+        raise _bad("vcpu_count", f"{vcpu_count} is outside [1, {cfg.limits.max_vcpu}]")
+    if not 1 <= mem_size_mib <= cfg.limits.max_mem_mib:
+        raise _bad("mem_size_mib", f"{mem_size_mib} is outside [1, {cfg.limits.max_mem_mib}]")
+
+
+def check_tap(tap: str, vm_id: str, cfg: Config) -> str:
+    expected = tap_name(vm_id, cfg.network.tap_prefix)
+    if tap != expected:
+        raise _bad("tap", f"{tap!r} is not this VM's TAP (expected {expected!r})")
+    return tap
+
+
+def check_mac(mac: str) -> str:
+    if not _MAC.fullmatch(mac):
+        raise _bad("mac", f"{mac!r} is not a lower-case xx:xx:xx:xx:xx:xx address")
+    first = int(mac[:2], 16)
+    if first & 1:
+        raise _bad("mac", f"{mac!r} is a multicast address")
+    if mac == "00:00:00:00:00:00":
+        raise _bad("mac", "the all-zero address is not usable")
+    return mac
+
+
+def check_addresses(ip: str, gateway: str, prefix_len: int) -> None:
+    try:
+        addr = ipaddress.IPv4Address(ip)
+    except ValueError:
+        raise _bad("ip", f"{ip!r} is not an IPv4 address") from None
+    try:
+        gw = ipaddress.IPv4Address(gateway)
+    except ValueError:
+        raise _bad("gateway", f"{gateway!r} is not an IPv4 address") from None
+    if not 1 <= prefix_len <= 30:
+        raise _bad("prefix_len", f"{prefix_len} is outside [1, 30]")
+    net = ipaddress.IPv4Interface(f"{ip}/{prefix_len}").network
+    if addr in (net.network_address, net.broadcast_address):
+        raise _bad("ip", f"{ip} is the network or broadcast address of {net}")
+    if gw not in net or gw in (net.network_address, net.broadcast_address):
+        raise _bad("gateway", f"{gateway} is not a host address of {net}")
+    if gw == addr:
+        raise _bad("ip", "the guest address equals the gateway")
+    if addr.is_loopback or addr.is_multicast or addr.is_unspecified:
+        raise _bad("ip", f"{ip} is not a unicast host address")
+
+
+def check_kernel_args(args: str) -> str:
+    if len(args) > KERNEL_ARGS_MAX:
+        raise _bad("kernel_args", f"longer than {KERNEL_ARGS_MAX} characters")
+    if not _KERNEL_ARGS.fullmatch(args):
+        raise _bad("kernel_args", "only printable ASCII is allowed (no control characters)")
+    return args
+
+
+def check_storage_path(path: str, storage_root: str, field: str) -> str:
+    """String-level check: an absolute, normalized path strictly below ``storage_root``."""
+    if not isinstance(path, str) or not path.startswith("/") or "\x00" in path:
+        raise _bad(field, f"{path!r} is not an absolute path")
+    if os.path.normpath(path) != path or "/../" in f"{path}/" or "/./" in f"{path}/":
+        raise _bad(field, f"{path!r} is not a normalized path")
+    root = os.path.normpath(storage_root)
+    if os.path.commonpath([root, path]) != root or path == root:
+        raise _bad(field, f"{path!r} is outside the storage directory {root}")
+    return path
+
+
+def check_launch(req: Launch, cfg: Config) -> LaunchSpec:
+    """Everything about a Launch that needs no filesystem access."""
+    vm_id = check_vm_id(req.vm_id)
+    check_limits(req.vcpu_count, req.mem_size_mib, cfg)
+    storage = str(cfg.state("storage"))
+    check_storage_path(req.kernel_path, storage, "kernel_path")
+    check_storage_path(req.rootfs_path, storage, "rootfs_path")
+    check_addresses(req.ip, req.gateway, req.prefix_len)
+    return LaunchSpec(
+        vm_id=vm_id,
+        vcpu_count=req.vcpu_count,
+        mem_size_mib=req.mem_size_mib,
+        kernel_path=req.kernel_path,
+        rootfs_path=req.rootfs_path,
+        kernel_args=check_kernel_args(req.kernel_args),
+        tap=check_tap(req.tap, vm_id, cfg),
+        mac=check_mac(req.mac),
+        ip=req.ip,
+        gateway=req.gateway,
+        prefix_len=req.prefix_len,
+    )
+
+
+@dataclass
+class StorageFile:
+    """An ``O_PATH`` handle on a checked file; link from ``proc_path`` to avoid races."""
+
+    fd: int
+    st: os.stat_result
+    path: str
+
+    @property
+    def proc_path(self) -> str:
+        return f"/proc/self/fd/{self.fd}"
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def open_storage_file(path: str, storage_root: str, field: str) -> StorageFile:
+    """Open ``path`` without following symlinks and prove it is a regular file
+    whose real location is the same path below the real ``storage_root``.
+
+    The returned handle pins the inode that was checked, so a later swap of the
+    name cannot make us link another file into the jail.
+    """
+    check_storage_path(path, storage_root, field)
+    try:
+        fd = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise _bad(field, f"{path} does not exist") from None
+    except OSError as e:
+        raise _bad(field, f"{path}: {e.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISLNK(st.st_mode):
+            raise _bad(field, f"{path} is a symlink")
+        if not stat.S_ISREG(st.st_mode):
+            raise _bad(field, f"{path} is not a regular file")
+        real = os.readlink(f"/proc/self/fd/{fd}")
+        real_root = os.path.realpath(storage_root)
+        rel_asked = os.path.relpath(path, os.path.normpath(storage_root))
+        if os.path.commonpath([real_root, real]) != real_root or (
+            os.path.relpath(real, real_root) != rel_asked
+        ):
+            raise _bad(field, f"{path} reaches {real} through a symlink")
+    except BaseException:
+        os.close(fd)
+        raise
+    return StorageFile(fd, st, path)

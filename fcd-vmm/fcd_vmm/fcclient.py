@@ -1,0 +1,142 @@
+"""Firecracker API client over the jail's Unix socket (httpx).
+
+The one seam where Firecracker's answers become fcd errors:
+
+- 204 (PUT/PATCH) and 200 (GET) are success;
+- 400 (or 413) with ``{"fault_message": ...}`` — or micro-http's ``{"error": ...}``
+  for HTTP-level failures — becomes :class:`FirecrackerError` carrying the fault
+  text, the method and the path;
+- a socket that cannot be reached becomes :class:`Unavailable`, a request
+  that takes too long :class:`DeadlineExceeded`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import json
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import httpx
+
+from fcd_common.errors import DeadlineExceeded, FirecrackerError, Unavailable
+
+from .jail import ApiCall
+
+DEFAULT_TIMEOUT = 10.0
+
+
+def fault_text(status: int, content: bytes) -> str:
+    """The error text of a non-success Firecracker reply."""
+    try:
+        body = json.loads(content)
+    except ValueError:
+        body = None
+    if isinstance(body, dict):
+        for key in ("fault_message", "error"):
+            if isinstance(body.get(key), str):
+                return str(body[key])
+    text = content.decode(errors="replace").strip()
+    return text or f"HTTP {status} without a body"
+
+
+class FirecrackerClient:
+    """``async with FirecrackerClient(sock) as fc: await fc.put("/logger", {...})``."""
+
+    def __init__(self, socket_path: str | Path, *, timeout: float = DEFAULT_TIMEOUT) -> None:
+        self.socket_path = str(socket_path)
+        self._client = httpx.AsyncClient(
+            transport=httpx.AsyncHTTPTransport(uds=self.socket_path),
+            base_url="http://localhost",
+            timeout=timeout,
+        )
+
+    async def __aenter__(self) -> FirecrackerClient:
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    async def request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        try:
+            resp = await self._client.request(method, path, json=body)
+        except httpx.TimeoutException:
+            raise DeadlineExceeded(
+                f"Firecracker API {method} {path}: no answer on {self.socket_path}",
+                details={"path": path},
+            ) from None
+        except (httpx.TransportError, OSError) as e:
+            raise Unavailable(
+                f"Firecracker API {method} {path}: cannot reach {self.socket_path}: {e}",
+                details={"path": path},
+            ) from None
+        if resp.status_code in (200, 204):
+            if resp.status_code == 200 and resp.content:
+                try:
+                    return resp.json()
+                except ValueError:
+                    raise FirecrackerError(
+                        f"Firecracker API {method} {path}: reply is not JSON",
+                        details={"path": path, "status": resp.status_code},
+                    ) from None
+            return None
+        fault = fault_text(resp.status_code, resp.content)
+        raise FirecrackerError(
+            f"Firecracker API {method} {path}: {fault}",
+            details={
+                "path": path,
+                "method": method,
+                "status": resp.status_code,
+                "fault_message": fault,
+            },
+        )
+
+    async def get(self, path: str) -> Any:
+        return await self.request("GET", path)
+
+    async def put(self, path: str, body: dict[str, Any]) -> None:
+        await self.request("PUT", path, body)
+
+    async def patch(self, path: str, body: dict[str, Any]) -> None:
+        await self.request("PATCH", path, body)
+
+    async def call(self, call: ApiCall) -> Any:
+        return await self.request(call.method, call.path, call.body)
+
+    async def wait_ready(self, attempts: int = 20) -> dict[str, Any]:
+        """``GET /`` once the socket file exists.
+
+        Firecracker binds and then listens, so a connect can meet the socket in
+        the microseconds between the two (ECONNREFUSED). Only that case is
+        retried, a bounded number of times; the socket's *appearance* is awaited
+        by inotify, never polled.
+        """
+        for i in range(attempts):
+            try:
+                info = await self.get("/")
+            except Unavailable:
+                if i == attempts - 1 or not await _refused(self.socket_path):
+                    raise
+                await asyncio.sleep(0.005 * (i + 1))
+                continue
+            return info if isinstance(info, dict) else {}
+        raise AssertionError("unreachable")
+
+
+async def _refused(path: str) -> bool:
+    """True if connecting to ``path`` is refused right now (bound, not yet listening)."""
+    try:
+        _r, w = await asyncio.open_unix_connection(path)
+    except ConnectionRefusedError:
+        return True
+    except OSError as e:
+        return e.errno == errno.ECONNREFUSED
+    w.close()
+    return True  # it listens now: worth another try

@@ -1,0 +1,285 @@
+"""Pure planning for one jailed Firecracker: paths, the jailer argv, cgroup values
+and the Firecracker API requests that configure and boot the VM.
+
+Nothing here touches the system; :mod:`fcd_vmm.launcher` applies it.
+
+Jail layout (FIRECRACKER.md §3, §9), seen from the host::
+
+    <chroot_base>/<basename(firecracker)>/<vm_id>/root/     the chroot ("/" inside)
+        <exec_name>            binary copy (the jailer makes it)
+        <exec_name>.pid        Firecracker's host pid (the jailer writes it)
+        run/firecracker.socket API socket
+        vmlinux                hard link of the kernel     -> "/vmlinux"
+        rootfs.ext4            hard link of the VM's disk  -> "/rootfs.ext4"
+        firecracker.log        created by us, owned by the jail uid
+        metrics.json           created by us, owned by the jail uid
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from fcd_common.config import Config
+from fcd_common.errors import InvalidArgument
+from fcd_common.ids import check_vm_id
+
+API_SOCK = "/run/firecracker.socket"
+KERNEL = "vmlinux"
+ROOTFS = "rootfs.ext4"
+LOG_FILE = "firecracker.log"
+METRICS_FILE = "metrics.json"
+ROOT_DRIVE_ID = "rootfs"
+IFACE_ID = "eth0"
+BASE_BOOT_ARGS = "console=ttyS0 reboot=k panic=1 pci=off"
+CMDLINE_MAX = 2048
+MIB = 1 << 20
+PIDS_MAX = 256
+"""Firecracker needs a main, an API and one thread per vCPU (plus a few helpers)."""
+
+CgroupVersion = Literal[1, 2]
+Method = Literal["PUT", "PATCH", "GET"]
+
+_RESOURCE_ID = re.compile(r"^[A-Za-z0-9_]+$")
+
+
+def check_resource_id(value: str) -> str:
+    """Firecracker API resource ids (drives, network interfaces): ``[A-Za-z0-9_]+``."""
+    if not _RESOURCE_ID.fullmatch(value):
+        raise InvalidArgument(
+            f"invalid Firecracker resource id {value!r}: alphanumerics and '_' only"
+        )
+    return value
+
+
+# --- paths -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class JailPaths:
+    chroot_base: Path
+    exec_name: str
+    vm_id: str
+
+    @property
+    def jail_dir(self) -> Path:
+        """``<base>/<exec>/<vm_id>``: removed whole on teardown."""
+        return self.chroot_base / self.exec_name / self.vm_id
+
+    @property
+    def root(self) -> Path:
+        return self.jail_dir / "root"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.root / "run"
+
+    @property
+    def api_socket(self) -> Path:
+        return self.root / API_SOCK.lstrip("/")
+
+    @property
+    def pid_file(self) -> Path:
+        return self.root / f"{self.exec_name}.pid"
+
+    @property
+    def kernel(self) -> Path:
+        return self.root / KERNEL
+
+    @property
+    def rootfs(self) -> Path:
+        return self.root / ROOTFS
+
+    @property
+    def log_file(self) -> Path:
+        return self.root / LOG_FILE
+
+    @property
+    def metrics_file(self) -> Path:
+        return self.root / METRICS_FILE
+
+
+def exec_name(cfg: Config) -> str:
+    return os.path.basename(cfg.jail.firecracker)
+
+
+def jail_paths(cfg: Config, vm_id: str) -> JailPaths:
+    return JailPaths(Path(cfg.paths.chroot_base), exec_name(cfg), check_vm_id(vm_id))
+
+
+# --- cgroups ---------------------------------------------------------------------------
+
+
+def cgroup_settings(
+    version: CgroupVersion,
+    controllers: frozenset[str],
+    vcpu_count: int,
+    mem_size_mib: int,
+    mem_overhead_mib: int,
+) -> list[tuple[str, str]]:
+    """``(file, value)`` pairs for ``--cgroup``, limited to the controllers available."""
+    mem_bytes = (mem_size_mib + mem_overhead_mib) * MIB
+    if version == 1:
+        wanted = [
+            ("cpu.shares", str(1024 * vcpu_count)),
+            ("memory.limit_in_bytes", str(mem_bytes)),
+            ("pids.max", str(PIDS_MAX)),
+        ]
+    else:
+        wanted = [
+            ("cpu.weight", str(min(10_000, 100 * vcpu_count))),
+            ("memory.max", str(mem_bytes)),
+            ("pids.max", str(PIDS_MAX)),
+        ]
+    return [(f, v) for f, v in wanted if f.split(".", 1)[0] in controllers]
+
+
+# --- jailer ----------------------------------------------------------------------------
+
+
+def jailer_argv(
+    cfg: Config,
+    *,
+    vm_id: str,
+    uid: int,
+    gid: int,
+    cgroup_version: CgroupVersion,
+    cgroups: list[tuple[str, str]],
+) -> list[str]:
+    """The jailer command line. ``--id`` is given once, before ``--`` (never after)."""
+    argv = [
+        cfg.jail.jailer,
+        "--id",
+        check_vm_id(vm_id),
+        "--exec-file",
+        cfg.jail.firecracker,
+        "--uid",
+        str(uid),
+        "--gid",
+        str(gid),
+        "--chroot-base-dir",
+        cfg.paths.chroot_base,
+        "--cgroup-version",
+        str(cgroup_version),
+        "--parent-cgroup",
+        cfg.jail.parent_cgroup,
+    ]
+    for name, value in cgroups:
+        argv += ["--cgroup", f"{name}={value}"]
+    argv.append("--daemonize")
+    if cfg.jail.new_pid_ns:
+        argv.append("--new-pid-ns")
+    argv += ["--", "--api-sock", API_SOCK]
+    return argv
+
+
+# --- Firecracker configuration -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LaunchSpec:
+    """A Launch request after every re-check (see :mod:`fcd_vmm.checks`)."""
+
+    vm_id: str
+    vcpu_count: int
+    mem_size_mib: int
+    kernel_path: str
+    rootfs_path: str
+    kernel_args: str
+    tap: str
+    mac: str
+    ip: str
+    gateway: str
+    prefix_len: int
+
+
+def netmask(prefix_len: int) -> str:
+    return str(ipaddress.IPv4Network(f"0.0.0.0/{prefix_len}").netmask)
+
+
+def ip_arg(ip: str, gateway: str, prefix_len: int, device: str = IFACE_ID) -> str:
+    """The kernel's ``ip=<client>:<server>:<gw>:<netmask>:<host>:<dev>:<autoconf>``."""
+    return f"ip={ip}::{gateway}:{netmask(prefix_len)}::{device}:off"
+
+
+def boot_args(spec: LaunchSpec) -> str:
+    parts = [BASE_BOOT_ARGS, ip_arg(spec.ip, spec.gateway, spec.prefix_len)]
+    if spec.kernel_args.strip():
+        parts.append(" ".join(spec.kernel_args.split()))
+    args = " ".join(parts)
+    if len(args.encode()) > CMDLINE_MAX:
+        raise InvalidArgument(
+            f"kernel command line is {len(args.encode())} bytes, over {CMDLINE_MAX}",
+            details={"field": "kernel_args"},
+        )
+    return args
+
+
+@dataclass(frozen=True)
+class ApiCall:
+    method: Method
+    path: str
+    body: dict[str, Any] | None = None
+
+
+def logger_body() -> dict[str, Any]:
+    return {"log_path": "/" + LOG_FILE, "level": "Info"}
+
+
+def metrics_body() -> dict[str, Any]:
+    return {"metrics_path": "/" + METRICS_FILE}
+
+
+def machine_config_body(spec: LaunchSpec) -> dict[str, Any]:
+    return {"vcpu_count": spec.vcpu_count, "mem_size_mib": spec.mem_size_mib}
+
+
+def boot_source_body(spec: LaunchSpec) -> dict[str, Any]:
+    return {"kernel_image_path": "/" + KERNEL, "boot_args": boot_args(spec)}
+
+
+def root_drive_body() -> dict[str, Any]:
+    return {
+        "drive_id": check_resource_id(ROOT_DRIVE_ID),
+        "path_on_host": "/" + ROOTFS,
+        "is_root_device": True,
+        "is_read_only": False,
+    }
+
+
+def network_body(spec: LaunchSpec) -> dict[str, Any]:
+    return {
+        "iface_id": check_resource_id(IFACE_ID),
+        "host_dev_name": spec.tap,
+        "guest_mac": spec.mac,
+    }
+
+
+def configure_calls(spec: LaunchSpec) -> list[ApiCall]:
+    """Every API call from a fresh Firecracker to a booted VM, in order."""
+    return [
+        ApiCall("PUT", "/logger", logger_body()),
+        ApiCall("PUT", "/metrics", metrics_body()),
+        ApiCall("PUT", "/machine-config", machine_config_body(spec)),
+        ApiCall("PUT", "/boot-source", boot_source_body(spec)),
+        ApiCall("PUT", f"/drives/{ROOT_DRIVE_ID}", root_drive_body()),
+        ApiCall("PUT", f"/network-interfaces/{IFACE_ID}", network_body(spec)),
+        ApiCall("PUT", "/actions", {"action_type": "InstanceStart"}),
+    ]
+
+
+def vm_state_body(paused: bool) -> dict[str, Any]:
+    return {"state": "Paused" if paused else "Resumed"}
+
+
+CTRL_ALT_DEL = ApiCall("PUT", "/actions", {"action_type": "SendCtrlAltDel"})
+
+FC_STATES: dict[str, Literal["running", "paused", "not_started"]] = {
+    "Running": "running",
+    "Paused": "paused",
+    "Not started": "not_started",
+}

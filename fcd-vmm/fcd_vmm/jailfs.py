@@ -1,0 +1,170 @@
+"""Filesystem work on a jail: prepare the chroot before the jailer runs, remove it after.
+
+The kernel and the disk are hard-linked into the chroot (Firecracker resolves
+every API path inside the jail). When the storage directory and the chroot
+base are on different filesystems a link is impossible (EXDEV); the file is
+then reflinked, or copied sparsely, and a log line says so, since writes to a
+copied disk do not reach the storage's file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import logging
+import os
+import shutil
+import stat
+from pathlib import Path
+
+from fcd_common import logs
+
+from .checks import StorageFile
+from .jail import JailPaths
+
+log = logging.getLogger("fcd.vmm.jailfs")
+
+FICLONE = 0x40049409
+
+
+def _mkdir(path: Path, mode: int) -> None:
+    try:
+        os.mkdir(path, mode)
+    except FileExistsError:
+        st = os.lstat(path)
+        if not stat.S_ISDIR(st.st_mode):
+            raise NotADirectoryError(f"{path} exists and is not a directory") from None
+    os.chmod(path, mode, follow_symlinks=False)
+
+
+def remove_jail_dir(paths: JailPaths) -> None:
+    """Delete ``<base>/<exec>/<vm_id>`` entirely (links are unlinked, not followed)."""
+    with contextlib.suppress(FileNotFoundError):
+        shutil.rmtree(paths.jail_dir)
+
+
+def _copy_into(src: StorageFile, dst: Path, vm_id: str) -> str:
+    """Reflink, else sparse copy ``src`` to a new file ``dst``; returns the method."""
+    rfd = os.open(src.proc_path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        wfd = os.open(
+            dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
+        )
+        try:
+            try:
+                fcntl.ioctl(wfd, FICLONE, rfd)
+                return "reflink"
+            except OSError:
+                pass
+            size = os.fstat(rfd).st_size
+            pos = 0
+            while pos < size:
+                try:
+                    data = os.lseek(rfd, pos, os.SEEK_DATA)
+                except OSError as e:
+                    if e.errno == errno.ENXIO:  # only a hole is left
+                        break
+                    raise
+                hole = os.lseek(rfd, data, os.SEEK_HOLE)
+                off = data
+                while off < hole:
+                    n = os.copy_file_range(rfd, wfd, hole - off, off, off)
+                    if n == 0:
+                        break
+                    off += n
+                pos = hole
+            os.ftruncate(wfd, size)
+            return "copy"
+        finally:
+            os.close(wfd)
+    finally:
+        os.close(rfd)
+        log.debug("copied %s to %s", src.path, dst, extra=logs.vm(vm_id))
+
+
+def _place(src: StorageFile, dst: Path, vm_id: str, what: str, *, want_link: bool = True) -> None:
+    if want_link:
+        try:
+            os.link(src.proc_path, dst, follow_symlinks=True)
+            return
+        except OSError as e:
+            if e.errno != errno.EXDEV:
+                raise
+            method = _copy_into(src, dst, vm_id)
+            log.warning(
+                "%s %s is on another filesystem than the chroot base: used a %s into the jail "
+                "(changes to it do not reach the storage file)",
+                what,
+                src.path,
+                method,
+                extra=logs.vm(vm_id),
+            )
+            return
+    method = _copy_into(src, dst, vm_id)
+    log.info(
+        "%s %s is not world-readable: %s into the jail",
+        what,
+        src.path,
+        method,
+        extra=logs.vm(vm_id),
+    )
+
+
+def _create_owned(path: Path, uid: int, gid: int) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        os.fchown(fd, uid, gid)
+    finally:
+        os.close(fd)
+
+
+def prepare_jail(
+    paths: JailPaths, uid: int, gid: int, kernel: StorageFile, rootfs: StorageFile
+) -> None:
+    """Fresh ``<root>`` with the kernel, the disk (owned by uid:gid), and the log
+    and metrics files Firecracker v1.7 needs to exist."""
+    vm_id = paths.vm_id
+    remove_jail_dir(paths)
+    base = paths.chroot_base
+    if not base.is_dir():
+        base.mkdir(mode=0o711, parents=True, exist_ok=True)
+    _mkdir(base / paths.exec_name, 0o711)
+    _mkdir(paths.jail_dir, 0o700)
+    _mkdir(paths.root, 0o700)  # the jailer makes it uid:gid when it sets up "/"
+    # kernel: only read by Firecracker; a link needs the file to be readable by the jail uid
+    world_readable = bool(kernel.st.st_mode & stat.S_IROTH)
+    _place(kernel, paths.kernel, vm_id, "kernel", want_link=world_readable)
+    if not world_readable:
+        os.chown(paths.kernel, uid, gid, follow_symlinks=False)
+        os.chmod(paths.kernel, 0o400, follow_symlinks=False)
+    # disk: read-write by the jail uid
+    _place(rootfs, paths.rootfs, vm_id, "disk", want_link=True)
+    os.chown(paths.rootfs, uid, gid, follow_symlinks=False)
+    mode = stat.S_IMODE(os.lstat(paths.rootfs).st_mode)
+    if mode & 0o600 != 0o600:
+        os.chmod(paths.rootfs, mode | 0o600, follow_symlinks=False)
+    _create_owned(paths.log_file, uid, gid)
+    _create_owned(paths.metrics_file, uid, gid)
+
+
+def read_pid_file(path: Path) -> int | None:
+    """The pid in the jailer's pid file, or None while it is missing or still empty."""
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() and int(text) > 0 else None
+
+
+def log_tail(path: Path, lines: int = 10, limit: int = 4096) -> str:
+    """The last lines of Firecracker's log, for error details."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - limit))
+            data = f.read()
+    except OSError:
+        return ""
+    return "\n".join(data.decode(errors="replace").splitlines()[-lines:])

@@ -1,0 +1,213 @@
+"""Launch one VM: prepared jail -> jailer -> Firecracker -> configured and booted.
+
+Sequence (each step bounded; any failure kills what started and removes the
+jail and its cgroups before the error is raised):
+
+1. open the kernel and disk without following symlinks (re-checked inside
+   fcd-storage's directory) and prepare a fresh chroot with them;
+2. spawn the jailer (``--daemonize``): its exit status and stderr are the
+   verdict on its own work;
+3. await the pid file and the API socket with inotify — not a sleep loop —
+   aborting at once if the Firecracker process dies (its pidfd turns readable);
+4. prove the process is the jailed one (its root is the chroot, its uid the
+   jail uid), then configure it over the API and ``InstanceStart``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import tempfile
+from pathlib import Path
+
+from fcd_common import logs
+from fcd_common.config import Config
+from fcd_common.errors import DeadlineExceeded, FcdError, FirecrackerError, Internal
+
+from . import cgroups, jailfs
+from .checks import open_storage_file
+from .fcclient import FirecrackerClient
+from .jail import (
+    CgroupVersion,
+    JailPaths,
+    LaunchSpec,
+    cgroup_settings,
+    configure_calls,
+    jail_paths,
+    jailer_argv,
+)
+from .procs import Aborted, PidWatch, proc_uid, reap_orphans, same_root, wait_for_path
+
+log = logging.getLogger("fcd.vmm.launcher")
+
+KILL_WAIT_S = 10.0
+
+
+async def _run_jailer(argv: list[str], vm_id: str) -> None:
+    # stderr goes to a file, not a pipe: the daemonized grandchildren inherit it
+    # and would otherwise hold the pipe open for the VM's whole life.
+    with tempfile.TemporaryFile() as err:
+        log.info("starting jailer: %s", " ".join(argv), extra=logs.vm(vm_id))
+        proc = await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=err,
+            env={},
+            cwd="/",
+            close_fds=True,
+        )
+        try:
+            rc = await proc.wait()
+        except BaseException:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGKILL)
+            await asyncio.shield(proc.wait())
+            raise
+        err.seek(0)
+        text = err.read(16384).decode(errors="replace").strip()
+    if rc != 0:
+        raise FirecrackerError(
+            f"jailer exited with status {rc}: {text or '(no output)'}",
+            details={"exit_code": rc, "stderr": text},
+        )
+    if text:
+        log.info("jailer: %s", text, extra=logs.vm(vm_id))
+
+
+async def teardown(cfg: Config, vm_id: str, watch: PidWatch | None) -> list[str]:
+    """Kill (if alive) and reap the VM's process, remove its jail dir and cgroups."""
+    problems: list[str] = []
+    if watch is not None:
+        if watch.alive:
+            watch.kill(signal.SIGKILL)
+            if not await watch.wait(KILL_WAIT_S):
+                problems.append(f"pid {watch.pid} survived SIGKILL")
+        watch.close()
+    reap_orphans()
+    paths = jail_paths(cfg, vm_id)
+    try:
+        await asyncio.to_thread(jailfs.remove_jail_dir, paths)
+    except OSError as e:
+        problems.append(f"{paths.jail_dir}: {e}")
+        log.error("cannot remove %s: %s", paths.jail_dir, e, extra=logs.vm(vm_id))
+    problems += await cgroups.remove_vm_cgroups(cfg.jail.parent_cgroup, vm_id)
+    return problems
+
+
+async def _await_process(paths: JailPaths, uid: int) -> PidWatch:
+    await wait_for_path(
+        paths.pid_file, within=paths.root, ready=lambda p: jailfs.read_pid_file(p) is not None
+    )
+    pid = jailfs.read_pid_file(paths.pid_file)
+    assert pid is not None
+    try:
+        watch = PidWatch(pid)
+    except ProcessLookupError:
+        raise FirecrackerError(
+            f"Firecracker (pid {pid}) exited right after the jailer started it",
+            details={"log_tail": jailfs.log_tail(paths.log_file)},
+        ) from None
+    try:
+        await wait_for_path(paths.api_socket, within=paths.root, abort=watch.exited)
+    except Aborted:
+        watch.close()
+        raise FirecrackerError(
+            f"Firecracker (pid {pid}) exited before opening its API socket",
+            details={"exit_code": watch.exit_code, "log_tail": jailfs.log_tail(paths.log_file)},
+        ) from None
+    except BaseException:
+        watch.kill()
+        watch.close()
+        raise
+    if not same_root(pid, paths.root) or proc_uid(pid) != uid:
+        watch.kill()
+        watch.close()
+        raise Internal(f"pid {pid} from {paths.pid_file} is not the jailed Firecracker (uid {uid})")
+    return watch
+
+
+async def launch(
+    cfg: Config,
+    spec: LaunchSpec,
+    *,
+    uid: int,
+    gid: int,
+    cgroup_version: CgroupVersion,
+    controllers: frozenset[str],
+) -> PidWatch:
+    """Start and boot the VM; returns the watch on its Firecracker process."""
+    vm_id = spec.vm_id
+    paths = jail_paths(cfg, vm_id)
+    storage = str(cfg.state("storage"))
+    kernel = open_storage_file(spec.kernel_path, storage, "kernel_path")
+    watch: PidWatch | None = None
+    try:
+        rootfs = open_storage_file(spec.rootfs_path, storage, "rootfs_path")
+        try:
+            await asyncio.to_thread(jailfs.prepare_jail, paths, uid, gid, kernel, rootfs)
+        finally:
+            rootfs.close()
+        kernel.close()
+        settings = cgroup_settings(
+            cgroup_version,
+            controllers,
+            spec.vcpu_count,
+            spec.mem_size_mib,
+            cfg.limits.mem_overhead_mib,
+        )
+        argv = jailer_argv(
+            cfg, vm_id=vm_id, uid=uid, gid=gid, cgroup_version=cgroup_version, cgroups=settings
+        )
+        try:
+            async with asyncio.timeout(cfg.limits.boot_timeout_s):
+                await _run_jailer(argv, vm_id)
+                watch = await _await_process(paths, uid)
+        except TimeoutError:
+            raise DeadlineExceeded(
+                f"Firecracker did not open its API socket within {cfg.limits.boot_timeout_s}s",
+                details={"log_tail": jailfs.log_tail(paths.log_file)},
+            ) from None
+        log.info("firecracker pid %d is up, configuring", watch.pid, extra=logs.vm(vm_id))
+        async with FirecrackerClient(paths.api_socket) as fc:
+            await fc.wait_ready()
+            for call in configure_calls(spec):
+                try:
+                    await fc.call(call)
+                except FirecrackerError as e:
+                    tail = jailfs.log_tail(paths.log_file)
+                    if tail:
+                        e.details = {**(e.details or {}), "log_tail": tail}
+                    raise
+        log.info(
+            "booted: %d vCPU, %d MiB, pid %d, uid %d",
+            spec.vcpu_count,
+            spec.mem_size_mib,
+            watch.pid,
+            uid,
+            extra=logs.vm(vm_id),
+        )
+        reap_orphans()
+        return watch
+    except BaseException as e:
+        kernel.close()
+        log.error("launch failed: %s", e, extra=logs.vm(vm_id))
+        await asyncio.shield(teardown(cfg, vm_id, watch))
+        if isinstance(e, FcdError | asyncio.CancelledError):
+            raise
+        if isinstance(e, OSError):
+            raise Internal(f"launch failed: {e}") from e
+        raise
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return Path(f"/proc/{pid}").exists()

@@ -1,0 +1,284 @@
+"""fcd-vmm's state and RPC handlers: one record and at most one live process per VM.
+
+Replies (the ``result_type`` a caller passes to ``RpcClient.call``):
+
+    AllocateJail -> JailInfo          Launch  -> VmProcess      Pause/Resume -> VmProcess
+    Stop         -> StopResult        Status  -> VmProcess      ListVms      -> VmProcessList
+    ReleaseJail  -> VmProcess (state "absent")
+
+``VmProcess.state``: ``running``/``paused``/``not_started`` as Firecracker
+reports them (``GET /``), ``exited`` once the process is gone (after Stop, or
+if it ended by itself), ``not_started`` too for a jail that was never
+launched, ``absent`` for a VM without a jail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import defaultdict
+from pathlib import Path
+
+from fcd_common import logs
+from fcd_common.config import Config
+from fcd_common.errors import Conflict, FailedPrecondition, FcdError, Internal
+from fcd_common.ids import check_vm_id
+from fcd_common.proto.vmm import (
+    AllocateJail,
+    JailInfo,
+    Launch,
+    ListVms,
+    Pause,
+    ProcState,
+    ReleaseJail,
+    Resume,
+    Status,
+    Stop,
+    StopResult,
+    VmProcess,
+    VmProcessList,
+)
+from fcd_common.rpc import Peer
+
+from . import cgroups, launcher
+from .checks import check_launch
+from .fcclient import FirecrackerClient
+from .jail import CTRL_ALT_DEL, FC_STATES, CgroupVersion, jail_paths, vm_state_body
+from .procs import PidWatch, proc_uid, reap_orphans, same_root
+from .uidpool import UidPool, VmRecord
+
+log = logging.getLogger("fcd.vmm")
+
+STATUS_TIMEOUT_S = 2.0
+API_TIMEOUT_S = 10.0
+
+
+class VmManager:
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.pool = UidPool(
+            cfg.state("vmm"), cfg.jail.uid_min, cfg.jail.uid_max, cfg.limits.max_vms
+        )
+        self.watches: dict[str, PidWatch] = {}
+        self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._cgroup: tuple[CgroupVersion, frozenset[str]] | None = None
+
+    # --- start-up ----------------------------------------------------------------------
+    def start(self) -> None:
+        """Reload records; re-adopt every Firecracker still running in its jail."""
+        Path(self.cfg.paths.chroot_base).mkdir(mode=0o711, parents=True, exist_ok=True)
+        for rec in self.pool.load():
+            if rec.pid is None:
+                continue
+            paths = jail_paths(self.cfg, rec.vm_id)
+            if same_root(rec.pid, paths.root) and proc_uid(rec.pid) == rec.uid:
+                try:
+                    self._watch(rec, PidWatch(rec.pid))
+                    log.info("re-adopted firecracker pid %d", rec.pid, extra=logs.vm(rec.vm_id))
+                    continue
+                except ProcessLookupError:
+                    pass
+            log.info("firecracker pid %d is gone", rec.pid, extra=logs.vm(rec.vm_id))
+            self._mark_exited(rec, None)
+        try:
+            self._cgroup = self._detect_cgroups()
+            log.info(
+                "cgroup v%d, controllers: %s", self._cgroup[0], " ".join(sorted(self._cgroup[1]))
+            )
+        except FcdError as e:
+            log.error("%s", e)
+        reap_orphans()
+
+    def _detect_cgroups(self) -> tuple[CgroupVersion, frozenset[str]]:
+        version = cgroups.detect_version(self.cfg.jail.cgroup_version)
+        return version, cgroups.available_controllers(version, cgroups.read_mounts())
+
+    async def close(self) -> None:
+        """Running VMs outlive the daemon: only stop watching them."""
+        for w in self.watches.values():
+            w.close()
+        self.watches.clear()
+
+    def status_line(self) -> str:
+        running = sum(1 for w in self.watches.values() if w.alive)
+        return f"{running} VMs running"
+
+    # --- bookkeeping -------------------------------------------------------------------
+    def _watch(self, rec: VmRecord, watch: PidWatch) -> None:
+        self.watches[rec.vm_id] = watch
+
+        def exited(_f: asyncio.Future[None]) -> None:
+            if self.watches.get(rec.vm_id) is watch and self.pool.get(rec.vm_id) is rec:
+                log.info(
+                    "firecracker pid %d exited (code %s)",
+                    watch.pid,
+                    watch.exit_code,
+                    extra=logs.vm(rec.vm_id),
+                )
+                with contextlib.suppress(OSError):
+                    self._mark_exited(rec, watch.exit_code)
+            reap_orphans()
+
+        watch.exited.add_done_callback(exited)
+
+    def _mark_exited(self, rec: VmRecord, code: int | None) -> None:
+        rec.pid = None
+        rec.state = "exited"
+        rec.exit_code = code
+        self.pool.save(rec)
+
+    def _require(self, vm_id: str) -> VmRecord:
+        rec = self.pool.get(check_vm_id(vm_id))
+        if rec is None:
+            raise FailedPrecondition(f"VM {vm_id} has no jail (AllocateJail first)")
+        return rec
+
+    def _live(self, vm_id: str) -> PidWatch | None:
+        w = self.watches.get(vm_id)
+        return w if w is not None and w.alive else None
+
+    async def _process(self, vm_id: str) -> VmProcess:
+        rec = self.pool.get(vm_id)
+        if rec is None:
+            return VmProcess(vm_id=vm_id, state="absent")
+        paths = jail_paths(self.cfg, vm_id)
+        watch = self._live(vm_id)
+        state: ProcState
+        if watch is not None:
+            state = "running"
+            if paths.api_socket.exists():
+                try:
+                    async with FirecrackerClient(paths.api_socket, timeout=STATUS_TIMEOUT_S) as fc:
+                        info = await fc.get("/")
+                    state = FC_STATES.get(str(info.get("state")), "running")
+                except FcdError as e:
+                    log.warning("GET / failed: %s", e, extra=logs.vm(vm_id))
+        else:
+            state = "exited" if rec.state != "allocated" else "not_started"
+        return VmProcess(
+            vm_id=vm_id,
+            state=state,
+            pid=watch.pid if watch else None,
+            uid=rec.uid,
+            gid=rec.gid,
+            chroot_dir=str(paths.root),
+            api_socket=str(paths.api_socket) if watch else None,
+            exit_code=None if watch else rec.exit_code,
+        )
+
+    # --- handlers ----------------------------------------------------------------------
+    async def allocate_jail(self, req: AllocateJail, _peer: Peer) -> JailInfo:
+        async with self._locks[req.vm_id]:
+            rec = self.pool.allocate(req.vm_id)
+        return JailInfo(
+            vm_id=rec.vm_id,
+            uid=rec.uid,
+            gid=rec.gid,
+            chroot_dir=str(jail_paths(self.cfg, rec.vm_id).root),
+        )
+
+    async def launch(self, req: Launch, _peer: Peer) -> VmProcess:
+        spec = check_launch(req, self.cfg)
+        async with self._locks[spec.vm_id]:
+            rec = self._require(spec.vm_id)
+            live = self._live(spec.vm_id)
+            if live is not None:
+                raise Conflict(f"VM {spec.vm_id} is already running (pid {live.pid})")
+            if self._cgroup is None:
+                self._cgroup = self._detect_cgroups()
+            old = self.watches.pop(spec.vm_id, None)
+            if old is not None:
+                old.close()
+            version, controllers = self._cgroup
+            watch = await launcher.launch(
+                self.cfg,
+                spec,
+                uid=rec.uid,
+                gid=rec.gid,
+                cgroup_version=version,
+                controllers=controllers,
+            )
+            rec.pid, rec.state, rec.exit_code = watch.pid, "running", None
+            self._watch(rec, watch)
+            try:
+                self.pool.save(rec)
+            except OSError as e:
+                await launcher.teardown(self.cfg, spec.vm_id, watch)
+                self._mark_exited(rec, None)
+                raise Internal(f"cannot record VM state: {e}") from e
+            return await self._process(spec.vm_id)
+
+    async def _set_paused(self, vm_id: str, paused: bool) -> VmProcess:
+        async with self._locks[vm_id]:
+            self._require(vm_id)
+            if self._live(vm_id) is None:
+                raise FailedPrecondition(f"VM {vm_id} is not running")
+            paths = jail_paths(self.cfg, vm_id)
+            async with FirecrackerClient(paths.api_socket, timeout=API_TIMEOUT_S) as fc:
+                await fc.patch("/vm", vm_state_body(paused))
+            log.info("%s", "paused" if paused else "resumed", extra=logs.vm(vm_id))
+            return await self._process(vm_id)
+
+    async def pause(self, req: Pause, _peer: Peer) -> VmProcess:
+        return await self._set_paused(req.vm_id, True)
+
+    async def resume(self, req: Resume, _peer: Peer) -> VmProcess:
+        return await self._set_paused(req.vm_id, False)
+
+    async def stop(self, req: Stop, _peer: Peer) -> StopResult:
+        timeout = req.timeout_s or self.cfg.limits.stop_timeout_s
+        async with self._locks[req.vm_id]:
+            rec = self._require(req.vm_id)
+            vm = logs.vm(req.vm_id)
+            watch = self._live(req.vm_id)
+            graceful = True
+            if watch is not None:
+                graceful = await self._shutdown(req.vm_id, watch, timeout)
+                if not graceful:
+                    log.info("no shutdown within %.1fs: SIGKILL", timeout, extra=vm)
+            old = self.watches.pop(req.vm_id, None)
+            problems = await launcher.teardown(self.cfg, req.vm_id, old)
+            if problems:
+                raise Internal(f"VM {req.vm_id} stopped, cleanup incomplete: {'; '.join(problems)}")
+            code = old.exit_code if old is not None else rec.exit_code
+            if rec.state != "allocated" or old is not None:
+                self._mark_exited(rec, code)
+            log.info("stopped (%s)", "graceful" if graceful else "killed", extra=vm)
+            return StopResult(vm_id=req.vm_id, graceful=graceful)
+
+    async def _shutdown(self, vm_id: str, watch: PidWatch, timeout: float) -> bool:
+        """Ctrl-Alt-Del (resuming a paused guest first); True if it exited in time."""
+        sock = jail_paths(self.cfg, vm_id).api_socket
+        try:
+            async with FirecrackerClient(sock, timeout=API_TIMEOUT_S) as fc:
+                info = await fc.get("/")
+                if info.get("state") == "Paused":
+                    await fc.patch("/vm", vm_state_body(False))
+                elif info.get("state") != "Running":
+                    return False
+                await fc.call(CTRL_ALT_DEL)
+        except FcdError as e:
+            if not watch.alive:
+                return True
+            log.info("Ctrl-Alt-Del not delivered: %s", e, extra=logs.vm(vm_id))
+            return False
+        return await watch.wait(timeout)
+
+    async def release_jail(self, req: ReleaseJail, _peer: Peer) -> VmProcess:
+        vm_id = check_vm_id(req.vm_id)
+        async with self._locks[vm_id]:
+            old = self.watches.pop(vm_id, None)
+            problems = await launcher.teardown(self.cfg, vm_id, old)
+            if problems:
+                raise Internal(f"cannot release VM {vm_id}: {'; '.join(problems)}")
+            self.pool.release(vm_id)
+        self._locks.pop(vm_id, None)
+        return VmProcess(vm_id=vm_id, state="absent")
+
+    async def status(self, req: Status, _peer: Peer) -> VmProcess:
+        return await self._process(check_vm_id(req.vm_id))
+
+    async def list_vms(self, _req: ListVms, _peer: Peer) -> VmProcessList:
+        items = await asyncio.gather(*(self._process(r.vm_id) for r in self.pool))
+        return VmProcessList(items=sorted(items, key=lambda p: p.vm_id))

@@ -1,0 +1,185 @@
+"""Process plumbing for jailed Firecrackers: pidfds, the subreaper, reaping, and
+awaiting files with inotify.
+
+With ``--daemonize`` the jailer double-forks and exits, so Firecracker is not
+our child. fcd-vmm marks itself a *child subreaper*: the orphaned processes of
+that chain (the jailer's intermediate forks, and Firecracker itself once its
+parent exits) are reparented to fcd-vmm, and it reaps them. It never reaps a
+process that shares its session: those are its direct children (the jailer),
+whose status belongs to asyncio's own child watcher.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+from collections.abc import Callable
+from pathlib import Path
+
+from asyncinotify import Inotify, Mask
+
+from fcd_common.errors import Internal
+
+log = logging.getLogger("fcd.vmm.procs")
+
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def set_child_subreaper() -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        err = ctypes.get_errno()
+        raise Internal(f"prctl(PR_SET_CHILD_SUBREAPER): {os.strerror(err)}")
+
+
+def read_stat(pid: int) -> tuple[str, int, int] | None:
+    """(state, ppid, session) of a process from /proc/<pid>/stat, or None if gone."""
+    try:
+        data = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    rest = data[data.rfind(")") + 2 :].split()
+    return rest[0], int(rest[1]), int(rest[3])
+
+
+def reap(pid: int) -> int | None:
+    """waitpid(pid, WNOHANG) if it is our (dead) child; its exit code, else None."""
+    try:
+        got, status = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return None
+    if got == 0:
+        return None
+    return os.waitstatus_to_exitcode(status)
+
+
+def reap_orphans() -> dict[int, int]:
+    """Reap every zombie child adopted through the subreaper; {pid: exit code}."""
+    me, my_session = os.getpid(), os.getsid(0)
+    out: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        info = read_stat(int(entry))
+        if info is None:
+            continue
+        state, ppid, session = info
+        if ppid != me or state != "Z" or session == my_session:
+            continue
+        code = reap(int(entry))
+        if code is not None:
+            out[int(entry)] = code
+    return out
+
+
+def same_root(pid: int, root: Path) -> bool:
+    """True if the process's root directory is ``root`` (same device and inode)."""
+    try:
+        a = os.stat(f"/proc/{pid}/root")
+        b = os.stat(root)
+    except OSError:
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
+def proc_uid(pid: int) -> int | None:
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("Uid:"):
+                return int(line.split()[1])
+    return None
+
+
+class PidWatch:
+    """A pidfd on a process and a future that completes when it exits."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.fd = os.pidfd_open(pid)  # ProcessLookupError if already gone
+        self._loop = asyncio.get_running_loop()
+        self.exited: asyncio.Future[None] = self._loop.create_future()
+        self._loop.add_reader(self.fd, self._on_exit)
+        self.exit_code: int | None = None
+
+    def _on_exit(self) -> None:
+        self._loop.remove_reader(self.fd)
+        if not self.exited.done():
+            self.exited.set_result(None)
+        code = reap(self.pid)
+        if code is not None:
+            self.exit_code = code
+
+    @property
+    def alive(self) -> bool:
+        return not self.exited.done()
+
+    async def wait(self, timeout: float) -> bool:
+        """True if the process exited within ``timeout`` seconds."""
+        if self.exited.done():
+            return True
+        done, _ = await asyncio.wait([self.exited], timeout=timeout)
+        return bool(done)
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.fd < 0 or self.exited.done():
+            return
+        with contextlib.suppress(ProcessLookupError):
+            signal.pidfd_send_signal(self.fd, sig)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            self._loop.remove_reader(self.fd)
+            os.close(self.fd)
+            self.fd = -1
+
+
+class Aborted(Exception):
+    """The process we were waiting for died first."""
+
+
+async def wait_for_path(
+    target: Path,
+    *,
+    within: Path,
+    ready: Callable[[Path], bool] = os.path.exists,
+    abort: asyncio.Future[None] | None = None,
+) -> None:
+    """Return once ``ready(target)`` holds, woken by inotify (no polling).
+
+    Watches the deepest existing directory between ``within`` and ``target``
+    and re-checks after every event; the check always follows the watch, so a
+    creation between "look" and "watch" cannot be missed. Bound it with
+    ``asyncio.timeout``. Raises :class:`Aborted` if ``abort`` completes first.
+    """
+    parts = target.relative_to(within).parts
+    mask = Mask.CREATE | Mask.MOVED_TO | Mask.CLOSE_WRITE | Mask.ONLYDIR
+    with Inotify() as ino:
+        watched: set[Path] = set()
+        while True:
+            d = within
+            for part in parts[:-1]:
+                if not (d / part).is_dir():
+                    break
+                d = d / part
+            if d not in watched:
+                ino.add_watch(d, mask)
+                watched.add(d)
+            if ready(target):
+                return
+            if abort is not None and abort.done():
+                raise Aborted(str(target))
+            get = asyncio.ensure_future(ino.get())
+            waits: list[asyncio.Future[object]] = [get]  # type: ignore[list-item]
+            if abort is not None:
+                waits.append(abort)  # type: ignore[arg-type]
+            try:
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                if not get.done():
+                    get.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await get

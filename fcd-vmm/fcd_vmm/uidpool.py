@@ -1,0 +1,189 @@
+"""The per-VM uid/gid pool and its on-disk records.
+
+Each VM gets ``uid = gid`` from ``[uid_min, uid_max]``; no two VMs ever share
+one. The allocation itself is a pure function (:func:`pick_uid`); the
+:class:`UidPool` keeps one JSON record per VM in ``<state>/vms/<vm_id>.json``
+(written atomically: temp file, fsync, rename), reloads them at start and
+refuses a record that would reuse a uid already taken.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Literal
+
+import msgspec
+
+from fcd_common import logs
+from fcd_common.errors import Internal, ResourceExhausted
+from fcd_common.ids import check_vm_id, is_vm_id
+
+log = logging.getLogger("fcd.vmm.uidpool")
+
+RecordState = Literal["allocated", "running", "exited"]
+
+
+class VmRecord(msgspec.Struct, kw_only=True, forbid_unknown_fields=False):
+    """What fcd-vmm remembers about one VM across restarts."""
+
+    vm_id: str
+    uid: int
+    gid: int
+    pid: int | None = None
+    state: RecordState = "allocated"
+    """allocated: jail reserved, never launched; running: a Firecracker was
+    launched (its pid is ``pid``); exited: it is gone (``exit_code`` if known)."""
+    exit_code: int | None = None
+
+
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder(VmRecord)
+
+
+def pick_uid(used: Iterable[int], lo: int, hi: int, start: int | None = None) -> int | None:
+    """The first uid in ``[lo, hi]`` not in ``used``, searching from ``start`` and wrapping.
+
+    Starting after the last allocation (instead of always at ``lo``) keeps a
+    just-released uid out of use for as long as possible, so that nothing still
+    owned by the previous VM (a TAP not yet deleted) meets the next one.
+    """
+    taken = set(used)
+    if start is None or not lo <= start <= hi:
+        start = lo
+    for uid in range(start, hi + 1):
+        if uid not in taken:
+            return uid
+    for uid in range(lo, start):
+        if uid not in taken:
+            return uid
+    return None
+
+
+def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
+    """Replace ``path`` with ``data`` atomically (same-directory temp file + rename)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+class UidPool:
+    """Records of every VM that holds a jail uid, persisted one file per VM."""
+
+    def __init__(self, state_dir: Path, uid_min: int, uid_max: int, max_vms: int) -> None:
+        self.dir = state_dir / "vms"
+        self.uid_min = uid_min
+        self.uid_max = uid_max
+        self.max_vms = max_vms
+        self._records: dict[str, VmRecord] = {}
+        self._next: int | None = None
+
+    # --- persistence -----------------------------------------------------------------
+    def load(self) -> list[VmRecord]:
+        """(Re)read every record file; returns the records kept."""
+        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._records.clear()
+        by_uid: dict[int, str] = {}
+        for path in sorted(self.dir.glob("*.json")):
+            vm_id = path.stem
+            try:
+                rec = _decoder.decode(path.read_bytes())
+            except (OSError, msgspec.DecodeError) as e:
+                log.error("ignoring unreadable VM record %s: %s", path, e, extra=logs.vm(vm_id))
+                continue
+            if not is_vm_id(vm_id) or rec.vm_id != vm_id:
+                log.error("ignoring VM record %s: id mismatch (%r)", path, rec.vm_id)
+                continue
+            if not (self.uid_min <= rec.uid <= self.uid_max) or rec.gid != rec.uid:
+                log.error(
+                    "VM record %s has uid %d/gid %d outside the pool [%d, %d]; keeping it reserved",
+                    path,
+                    rec.uid,
+                    rec.gid,
+                    self.uid_min,
+                    self.uid_max,
+                    extra=logs.vm(vm_id),
+                )
+            if rec.uid in by_uid:
+                log.error(
+                    "VM record %s reuses uid %d of %s; ignoring it",
+                    path,
+                    rec.uid,
+                    by_uid[rec.uid],
+                    extra=logs.vm(vm_id),
+                )
+                continue
+            by_uid[rec.uid] = vm_id
+            self._records[vm_id] = rec
+        return list(self._records.values())
+
+    def save(self, rec: VmRecord) -> None:
+        if self._records.get(rec.vm_id) is not rec:
+            raise Internal(f"saving a record that is not in the pool: {rec.vm_id}")
+        write_atomic(self._path(rec.vm_id), _encoder.encode(rec))
+
+    def _path(self, vm_id: str) -> Path:
+        return self.dir / f"{check_vm_id(vm_id)}.json"
+
+    # --- queries ---------------------------------------------------------------------
+    def get(self, vm_id: str) -> VmRecord | None:
+        return self._records.get(vm_id)
+
+    def __iter__(self) -> Iterator[VmRecord]:
+        return iter(list(self._records.values()))
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def owner_of(self, uid: int) -> str | None:
+        for rec in self._records.values():
+            if rec.uid == uid:
+                return rec.vm_id
+        return None
+
+    # --- changes ---------------------------------------------------------------------
+    def allocate(self, vm_id: str) -> VmRecord:
+        """The VM's record, creating it with a fresh uid if needed (idempotent)."""
+        check_vm_id(vm_id)
+        rec = self._records.get(vm_id)
+        if rec is not None:
+            return rec
+        if len(self._records) >= self.max_vms:
+            raise ResourceExhausted(f"VM limit reached ({self.max_vms} jails allocated)")
+        uid = pick_uid(
+            (r.uid for r in self._records.values()), self.uid_min, self.uid_max, self._next
+        )
+        if uid is None:
+            raise ResourceExhausted(f"uid pool [{self.uid_min}, {self.uid_max}] is exhausted")
+        rec = VmRecord(vm_id=vm_id, uid=uid, gid=uid)
+        self._records[vm_id] = rec
+        try:
+            self.save(rec)
+        except OSError:
+            del self._records[vm_id]
+            raise
+        self._next = uid + 1
+        log.info("allocated uid/gid %d", uid, extra=logs.vm(vm_id))
+        return rec
+
+    def release(self, vm_id: str) -> VmRecord | None:
+        """Forget the VM and free its uid (idempotent); returns the old record."""
+        rec = self._records.pop(check_vm_id(vm_id), None)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self._path(vm_id))
+        if rec is not None:
+            log.info("freed uid/gid %d", rec.uid, extra=logs.vm(vm_id))
+        return rec
