@@ -60,11 +60,11 @@ class NetDaemon:
     def start(self) -> None:
         sock = self.cfg.socket("net")
         sock.unlink(missing_ok=True)
-        with self.log.open("ab") as log:
+        with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
                 ["ip", "netns", "exec", self.ns, sys.executable, "-m", "fcd_net",
                  "--config", str(self.cfg_path)],
-                stdout=log, stderr=subprocess.STDOUT,
+                stdout=out, stderr=subprocess.STDOUT,
             )
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
