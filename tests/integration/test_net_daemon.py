@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 import pytest
 
 from fcd_common import config, ids
-from fcd_common.errors import InvalidArgument, NotFound, ResourceExhausted
+from fcd_common.errors import Conflict, InvalidArgument, NotFound, ResourceExhausted
 from fcd_common.proto.common import Ping, Pong
 from fcd_common.proto.net import (
     PROTOCOL,
@@ -262,12 +262,34 @@ def test_owner_outside_jail_pool_is_refused(daemon: NetDaemon) -> None:
     assert daemon.call(NetList(), NetInfoList).items == []
 
 
-def test_small_pool_is_exhausted(daemon: NetDaemon) -> None:
-    ips = [setup(daemon, f"vm-{i}").ip for i in range(5)]
+def test_concurrent_setups_get_distinct_addresses_until_the_pool_is_exhausted(
+    daemon: NetDaemon,
+) -> None:
+    async def many() -> list[NetInfo]:
+        client = RpcClient(daemon.cfg.socket("net"), PROTOCOL, timeout=20)
+        try:
+            return list(await asyncio.gather(*(
+                client.call(NetSetup(vm_id=f"vm-{i}", uid=UID, gid=GID), NetInfo)
+                for i in range(5)
+            )))
+        finally:
+            await client.close()
+
+    ips = sorted(x.ip for x in asyncio.run(many()))
     assert ips == [f"10.213.0.{i}" for i in range(2, 7)]
     with pytest.raises(ResourceExhausted):
         setup(daemon, "vm-5")
     assert len(daemon.taps()) == 5
+
+
+def test_an_interface_that_is_not_a_tap_is_not_taken_over(daemon: NetDaemon) -> None:
+    tap = ids.tap_name("vm-a")
+    sh("ip", "-n", daemon.ns, "link", "add", tap, "type", "bridge")
+    with pytest.raises(Conflict):
+        setup(daemon, "vm-a")
+    assert daemon.call(NetList(), NetInfoList).items == []
+    assert daemon.call(NetTeardown(vm_id="vm-a"), Done) == Done()
+    assert daemon.link(tap) is not None  # not ours: left alone
 
 
 # --- real frames through a TAP opened by its jail uid ---------------------------------
