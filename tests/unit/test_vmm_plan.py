@@ -1,0 +1,639 @@
+"""fcd-vmm pure parts: uid pool, jail plan (paths, jailer argv, cgroups, API bodies),
+argument re-checks, Firecracker client error mapping, inotify waits. No root needed."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from fcd_common import config
+from fcd_common.errors import (
+    FirecrackerError,
+    InvalidArgument,
+    ResourceExhausted,
+    Unavailable,
+)
+from fcd_common.ids import tap_name
+from fcd_common.proto.vmm import Launch
+from fcd_vmm import cgroups, checks, jail
+from fcd_vmm.fcclient import FirecrackerClient, fault_text
+from fcd_vmm.procs import Aborted, wait_for_path
+from fcd_vmm.uidpool import UidPool, pick_uid
+
+VM = "vm-1"
+
+
+def make_cfg(tmp: Path, **jail_kw: object) -> config.Config:
+    return config.Config(
+        paths=config.PathsConfig(
+            state_dir=str(tmp / "state"), run_dir=str(tmp / "run"), chroot_base=str(tmp / "jail")
+        ),
+        jail=config.JailConfig(
+            firecracker="/opt/fc/firecracker",
+            jailer="/opt/fc/jailer",
+            uid_min=900_000,
+            uid_max=900_009,
+            parent_cgroup="fcd",
+            **jail_kw,  # type: ignore[arg-type]
+        ),
+    )
+
+
+def launch_req(cfg: config.Config, **kw: object) -> Launch:
+    storage = cfg.state("storage")
+    base: dict[str, object] = {
+        "vm_id": VM,
+        "vcpu_count": 2,
+        "mem_size_mib": 256,
+        "kernel_path": str(storage / "templates" / "t1" / "vmlinux"),
+        "rootfs_path": str(storage / "vms" / VM / "rootfs.ext4"),
+        "kernel_args": "quiet init=/sbin/init",
+        "tap": tap_name(VM, cfg.network.tap_prefix),
+        "mac": "06:00:ac:1e:00:02",
+        "ip": "172.30.0.2",
+        "gateway": "172.30.0.1",
+        "prefix_len": 16,
+    }
+    base.update(kw)
+    return Launch(**base)  # type: ignore[arg-type]
+
+
+# --- uid pool ------------------------------------------------------------------------------
+
+
+def test_pick_uid_lowest_free_from_start_and_wraps() -> None:
+    assert pick_uid([], 10, 12) == 10
+    assert pick_uid([10, 11], 10, 12) == 12
+    assert pick_uid([10, 11, 12], 10, 12) is None
+    assert pick_uid([], 10, 12, start=12) == 12
+    assert pick_uid([12], 10, 12, start=12) == 10  # wraps around
+    assert pick_uid([], 10, 12, start=99) == 10  # start outside the range is ignored
+
+
+def test_pool_allocates_distinct_uid_equals_gid(tmp_path: Path) -> None:
+    pool = UidPool(tmp_path, 100, 109, max_vms=50)
+    pool.load()
+    recs = [pool.allocate(f"vm-{i}") for i in range(10)]
+    uids = [r.uid for r in recs]
+    assert len(set(uids)) == 10
+    assert all(100 <= u <= 109 and r.gid == u for u, r in zip(uids, recs, strict=True))
+
+
+def test_pool_is_idempotent(tmp_path: Path) -> None:
+    pool = UidPool(tmp_path, 100, 109, max_vms=50)
+    pool.load()
+    a = pool.allocate("vm-a")
+    assert pool.allocate("vm-a") is a
+    assert len(pool) == 1
+
+
+def test_pool_exhaustion_and_vm_limit(tmp_path: Path) -> None:
+    pool = UidPool(tmp_path, 100, 101, max_vms=50)
+    pool.load()
+    pool.allocate("a")
+    pool.allocate("b")
+    with pytest.raises(ResourceExhausted, match="exhausted"):
+        pool.allocate("c")
+    pool.release("a")
+    assert pool.allocate("c").uid == 100  # the freed uid is reused only when needed
+    small = UidPool(tmp_path / "x", 100, 199, max_vms=1)
+    small.load()
+    small.allocate("a")
+    with pytest.raises(ResourceExhausted, match="limit"):
+        small.allocate("b")
+
+
+def test_pool_does_not_reuse_a_just_freed_uid_while_others_are_free(tmp_path: Path) -> None:
+    pool = UidPool(tmp_path, 100, 109, max_vms=50)
+    pool.load()
+    first = pool.allocate("a").uid
+    pool.release("a")
+    assert pool.allocate("b").uid != first
+
+
+def test_pool_persists_and_reloads(tmp_path: Path) -> None:
+    pool = UidPool(tmp_path, 100, 109, max_vms=50)
+    pool.load()
+    a = pool.allocate("vm-a")
+    b = pool.allocate("vm-b")
+    b.pid, b.state = 4242, "running"
+    pool.save(b)
+    on_disk = json.loads((tmp_path / "vms" / "vm-b.json").read_text())
+    assert on_disk == {
+        "vm_id": "vm-b",
+        "uid": b.uid,
+        "gid": b.uid,
+        "pid": 4242,
+        "state": "running",
+        "exit_code": None,
+    }
+    assert not list((tmp_path / "vms").glob(".*tmp"))  # atomic write left no temp file
+    again = UidPool(tmp_path, 100, 109, max_vms=50)
+    again.load()
+    assert again.get("vm-a") == a and again.get("vm-b") == b
+    assert again.allocate("vm-c").uid not in {a.uid, b.uid}
+    again.release("vm-a")
+    assert not (tmp_path / "vms" / "vm-a.json").exists()
+    again.release("vm-a")  # idempotent
+    third = UidPool(tmp_path, 100, 109, max_vms=50)
+    assert {r.vm_id for r in third.load()} == {"vm-b", "vm-c"}
+
+
+def test_pool_reload_skips_garbage_and_duplicate_uids(tmp_path: Path) -> None:
+    d = tmp_path / "vms"
+    d.mkdir()
+    (d / "vm-a.json").write_text('{"vm_id": "vm-a", "uid": 100, "gid": 100}')
+    (d / "vm-b.json").write_text('{"vm_id": "vm-b", "uid": 100, "gid": 100}')  # same uid
+    (d / "vm-c.json").write_text("not json")
+    (d / "vm-d.json").write_text('{"vm_id": "other", "uid": 103, "gid": 103}')  # id mismatch
+    pool = UidPool(tmp_path, 100, 109, max_vms=50)
+    assert [r.vm_id for r in pool.load()] == ["vm-a"]
+    assert pool.allocate("vm-e").uid != 100
+
+
+def test_pool_refuses_bad_ids(tmp_path: Path) -> None:
+    pool = UidPool(tmp_path, 100, 109, max_vms=50)
+    pool.load()
+    for bad in ("../x", "A", "", "a/b", "-a"):
+        with pytest.raises(InvalidArgument):
+            pool.allocate(bad)
+
+
+# --- jail plan -----------------------------------------------------------------------------
+
+
+def test_jail_paths(tmp_path: Path) -> None:
+    cfg = make_cfg(tmp_path)
+    p = jail.jail_paths(cfg, VM)
+    root = tmp_path / "jail" / "firecracker" / VM / "root"
+    assert p.jail_dir == root.parent
+    assert p.root == root
+    assert p.api_socket == root / "run" / "firecracker.socket"
+    assert p.pid_file == root / "firecracker.pid"
+    assert (p.kernel, p.rootfs) == (root / "vmlinux", root / "rootfs.ext4")
+    assert (p.log_file, p.metrics_file) == (root / "firecracker.log", root / "metrics.json")
+    with pytest.raises(InvalidArgument):
+        jail.jail_paths(cfg, "../../etc")
+
+
+def test_jail_paths_follow_the_exec_basename(tmp_path: Path) -> None:
+    cfg = make_cfg(tmp_path)
+    cfg = msgspec.structs.replace(
+        cfg, jail=msgspec.structs.replace(cfg.jail, firecracker="/x/firecracker-v1.7.0")
+    )
+    p = jail.jail_paths(cfg, VM)
+    assert p.root == tmp_path / "jail" / "firecracker-v1.7.0" / VM / "root"
+    assert p.pid_file.name == "firecracker-v1.7.0.pid"
+
+
+def test_cgroup_settings_v1_and_v2() -> None:
+    v1 = jail.cgroup_settings(1, frozenset({"cpu", "memory", "pids"}), 2, 256, 64)
+    assert v1 == [
+        ("cpu.shares", "2048"),
+        ("memory.limit_in_bytes", str(320 * 1024 * 1024)),
+        ("pids.max", str(jail.PIDS_MAX)),
+    ]
+    v2 = jail.cgroup_settings(2, frozenset({"cpu", "memory"}), 4, 128, 0)
+    assert v2 == [("cpu.weight", "400"), ("memory.max", str(128 << 20))]
+    assert jail.cgroup_settings(2, frozenset({"hugetlb"}), 1, 128, 0) == []
+
+
+def test_jailer_argv(tmp_path: Path) -> None:
+    cfg = make_cfg(tmp_path)
+    argv = jail.jailer_argv(
+        cfg,
+        vm_id=VM,
+        uid=900_003,
+        gid=900_003,
+        cgroup_version=1,
+        cgroups=[("cpu.shares", "1024"), ("memory.limit_in_bytes", "1000")],
+    )
+    assert argv == [
+        "/opt/fc/jailer",
+        "--id",
+        VM,
+        "--exec-file",
+        "/opt/fc/firecracker",
+        "--uid",
+        "900003",
+        "--gid",
+        "900003",
+        "--chroot-base-dir",
+        str(tmp_path / "jail"),
+        "--cgroup-version",
+        "1",
+        "--parent-cgroup",
+        "fcd",
+        "--cgroup",
+        "cpu.shares=1024",
+        "--cgroup",
+        "memory.limit_in_bytes=1000",
+        "--daemonize",
+        "--new-pid-ns",
+        "--",
+        "--api-sock",
+        "/run/firecracker.socket",
+    ]
+    after = argv[argv.index("--") + 1 :]
+    assert "--id" not in after  # the jailer passes --id itself
+    no_ns = jail.jailer_argv(
+        make_cfg(tmp_path, new_pid_ns=False), vm_id=VM, uid=1, gid=1, cgroup_version=2, cgroups=[]
+    )
+    assert "--new-pid-ns" not in no_ns and "--cgroup" not in no_ns
+    assert no_ns[no_ns.index("--cgroup-version") + 1] == "2"
+
+
+def spec_for(cfg: config.Config, **kw: object) -> jail.LaunchSpec:
+    return checks.check_launch(launch_req(cfg, **kw), cfg)
+
+
+def test_boot_args_carry_ip_argument(tmp_path: Path) -> None:
+    cfg = make_cfg(tmp_path)
+    assert jail.netmask(16) == "255.255.0.0"
+    assert jail.netmask(24) == "255.255.255.0"
+    assert jail.boot_args(spec_for(cfg)) == (
+        "console=ttyS0 reboot=k panic=1 pci=off "
+        "ip=172.30.0.2::172.30.0.1:255.255.0.0::eth0:off "
+        "quiet init=/sbin/init"
+    )
+    assert jail.boot_args(spec_for(cfg, kernel_args="")).endswith("eth0:off")
+    assert "  " not in jail.boot_args(spec_for(cfg, kernel_args="  a   b "))
+
+
+# Field sets from Firecracker's OpenAPI spec (FIRECRACKER.md §1); bodies reject unknown fields.
+FC_FIELDS = {
+    "/logger": {"log_path", "level", "show_level", "show_log_origin", "module"},
+    "/metrics": {"metrics_path"},
+    "/machine-config": {
+        "vcpu_count",
+        "mem_size_mib",
+        "smt",
+        "track_dirty_pages",
+        "huge_pages",
+        "cpu_template",
+    },
+    "/boot-source": {"kernel_image_path", "boot_args", "initrd_path"},
+    "/drives/rootfs": {
+        "drive_id",
+        "is_root_device",
+        "path_on_host",
+        "is_read_only",
+        "partuuid",
+        "cache_type",
+        "io_engine",
+        "rate_limiter",
+        "socket",
+    },
+    "/network-interfaces/eth0": {
+        "iface_id",
+        "host_dev_name",
+        "guest_mac",
+        "rx_rate_limiter",
+        "tx_rate_limiter",
+        "mtu",
+    },
+    "/actions": {"action_type"},
+}
+
+
+def test_configure_calls_order_and_bodies(tmp_path: Path) -> None:
+    cfg = make_cfg(tmp_path)
+    spec = spec_for(cfg)
+    calls = jail.configure_calls(spec)
+    assert [(c.method, c.path) for c in calls] == [
+        ("PUT", "/logger"),
+        ("PUT", "/metrics"),
+        ("PUT", "/machine-config"),
+        ("PUT", "/boot-source"),
+        ("PUT", "/drives/rootfs"),
+        ("PUT", "/network-interfaces/eth0"),
+        ("PUT", "/actions"),
+    ]
+    bodies = {c.path: c.body for c in calls}
+    assert bodies["/logger"] == {"log_path": "/firecracker.log", "level": "Info"}
+    assert bodies["/metrics"] == {"metrics_path": "/metrics.json"}
+    assert bodies["/machine-config"] == {"vcpu_count": 2, "mem_size_mib": 256}
+    assert bodies["/boot-source"] == {
+        "kernel_image_path": "/vmlinux",
+        "boot_args": jail.boot_args(spec),
+    }
+    assert bodies["/drives/rootfs"] == {
+        "drive_id": "rootfs",
+        "path_on_host": "/rootfs.ext4",
+        "is_root_device": True,
+        "is_read_only": False,
+    }
+    assert bodies["/network-interfaces/eth0"] == {
+        "iface_id": "eth0",
+        "host_dev_name": spec.tap,
+        "guest_mac": "06:00:ac:1e:00:02",
+    }
+    assert bodies["/actions"] == {"action_type": "InstanceStart"}
+    for c in calls:
+        assert c.body is not None
+        assert set(c.body) <= FC_FIELDS[c.path], c.path
+    assert jail.vm_state_body(True) == {"state": "Paused"}
+    assert jail.vm_state_body(False) == {"state": "Resumed"}
+    assert jail.CTRL_ALT_DEL.body == {"action_type": "SendCtrlAltDel"}
+
+
+def test_resource_ids() -> None:
+    assert jail.check_resource_id("rootfs") == "rootfs"
+    assert jail.check_resource_id("eth_0") == "eth_0"
+    for bad in ("eth-0", "", "a/b", "a b"):
+        with pytest.raises(InvalidArgument):
+            jail.check_resource_id(bad)
+
+
+# --- argument re-checks ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("tap", "fc0"),
+        ("tap", "eth0"),
+        ("mac", "06:00:AC:1E:00:02"),
+        ("mac", "07:00:ac:1e:00:02"),  # multicast
+        ("mac", "06:00:ac:1e:00"),
+        ("mac", "00:00:00:00:00:00"),
+        ("ip", "172.30.0.300"),
+        ("ip", "172.30.0.1"),  # == gateway
+        ("ip", "172.30.0.0"),  # network address
+        ("ip", "172.30.255.255"),  # broadcast
+        ("gateway", "10.0.0.1"),  # not in the guest's network
+        ("gateway", "nope"),
+        ("kernel_args", "init=/bin/sh\nroot=/dev/sda"),
+        ("kernel_args", "x" * 2000),
+        ("vcpu_count", 33),
+        ("mem_size_mib", 65537),
+        ("kernel_path", "/etc/passwd"),
+        ("kernel_path", "relative/vmlinux"),
+        ("rootfs_path", "{storage}/../vmm/vms/x.json"),
+        ("rootfs_path", "{storage}/vms/./vm-1/rootfs.ext4"),
+        ("rootfs_path", "{storage}"),
+    ],
+)
+def test_check_launch_refuses(tmp_path: Path, field: str, value: object) -> None:
+    cfg = make_cfg(tmp_path)
+    if isinstance(value, str):
+        value = value.replace("{storage}", str(cfg.state("storage")))
+    with pytest.raises(InvalidArgument) as ei:
+        checks.check_launch(launch_req(cfg, **{field: value}), cfg)
+    assert ei.value.details == {"field": field}
+
+
+def test_check_launch_limits_follow_config(tmp_path: Path) -> None:
+    cfg = make_cfg(tmp_path)
+    cfg = msgspec.structs.replace(
+        cfg, limits=msgspec.structs.replace(cfg.limits, max_vcpu=2, max_mem_mib=512)
+    )
+    checks.check_launch(launch_req(cfg, vcpu_count=2, mem_size_mib=512), cfg)
+    with pytest.raises(InvalidArgument, match="vcpu_count"):
+        checks.check_launch(launch_req(cfg, vcpu_count=3), cfg)
+    with pytest.raises(InvalidArgument, match="mem_size_mib"):
+        checks.check_launch(launch_req(cfg, mem_size_mib=513), cfg)
+
+
+def test_check_launch_tap_follows_prefix(tmp_path: Path) -> None:
+    cfg = make_cfg(tmp_path)
+    cfg = msgspec.structs.replace(
+        cfg, network=msgspec.structs.replace(cfg.network, tap_prefix="vmt")
+    )
+    spec = checks.check_launch(launch_req(cfg, tap=tap_name(VM, "vmt")), cfg)
+    assert spec.tap.startswith("vmt")
+    with pytest.raises(InvalidArgument, match="tap"):
+        checks.check_launch(launch_req(cfg, tap=tap_name(VM, "fc")), cfg)
+    with pytest.raises(InvalidArgument, match="tap"):  # another VM's TAP
+        checks.check_launch(launch_req(cfg, tap=tap_name("vm-2", "vmt")), cfg)
+
+
+def _storage_tree(tmp_path: Path) -> tuple[Path, Path, Path]:
+    storage = tmp_path / "state" / "storage"
+    kernel = storage / "templates" / "t1" / "vmlinux"
+    disk = storage / "vms" / VM / "rootfs.ext4"
+    for f in (kernel, disk):
+        f.parent.mkdir(parents=True)
+        f.write_bytes(b"x")
+    return storage, kernel, disk
+
+
+def test_open_storage_file_accepts_a_plain_file(tmp_path: Path) -> None:
+    storage, kernel, _ = _storage_tree(tmp_path)
+    f = checks.open_storage_file(str(kernel), str(storage), "kernel_path")
+    try:
+        assert f.st.st_ino == kernel.stat().st_ino
+        assert os.readlink(f.proc_path) == str(kernel)
+    finally:
+        f.close()
+
+
+def test_open_storage_file_refuses_symlinks_and_outside(tmp_path: Path) -> None:
+    storage, _kernel, disk = _storage_tree(tmp_path)
+    outside = tmp_path / "secret"
+    outside.write_text("s")
+    (storage / "vms" / "link-out").symlink_to(outside)
+    (storage / "vms" / "link-in").symlink_to(disk)
+    (storage / "vms" / "dir-out").symlink_to(tmp_path)
+    (storage / "vms" / "dir-in").symlink_to(storage / "templates")
+    cases = {
+        storage / "vms" / "link-out": "symlink",
+        storage / "vms" / "link-in": "symlink",  # even a symlink that stays inside
+        storage / "vms" / "dir-out" / "secret": "symlink",
+        storage / "vms" / "dir-in" / "t1" / "vmlinux": "symlink",
+        storage / "vms" / VM: "regular file",
+        storage / "vms" / "missing": "does not exist",
+        outside: "outside",
+    }
+    for path, why in cases.items():
+        with pytest.raises(InvalidArgument, match=why):
+            checks.open_storage_file(str(path), str(storage), "rootfs_path")
+
+
+def test_open_storage_file_accepts_a_symlinked_storage_root(tmp_path: Path) -> None:
+    storage, _kernel, _ = _storage_tree(tmp_path)
+    alias = tmp_path / "alias"
+    alias.symlink_to(storage)
+    f = checks.open_storage_file(str(alias / "templates" / "t1" / "vmlinux"), str(alias), "k")
+    f.close()
+
+
+# --- cgroups ---------------------------------------------------------------------------------
+
+MOUNTS = """\
+sysfs /sys sysfs rw 0 0
+tmpfs /sys/fs/cgroup tmpfs rw,relatime,mode=755 0 0
+cgroup /sys/fs/cgroup/cpu cgroup rw,relatime,cpu 0 0
+cgroup /sys/fs/cgroup/memory cgroup rw,relatime,memory 0 0
+cgroup /sys/fs/cgroup/pids cgroup rw,relatime,pids 0 0
+cgroup /sys/fs/cgroup/systemd cgroup rw,relatime,name=systemd 0 0
+cgroup2 /sys/fs/cgroup/unified cgroup2 rw,relatime 0 0
+cgroup /sys/fs/cgroup/with\\040space cgroup rw,cpuset 0 0
+"""
+
+
+def test_parse_mounts_and_vm_dirs() -> None:
+    mounts = cgroups.parse_mounts(MOUNTS)
+    assert [m.path.name for m in mounts] == [
+        "cpu",
+        "memory",
+        "pids",
+        "systemd",
+        "unified",
+        "with space",
+    ]
+    assert cgroups.available_controllers(1, mounts) == {"cpu", "memory", "pids", "cpuset"}
+    dirs = cgroups.vm_cgroup_dirs(mounts, "fcd", VM)
+    assert Path("/sys/fs/cgroup/cpu/fcd/vm-1") in dirs
+    assert Path("/sys/fs/cgroup/unified/fcd/vm-1") in dirs
+    assert len(dirs) == len(mounts)
+
+
+def test_detect_version(tmp_path: Path) -> None:
+    assert cgroups.detect_version("1", tmp_path) == 1
+    assert cgroups.detect_version("2", tmp_path) == 2
+    from fcd_common.errors import FailedPrecondition
+
+    with pytest.raises(FailedPrecondition):
+        cgroups.detect_version("auto", tmp_path)
+    (tmp_path / "memory").mkdir()
+    assert cgroups.detect_version("auto", tmp_path) == 1
+    (tmp_path / "cgroup.controllers").write_text("hugetlb\n")  # hybrid: v2 without cpu/memory
+    assert cgroups.detect_version("auto", tmp_path) == 1
+    (tmp_path / "cgroup.controllers").write_text("cpuset cpu io memory pids\n")
+    assert cgroups.detect_version("auto", tmp_path) == 2
+    assert cgroups.available_controllers(2, [], tmp_path) == {
+        "cpuset",
+        "cpu",
+        "io",
+        "memory",
+        "pids",
+    }
+
+
+# --- Firecracker client -----------------------------------------------------------------------
+
+
+def test_fault_text() -> None:
+    assert fault_text(400, b'{"fault_message":"The kernel file cannot be opened"}') == (
+        "The kernel file cannot be opened"
+    )
+    assert fault_text(400, b'{ "error": "Empty PUT request.\\nAll previous..." }').startswith(
+        "Empty PUT request."
+    )
+    assert fault_text(500, b"") == "HTTP 500 without a body"
+
+
+async def _fake_fc(
+    path: Path, replies: dict[str, tuple[int, bytes]], seen: list[str]
+) -> asyncio.AbstractServer:
+    async def handle(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        while True:
+            try:
+                head = await r.readuntil(b"\r\n\r\n")
+            except asyncio.IncompleteReadError:
+                w.close()
+                return
+            lines = head.decode().split("\r\n")
+            method, target, _ = lines[0].split(" ")
+            length = 0
+            for line in lines[1:]:
+                if line.lower().startswith("content-length:"):
+                    length = int(line.split(":")[1])
+            body = await r.readexactly(length) if length else b""
+            seen.append(f"{method} {target} {body.decode()}")
+            status, payload = replies.get(f"{method} {target}", (204, b""))
+            extra = (
+                f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n"
+                if payload
+                else ""
+            )
+            w.write(
+                f"HTTP/1.1 {status} \r\nServer: Firecracker API\r\n{extra}\r\n".encode() + payload
+            )
+            await w.drain()
+
+    return await asyncio.start_unix_server(handle, path=str(path))
+
+
+def test_client_maps_replies(tmp_path: Path) -> None:
+    sock = tmp_path / "fc.sock"
+    seen: list[str] = []
+    replies = {
+        "GET /": (
+            200,
+            b'{"id":"vm-1","state":"Running","vmm_version":"1.7.0","app_name":"Firecracker"}',
+        ),
+        "PUT /boot-source": (400, b'{"fault_message":"The kernel file cannot be opened"}'),
+    }
+
+    async def main() -> None:
+        server = await _fake_fc(sock, replies, seen)
+        async with server, FirecrackerClient(sock) as fc:
+            info = await fc.wait_ready()
+            assert info["state"] == "Running"
+            await fc.put("/logger", {"log_path": "/firecracker.log"})
+            with pytest.raises(FirecrackerError) as ei:
+                await fc.put("/boot-source", {"kernel_image_path": "/vmlinux"})
+            assert "The kernel file cannot be opened" in ei.value.message
+            assert ei.value.details["path"] == "/boot-source"
+            assert ei.value.details["fault_message"] == "The kernel file cannot be opened"
+
+    asyncio.run(main())
+    assert seen[1] == 'PUT /logger {"log_path":"/firecracker.log"}'
+
+
+def test_client_unreachable_socket_is_unavailable(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with FirecrackerClient(tmp_path / "nope.sock") as fc:
+            with pytest.raises(Unavailable):
+                await fc.get("/")
+
+    asyncio.run(main())
+
+
+# --- inotify waits ------------------------------------------------------------------------------
+
+
+def test_wait_for_path_sees_nested_creation(tmp_path: Path) -> None:
+    target = tmp_path / "run" / "firecracker.socket"
+
+    async def main() -> None:
+        waiter = asyncio.create_task(wait_for_path(target, within=tmp_path))
+        await asyncio.sleep(0.05)
+        assert not waiter.done()
+        (tmp_path / "run").mkdir()
+        await asyncio.sleep(0.05)
+        assert not waiter.done()
+        target.write_text("")
+        await asyncio.wait_for(waiter, 2)
+
+    asyncio.run(main())
+
+
+def test_wait_for_path_ready_predicate_and_abort(tmp_path: Path) -> None:
+    pid = tmp_path / "firecracker.pid"
+
+    async def main() -> None:
+        waiter = asyncio.create_task(
+            wait_for_path(pid, within=tmp_path, ready=lambda p: p.exists() and p.read_text() != "")
+        )
+        await asyncio.sleep(0.02)
+        pid.touch()  # created empty first, like the jailer's O_EXCL create
+        await asyncio.sleep(0.05)
+        assert not waiter.done()
+        pid.write_text("1234")
+        await asyncio.wait_for(waiter, 2)
+        died: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        other = asyncio.create_task(wait_for_path(tmp_path / "never", within=tmp_path, abort=died))
+        await asyncio.sleep(0.02)
+        died.set_result(None)
+        with pytest.raises(Aborted):
+            await asyncio.wait_for(other, 2)
+
+    asyncio.run(main())
