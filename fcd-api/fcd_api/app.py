@@ -16,10 +16,11 @@ from importlib import metadata
 from typing import Annotated, Any
 
 from litestar import Controller, Litestar, MediaType, Request, Response, delete, get, post
-from litestar.di import Provide
+from litestar.di import NamedDependency, Provide
+from litestar.enums import ScopeType
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi import OpenAPIConfig
-from litestar.params import Parameter
+from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from fcd_common.errors import HTTP_STATUS, FcdError
@@ -102,46 +103,50 @@ class VMController(Controller):
     tags = ["vms"]
 
     @post("/", status_code=201, summary="Create a VM (200 if it already exists with this spec)")
-    async def create_vm(self, flows: Flows, data: CreateVMRequest) -> Response[VM]:
+    async def create_vm(
+        self, flows: NamedDependency[Flows], data: JSONBody[CreateVMRequest]
+    ) -> Response[VM]:
         rec, created = await flows.create(data)
         return Response(rec.to_public(), status_code=201 if created else 200)
 
     @get("/", summary="List VMs")
     async def list_vms(
         self,
-        flows: Flows,
+        flows: NamedDependency[Flows],
         vm_state: Annotated[
-            VMState | None, Parameter(query="state", description="only VMs in this state")
+            VMState | None, QueryParameter(name="state", description="only VMs in this state")
         ] = None,
         label: Annotated[
-            list[str] | None, Parameter(description="k=v; repeat to require several labels")
+            list[str] | None, QueryParameter(description="k=v; repeat to require several labels")
         ] = None,
     ) -> VMList:
         labels = parse_label_filters(label or [])
         return VMList(vms=[r.to_public() for r in flows.list_vms(state=vm_state, labels=labels)])
 
     @get("/{vm_id:str}", summary="Get a VM")
-    async def get_vm(self, flows: Flows, vm_id: str) -> VM:
+    async def get_vm(self, flows: NamedDependency[Flows], vm_id: FromPath[str]) -> VM:
         return flows.get(vm_id).to_public()
 
     @post("/{vm_id:str}/start", status_code=200, summary="Start a stopped VM")
-    async def start_vm(self, flows: Flows, vm_id: str) -> VM:
+    async def start_vm(self, flows: NamedDependency[Flows], vm_id: FromPath[str]) -> VM:
         return (await flows.start(vm_id)).to_public()
 
     @post("/{vm_id:str}/stop", status_code=200, summary="Stop a running or paused VM")
-    async def stop_vm(self, flows: Flows, vm_id: str) -> VM:
+    async def stop_vm(self, flows: NamedDependency[Flows], vm_id: FromPath[str]) -> VM:
         return (await flows.stop(vm_id)).to_public()
 
     @post("/{vm_id:str}/pause", status_code=200, summary="Pause a running VM")
-    async def pause_vm(self, flows: Flows, vm_id: str) -> VM:
+    async def pause_vm(self, flows: NamedDependency[Flows], vm_id: FromPath[str]) -> VM:
         return (await flows.pause(vm_id)).to_public()
 
     @post("/{vm_id:str}/resume", status_code=200, summary="Resume a paused VM")
-    async def resume_vm(self, flows: Flows, vm_id: str) -> VM:
+    async def resume_vm(self, flows: NamedDependency[Flows], vm_id: FromPath[str]) -> VM:
         return (await flows.resume(vm_id)).to_public()
 
     @delete("/{vm_id:str}", status_code=204, summary="Delete a stopped/error VM (any with force)")
-    async def delete_vm(self, flows: Flows, vm_id: str, force: bool = False) -> None:
+    async def delete_vm(
+        self, flows: NamedDependency[Flows], vm_id: FromPath[str], force: FromQuery[bool] = False
+    ) -> None:
         await flows.delete(vm_id, force=force)
 
 
@@ -160,7 +165,7 @@ async def openapi_json(request: Request[Any, Any, Any]) -> dict[str, Any]:
     return request.app.openapi_schema.to_schema()
 
 
-def build_app(flows: Flows, *, debug: bool = False) -> Litestar:
+def build_app(flows: NamedDependency[Flows], *, debug: bool = False) -> Litestar:
     async def provide_flows() -> Flows:
         return flows
 
@@ -186,7 +191,7 @@ class RequestIdMiddleware:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != ScopeType.HTTP:
             await self.app(scope, receive, send)
             return
         rid = ""
@@ -204,7 +209,7 @@ class RequestIdMiddleware:
                     (k, v) for k, v in message.get("headers", []) if k.lower() != b"x-request-id"
                 ]
                 headers.append((b"x-request-id", rid.encode()))
-                message = {**message, "headers": headers}  # type: ignore[typeddict-item]
+                message = {**message, "headers": headers}
             await send(message)
 
         try:
@@ -213,6 +218,6 @@ class RequestIdMiddleware:
             request_id.reset(token)
 
 
-def create_asgi(flows: Flows, *, debug: bool = False) -> RequestIdMiddleware:
+def create_asgi(flows: NamedDependency[Flows], *, debug: bool = False) -> RequestIdMiddleware:
     """The ASGI application fcd-api serves."""
     return RequestIdMiddleware(build_app(flows, debug=debug))

@@ -1,0 +1,279 @@
+"""In-memory fakes of the three helpers, served by the real RpcServer on temp sockets.
+
+They implement the proto contracts (fcd_common.proto.*) with dicts, record
+every call as ``(tag, vm_id)``, and fail on demand: ``fakes.fail["storage.provision"]
+= ResourceExhausted("disk full")``. fcd-api talks to them through its real
+clients, so the wire format is exercised too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from fcd_api.app import create_asgi
+from fcd_api.clients import Helpers, NetClient, StorageClient, VmmClient
+from fcd_api.flows import Flows
+from fcd_api.registry import Registry
+from fcd_common.config import LimitsConfig
+from fcd_common.errors import FcdError, NotFound
+from fcd_common.proto import net as pnet
+from fcd_common.proto import storage as pstorage
+from fcd_common.proto import vmm as pvmm
+from fcd_common.rpc import Done, Peer, Protocol, Request, RpcClient, RpcServer, bind_unix
+
+TEMPLATE = pstorage.TemplateInfo(
+    name="base",
+    kernel_path="/store/templates/base/vmlinux",
+    rootfs_path="/store/templates/base/rootfs.ext4",
+    kernel_size=1,
+    rootfs_size=1 << 20,
+    kernel_sha256="0" * 64,
+    rootfs_sha256="0" * 64,
+    kernel_args="console=ttyS0 reboot=k",
+    created_at="2024-01-01T00:00:00Z",
+)
+
+
+@dataclass
+class FakeHelpers:
+    calls: list[tuple[str, str]] = field(default_factory=list)
+    fail: dict[str, FcdError] = field(default_factory=dict)
+    block: dict[str, asyncio.Event] = field(default_factory=dict)
+    """tag -> gate: a call with this tag waits for the event before it runs."""
+    _arrived: dict[str, asyncio.Event] = field(default_factory=dict)
+    jails: dict[str, pvmm.JailInfo] = field(default_factory=dict)
+    disks: dict[str, pstorage.DiskInfo] = field(default_factory=dict)
+    nets: dict[str, pnet.NetInfo] = field(default_factory=dict)
+    procs: dict[str, pvmm.VmProcess] = field(default_factory=dict)
+    launches: list[pvmm.Launch] = field(default_factory=list)
+    _next_uid: int = 900_000
+    _next_ip: int = 2
+
+    def arrived(self, tag: str) -> asyncio.Event:
+        """Set once a call with this tag has reached the fake."""
+        return self._arrived.setdefault(tag, asyncio.Event())
+
+    def tags(self, vm_id: str | None = None) -> list[str]:
+        return [t for t, v in self.calls if vm_id is None or v == vm_id]
+
+    # --- vmm ---------------------------------------------------------------------
+    async def allocate_jail(self, req: pvmm.AllocateJail) -> pvmm.JailInfo:
+        if req.vm_id not in self.jails:
+            uid = self._next_uid
+            self._next_uid += 1
+            self.jails[req.vm_id] = pvmm.JailInfo(
+                vm_id=req.vm_id, uid=uid, gid=uid, chroot_dir=f"/srv/jailer/firecracker/{req.vm_id}"
+            )
+        return self.jails[req.vm_id]
+
+    async def launch(self, req: pvmm.Launch) -> pvmm.VmProcess:
+        if req.vm_id not in self.jails:
+            raise NotFound(f"no jail for {req.vm_id}")
+        self.launches.append(req)
+        proc = pvmm.VmProcess(vm_id=req.vm_id, state="running", pid=4242 + len(self.launches))
+        self.procs[req.vm_id] = proc
+        return proc
+
+    async def pause(self, req: pvmm.Pause) -> pvmm.VmProcess:
+        p = self.procs[req.vm_id]
+        self.procs[req.vm_id] = pvmm.VmProcess(vm_id=p.vm_id, state="paused", pid=p.pid)
+        return self.procs[req.vm_id]
+
+    async def resume(self, req: pvmm.Resume) -> pvmm.VmProcess:
+        p = self.procs[req.vm_id]
+        self.procs[req.vm_id] = pvmm.VmProcess(vm_id=p.vm_id, state="running", pid=p.pid)
+        return self.procs[req.vm_id]
+
+    async def stop(self, req: pvmm.Stop) -> pvmm.StopResult:
+        self.procs.pop(req.vm_id, None)
+        return pvmm.StopResult(vm_id=req.vm_id, graceful=True)
+
+    async def release_jail(self, req: pvmm.ReleaseJail) -> Done:
+        self.procs.pop(req.vm_id, None)
+        self.jails.pop(req.vm_id, None)
+        return Done()
+
+    async def status(self, req: pvmm.Status) -> pvmm.VmProcess:
+        return self.procs.get(req.vm_id) or pvmm.VmProcess(vm_id=req.vm_id, state="absent")
+
+    async def list_vms(self, req: pvmm.ListVms) -> pvmm.VmProcessList:
+        return pvmm.VmProcessList(items=list(self.procs.values()))
+
+    # --- storage -----------------------------------------------------------------
+    async def template_get(self, req: pstorage.TemplateGet) -> pstorage.TemplateInfo:
+        if req.name != TEMPLATE.name:
+            raise NotFound(f"no template {req.name!r}", details={"template": req.name})
+        return TEMPLATE
+
+    async def template_list(self, req: pstorage.TemplateList) -> pstorage.TemplateInfoList:
+        return pstorage.TemplateInfoList(items=[TEMPLATE])
+
+    async def template_import(self, req: pstorage.TemplateImport) -> pstorage.TemplateInfo:
+        return TEMPLATE
+
+    async def provision(self, req: pstorage.Provision) -> pstorage.DiskInfo:
+        disk = pstorage.DiskInfo(
+            vm_id=req.vm_id,
+            template=req.template,
+            kernel_path=TEMPLATE.kernel_path,
+            rootfs_path=f"/store/disks/{req.vm_id}/rootfs.ext4",
+            size_bytes=(req.disk_size_mib or 1) << 20,
+            method="reflink",
+        )
+        self.disks[req.vm_id] = disk
+        return disk
+
+    async def storage_release(self, req: pstorage.Release) -> Done:
+        self.disks.pop(req.vm_id, None)
+        return Done()
+
+    async def disk_get(self, req: pstorage.DiskGet) -> pstorage.DiskInfo:
+        return self.disks[req.vm_id]
+
+    async def disk_list(self, req: pstorage.DiskList) -> pstorage.DiskInfoList:
+        return pstorage.DiskInfoList(items=list(self.disks.values()))
+
+    # --- net ---------------------------------------------------------------------
+    async def net_setup(self, req: pnet.NetSetup) -> pnet.NetInfo:
+        if req.vm_id not in self.nets:
+            ip = f"172.30.0.{self._next_ip}"
+            self._next_ip += 1
+            self.nets[req.vm_id] = pnet.NetInfo(
+                vm_id=req.vm_id,
+                tap=f"fc{req.vm_id[:13]}",
+                mac="06:00:ac:1e:00:02",
+                ip=ip,
+                gateway="172.30.0.1",
+                prefix_len=24,
+                bridge="fcbr0",
+                uid=req.uid,
+                gid=req.gid,
+            )
+        return self.nets[req.vm_id]
+
+    async def net_teardown(self, req: pnet.NetTeardown) -> Done:
+        self.nets.pop(req.vm_id, None)
+        return Done()
+
+    async def net_get(self, req: pnet.NetGet) -> pnet.NetInfo:
+        return self.nets[req.vm_id]
+
+    async def net_list(self, req: pnet.NetList) -> pnet.NetInfoList:
+        return pnet.NetInfoList(items=list(self.nets.values()))
+
+    # --- wiring ------------------------------------------------------------------
+    def _wrap(self, fn: Callable[[Any], Awaitable[Any]]) -> Callable[[Any, Peer], Awaitable[Any]]:
+        async def handler(req: Any, _peer: Peer) -> Any:
+            tag = type(req).__struct_config__.tag
+            self.calls.append((str(tag), getattr(req, "vm_id", "")))
+            self.arrived(str(tag)).set()
+            gate = self.block.get(str(tag))
+            if gate is not None:
+                await gate.wait()
+            err = self.fail.get(str(tag))
+            if err is not None:
+                raise err
+            return await fn(req)
+
+        return handler
+
+    def tables(self) -> dict[str, tuple[Protocol, dict[type[Request], Any]]]:
+        from fcd_common.proto.common import Ping, Pong
+
+        async def ping(req: Ping) -> Pong:
+            return Pong(daemon="fake", version="0", pid=os.getpid(), status="fake")
+
+        w = self._wrap
+        return {
+            "vmm": (
+                pvmm.PROTOCOL,
+                {
+                    Ping: w(ping),
+                    pvmm.AllocateJail: w(self.allocate_jail),
+                    pvmm.Launch: w(self.launch),
+                    pvmm.Pause: w(self.pause),
+                    pvmm.Resume: w(self.resume),
+                    pvmm.Stop: w(self.stop),
+                    pvmm.ReleaseJail: w(self.release_jail),
+                    pvmm.Status: w(self.status),
+                    pvmm.ListVms: w(self.list_vms),
+                },
+            ),
+            "storage": (
+                pstorage.PROTOCOL,
+                {
+                    Ping: w(ping),
+                    pstorage.TemplateImport: w(self.template_import),
+                    pstorage.TemplateGet: w(self.template_get),
+                    pstorage.TemplateList: w(self.template_list),
+                    pstorage.Provision: w(self.provision),
+                    pstorage.Release: w(self.storage_release),
+                    pstorage.DiskGet: w(self.disk_get),
+                    pstorage.DiskList: w(self.disk_list),
+                },
+            ),
+            "net": (
+                pnet.PROTOCOL,
+                {
+                    Ping: w(ping),
+                    pnet.NetSetup: w(self.net_setup),
+                    pnet.NetTeardown: w(self.net_teardown),
+                    pnet.NetGet: w(self.net_get),
+                    pnet.NetList: w(self.net_list),
+                },
+            ),
+        }
+
+
+@dataclass
+class Harness:
+    client: httpx.AsyncClient
+    fakes: FakeHelpers
+    flows: Flows
+    registry: Registry
+    dir: Path
+
+
+@contextlib.asynccontextmanager
+async def api_harness(
+    limits: LimitsConfig | None = None, *, db_dir: Path | None = None
+) -> AsyncIterator[Harness]:
+    """fcd-api's app in-process (httpx ASGITransport) over fake helpers on real sockets."""
+    base = Path(tempfile.mkdtemp(prefix="fcdapi-", dir="/tmp"))
+    fakes = FakeHelpers()
+    servers: list[RpcServer] = []
+    clients: dict[str, RpcClient] = {}
+    try:
+        for name, (proto, table) in fakes.tables().items():
+            server = RpcServer(proto, table, allowed_uids=frozenset({os.getuid()}))
+            await server.start(bind_unix(base / f"{name}.sock"))
+            servers.append(server)
+            clients[name] = RpcClient(base / f"{name}.sock", proto, timeout=5.0)
+        helpers = Helpers(
+            net=NetClient(clients["net"]),
+            storage=StorageClient(clients["storage"]),
+            vmm=VmmClient(clients["vmm"], stop_timeout_s=1.0),
+        )
+        registry = Registry.open((db_dir or base) / "registry.db")
+        flows = Flows(registry, helpers, limits or LimitsConfig())
+        transport = httpx.ASGITransport(app=create_asgi(flows))
+        async with httpx.AsyncClient(transport=transport, base_url="http://fcd") as client:
+            try:
+                yield Harness(client, fakes, flows, registry, base)
+            finally:
+                await helpers.close()
+                registry.close()
+    finally:
+        for s in servers:
+            await s.close(0.5)
+        shutil.rmtree(base, ignore_errors=True)

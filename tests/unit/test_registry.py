@@ -1,0 +1,118 @@
+"""The SQLite registry: WAL, CRUD, filters, persistence, crash marking."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from fcd_api.models import CreateVMRequest, Runtime, VmRecord, VMState, now
+from fcd_api.registry import SCHEMA_VERSION, Registry, parse_label_filters
+from fcd_common.errors import Conflict, Internal, InvalidArgument, NotFound
+
+
+def rec(vm_id: str, state: VMState = VMState.RUNNING, **labels: str) -> VmRecord:
+    ts = now()
+    spec = CreateVMRequest(id=vm_id, template="base", labels=labels)
+    return VmRecord(id=vm_id, spec=spec, state=state, created_at=ts, updated_at=ts)
+
+
+@pytest.fixture
+def reg(tmp_path: Path) -> Registry:
+    r = Registry.open(tmp_path / "api" / "registry.db")
+    yield r  # type: ignore[misc]
+    r.close()
+
+
+def test_wal_and_schema_version(reg: Registry) -> None:
+    assert reg.journal_mode == "wal"
+    assert reg.schema_version == SCHEMA_VERSION
+
+
+def test_crud(reg: Registry) -> None:
+    assert reg.get("a") is None
+    r = rec("a", VMState.CREATING, team="x")
+    reg.insert(r)
+    assert reg.get("a") == r
+    with pytest.raises(Conflict):
+        reg.insert(r)
+    rt = Runtime(uid=900000, gid=900000, ip="172.30.0.2", tap="fcabc", pid=12)
+    updated = reg.update(msgspec.structs.replace(r, state=VMState.RUNNING, runtime=rt))
+    got = reg.require("a")
+    assert got == updated
+    assert got.state is VMState.RUNNING and got.runtime.ip == "172.30.0.2"
+    assert got.spec.labels == {"team": "x"}
+    assert reg.delete("a") is True
+    assert reg.delete("a") is False
+    with pytest.raises(NotFound):
+        reg.require("a")
+    with pytest.raises(NotFound):
+        reg.update(r)
+
+
+def test_list_filters(reg: Registry) -> None:
+    reg.insert(rec("a", VMState.RUNNING, team="x", tier="1"))
+    reg.insert(rec("b", VMState.STOPPED, team="x"))
+    reg.insert(rec("c", VMState.RUNNING, team="y", eq="a=b"))
+    ids = lambda rs: sorted(r.id for r in rs)  # noqa: E731
+    assert ids(reg.list_vms()) == ["a", "b", "c"]
+    assert ids(reg.list_vms(state=VMState.RUNNING)) == ["a", "c"]
+    assert ids(reg.list_vms(labels={"team": "x"})) == ["a", "b"]
+    assert ids(reg.list_vms(state=VMState.RUNNING, labels={"team": "x"})) == ["a"]
+    assert ids(reg.list_vms(labels={"team": "x", "tier": "1"})) == ["a"]
+    assert ids(reg.list_vms(labels=parse_label_filters(["eq=a=b"]))) == ["c"]
+    assert ids(reg.list_vms(state=VMState.PAUSED)) == []
+    assert reg.count() == 3
+    assert reg.counts() == {VMState.RUNNING: 2, VMState.STOPPED: 1}
+
+
+def test_label_filter_parsing() -> None:
+    assert parse_label_filters(["a=1", "b=", "c=x=y"]) == {"a": "1", "b": "", "c": "x=y"}
+    for bad in ["novalue", "=v"]:
+        with pytest.raises(InvalidArgument):
+            parse_label_filters([bad])
+
+
+def test_persists_across_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "registry.db"
+    r1 = Registry.open(path)
+    a = rec("a", team="x")
+    r1.insert(a)
+    r1.close()
+    r2 = Registry.open(path)
+    try:
+        assert r2.require("a") == a
+        assert r2.journal_mode == "wal"
+    finally:
+        r2.close()
+
+
+def test_mark_interrupted(reg: Registry) -> None:
+    for vm_id, state in [("a", VMState.CREATING), ("b", VMState.RUNNING), ("c", VMState.STOPPING)]:
+        reg.insert(rec(vm_id, state))
+    ids = reg.mark_interrupted([VMState.CREATING, VMState.STOPPING], "interrupted")
+    assert sorted(ids) == ["a", "c"]
+    assert reg.require("a").state is VMState.ERROR
+    assert reg.require("a").error == "interrupted while creating"
+    assert reg.require("c").error == "interrupted while stopping"
+    assert reg.require("b").state is VMState.RUNNING
+
+
+def test_refuses_newer_schema(tmp_path: Path) -> None:
+    path = tmp_path / "registry.db"
+    conn = sqlite3.connect(path)
+    conn.execute(f"PRAGMA user_version={SCHEMA_VERSION + 1}")
+    conn.close()
+    with pytest.raises(Internal):
+        Registry.open(path)
+
+
+def test_failed_transaction_rolls_back(reg: Registry) -> None:
+    reg.insert(rec("a"))
+    with pytest.raises(Conflict):
+        reg.insert(rec("a"))
+    # the connection is usable and not stuck inside a transaction
+    reg.insert(rec("b"))
+    assert reg.count() == 2
