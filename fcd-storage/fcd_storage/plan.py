@@ -102,13 +102,15 @@ def check_space(free: int, needed: int, what: str) -> None:
         )
 
 
-MAX_KERNEL_ARGS = 2048  # x86-64 COMMAND_LINE_SIZE
+MAX_KERNEL_ARGS = 1024
+"""The same bound fcd-vmm applies at launch, so a template never imports what cannot boot."""
 
 
 def check_kernel_args(args: str) -> str:
-    if len(args.encode()) >= MAX_KERNEL_ARGS or any(c in args for c in "\0\n\r"):
+    """Printable ASCII, at most MAX_KERNEL_ARGS characters (fcd-vmm's rule for boot_args)."""
+    if len(args) > MAX_KERNEL_ARGS or not all(" " <= c <= "~" for c in args):
         raise InvalidArgument(
-            f"kernel_args must be one line shorter than {MAX_KERNEL_ARGS} bytes",
+            f"kernel_args must be printable ASCII of at most {MAX_KERNEL_ARGS} characters",
             details={"field": "kernel_args"},
         )
     return args

@@ -79,7 +79,13 @@ def test_space_needed_and_check() -> None:
         plan.check_space(100 * MiB, 101 * MiB, "x")
 
 
-@pytest.mark.parametrize("args", ["a\nb", "a\0", "x" * 2048])
+@pytest.mark.parametrize("args", ["a\nb", "a\0", "a\tb", "é", "x" * 1025])
 def test_kernel_args_refused(args: str) -> None:
     with pytest.raises(InvalidArgument):
         plan.check_kernel_args(args)
+
+
+def test_kernel_args_accepted() -> None:
+    args = "console=ttyS0 reboot=k panic=1 pci=off root=/dev/vda rw"
+    assert plan.check_kernel_args(args) == args
+    assert plan.check_kernel_args("x" * 1024) == "x" * 1024
