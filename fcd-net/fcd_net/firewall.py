@@ -1,4 +1,4 @@
-"""libnftables applier: run the JSON transactions that :mod:`fcd_net.plan` builds.
+"""libnftables applier: run the JSON transactions that :mod:`fcd_net.ruleset` builds.
 
 The only module of fcd-net that talks to nftables, through libnftables'
 JSON API (``python3-nftables``) -- never the ``nft`` binary. Each public
@@ -14,8 +14,9 @@ from typing import Any
 from fcd_common.config import NetworkConfig
 from fcd_common.errors import Internal
 
-from . import plan
-from .plan import Json, Lease
+from . import ruleset
+from .plan import Lease
+from .ruleset import Json
 
 log = logging.getLogger("fcd.net.firewall")
 
@@ -40,7 +41,7 @@ class Firewall:
 
     def ensure_base(self, leases: Sequence[Lease]) -> None:
         """(Re)build both fcd tables with the identities of ``leases``, atomically."""
-        self.run("build the fcd tables", plan.base_ruleset(self.net, leases))
+        self.run("build the fcd tables", ruleset.base_ruleset(self.net, leases))
         log.info(
             "nft tables inet/bridge %s in place with %d VM identities",
             self.net.nft_table,
@@ -48,7 +49,7 @@ class Firewall:
         )
 
     def add_vm(self, lease: Lease) -> None:
-        self.run(f"add the identity of {lease.vm_id}", plan.add_vm(self.net, lease))
+        self.run(f"add the identity of {lease.vm_id}", ruleset.add_vm(self.net, lease))
 
     def remove_vm(self, lease: Lease) -> None:
-        self.run(f"remove the identity of {lease.vm_id}", plan.remove_vm(self.net, lease))
+        self.run(f"remove the identity of {lease.vm_id}", ruleset.remove_vm(self.net, lease))

@@ -12,7 +12,7 @@ import pytest
 from fcd_common import ids
 from fcd_common.config import JailConfig, NetworkConfig
 from fcd_common.errors import Internal, InvalidArgument, ResourceExhausted
-from fcd_net import leases, plan
+from fcd_net import leases, plan, ruleset
 from fcd_net.leases import LeaseStore
 from fcd_net.plan import Lease
 
@@ -135,7 +135,7 @@ def _cmds(doc: dict[str, Any], verb: str, kind: str) -> list[dict[str, Any]]:
 
 
 def test_base_ruleset_replaces_both_tables_atomically() -> None:
-    doc = plan.base_ruleset(NET, [])
+    doc = ruleset.base_ruleset(NET, [])
     tables = [(verb, next(iter(c[verb].values()))) for c in doc["nftables"] for verb in c
               if "table" in c[verb]]
     assert tables == [
@@ -158,7 +158,7 @@ def test_base_ruleset_replaces_both_tables_atomically() -> None:
 
 
 def test_masquerade_rule_matches_pool_leaving_the_bridge() -> None:
-    rules = [r for r in _cmds(plan.base_ruleset(NET, []), "add", "rule")
+    rules = [r for r in _cmds(ruleset.base_ruleset(NET, []), "add", "rule")
              if r["chain"] == "postrouting"]
     assert len(rules) == 1
     text = json.dumps(rules[0]["expr"])
@@ -169,12 +169,13 @@ def test_masquerade_rule_matches_pool_leaving_the_bridge() -> None:
 
 def test_no_masquerade_chain_when_disabled() -> None:
     net = NetworkConfig(subnet="10.213.0.0/24", masquerade=False)
-    chains = [c["name"] for c in _cmds(plan.base_ruleset(net, []), "add", "chain")]
+    chains = [c["name"] for c in _cmds(ruleset.base_ruleset(net, []), "add", "chain")]
     assert "postrouting" not in chains
 
 
 def test_antispoof_chain_checks_every_tap_and_drops_the_rest() -> None:
-    rules = [r for r in _cmds(plan.base_ruleset(NET, []), "add", "rule") if r["family"] == "bridge"]
+    doc = ruleset.base_ruleset(NET, [])
+    rules = [r for r in _cmds(doc, "add", "rule") if r["family"] == "bridge"]
     pre = [r for r in rules if r["chain"] == "prerouting"]
     assert pre[0]["expr"][0]["match"]["right"] == "fc*"
     from_vm = [r["expr"] for r in rules if r["chain"] == "from_vm"]
@@ -185,13 +186,13 @@ def test_antispoof_chain_checks_every_tap_and_drops_the_rest() -> None:
 
 def test_base_ruleset_carries_every_lease() -> None:
     a, b = lease("vm-a", "10.213.0.2"), lease("vm-b", "10.213.0.3")
-    elems = _cmds(plan.base_ruleset(NET, [a, b]), "add", "element")
+    elems = _cmds(ruleset.base_ruleset(NET, [a, b]), "add", "element")
     assert {e["name"]: len(e["elem"]) for e in elems} == {"vm_ip4": 2, "vm_arp": 2}
 
 
 def test_one_vm_is_two_elements_in_one_transaction() -> None:
     a = lease("vm-a", "10.213.0.2")
-    add = plan.add_vm(NET, a)
+    add = ruleset.add_vm(NET, a)
     assert add == {
         "nftables": [
             {"add": {"element": {"family": "bridge", "table": "fcd", "name": "vm_ip4",
@@ -200,6 +201,6 @@ def test_one_vm_is_two_elements_in_one_transaction() -> None:
                                  "elem": [{"concat": [a.tap, a.mac, a.mac, "10.213.0.2"]}]}}},
         ]
     }
-    rm = plan.remove_vm(NET, a)["nftables"]
+    rm = ruleset.remove_vm(NET, a)["nftables"]
     # add-then-delete: idempotent removal in one transaction
     assert [next(iter(c)) for c in rm] == ["add", "add", "delete", "delete"]
