@@ -8,7 +8,8 @@ import grp
 import logging
 import socket
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import uvicorn
 
@@ -26,12 +27,36 @@ log = logging.getLogger("fcd.api")
 INTERRUPTED = "interrupted by an fcd-api restart"
 
 
-class _Server(uvicorn.Server):
-    """uvicorn without its own signal handling: fcd_common.runtime owns signals."""
+async def start_http(
+    app: Any, sock: socket.socket, *, grace: float = 10.0
+) -> tuple[uvicorn.Server, asyncio.Task[None]]:
+    """Serve ``app`` on the listening ``sock`` with uvicorn inside the running loop.
 
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
+    Returns once the server accepts connections. This is uvicorn's own
+    ``Server._serve`` minus its signal handling (fcd_common.runtime owns signals):
+    setting ``server.should_exit`` makes the task finish gracefully.
+    """
+    config = uvicorn.Config(
+        app,
+        lifespan="off",
+        log_config=None,
+        access_log=False,
+        server_header=False,
+        timeout_graceful_shutdown=max(1, int(grace)),
+    )
+    config.load()
+    server = uvicorn.Server(config)
+    server.lifespan = config.lifespan_class(config)
+    sock.setblocking(False)
+    await server.startup(sockets=[sock])
+
+    async def serve() -> None:
+        try:
+            await server.main_loop()
+        finally:
+            await server.shutdown(sockets=[sock])
+
+    return server, asyncio.create_task(serve(), name="uvicorn")
 
 
 class ApiService:
@@ -40,7 +65,7 @@ class ApiService:
         registry: Registry,
         helpers: Helpers,
         flows: Flows,
-        server: _Server,
+        server: uvicorn.Server,
         task: asyncio.Task[None],
     ) -> None:
         self.registry = registry
@@ -91,25 +116,14 @@ async def build(ctx: runtime.Context) -> ApiService:
         log.warning("VM %s was left mid-operation; marked error", vm_id, extra={"FCD_VM_ID": vm_id})
     helpers = Helpers.from_config(cfg)
     flows = Flows(registry, helpers, cfg.limits)
-    sock = api_socket(ctx)
-    sock.setblocking(False)
-    config = uvicorn.Config(
-        create_asgi(flows),
-        lifespan="off",
-        log_config=None,
-        access_log=False,
-        server_header=False,
-        timeout_graceful_shutdown=int(cfg.limits.shutdown_grace_s),
-    )
-    server = _Server(config)
-    task = asyncio.create_task(server.serve(sockets=[sock]), name="uvicorn")
-    while not server.started:
-        if task.done():
-            registry.close()
-            await helpers.close()
-            exc = task.exception()
-            raise RuntimeError(f"HTTP server failed to start: {exc!r}")
-        await asyncio.sleep(0.01)
+    try:
+        server, task = await start_http(
+            create_asgi(flows), api_socket(ctx), grace=cfg.limits.shutdown_grace_s
+        )
+    except BaseException:
+        await helpers.close()
+        registry.close()
+        raise
     log.info("serving the API on %s", cfg.socket("api"))
     return ApiService(registry, helpers, flows, server, task)
 

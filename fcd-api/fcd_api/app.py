@@ -57,7 +57,12 @@ def error_response(
 def _on_fcd_error(_: Request[Any, Any, Any], exc: FcdError) -> Response[ErrorBody]:
     status = HTTP_STATUS.get(exc.code, 500)
     if status >= 500:
-        log.warning("request failed: %s: %s", exc.code, exc.message)
+        log.warning(
+            "request failed: %s: %s",
+            exc.code,
+            exc.message,
+            extra={"FCD_REQUEST_ID": request_id.get()},
+        )
     return error_response(status, exc.code, exc.message, exc.details)
 
 

@@ -1,0 +1,298 @@
+"""fcctl: the command-line client of fcd-api (HTTP over the API's Unix socket).
+
+    fcctl create --template T [--id ID] [--vcpus N] [--mem MiB] [--disk MiB]
+                 [--kernel-args ARGS] [--label k=v]...
+    fcctl ls [--state S] [--label k=v]...
+    fcctl get ID
+    fcctl start|stop|pause|resume ID
+    fcctl rm ID [--force]
+
+The socket is ``--socket``, else ``$FCD_SOCKET``, else the configured
+``api.sock`` (``/run/fcd/api.sock``). Output is a table, or JSON with
+``-o json``. API errors print ``error: <code>: <message>`` and exit 1; the
+CLI says what to do when it cannot reach the socket.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import json
+import os
+import socket
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+
+__all__ = ["build_parser", "diagnose", "main", "render_detail", "render_table"]
+
+DEFAULT_SOCKET = "/run/fcd/api.sock"
+EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+
+COLUMNS = ("ID", "STATE", "TEMPLATE", "VCPUS", "MEM", "IP", "PID", "AGE")
+
+
+class CliError(Exception):
+    """A failure to report as one line on stderr, exit 1."""
+
+
+# --- pure helpers ------------------------------------------------------------------
+def default_socket(env: dict[str, str] | None = None) -> str:
+    env = dict(os.environ) if env is None else env
+    if env.get("FCD_SOCKET"):
+        return env["FCD_SOCKET"]
+    try:
+        from fcd_common import config
+
+        return str(config.load().socket("api"))
+    except Exception:
+        return DEFAULT_SOCKET
+
+
+def parse_labels(items: Sequence[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise argparse.ArgumentTypeError(f"label {item!r} is not k=v")
+        out[key] = value
+    return out
+
+
+def _age(ts: str | None, now: datetime) -> str:
+    if not ts:
+        return "-"
+    try:
+        then = datetime.fromisoformat(ts.replace("Z", "+00:00"))
+    except ValueError:
+        return ts
+    secs = max(0, int((now - then).total_seconds()))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if secs >= size:
+            return f"{secs // size}{unit}"
+    return f"{secs}s"
+
+
+def _row(vm: dict[str, Any], now: datetime) -> tuple[str, ...]:
+    cfg = vm.get("config") or {}
+    state = str(vm.get("state", "?"))
+    return (
+        str(vm.get("id", "?")),
+        state,
+        str(cfg.get("template", "-")),
+        str(cfg.get("vcpu_count", "-")),
+        f"{cfg['mem_size_mib']}MiB" if cfg.get("mem_size_mib") else "-",
+        str(vm.get("ip_address") or "-"),
+        str(vm.get("pid") or "-"),
+        _age(vm.get("created_at"), now),
+    )
+
+
+def render_table(vms: Sequence[dict[str, Any]], *, now: datetime | None = None) -> str:
+    """VMs as an aligned table (a header line even when empty)."""
+    now = now or datetime.now(UTC)
+    rows = [COLUMNS, *(_row(vm, now) for vm in vms)]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(COLUMNS))]
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in rows
+    )
+
+
+def render_detail(vm: dict[str, Any]) -> str:
+    """One VM as ``key: value`` lines (nested config flattened)."""
+    lines: list[tuple[str, str]] = []
+    for key, value in vm.items():
+        if isinstance(value, dict) and key == "config":
+            lines.extend((f"config.{k}", _fmt(v)) for k, v in value.items())
+        else:
+            lines.append((key, _fmt(value)))
+    width = max(len(k) for k, _ in lines) + 1
+    return "\n".join(f"{(k + ':').ljust(width)} {v}" for k, v in lines)
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={v}" for k, v in value.items()) or "-"
+    if isinstance(value, list):
+        return json.dumps(value) if value else "-"
+    return str(value)
+
+
+def diagnose(path: str, exc: BaseException | None = None) -> str:
+    """Say why the API socket at ``path`` cannot be used, and what to do."""
+    start = "is fcd-api running? (systemctl start fcd-api.socket)"
+    if not os.path.exists(path):
+        return f"cannot connect to fcd-api: {path} does not exist; {start}"
+    code: int | None = None
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.settimeout(2.0)
+        probe.connect(path)
+    except OSError as e:
+        code = e.errno
+    finally:
+        probe.close()
+    if code in (errno.EACCES, errno.EPERM):
+        return (
+            f"permission denied on {path}: join the fcd-users group "
+            "(usermod -aG fcd-users $USER, then log in again) or use sudo"
+        )
+    if code in (errno.ECONNREFUSED, errno.ENOENT):
+        return f"nothing is listening on {path}; {start}"
+    if code == errno.ENOTSOCK:
+        return f"{path} is not a socket; check --socket / $FCD_SOCKET"
+    detail = f": {exc}" if exc else ""
+    return f"cannot talk to fcd-api at {path}{detail}"
+
+
+# --- argument parsing ---------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    out = argparse.ArgumentParser(add_help=False)
+    out.add_argument(
+        "-o",
+        "--output",
+        choices=("table", "json"),
+        default=argparse.SUPPRESS,
+        help="output format (default: table)",
+    )
+    p = argparse.ArgumentParser(
+        prog="fcctl", description="Manage Firecracker microVMs through fcd-api.", parents=[out]
+    )
+    p.add_argument("--socket", help=f"API socket (default $FCD_SOCKET or {DEFAULT_SOCKET})")
+    p.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the API")
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+
+    c = sub.add_parser("create", parents=[out], help="create and boot a VM")
+    c.add_argument("--id", help="VM id (generated if omitted)")
+    c.add_argument("--template", "-t", required=True)
+    c.add_argument("--vcpus", type=int, help="vCPU count (default 1)")
+    c.add_argument("--mem", type=int, metavar="MiB", help="memory in MiB (default 128)")
+    c.add_argument("--disk", type=int, metavar="MiB", help="root disk size in MiB")
+    c.add_argument("--kernel-args", help="appended to the template's kernel arguments")
+    c.add_argument("--sandbox-id")
+    c.add_argument("--label", "-l", action="append", default=[], metavar="K=V")
+
+    ls = sub.add_parser("ls", aliases=["list"], parents=[out], help="list VMs")
+    ls.add_argument("--state")
+    ls.add_argument("--label", "-l", action="append", default=[], metavar="K=V")
+
+    g = sub.add_parser("get", aliases=["inspect"], parents=[out], help="show one VM")
+    g.add_argument("id")
+    for name, text in (
+        ("start", "start a stopped VM"),
+        ("stop", "stop a running or paused VM"),
+        ("pause", "pause a running VM"),
+        ("resume", "resume a paused VM"),
+    ):
+        a = sub.add_parser(name, parents=[out], help=text)
+        a.add_argument("id")
+    rm = sub.add_parser("rm", aliases=["delete"], parents=[out], help="delete a VM")
+    rm.add_argument("id")
+    rm.add_argument("--force", "-f", action="store_true", help="delete in any state")
+    return p
+
+
+def create_body(args: argparse.Namespace) -> dict[str, Any]:
+    body: dict[str, Any] = {"template": args.template}
+    for key, attr in (
+        ("id", "id"),
+        ("vcpu_count", "vcpus"),
+        ("mem_size_mib", "mem"),
+        ("disk_size_mib", "disk"),
+        ("kernel_args", "kernel_args"),
+        ("sandbox_id", "sandbox_id"),
+    ):
+        value = getattr(args, attr)
+        if value is not None:
+            body[key] = value
+    if args.label:
+        body["labels"] = parse_labels(args.label)
+    return body
+
+
+# --- doing ----------------------------------------------------------------------------
+class Api:
+    def __init__(self, path: str, timeout: float) -> None:
+        self.path = path
+        self.http = httpx.Client(
+            transport=httpx.HTTPTransport(uds=path), base_url="http://fcd", timeout=timeout
+        )
+
+    def close(self) -> None:
+        self.http.close()
+
+    def request(self, method: str, url: str, **kw: Any) -> Any:
+        try:
+            r = self.http.request(method, url, **kw)
+        except httpx.TimeoutException:
+            raise CliError(f"fcd-api at {self.path} did not answer in time") from None
+        except (httpx.TransportError, OSError) as e:
+            raise CliError(diagnose(self.path, e)) from None
+        if r.status_code >= 400:
+            try:
+                detail = r.json()["error"]
+                msg = f"{detail['code']}: {detail['message']}"
+            except (ValueError, KeyError, TypeError):
+                msg = f"HTTP {r.status_code}: {r.text.strip()[:200]}"
+            raise CliError(msg)
+        if r.status_code == 204 or not r.content:
+            return None
+        return r.json()
+
+
+def run(args: argparse.Namespace, api: Api) -> str:
+    output = getattr(args, "output", "table")
+    cmd = args.cmd
+    if cmd == "create":
+        vm = api.request("POST", "/v1/vms", json=create_body(args))
+        return json.dumps(vm, indent=2) if output == "json" else render_table([vm])
+    if cmd in ("ls", "list"):
+        params: list[tuple[str, str]] = [("label", item) for item in args.label]
+        if args.state:
+            params.append(("state", args.state))
+        vms = api.request("GET", "/v1/vms", params=params)["vms"]
+        return json.dumps(vms, indent=2) if output == "json" else render_table(vms)
+    if cmd in ("get", "inspect"):
+        vm = api.request("GET", f"/v1/vms/{args.id}")
+        return json.dumps(vm, indent=2) if output == "json" else render_detail(vm)
+    if cmd in ("start", "stop", "pause", "resume"):
+        vm = api.request("POST", f"/v1/vms/{args.id}/{cmd}")
+        return json.dumps(vm, indent=2) if output == "json" else render_table([vm])
+    if cmd in ("rm", "delete"):
+        params = [("force", "true")] if args.force else []
+        api.request("DELETE", f"/v1/vms/{args.id}", params=params)
+        return json.dumps({"id": args.id, "deleted": True}) if output == "json" else args.id
+    raise CliError(f"unknown command {cmd}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.cmd == "create":
+            create_body(args)  # label syntax errors are usage errors
+        elif args.cmd in ("ls", "list"):
+            parse_labels(args.label)
+    except argparse.ArgumentTypeError as e:
+        parser.error(str(e))
+    api = Api(args.socket or default_socket(), args.timeout)
+    try:
+        text = run(args, api)
+    except CliError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        api.close()
+    print(text)
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

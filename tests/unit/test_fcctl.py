@@ -1,0 +1,251 @@
+"""fcctl: argument parsing, rendering, diagnosis, and the commands against a live fcd-api.
+
+The live fcd-api is the real app served by uvicorn on a Unix socket (in a
+thread) over the in-memory fake helpers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from fcd_api import cli
+from fcd_api.__main__ import start_http
+from fcd_api.app import create_asgi
+from fcd_common.rpc import bind_unix
+
+from .api_fakes import api_harness
+
+VM = {
+    "id": "vm1",
+    "state": "running",
+    "config": {
+        "template": "base",
+        "vcpu_count": 2,
+        "mem_size_mib": 256,
+        "disk_size_mib": None,
+        "kernel_args": "",
+    },
+    "ip_address": "172.30.0.2",
+    "pid": 4243,
+    "created_at": "2024-01-01T00:00:00.000Z",
+    "labels": {"team": "x"},
+}
+
+
+def test_parse_create() -> None:
+    args = cli.build_parser().parse_args(
+        [
+            "--socket",
+            "/x.sock",
+            "create",
+            "--template",
+            "base",
+            "--id",
+            "a",
+            "--vcpus",
+            "2",
+            "--mem",
+            "256",
+            "--disk",
+            "512",
+            "--kernel-args",
+            "quiet",
+            "-l",
+            "a=1",
+            "--label",
+            "b=x=y",
+            "-o",
+            "json",
+        ]
+    )
+    assert args.socket == "/x.sock" and args.output == "json"
+    assert cli.create_body(args) == {
+        "template": "base",
+        "id": "a",
+        "vcpu_count": 2,
+        "mem_size_mib": 256,
+        "disk_size_mib": 512,
+        "kernel_args": "quiet",
+        "labels": {"a": "1", "b": "x=y"},
+    }
+    minimal = cli.build_parser().parse_args(["create", "-t", "base"])
+    assert cli.create_body(minimal) == {"template": "base"}
+
+
+def test_parse_other_commands() -> None:
+    p = cli.build_parser()
+    assert p.parse_args(["-o", "json", "ls"]).output == "json"
+    args = p.parse_args(["ls", "--state", "running", "-l", "a=b"])
+    assert (args.cmd, args.state, args.label) == ("ls", "running", ["a=b"])
+    assert p.parse_args(["rm", "vm1", "--force"]).force is True
+    assert p.parse_args(["rm", "vm1"]).force is False
+    for cmd in ["start", "stop", "pause", "resume", "get"]:
+        assert p.parse_args([cmd, "vm1"]).id == "vm1"
+
+
+@pytest.mark.parametrize("argv", [[], ["create"], ["get"], ["frobnicate"], ["ls", "-o", "xml"]])
+def test_usage_errors_exit_2(argv: list[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        cli.main(argv)
+    assert info.value.code == 2
+
+
+def test_bad_label_is_usage_error() -> None:
+    with pytest.raises(SystemExit) as info:
+        cli.main(["--socket", "/nonexistent.sock", "create", "-t", "base", "-l", "novalue"])
+    assert info.value.code == 2
+
+
+def test_render_table() -> None:
+    now = datetime(2024, 1, 1, 0, 2, 5, tzinfo=UTC)
+    lines = cli.render_table(
+        [VM, {**VM, "id": "a-much-longer-id", "pid": None, "ip_address": None, "state": "stopped"}],
+        now=now,
+    ).splitlines()
+    assert lines[0].split() == list(cli.COLUMNS)
+    assert lines[1].split() == ["vm1", "running", "base", "2", "256MiB", "172.30.0.2", "4243", "2m"]
+    assert lines[2].split() == [
+        "a-much-longer-id",
+        "stopped",
+        "base",
+        "2",
+        "256MiB",
+        "-",
+        "-",
+        "2m",
+    ]
+    # columns are aligned
+    assert lines[0].index("STATE") == lines[1].index("running") == lines[2].index("stopped")
+    assert cli.render_table([]).split() == list(cli.COLUMNS)
+
+
+def test_render_detail() -> None:
+    text = cli.render_detail(VM)
+    assert "config.vcpu_count: 2" in text.replace("  ", " ").replace("  ", " ")
+    assert any(line.startswith("labels:") and line.endswith("team=x") for line in text.splitlines())
+
+
+def test_default_socket() -> None:
+    assert cli.default_socket({"FCD_SOCKET": "/tmp/x.sock"}) == "/tmp/x.sock"
+
+
+def test_diagnose_missing_and_refused(tmp_path: Path) -> None:
+    missing = str(tmp_path / "nope.sock")
+    msg = cli.diagnose(missing)
+    assert "does not exist" in msg and "systemctl start fcd-api.socket" in msg
+    stale = tmp_path / "stale.sock"
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(str(stale))
+    s.close()  # bound but nobody listens
+    assert "nothing is listening" in cli.diagnose(str(stale))
+    plain = tmp_path / "file"
+    plain.write_text("")
+    assert "systemctl" in cli.diagnose(str(plain)) or "not a socket" in cli.diagnose(str(plain))
+
+
+def test_diagnose_permission(tmp_path: Path) -> None:
+    if os.geteuid() == 0:
+        pytest.skip("root ignores socket permissions")
+    path = tmp_path / "api.sock"
+    sock = bind_unix(path, mode=0o000)
+    try:
+        assert "join the fcd-users group" in cli.diagnose(str(path))
+    finally:
+        sock.close()
+
+
+def test_unreachable_api_exit_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rc = cli.main(["--socket", str(tmp_path / "nope.sock"), "ls"])
+    assert rc == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot connect to fcd-api") and "fcd-api.socket" in err
+
+
+@pytest.fixture
+def live_api() -> Iterator[str]:
+    """fcd-api's real app under uvicorn on a UDS, in a thread, over fake helpers."""
+    loop = asyncio.new_event_loop()
+    ready = threading.Event()
+    path: list[str] = []
+    stop = asyncio.Event()
+    errors: list[BaseException] = []
+
+    async def serve() -> None:
+        async with api_harness() as h:
+            sock_path = h.dir / "api.sock"
+            server, task = await start_http(create_asgi(h.flows), bind_unix(sock_path), grace=1)
+            path.append(str(sock_path))
+            ready.set()
+            await stop.wait()
+            server.should_exit = True
+            await task
+
+    def runner() -> None:
+        asyncio.set_event_loop(loop)
+        try:
+            loop.run_until_complete(serve())
+        except BaseException as e:
+            errors.append(e)
+            ready.set()
+
+    t = threading.Thread(target=runner, daemon=True)
+    t.start()
+    assert ready.wait(10), "fcd-api did not start"
+    assert not errors, errors
+    try:
+        yield path[0]
+    finally:
+        loop.call_soon_threadsafe(stop.set)
+        t.join(10)
+        loop.close()
+
+
+def test_commands_against_live_api(live_api: str, capsys: pytest.CaptureFixture[str]) -> None:
+    def fcctl(*argv: str) -> tuple[int, str, str]:
+        rc = cli.main(["--socket", live_api, *argv])
+        out = capsys.readouterr()
+        return rc, out.out, out.err
+
+    rc, out, _ = fcctl("create", "--id", "vm1", "-t", "base", "--vcpus", "2", "-l", "team=x")
+    assert rc == 0 and out.splitlines()[1].split()[:4] == ["vm1", "running", "base", "2"]
+    rc, out, _ = fcctl("-o", "json", "ls", "--label", "team=x", "--state", "running")
+    assert rc == 0 and [v["id"] for v in json.loads(out)] == ["vm1"]
+    rc, out, _ = fcctl("ls", "--state", "stopped")
+    assert rc == 0 and out.split() == list(cli.COLUMNS)
+    rc, out, _ = fcctl("get", "vm1")
+    assert rc == 0 and "ip_address:" in out
+    rc, out, _ = fcctl("get", "vm1", "-o", "json")
+    assert json.loads(out)["state"] == "running"
+    for cmd, state in [
+        ("pause", "paused"),
+        ("resume", "running"),
+        ("stop", "stopped"),
+        ("start", "running"),
+        ("stop", "stopped"),
+    ]:
+        rc, out, _ = fcctl(cmd, "vm1")
+        assert rc == 0 and out.splitlines()[1].split()[1] == state, (cmd, out)
+    rc, _, err = fcctl("resume", "vm1")
+    assert rc == 1 and err.startswith(
+        "error: failed_precondition: cannot resume a VM that is stopped"
+    )
+    rc, _, err = fcctl("create", "-t", "base", "--vcpus", "99")
+    assert rc == 1 and err.startswith("error: invalid_argument:") and "vcpu_count" in err
+    rc, out, _ = fcctl("rm", "vm1")
+    assert rc == 0 and out.strip() == "vm1"
+    rc, _, err = fcctl("get", "vm1")
+    assert rc == 1 and err.startswith("error: not_found:")
+    fcctl("create", "--id", "vm2", "-t", "base")
+    rc, _, err = fcctl("rm", "vm2")
+    assert rc == 1 and "running" in err
+    rc, out, _ = fcctl("-o", "json", "rm", "vm2", "--force")
+    assert rc == 0 and json.loads(out) == {"id": "vm2", "deleted": True}
