@@ -36,7 +36,7 @@ def _absolute(field: str, value: str) -> None:
         raise ValueError(f"{field} must be an absolute path, got {value!r}")
 
 
-class PathsConfig(_Section):
+class PathsConfig(_Section, frozen=True):
     state_dir: str = "/var/lib/fcd"
     """Persistent state; each daemon owns one subdirectory (api/, net/, storage/, vmm/)."""
     run_dir: str = "/run/fcd"
@@ -49,7 +49,7 @@ class PathsConfig(_Section):
             _absolute(name, getattr(self, name))
 
 
-class NetworkConfig(_Section):
+class NetworkConfig(_Section, frozen=True):
     bridge: Annotated[str, msgspec.Meta(pattern=r"^[a-zA-Z0-9_-]{1,15}$")] = "fcbr0"
     subnet: str = "172.30.0.0/16"
     """Guest pool; the first host address is the gateway on the bridge."""
@@ -74,7 +74,7 @@ class NetworkConfig(_Section):
         return self.network.network_address + 1
 
 
-class JailConfig(_Section):
+class JailConfig(_Section, frozen=True):
     firecracker: str = "/usr/local/bin/firecracker"
     jailer: str = "/usr/local/bin/jailer"
     uid_min: Annotated[int, msgspec.Meta(ge=1000, le=2**31)] = 900_000
@@ -92,7 +92,7 @@ class JailConfig(_Section):
             raise ValueError("uid_min must not exceed uid_max")
 
 
-class LimitsConfig(_Section):
+class LimitsConfig(_Section, frozen=True):
     max_vms: PosInt = 512
     max_vcpu: Annotated[int, msgspec.Meta(ge=1, le=32)] = 32
     max_mem_mib: PosInt = 65536
@@ -108,14 +108,14 @@ class LimitsConfig(_Section):
     """Added to a VM's memory for its cgroup memory limit (VMM + page tables)."""
 
 
-class SecurityConfig(_Section):
+class SecurityConfig(_Section, frozen=True):
     api_user: str = "fcd"
     """The user fcd-api runs as: the only non-root peer a helper accepts."""
     api_group: str = "fcd-users"
     """Members may use the public API socket."""
 
 
-class Config(_Section):
+class Config(_Section, frozen=True):
     paths: PathsConfig = msgspec.field(default_factory=PathsConfig)
     network: NetworkConfig = msgspec.field(default_factory=NetworkConfig)
     jail: JailConfig = msgspec.field(default_factory=JailConfig)

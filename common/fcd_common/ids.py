@@ -57,7 +57,9 @@ def check_name(value: str, field: str = "name") -> str:
             details={"field": field},
         )
     if ".." in value:
-        raise InvalidArgument(f"invalid {field} {value!r}: '..' not allowed", details={"field": field})
+        raise InvalidArgument(
+            f"invalid {field} {value!r}: '..' not allowed", details={"field": field}
+        )
     return value
 
 

@@ -51,7 +51,9 @@ def setup(daemon: str, *, level: int | str | None = None, force_stderr: bool = F
     else:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(
-            _FieldsFormatter(f"%(asctime)s {daemon}[%(process)d] %(levelname)s %(name)s: %(message)s")
+            _FieldsFormatter(
+                f"%(asctime)s {daemon}[%(process)d] %(levelname)s %(name)s: %(message)s"
+            )
         )
     root.addHandler(handler)
     root.setLevel(level)

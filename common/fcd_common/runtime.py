@@ -41,9 +41,9 @@ def notify(*states: str) -> bool:
     """sd_notify; a no-op (False) without ``NOTIFY_SOCKET``."""
     if not os.environ.get("NOTIFY_SOCKET"):
         return False
-    from systemd import daemon as sd
+    from systemd.daemon import notify as sd_notify
 
-    return bool(sd.notify("\n".join(states)))
+    return bool(sd_notify("\n".join(states)))
 
 
 def inherited_sockets() -> list[socket.socket]:
@@ -100,7 +100,9 @@ Factory = Callable[[Context], Awaitable[Service]]
 
 def base_parser(name: str, description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=name, description=description)
-    p.add_argument("--config", help=f"config file (default $FCD_CONFIG or {config_mod.DEFAULT_PATH})")
+    p.add_argument(
+        "--config", help=f"config file (default $FCD_CONFIG or {config_mod.DEFAULT_PATH})"
+    )
     return p
 
 
@@ -140,7 +142,9 @@ async def _amain(ctx: Context, factory: Factory) -> int:
     return 0
 
 
-def run(name: str, factory: Factory, parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> int:
+def run(
+    name: str, factory: Factory, parser: argparse.ArgumentParser, argv: Sequence[str] | None = None
+) -> int:
     args = parser.parse_args(argv)
     logs.setup(name)
     try:

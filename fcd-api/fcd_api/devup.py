@@ -73,7 +73,9 @@ def import_demo_template(suite: suite_mod.Suite, name: str = "demo") -> None:
     asyncio.run(run())
 
 
-def fcctl(suite: suite_mod.Suite, *args: str, show: bool = True) -> subprocess.CompletedProcess[str]:
+def fcctl(
+    suite: suite_mod.Suite, *args: str, show: bool = True
+) -> subprocess.CompletedProcess[str]:
     exe = Path(sys.executable).parent / "fcctl"
     cmd = [str(exe), "--socket", str(suite.api_socket), *args]
     if show:
@@ -121,9 +123,13 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="fcd", description="fcd development supervisor")
     sub = p.add_subparsers(dest="cmd", required=True)
     up = sub.add_parser("up", help="run the four daemons in the foreground with a dev config")
-    up.add_argument("--dir", default="/var/tmp/fcd-dev", help="base dir for config, state, sockets, jails")
+    up.add_argument(
+        "--dir", default="/var/tmp/fcd-dev", help="base dir for config, state, sockets, jails"
+    )
     up.add_argument("--netns", default="fcd-dev", help="private network namespace for the suite")
-    up.add_argument("--host-network", action="store_true", help="run in the host's network namespace")
+    up.add_argument(
+        "--host-network", action="store_true", help="run in the host's network namespace"
+    )
     up.add_argument("--subnet", default="172.30.0.0/24")
     up.add_argument("--demo", action="store_true", help="create, list and delete a VM with fcctl")
     up.add_argument("--exit-after-demo", action="store_true", help="stop once the demo is done")
@@ -158,8 +164,10 @@ def main(argv: list[str] | None = None) -> int:
     rc = 0
     try:
         suite.start()
-        _out(f"fcd is up (config {suite.config_path}"
-             + (f", network namespace {suite.netns})" if suite.netns else ")"))
+        _out(
+            f"fcd is up (config {suite.config_path}"
+            + (f", network namespace {suite.netns})" if suite.netns else ")")
+        )
         _out(f"API socket: {suite.api_socket}")
         _out(f"  export FCD_SOCKET={suite.api_socket}; fcctl ls")
         if args.demo:

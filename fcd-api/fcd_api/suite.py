@@ -1,4 +1,4 @@
-"""Run the four daemons as separate processes: the engine of `fcd up`, the e2e tests and the benches.
+"""Run the four daemons as separate processes: engine of `fcd up`, the e2e tests, the benches.
 
 A :class:`Suite` writes a config under one base directory, optionally makes a
 private network namespace for the whole suite (so a dev run or a test never
@@ -148,7 +148,11 @@ shutdown_grace_s = 5.0
             self._logs.append(f)
             out = f
         proc = subprocess.Popen(
-            self._argv(daemon), env=env, stdout=out, stderr=out, stdin=subprocess.DEVNULL,
+            self._argv(daemon),
+            env=env,
+            stdout=out,
+            stderr=out,
+            stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
         self.procs[daemon] = proc
@@ -157,14 +161,17 @@ shutdown_grace_s = 5.0
             while True:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    raise SuiteError(f"fcd-{daemon} not ready after {timeout:.0f}s{self._tail(daemon)}")
+                    raise SuiteError(
+                        f"fcd-{daemon} not ready after {timeout:.0f}s{self._tail(daemon)}"
+                    )
                 sock.settimeout(min(remaining, 0.25))
                 try:
                     msg = sock.recv(4096).decode(errors="replace")
                 except TimeoutError:
                     if proc.poll() is not None:
+                        rc = proc.returncode
                         raise SuiteError(
-                            f"fcd-{daemon} exited with {proc.returncode} before READY{self._tail(daemon)}"
+                            f"fcd-{daemon} exited with {rc} before READY{self._tail(daemon)}"
                         ) from None
                     continue
                 if "READY=1" in msg.split("\n"):
@@ -218,7 +225,8 @@ def remove_parent_cgroups(parent: str) -> list[str]:
     """rmdir ``<controller mount>/<parent>`` where it exists and is empty; returns what is left."""
     left = []
     root = Path("/sys/fs/cgroup")
-    for d in sorted(root.glob(f"*/{parent}")) + [root / parent]:
+    leaves = sorted(root.glob(f"*/{parent}/*"))
+    for d in [*leaves, *sorted(root.glob(f"*/{parent}")), root / parent]:
         if d.is_dir():
             try:
                 d.rmdir()

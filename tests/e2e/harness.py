@@ -34,7 +34,9 @@ def api(suite: suite_mod.Suite, timeout: float = 60.0) -> httpx.Client:
 
 
 def fc_get(sock: Path, path: str = "/") -> dict[str, Any]:
-    with httpx.Client(transport=httpx.HTTPTransport(uds=str(sock)), base_url="http://localhost", timeout=5) as c:
+    with httpx.Client(
+        transport=httpx.HTTPTransport(uds=str(sock)), base_url="http://localhost", timeout=5
+    ) as c:
         r = c.get(path)
         r.raise_for_status()
         out: dict[str, Any] = r.json()
@@ -103,5 +105,4 @@ def running_suite(tmp_path: Path, **kw: Any) -> Iterator[suite_mod.Suite]:
             if root.startswith(str(suite.base)):
                 os.kill(pid, 9)
         suite.remove_netns()
-        subprocess.run(["sh", "-c", f"sleep 0.2; rmdir /sys/fs/cgroup/*/{suite.parent_cgroup}/* 2>/dev/null; true"])
         suite_mod.remove_parent_cgroups(suite.parent_cgroup)

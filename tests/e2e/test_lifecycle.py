@@ -18,7 +18,16 @@ import pytest
 from fcd_api import devup
 from fcd_common import ids
 
-from .harness import api, fc_get, in_ns, nft_ruleset, pids_with_uid_in, proc_status, running_suite, taps
+from .harness import (
+    api,
+    fc_get,
+    in_ns,
+    nft_ruleset,
+    pids_with_uid_in,
+    proc_status,
+    running_suite,
+    taps,
+)
 
 pytestmark = [pytest.mark.root, pytest.mark.e2e]
 
@@ -59,7 +68,10 @@ def test_create_pause_resume_stop_start_delete(tmp_path: Path) -> None:
     with running_suite(tmp_path) as suite, api(suite) as c:
         cfg = suite.cfg
         devup.import_demo_template(suite, "tiny")
-        r = c.post("/v1/vms", json={"id": "e2e-1", "template": "tiny", "vcpu_count": 1, "mem_size_mib": 128})
+        r = c.post(
+            "/v1/vms",
+            json={"id": "e2e-1", "template": "tiny", "vcpu_count": 1, "mem_size_mib": 128},
+        )
         assert r.status_code == 201, r.text
         vm = r.json()
         assert vm["state"] == "running"
@@ -133,7 +145,11 @@ def test_failed_create_undoes_earlier_steps(tmp_path: Path) -> None:
     """Storage refuses (disk larger than free space) after the jail and network steps ran."""
     with running_suite(tmp_path) as suite, api(suite) as c:
         devup.import_demo_template(suite, "tiny")
-        free_mib = os.statvfs(suite.cfg.paths.state_dir).f_bavail * os.statvfs(suite.cfg.paths.state_dir).f_frsize // 2**20
+        free_mib = (
+            os.statvfs(suite.cfg.paths.state_dir).f_bavail
+            * os.statvfs(suite.cfg.paths.state_dir).f_frsize
+            // 2**20
+        )
         r = c.post(
             "/v1/vms",
             json={"id": "e2e-fail", "template": "tiny", "disk_size_mib": free_mib + 4096},
@@ -152,7 +168,7 @@ def test_failed_create_undoes_earlier_steps(tmp_path: Path) -> None:
 
 
 def test_launch_failure_undoes_everything(tmp_path: Path) -> None:
-    """The VMM step fails (the TAP is gone when Firecracker opens it): jail, disk and lease are undone."""
+    """The VMM step fails (a kernel that is not an ELF): jail, disk and lease are undone."""
     with running_suite(tmp_path) as suite, api(suite) as c:
         devup.import_demo_template(suite, "tiny")
         # a guest kernel that is not an ELF makes InstanceStart fail inside Firecracker
@@ -167,7 +183,9 @@ def test_launch_failure_undoes_everything(tmp_path: Path) -> None:
         async def imp() -> None:
             client = RpcClient(suite.cfg.socket("storage"), sp.PROTOCOL, timeout=60)
             await client.call(
-                sp.TemplateImport(name="broken", kernel_path=str(bad_kernel), rootfs_path=str(rootfs)),
+                sp.TemplateImport(
+                    name="broken", kernel_path=str(bad_kernel), rootfs_path=str(rootfs)
+                ),
                 sp.TemplateInfo,
             )
             await client.close()

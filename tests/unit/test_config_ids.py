@@ -46,7 +46,9 @@ def test_render_roundtrips() -> None:
     assert config.decode(config.render(cfg)) == cfg
 
 
-def test_load_missing_default_is_defaults_but_explicit_is_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_load_missing_default_is_defaults_but_explicit_is_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv("FCD_CONFIG", raising=False)
     monkeypatch.setattr(config, "DEFAULT_PATH", str(tmp_path / "none.toml"))
     assert config.load().paths.run_dir == "/run/fcd"
@@ -93,7 +95,10 @@ def test_tap_names_short_unique_stable() -> None:
     assert len(names) == 5000
     assert all(len(n.encode()) <= 15 and n.startswith("fc") for n in names)
     assert ids.tap_name("a" * 64) == ids.tap_name("a" * 64)
-    assert ids.tap_name("vm-1", prefix="tap").startswith("tap") and len(ids.tap_name("vm-1", "tap")) == 15
+    assert (
+        ids.tap_name("vm-1", prefix="tap").startswith("tap")
+        and len(ids.tap_name("vm-1", "tap")) == 15
+    )
 
 
 def test_new_ids_are_valid() -> None:

@@ -18,7 +18,17 @@ from fcd_common.errors import (
     ProtocolError,
     Unavailable,
 )
-from fcd_common.rpc import MAX_FRAME, FrameDecoder, Peer, Protocol, Reply, Request, RpcClient, RpcServer, bind_unix
+from fcd_common.rpc import (
+    MAX_FRAME,
+    FrameDecoder,
+    Peer,
+    Protocol,
+    Reply,
+    Request,
+    RpcClient,
+    RpcServer,
+    bind_unix,
+)
 from fcd_common.rpc.codec import Call, decode_envelope, frame
 
 
@@ -115,7 +125,9 @@ def test_calls_concurrent_typed_errors(sock_path: Path) -> None:
         fast = await client.call(Echo(text="fast"), EchoReply)
         assert fast.text == "fast" and not slow.done()  # not head-of-line blocked
         assert (await slow).text == "slow"
-        results = await asyncio.gather(*(client.call(Echo(text=str(i)), EchoReply) for i in range(200)))
+        results = await asyncio.gather(
+            *(client.call(Echo(text=str(i)), EchoReply) for i in range(200))
+        )
         assert [r.text for r in results] == [str(i) for i in range(200)]
         with pytest.raises(NotFound) as ei:
             await client.call(Missing(key="k"), EchoReply)
@@ -149,7 +161,11 @@ def test_garbage_and_oversized_frames_do_not_kill_server(sock_path: Path) -> Non
     async def main() -> None:
         server = await _serve(sock_path)
         loop = asyncio.get_running_loop()
-        for junk in (frame(b"\xc1\xc1garbage"), frame(msgspec.msgpack.encode({"k": "call", "id": 3, "body": {"t": "zz"}})), struct.pack(">I", MAX_FRAME + 5)):
+        for junk in (
+            frame(b"\xc1\xc1garbage"),
+            frame(msgspec.msgpack.encode({"k": "call", "id": 3, "body": {"t": "zz"}})),
+            struct.pack(">I", MAX_FRAME + 5),
+        ):
             s = socket.socket(socket.AF_UNIX)
             s.setblocking(False)
             await loop.sock_connect(s, str(sock_path))

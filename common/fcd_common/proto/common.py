@@ -12,11 +12,11 @@ Uid = Annotated[int, msgspec.Meta(ge=0, le=2**32 - 2)]
 MiB = Annotated[int, msgspec.Meta(ge=1)]
 
 
-class Ping(Request, tag="ping"):
+class Ping(Request, tag="ping", frozen=True):
     pass
 
 
-class Pong(Reply):
+class Pong(Reply, frozen=True):
     daemon: str
     version: str
     pid: int

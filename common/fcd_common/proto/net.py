@@ -7,7 +7,7 @@ from ..rpc import Protocol, Reply, Request
 from .common import Ping, Uid
 
 
-class NetSetup(Request, tag="net.setup"):
+class NetSetup(Request, tag="net.setup", frozen=True):
     """Give a VM its address, TAP (owned by the jail uid/gid) and firewall identity.
 
     Idempotent: repeating it for the same VM returns the same lease.
@@ -18,21 +18,21 @@ class NetSetup(Request, tag="net.setup"):
     gid: Uid
 
 
-class NetTeardown(Request, tag="net.teardown"):
+class NetTeardown(Request, tag="net.teardown", frozen=True):
     """Remove exactly this VM's TAP and rules and release its address. Idempotent."""
 
     vm_id: VmId
 
 
-class NetGet(Request, tag="net.get"):
+class NetGet(Request, tag="net.get", frozen=True):
     vm_id: VmId
 
 
-class NetList(Request, tag="net.list"):
+class NetList(Request, tag="net.list", frozen=True):
     pass
 
 
-class NetInfo(Reply):
+class NetInfo(Reply, frozen=True):
     vm_id: str
     tap: str
     mac: str
@@ -44,7 +44,7 @@ class NetInfo(Reply):
     gid: int
 
 
-class NetInfoList(Reply):
+class NetInfoList(Reply, frozen=True):
     items: list[NetInfo]
 
 

@@ -9,7 +9,7 @@ from ..rpc import Protocol, Reply, Request
 from .common import MiB, Ping
 
 
-class TemplateImport(Request, tag="storage.template_import"):
+class TemplateImport(Request, tag="storage.template_import", frozen=True):
     """Copy a kernel and a rootfs image into the template store.
 
     The source paths are read by fcd-storage with its own rights; they must be
@@ -22,15 +22,15 @@ class TemplateImport(Request, tag="storage.template_import"):
     kernel_args: str = ""
 
 
-class TemplateGet(Request, tag="storage.template_get"):
+class TemplateGet(Request, tag="storage.template_get", frozen=True):
     name: Name
 
 
-class TemplateList(Request, tag="storage.template_list"):
+class TemplateList(Request, tag="storage.template_list", frozen=True):
     pass
 
 
-class TemplateInfo(Reply):
+class TemplateInfo(Reply, frozen=True):
     name: str
     kernel_path: str
     rootfs_path: str
@@ -42,11 +42,11 @@ class TemplateInfo(Reply):
     created_at: str
 
 
-class TemplateInfoList(Reply):
+class TemplateInfoList(Reply, frozen=True):
     items: list[TemplateInfo]
 
 
-class Provision(Request, tag="storage.provision"):
+class Provision(Request, tag="storage.provision", frozen=True):
     """Make the VM's writable root disk from a template. Idempotent per vm_id."""
 
     vm_id: VmId
@@ -54,21 +54,21 @@ class Provision(Request, tag="storage.provision"):
     disk_size_mib: MiB | None = None
 
 
-class Release(Request, tag="storage.release"):
+class Release(Request, tag="storage.release", frozen=True):
     """Delete the VM's disks. Idempotent."""
 
     vm_id: VmId
 
 
-class DiskGet(Request, tag="storage.disk_get"):
+class DiskGet(Request, tag="storage.disk_get", frozen=True):
     vm_id: VmId
 
 
-class DiskList(Request, tag="storage.disk_list"):
+class DiskList(Request, tag="storage.disk_list", frozen=True):
     pass
 
 
-class DiskInfo(Reply):
+class DiskInfo(Reply, frozen=True):
     vm_id: str
     template: str
     kernel_path: str
@@ -77,7 +77,7 @@ class DiskInfo(Reply):
     method: Literal["reflink", "copy"]
 
 
-class DiskInfoList(Reply):
+class DiskInfoList(Reply, frozen=True):
     items: list[DiskInfo]
 
 

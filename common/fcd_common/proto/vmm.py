@@ -14,20 +14,20 @@ VcpuCount = Annotated[int, msgspec.Meta(ge=1, le=32)]
 ProcState = Literal["not_started", "running", "paused", "exited", "absent"]
 
 
-class AllocateJail(Request, tag="vmm.allocate_jail"):
+class AllocateJail(Request, tag="vmm.allocate_jail", frozen=True):
     """Reserve a uid/gid from the pool for this VM. Idempotent per vm_id."""
 
     vm_id: VmId
 
 
-class JailInfo(Reply):
+class JailInfo(Reply, frozen=True):
     vm_id: str
     uid: int
     gid: int
     chroot_dir: str
 
 
-class Launch(Request, tag="vmm.launch"):
+class Launch(Request, tag="vmm.launch", frozen=True):
     """Prepare the jail, start jailer -> Firecracker, configure it and boot.
 
     ``kernel_path``/``rootfs_path`` must be files inside fcd-storage's
@@ -47,36 +47,36 @@ class Launch(Request, tag="vmm.launch"):
     prefix_len: Annotated[int, msgspec.Meta(ge=1, le=30)]
 
 
-class Pause(Request, tag="vmm.pause"):
+class Pause(Request, tag="vmm.pause", frozen=True):
     vm_id: VmId
 
 
-class Resume(Request, tag="vmm.resume"):
+class Resume(Request, tag="vmm.resume", frozen=True):
     vm_id: VmId
 
 
-class Stop(Request, tag="vmm.stop"):
+class Stop(Request, tag="vmm.stop", frozen=True):
     """SendCtrlAltDel, wait up to ``timeout_s`` (config default), then SIGKILL."""
 
     vm_id: VmId
     timeout_s: Annotated[float, msgspec.Meta(gt=0, le=600)] | None = None
 
 
-class ReleaseJail(Request, tag="vmm.release"):
+class ReleaseJail(Request, tag="vmm.release", frozen=True):
     """Kill and reap the VM if alive, remove its chroot and cgroups, free its uid. Idempotent."""
 
     vm_id: VmId
 
 
-class Status(Request, tag="vmm.status"):
+class Status(Request, tag="vmm.status", frozen=True):
     vm_id: VmId
 
 
-class ListVms(Request, tag="vmm.list"):
+class ListVms(Request, tag="vmm.list", frozen=True):
     pass
 
 
-class VmProcess(Reply):
+class VmProcess(Reply, frozen=True):
     vm_id: str
     state: ProcState
     pid: int | None = None
@@ -87,13 +87,13 @@ class VmProcess(Reply):
     exit_code: int | None = None
 
 
-class StopResult(Reply):
+class StopResult(Reply, frozen=True):
     vm_id: str
     graceful: bool
     """True if the guest shut down after Ctrl-Alt-Del; False if it had to be killed."""
 
 
-class VmProcessList(Reply):
+class VmProcessList(Reply, frozen=True):
     items: list[VmProcess]
 
 

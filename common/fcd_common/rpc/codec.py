@@ -35,7 +35,7 @@ class Reply(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=Tru
     """Base of every RPC result."""
 
 
-class Done(Reply):
+class Done(Reply, frozen=True):
     """Result of a call that returns nothing but success."""
 
 
@@ -79,7 +79,7 @@ class FrameDecoder:
         self._max = max_frame
 
     def feed(self, data: bytes) -> list[bytes]:
-        """Add ``data``; return every payload now complete. Raises ProtocolError on an oversized frame."""
+        """Add ``data``; return every complete payload. ProtocolError on an oversized frame."""
         self._buf += data
         out: list[bytes] = []
         while len(self._buf) >= _HEADER.size:

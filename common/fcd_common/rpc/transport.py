@@ -82,7 +82,9 @@ class RpcServer:
 
     async def start(self, sock: socket.socket) -> None:
         sock.setblocking(False)
-        self._server = await asyncio.start_unix_server(self._on_connect, sock=sock, limit=_READ_SIZE)
+        self._server = await asyncio.start_unix_server(
+            self._on_connect, sock=sock, limit=_READ_SIZE
+        )
 
     @property
     def busy(self) -> int:
@@ -153,12 +155,15 @@ class RpcServer:
                     writer.write(self.protocol.encode_failure(0, e))
                     continue
                 if not isinstance(env, Call):
-                    writer.write(self.protocol.encode_failure(env.id, ProtocolError("expected a call")))
+                    writer.write(
+                        self.protocol.encode_failure(env.id, ProtocolError("expected a call"))
+                    )
                     continue
                 await sem.acquire()
                 t = asyncio.create_task(self._run_call(env, peer, writer))
                 self._calls.add(t)
-                t.add_done_callback(lambda t: (self._calls.discard(t), sem.release()))
+                t.add_done_callback(self._calls.discard)
+                t.add_done_callback(lambda _t: sem.release())
             with contextlib.suppress(ConnectionError):
                 await writer.drain()
 
@@ -241,7 +246,9 @@ class RpcClient:
                     fut.set_exception(error)
             self._pending.clear()
 
-    async def call(self, request: Request, result_type: type[T], *, timeout: float | None = None) -> T:
+    async def call(
+        self, request: Request, result_type: type[T], *, timeout: float | None = None
+    ) -> T:
         writer = await self._connect()
         call_id = next(self._ids)
         fut: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
@@ -274,7 +281,9 @@ class RpcClient:
         self._writer = None
 
 
-def bind_unix(path: str | Path, *, mode: int = 0o600, uid: int = -1, gid: int = -1) -> socket.socket:
+def bind_unix(
+    path: str | Path, *, mode: int = 0o600, uid: int = -1, gid: int = -1
+) -> socket.socket:
     """Bind a listening Unix socket, replacing a stale one, with the given owner and mode."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
