@@ -41,7 +41,7 @@ from fcd_common.proto import vmm as pvmm
 
 from . import states
 from .clients import Helpers
-from .models import CreateVMRequest, Runtime, VmRecord, VMState, now
+from .models import KERNEL_ARGS_MAX, CreateVMRequest, Runtime, VmRecord, VMState, now
 from .registry import Registry
 from .states import Action
 
@@ -221,6 +221,13 @@ class Flows:
     async def _create_steps(self, rec: VmRecord, undo: list[Undo]) -> VmRecord:
         h, vm_id, spec = self.helpers, rec.id, rec.spec
         template = await h.storage.template_get(spec.template)  # unknown template: nothing to undo
+        args = join_kernel_args(template.kernel_args, spec.kernel_args)
+        if len(args) > KERNEL_ARGS_MAX:
+            raise InvalidArgument(
+                f"kernel_args: the template's and the request's together are {len(args)}"
+                f" characters, more than {KERNEL_ARGS_MAX}",
+                details={"field": "kernel_args", "max": KERNEL_ARGS_MAX},
+            )
 
         undo.append(("vmm.release", lambda: h.vmm.release(vm_id)))
         jail = await h.vmm.allocate_jail(vm_id)

@@ -41,7 +41,9 @@ LabelKey = Annotated[
 LabelValue = Annotated[str, msgspec.Meta(max_length=256)]
 AnnotationKey = Annotated[str, msgspec.Meta(min_length=1, max_length=253)]
 AnnotationValue = Annotated[str, msgspec.Meta(max_length=4096)]
-KernelArgs = Annotated[str, msgspec.Meta(pattern=r"^[\x20-\x7e]*$", max_length=2048)]
+KERNEL_ARGS_MAX = 1024
+"""fcd-vmm's limit for the whole (template + request) command line it is given."""
+KernelArgs = Annotated[str, msgspec.Meta(pattern=r"^[\x20-\x7e]*$", max_length=KERNEL_ARGS_MAX)]
 """Printable ASCII only: the command line goes to Firecracker verbatim."""
 
 

@@ -369,3 +369,16 @@ def test_kernel_args_join() -> None:
     assert join_kernel_args("console=ttyS0", "") == "console=ttyS0"
     assert join_kernel_args(" a ", " b ") == "a b"
     assert join_kernel_args("", "") == ""
+
+
+def test_combined_kernel_args_limit_checked_before_allocating() -> None:
+    async def t(h: Harness) -> None:
+        body = {"template": "base", "id": "vm1", "kernel_args": "x" * 1010}
+        r = await h.client.post("/v1/vms", json=body)
+        assert r.status_code == 400, r.text
+        assert err(r)["details"]["field"] == "kernel_args"
+        assert h.fakes.tags() == ["storage.template_get"] and h.registry.count() == 0
+        r = await h.client.post("/v1/vms", json={**body, "kernel_args": "x" * 1025})
+        assert r.status_code == 400 and err(r)["details"]["field"] == "kernel_args"
+
+    run(t)
