@@ -10,6 +10,7 @@ copied disk do not reach the storage's file.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import fcntl
 import logging
@@ -26,6 +27,7 @@ from .jail import JailPaths
 log = logging.getLogger("fcd.vmm.jailfs")
 
 FICLONE = 0x40049409
+MNT_DETACH = 2
 
 
 def _mkdir(path: Path, mode: int) -> None:
@@ -38,8 +40,40 @@ def _mkdir(path: Path, mode: int) -> None:
     os.chmod(path, mode, follow_symlinks=False)
 
 
+def mounts_below(path: Path, mountinfo: str) -> list[Path]:
+    """Mount points strictly below ``path`` in ``/proc/self/mountinfo`` text, deepest first."""
+    out: list[Path] = []
+    for line in mountinfo.splitlines():
+        fields = line.split()
+        if len(fields) < 5:
+            continue
+        mnt = Path(fields[4].encode().decode("unicode_escape"))
+        if mnt != path and mnt.is_relative_to(path):
+            out.append(mnt)
+    return sorted(set(out), key=lambda p: (-len(p.parts), str(p)))
+
+
+def _umount_detach(path: Path) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.umount2(os.fsencode(path), MNT_DETACH) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"umount2({path}): {os.strerror(err)}")
+
+
 def remove_jail_dir(paths: JailPaths) -> None:
-    """Delete ``<base>/<exec>/<vm_id>`` entirely (links are unlinked, not followed)."""
+    """Delete ``<base>/<exec>/<vm_id>`` entirely (links are unlinked, not followed).
+
+    The real jailer mounts only inside its own mount namespace; anything
+    mounted below the jail in ours is detached first, so that removing the
+    jail can never reach into another filesystem.
+    """
+    if not paths.jail_dir.exists():
+        return
+    for mnt in mounts_below(paths.jail_dir, Path("/proc/self/mountinfo").read_text()):
+        log.warning("detaching mount %s inside the jail", mnt, extra=logs.vm(paths.vm_id))
+        _umount_detach(mnt)
+    if mounts_below(paths.jail_dir, Path("/proc/self/mountinfo").read_text()):
+        raise OSError(errno.EBUSY, f"mounts remain below {paths.jail_dir}")
     with contextlib.suppress(FileNotFoundError):
         shutil.rmtree(paths.jail_dir)
 

@@ -637,3 +637,22 @@ def test_wait_for_path_ready_predicate_and_abort(tmp_path: Path) -> None:
             await asyncio.wait_for(other, 2)
 
     asyncio.run(main())
+
+
+def test_mounts_below_finds_only_nested_mounts_deepest_first() -> None:
+    from fcd_vmm.jailfs import mounts_below
+
+    info = """\
+22 1 0:21 / / rw - ext4 /dev/root rw
+30 22 0:30 / /srv/jailer/firecracker/vm-1/root/usr ro - ext4 /dev/root ro
+31 30 0:31 / /srv/jailer/firecracker/vm-1/root/usr/lib ro - ext4 /dev/root ro
+32 22 0:32 / /srv/jailer/firecracker/vm-10/root rw - tmpfs tmpfs rw
+33 22 0:33 / /srv/jailer/firecracker/vm-1 rw - tmpfs tmpfs rw
+34 22 0:34 / /srv/jailer/firecracker/vm-1/root/with\\040space rw - tmpfs tmpfs rw
+"""
+    jail_dir = Path("/srv/jailer/firecracker/vm-1")
+    assert mounts_below(jail_dir, info) == [
+        jail_dir / "root" / "usr" / "lib",
+        jail_dir / "root" / "usr",
+        jail_dir / "root" / "with space",
+    ]

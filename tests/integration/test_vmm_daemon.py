@@ -1,0 +1,366 @@
+"""fcd-vmm as a real daemon driving the jailer and Firecracker test doubles (or the
+real binaries when FCD_FIRECRACKER/FCD_JAILER name them).
+
+Each test gets a fresh network namespace (where the TAP lives and the daemon
+runs), a temp dir for state and chroots, its own uid range and a unique
+parent cgroup; all of it is removed in the fixture's finally, even on failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from fcd_common import config, ids
+from fcd_common.errors import FailedPrecondition, FirecrackerError
+from fcd_common.proto.vmm import (
+    PROTOCOL,
+    AllocateJail,
+    JailInfo,
+    Launch,
+    ListVms,
+    Pause,
+    ReleaseJail,
+    Resume,
+    Status,
+    Stop,
+    StopResult,
+    VmProcess,
+    VmProcessList,
+)
+from fcd_common.rpc import Request, RpcClient
+from fcd_vmm import cgroups
+from fcd_vmm.fcclient import FirecrackerClient
+
+pytestmark = pytest.mark.root
+
+REPO = Path(__file__).resolve().parents[2]
+FAKES = REPO / "tests" / "fakes"
+FCD_VMM = REPO / ".venv" / "bin" / "fcd-vmm"
+T = TypeVar("T")
+
+
+def _binaries() -> tuple[str, str] | None:
+    fc = os.environ.get("FCD_FIRECRACKER") or str(FAKES / "firecracker")
+    jl = os.environ.get("FCD_JAILER") or str(FAKES / "jailer")
+    if not (os.access(fc, os.X_OK) and os.access(jl, os.X_OK)):
+        return None
+    if not (FAKES / "guest_kernel.py").exists():
+        return None
+    return fc, jl
+
+
+needs_doubles = pytest.mark.skipif(
+    _binaries() is None, reason="jailer/firecracker doubles (tests/fakes) not available yet"
+)
+
+
+def sh(*cmd: str) -> str:
+    return subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+
+
+@dataclass
+class Env:
+    tmp: Path
+    ns: str
+    cfg: config.Config
+    cfg_path: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def log(self) -> Path:
+        return self.tmp / "fcd-vmm.log"
+
+    def start(self) -> None:
+        sock = self.cfg.socket("vmm")
+        sock.unlink(missing_ok=True)
+        env = {k: v for k, v in os.environ.items() if k not in ("FCD_FIRECRACKER", "FCD_JAILER")}
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                ["ip", "netns", "exec", self.ns, str(FCD_VMM), "--config", str(self.cfg_path)],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(
+                    f"fcd-vmm exited {self.proc.returncode}:\n{self.log.read_text()}"
+                )
+            with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX) as s:
+                s.connect(str(sock))
+                return
+            time.sleep(0.05)
+        raise AssertionError(f"fcd-vmm did not listen:\n{self.log.read_text()}")
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def call(self, req: Request, result: type[T], timeout: float = 30) -> T:
+        async def go() -> T:
+            client = RpcClient(self.cfg.socket("vmm"), PROTOCOL, timeout=timeout)
+            try:
+                return await client.call(req, result)
+            finally:
+                await client.close()
+
+        return asyncio.run(go())
+
+    # --- fixtures for a VM --------------------------------------------------------
+    def storage_files(self, vm_id: str) -> tuple[Path, Path]:
+        from fakes import guest_kernel  # type: ignore[import-not-found]
+
+        storage = self.cfg.state("storage")
+        kernel = storage / "templates" / "mini" / "vmlinux"
+        disk = storage / "vms" / vm_id / "rootfs.ext4"
+        if not kernel.exists():
+            kernel.parent.mkdir(parents=True, exist_ok=True)
+            guest_kernel.build(kernel)
+            os.chmod(kernel, 0o644)
+            guest_kernel.build_rootfs(kernel.parent / "rootfs.ext4")
+        if not disk.exists():
+            disk.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(kernel.parent / "rootfs.ext4", disk)
+            os.chmod(disk, 0o600)
+        return kernel, disk
+
+    def make_tap(self, vm_id: str, uid: int) -> str:
+        tap = ids.tap_name(vm_id, self.cfg.network.tap_prefix)
+        sh("ip", "-n", self.ns, "tuntap", "add", tap, "mode", "tap", "user", str(uid),
+           "group", str(uid))  # fmt: skip
+        sh("ip", "-n", self.ns, "link", "set", tap, "up")
+        return tap
+
+    def launch_req(self, vm_id: str, tap: str, **kw: Any) -> Launch:
+        kernel, disk = self.storage_files(vm_id)
+        args: dict[str, Any] = {
+            "vm_id": vm_id,
+            "vcpu_count": 1,
+            "mem_size_mib": 128,
+            "kernel_path": str(kernel),
+            "rootfs_path": str(disk),
+            "kernel_args": "",
+            "tap": tap,
+            "mac": ids.guest_mac("172.30.0.2"),
+            "ip": "172.30.0.2",
+            "gateway": "172.30.0.1",
+            "prefix_len": 16,
+        }
+        args.update(kw)
+        return Launch(**args)
+
+    def cgroup_dirs(self, vm_id: str) -> list[Path]:
+        dirs = cgroups.vm_cgroup_dirs(cgroups.read_mounts(), self.cfg.jail.parent_cgroup, vm_id)
+        return [d for d in dirs if d.exists()]
+
+
+def fc_get(sock: str | Path, path: str = "/") -> Any:
+    async def go() -> Any:
+        async with FirecrackerClient(sock) as fc:
+            return await fc.get(path)
+
+    return asyncio.run(go())
+
+
+def proc_uid(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Uid:"):
+            return int(line.split()[1])
+    raise AssertionError("no Uid line")
+
+
+def same_root(pid: int, root: Path) -> bool:
+    a, b = os.stat(f"/proc/{pid}/root"), os.stat(root)
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def _kill_uid_range(lo: int, hi: int) -> None:
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError, AssertionError):
+                if lo <= proc_uid(int(entry)) <= hi:
+                    os.kill(int(entry), signal.SIGKILL)
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Iterator[Env]:
+    bins = _binaries()
+    assert bins is not None
+    fc, jl = bins
+    ns = f"fcdt-{secrets.token_hex(4)}"
+    parent = f"fcdtest-{secrets.token_hex(4)}"
+    uid_min = 940_000 + secrets.randbelow(500) * 100
+    cfg_path = tmp_path / "fcd.toml"
+    cfg_path.write_text(
+        f"""
+[paths]
+state_dir = "{tmp_path}/state"
+run_dir = "{tmp_path}/run"
+chroot_base = "{tmp_path}/jail"
+
+[jail]
+firecracker = "{fc}"
+jailer = "{jl}"
+uid_min = {uid_min}
+uid_max = {uid_min + 99}
+parent_cgroup = "{parent}"
+
+[limits]
+boot_timeout_s = 15.0
+stop_timeout_s = 5.0
+"""
+    )
+    cfg = config.decode(cfg_path.read_text())
+    sh("ip", "netns", "add", ns)
+    e = Env(tmp_path, ns, cfg, cfg_path)
+    try:
+        yield e
+    finally:
+        e.stop()
+        _kill_uid_range(uid_min, uid_min + 99)
+        time.sleep(0.2)
+        shutil.rmtree(tmp_path / "jail", ignore_errors=True)
+        for m in cgroups.read_mounts():
+            top = m.path / parent
+            if top.is_dir():
+                for d in top.iterdir():
+                    if d.is_dir():
+                        with contextlib.suppress(OSError):
+                            d.rmdir()
+                with contextlib.suppress(OSError):
+                    top.rmdir()
+        subprocess.run(["ip", "netns", "del", ns], check=False)
+
+
+@needs_doubles
+def test_lifecycle_allocate_launch_pause_resume_stop_relaunch_release(env: Env) -> None:
+    env.start()
+    vm_id = f"t-{secrets.token_hex(3)}"
+    jail = env.call(AllocateJail(vm_id=vm_id), JailInfo)
+    assert env.call(AllocateJail(vm_id=vm_id), JailInfo) == jail  # idempotent
+    uid = jail.uid
+    assert env.cfg.jail.uid_min <= uid <= env.cfg.jail.uid_max and jail.gid == uid
+    root = Path(env.cfg.paths.chroot_base) / Path(env.cfg.jail.firecracker).name / vm_id / "root"
+    assert jail.chroot_dir == str(root)
+    before = env.call(Status(vm_id=vm_id), VmProcess)
+    assert before.state == "not_started" and before.pid is None
+    tap = env.make_tap(vm_id, uid)
+
+    vm = env.call(env.launch_req(vm_id, tap), VmProcess)
+    assert vm.state == "running", env.log.read_text()
+    assert vm.pid is not None and alive(vm.pid)
+    pid = vm.pid
+    assert proc_uid(pid) == uid
+    assert same_root(pid, root)
+    assert vm.api_socket == str(root / "run" / "firecracker.socket")
+    info = fc_get(vm.api_socket)
+    assert info["state"] == "Running" and info["id"] == vm_id
+    assert os.stat(root / "rootfs.ext4").st_uid == uid
+    assert (root / "vmlinux").stat().st_ino == Path(
+        env.launch_req(vm_id, tap).kernel_path
+    ).stat().st_ino
+    assert env.cgroup_dirs(vm_id), "the jailer made no cgroup for the VM"
+
+    assert env.call(Pause(vm_id=vm_id), VmProcess).state == "paused"
+    assert fc_get(vm.api_socket)["state"] == "Paused"
+    assert env.call(Resume(vm_id=vm_id), VmProcess).state == "running"
+    listed = env.call(ListVms(), VmProcessList)
+    assert [(p.vm_id, p.state, p.pid) for p in listed.items] == [(vm_id, "running", pid)]
+
+    stopped = env.call(Stop(vm_id=vm_id), StopResult)
+    assert stopped.vm_id == vm_id
+    assert not alive(pid)
+    assert not root.exists()
+    assert env.cgroup_dirs(vm_id) == []
+    after = env.call(Status(vm_id=vm_id), VmProcess)
+    assert after.state == "exited" and after.pid is None and after.uid == uid
+    with pytest.raises(FailedPrecondition):
+        env.call(Pause(vm_id=vm_id), VmProcess)
+
+    # start again: a fresh jail on the same disk, same uid
+    again = env.call(env.launch_req(vm_id, tap), VmProcess)
+    assert again.state == "running" and again.pid not in (None, pid)
+    assert again.uid == uid and proc_uid(again.pid or 0) == uid
+
+    gone = env.call(ReleaseJail(vm_id=vm_id), VmProcess)
+    assert gone.state == "absent"
+    assert again.pid is not None and not alive(again.pid)
+    assert not root.parent.exists()
+    assert env.cgroup_dirs(vm_id) == []
+    assert env.call(Status(vm_id=vm_id), VmProcess).state == "absent"
+    assert not (env.cfg.state("vmm") / "vms" / f"{vm_id}.json").exists()
+    assert env.call(ReleaseJail(vm_id=vm_id), VmProcess).state == "absent"  # idempotent
+    assert env.call(ListVms(), VmProcessList).items == []
+    # the storage files are untouched apart from the disk's owner
+    kernel, disk = env.storage_files(vm_id)
+    assert kernel.exists() and disk.exists()
+
+
+@needs_doubles
+def test_failed_launch_leaves_nothing_behind(env: Env) -> None:
+    env.start()
+    vm_id = f"t-{secrets.token_hex(3)}"
+    jail = env.call(AllocateJail(vm_id=vm_id), JailInfo)
+    tap = ids.tap_name(vm_id, env.cfg.network.tap_prefix)  # never created: the PUT must fail
+    with pytest.raises(FirecrackerError) as ei:
+        env.call(env.launch_req(vm_id, tap), VmProcess)
+    assert "network-interfaces" in ei.value.message
+    root = Path(jail.chroot_dir)
+    assert not root.parent.exists()
+    assert env.cgroup_dirs(vm_id) == []
+    st = env.call(Status(vm_id=vm_id), VmProcess)
+    assert st.pid is None and st.uid == jail.uid  # the jail uid is kept for a retry
+    env.make_tap(vm_id, jail.uid)
+    ok = env.call(env.launch_req(vm_id, tap), VmProcess)
+    assert ok.state == "running"
+    env.call(ReleaseJail(vm_id=vm_id), VmProcess)
+
+
+@needs_doubles
+def test_daemon_restart_readopts_running_vm(env: Env) -> None:
+    env.start()
+    vm_id = f"t-{secrets.token_hex(3)}"
+    jail = env.call(AllocateJail(vm_id=vm_id), JailInfo)
+    tap = env.make_tap(vm_id, jail.uid)
+    vm = env.call(env.launch_req(vm_id, tap), VmProcess)
+    assert vm.pid is not None
+    env.stop()
+    assert alive(vm.pid), "a VM must outlive its daemon"
+    env.start()
+    st = env.call(Status(vm_id=vm_id), VmProcess)
+    assert (st.state, st.pid, st.uid) == ("running", vm.pid, jail.uid)
+    assert env.call(Pause(vm_id=vm_id), VmProcess).state == "paused"
+    env.call(ReleaseJail(vm_id=vm_id), VmProcess)
+    assert not alive(vm.pid)
+    assert not Path(jail.chroot_dir).parent.exists()
