@@ -26,7 +26,7 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from fcd_common.errors import HTTP_STATUS, FcdError
 
 from .flows import Flows, request_id
-from .models import VM, CreateVMRequest, ErrorBody, ErrorDetail, VersionInfo, VMList, VMState
+from .models import VM, CreateVMRequest, ErrorBody, ErrorDetail, VersionInfo, VMState
 from .registry import parse_label_filters
 
 __all__ = ["RequestIdMiddleware", "build_app", "create_asgi", "version"]
@@ -124,9 +124,9 @@ class VMController(Controller):
         label: Annotated[
             list[str] | None, QueryParameter(description="k=v; repeat to require several labels")
         ] = None,
-    ) -> VMList:
+    ) -> list[VM]:
         labels = parse_label_filters(label or [])
-        return VMList(vms=[r.to_public() for r in flows.list_vms(state=vm_state, labels=labels)])
+        return [r.to_public() for r in flows.list_vms(state=vm_state, labels=labels)]
 
     @get("/{vm_id:str}", summary="Get a VM")
     async def get_vm(self, flows: NamedDependency[Flows], vm_id: FromPath[str]) -> VM:

@@ -255,7 +255,7 @@ def run(args: argparse.Namespace, api: Api) -> str:
         params: list[tuple[str, str]] = [("label", item) for item in args.label]
         if args.state:
             params.append(("state", args.state))
-        vms = api.request("GET", "/v1/vms", params=params)["vms"]
+        vms = api.request("GET", "/v1/vms", params=params)
         return json.dumps(vms, indent=2) if output == "json" else render_table(vms)
     if cmd in ("get", "inspect"):
         vm = api.request("GET", f"/v1/vms/{args.id}")

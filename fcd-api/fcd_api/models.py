@@ -24,7 +24,6 @@ __all__ = [
     "PortMapping",
     "Runtime",
     "VMConfig",
-    "VMList",
     "VMState",
     "VersionInfo",
     "VmRecord",
@@ -125,10 +124,6 @@ class VM(_Body, kw_only=True, frozen=True):
     uid: int | None = None
     error: str | None = None
     updated_at: str | None = None
-
-
-class VMList(_Body, kw_only=True, frozen=True):
-    vms: list[VM]
 
 
 class ErrorDetail(_Body, kw_only=True, frozen=True):

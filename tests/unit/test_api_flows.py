@@ -80,10 +80,10 @@ def test_happy_path() -> None:
         assert (launch.vcpu_count, launch.mem_size_mib) == (2, 256)
 
         assert (await c.get("/v1/vms/vm1")).json() == vm
-        assert [v["id"] for v in (await c.get("/v1/vms")).json()["vms"]] == ["vm1"]
-        assert (await c.get("/v1/vms?state=running&label=team=x")).json()["vms"][0]["id"] == "vm1"
-        assert (await c.get("/v1/vms?state=stopped")).json()["vms"] == []
-        assert (await c.get("/v1/vms?label=team=y")).json()["vms"] == []
+        assert [v["id"] for v in (await c.get("/v1/vms")).json()] == ["vm1"]
+        assert (await c.get("/v1/vms?state=running&label=team=x")).json()[0]["id"] == "vm1"
+        assert (await c.get("/v1/vms?state=stopped")).json() == []
+        assert (await c.get("/v1/vms?label=team=y")).json() == []
 
         r = await c.post("/v1/vms/vm1/pause")
         assert r.status_code == 200 and r.json()["state"] == "paused"
