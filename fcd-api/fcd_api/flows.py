@@ -31,17 +31,14 @@ from fcd_common.errors import (
     Conflict,
     FcdError,
     Internal,
-    InvalidArgument,
     ResourceExhausted,
 )
 from fcd_common.ids import check_vm_id, new_vm_id
-from fcd_common.proto import net as pnet
-from fcd_common.proto import storage as pstorage
-from fcd_common.proto import vmm as pvmm
 
 from . import states
 from .clients import Helpers
-from .models import KERNEL_ARGS_MAX, CreateVMRequest, Runtime, VmRecord, VMState, now
+from .models import CreateVMRequest, VmRecord, VMState, now
+from .plan import check_kernel_args, check_limits, launch_request, with_resources
 from .registry import Registry
 from .states import Action
 
@@ -65,61 +62,6 @@ def _as_fcd(exc: BaseException) -> FcdError:
     if isinstance(exc, asyncio.CancelledError):
         return Internal("operation cancelled (fcd-api shutting down)")
     return Internal(f"{type(exc).__name__}: {exc}")
-
-
-def join_kernel_args(template_args: str, request_args: str) -> str:
-    return " ".join(a for a in (template_args.strip(), request_args.strip()) if a)
-
-
-def launch_request(rec: VmRecord) -> pvmm.Launch:
-    """The vmm.launch request for a VM whose jail, disk and network exist (pure)."""
-    r, s = rec.runtime, rec.spec
-    missing = [
-        name
-        for name in ("kernel_path", "rootfs_path", "tap", "mac", "ip", "gateway", "prefix_len")
-        if getattr(r, name) is None
-    ]
-    if missing:
-        raise Internal(f"VM {rec.id} lacks runtime fields {missing}; delete and recreate it")
-    assert r.kernel_path and r.rootfs_path and r.tap and r.mac and r.ip and r.gateway
-    assert r.prefix_len is not None
-    return pvmm.Launch(
-        vm_id=rec.id,
-        vcpu_count=s.vcpu_count,
-        mem_size_mib=s.mem_size_mib,
-        kernel_path=r.kernel_path,
-        rootfs_path=r.rootfs_path,
-        kernel_args=join_kernel_args(r.template_kernel_args or "", s.kernel_args),
-        tap=r.tap,
-        mac=r.mac,
-        ip=r.ip,
-        gateway=r.gateway,
-        prefix_len=r.prefix_len,
-    )
-
-
-def check_limits(spec: CreateVMRequest, limits: LimitsConfig) -> None:
-    """Limits from the configuration (the static ones are in the request's types)."""
-    if spec.vcpu_count > limits.max_vcpu:
-        raise InvalidArgument(
-            f"vcpu_count {spec.vcpu_count} exceeds the limit of {limits.max_vcpu}",
-            details={"field": "vcpu_count", "max": limits.max_vcpu},
-        )
-    if spec.mem_size_mib > limits.max_mem_mib:
-        raise InvalidArgument(
-            f"mem_size_mib {spec.mem_size_mib} exceeds the limit of {limits.max_mem_mib}",
-            details={"field": "mem_size_mib", "max": limits.max_mem_mib},
-        )
-    if spec.disk_size_mib is not None and spec.disk_size_mib > limits.max_disk_mib:
-        raise InvalidArgument(
-            f"disk_size_mib {spec.disk_size_mib} exceeds the limit of {limits.max_disk_mib}",
-            details={"field": "disk_size_mib", "max": limits.max_disk_mib},
-        )
-    if spec.port_mappings:
-        raise InvalidArgument(
-            "port_mappings are not supported yet",
-            details={"field": "port_mappings"},
-        )
 
 
 class Flows:
@@ -221,13 +163,7 @@ class Flows:
     async def _create_steps(self, rec: VmRecord, undo: list[Undo]) -> VmRecord:
         h, vm_id, spec = self.helpers, rec.id, rec.spec
         template = await h.storage.template_get(spec.template)  # unknown template: nothing to undo
-        args = join_kernel_args(template.kernel_args, spec.kernel_args)
-        if len(args) > KERNEL_ARGS_MAX:
-            raise InvalidArgument(
-                f"kernel_args: the template's and the request's together are {len(args)}"
-                f" characters, more than {KERNEL_ARGS_MAX}",
-                details={"field": "kernel_args", "max": KERNEL_ARGS_MAX},
-            )
+        check_kernel_args(template.kernel_args, spec.kernel_args)
 
         undo.append(("vmm.release", lambda: h.vmm.release(vm_id)))
         jail = await h.vmm.allocate_jail(vm_id)
@@ -256,7 +192,7 @@ class Flows:
             raise disk
         if isinstance(net, BaseException):
             raise net
-        rec = self._set(rec, VMState.STARTING, runtime=_with_resources(rec.runtime, disk, net))
+        rec = self._set(rec, VMState.STARTING, runtime=with_resources(rec.runtime, disk, net))
 
         proc = await h.vmm.launch(launch_request(rec))
         rec = self._set(
@@ -373,18 +309,3 @@ class Flows:
                     await fn()
             self.registry.delete(vm_id)
             log.info("deleted", extra=_extra(vm_id))
-
-
-def _with_resources(rt: Runtime, disk: pstorage.DiskInfo, net: pnet.NetInfo) -> Runtime:
-    return msgspec.structs.replace(
-        rt,
-        kernel_path=disk.kernel_path,
-        rootfs_path=disk.rootfs_path,
-        disk_method=disk.method,
-        tap=net.tap,
-        mac=net.mac,
-        ip=net.ip,
-        gateway=net.gateway,
-        prefix_len=net.prefix_len,
-        bridge=net.bridge,
-    )

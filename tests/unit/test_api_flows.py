@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from fcd_api.flows import join_kernel_args
+from fcd_api.plan import join_kernel_args
 from fcd_common.config import LimitsConfig
 from fcd_common.errors import FirecrackerError, Internal, ResourceExhausted, Unavailable
 
@@ -382,3 +382,34 @@ def test_combined_kernel_args_limit_checked_before_allocating() -> None:
         assert r.status_code == 400 and err(r)["details"]["field"] == "kernel_args"
 
     run(t)
+
+
+def test_launch_request_needs_every_runtime_field() -> None:
+    from fcd_api.models import CreateVMRequest, Runtime, VmRecord, VMState
+    from fcd_api.plan import launch_request
+
+    spec = CreateVMRequest(id="a", template="base", vcpu_count=2, kernel_args="quiet")
+    rt = Runtime(
+        kernel_path="/k",
+        rootfs_path="/r",
+        tap="fcx",
+        mac="06:00:0a:00:00:02",
+        ip="10.0.0.2",
+        gateway="10.0.0.1",
+        prefix_len=24,
+        template_kernel_args="console=ttyS0",
+    )
+    rec = VmRecord(
+        id="a", spec=spec, state=VMState.STOPPED, runtime=rt, created_at="t", updated_at="t"
+    )
+    req = launch_request(rec)
+    assert (req.vcpu_count, req.kernel_args, req.tap, req.prefix_len) == (
+        2,
+        "console=ttyS0 quiet",
+        "fcx",
+        24,
+    )
+    with pytest.raises(Internal):
+        launch_request(
+            VmRecord(id="a", spec=spec, state=VMState.STOPPED, created_at="t", updated_at="t")
+        )
