@@ -72,8 +72,12 @@ def nft_ruleset(ns: str) -> dict[str, Any]:
 
 
 def taps(ns: str, prefix: str = "fc") -> list[str]:
-    links = json.loads(sh("ip", "-n", ns, "-j", "link", "show"))
-    return [link["ifname"] for link in links if link["ifname"].startswith(prefix)]
+    links = json.loads(sh("ip", "-n", ns, "-d", "-j", "link", "show"))
+    return [
+        link["ifname"]
+        for link in links
+        if link["ifname"].startswith(prefix) and link.get("linkinfo", {}).get("info_kind") == "tun"
+    ]
 
 
 @contextmanager
