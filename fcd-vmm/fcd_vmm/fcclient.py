@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import json
+import os
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -26,6 +27,7 @@ from fcd_common.errors import DeadlineExceeded, FirecrackerError, Unavailable
 from .jail import ApiCall
 
 DEFAULT_TIMEOUT = 10.0
+SUN_PATH_MAX = 108
 
 
 def fault_text(status: int, content: bytes) -> str:
@@ -47,8 +49,9 @@ class FirecrackerClient:
 
     def __init__(self, socket_path: str | Path, *, timeout: float = DEFAULT_TIMEOUT) -> None:
         self.socket_path = str(socket_path)
+        self._dir_fd, self._connect_path = _short_path(self.socket_path)
         self._client = httpx.AsyncClient(
-            transport=httpx.AsyncHTTPTransport(uds=self.socket_path),
+            transport=httpx.AsyncHTTPTransport(uds=self._connect_path),
             base_url="http://localhost",
             timeout=timeout,
         )
@@ -62,7 +65,12 @@ class FirecrackerClient:
         await self.aclose()
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        try:
+            await self._client.aclose()
+        finally:
+            if self._dir_fd >= 0:
+                os.close(self._dir_fd)
+                self._dir_fd = -1
 
     async def request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         try:
@@ -122,12 +130,29 @@ class FirecrackerClient:
             try:
                 info = await self.get("/")
             except Unavailable:
-                if i == attempts - 1 or not await _refused(self.socket_path):
+                if i == attempts - 1 or not await _refused(self._connect_path):
                     raise
                 await asyncio.sleep(0.005 * (i + 1))
                 continue
             return info if isinstance(info, dict) else {}
         raise AssertionError("unreachable")
+
+
+def _short_path(path: str) -> tuple[int, str]:
+    """A connectable name for ``path`` that fits in ``sun_path`` (108 bytes).
+
+    Jail sockets are deep (``<base>/<exec>/<64-char id>/root/run/...``), so the
+    client connects through ``/proc/self/fd/<dir fd>/<name>`` with the socket's
+    directory held open for the client's lifetime.
+    """
+    if len(os.fsencode(path)) < SUN_PATH_MAX:
+        return -1, path
+    parent, name = os.path.split(path)
+    try:
+        fd = os.open(parent, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return -1, path  # connecting will fail and say so
+    return fd, f"/proc/self/fd/{fd}/{name}"
 
 
 async def _refused(path: str) -> bool:

@@ -120,7 +120,7 @@ def _copy_into(src: StorageFile, dst: Path, vm_id: str) -> str:
 def _place(src: StorageFile, dst: Path, vm_id: str, what: str, *, want_link: bool = True) -> None:
     if want_link:
         try:
-            os.link(src.proc_path, dst, follow_symlinks=True)
+            _link_fd(src.fd, dst)
             return
         except OSError as e:
             if e.errno != errno.EXDEV:
@@ -143,6 +143,19 @@ def _place(src: StorageFile, dst: Path, vm_id: str, what: str, *, want_link: boo
         method,
         extra=logs.vm(vm_id),
     )
+
+
+def _link_fd(fd: int, dst: Path) -> None:
+    """linkat(AT_SYMLINK_FOLLOW) on /proc/self/fd/<fd>: a new name for the pinned inode.
+
+    (``os.link`` only uses linkat when a dir fd is given; plain link(2) would try
+    to link the /proc magic symlink itself.)
+    """
+    proc_fd = os.open("/proc/self/fd", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.link(str(fd), dst, src_dir_fd=proc_fd, follow_symlinks=True)
+    finally:
+        os.close(proc_fd)
 
 
 def _create_owned(path: Path, uid: int, gid: int) -> None:

@@ -115,8 +115,9 @@ async def _await_process(paths: JailPaths, uid: int) -> PidWatch:
         await wait_for_path(paths.api_socket, within=paths.root, abort=watch.exited)
     except Aborted:
         watch.close()
+        code = f" with status {watch.exit_code}" if watch.exit_code is not None else ""
         raise FirecrackerError(
-            f"Firecracker (pid {pid}) exited before opening its API socket",
+            f"Firecracker (pid {pid}) exited{code} before opening its API socket",
             details={"exit_code": watch.exit_code, "log_tail": jailfs.log_tail(paths.log_file)},
         ) from None
     except BaseException:

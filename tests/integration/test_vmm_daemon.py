@@ -90,7 +90,16 @@ class Env:
         env = {k: v for k, v in os.environ.items() if k not in ("FCD_FIRECRACKER", "FCD_JAILER")}
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
-                ["ip", "netns", "exec", self.ns, str(FCD_VMM), "--config", str(self.cfg_path)],
+                # nsenter, not `ip netns exec`: the latter also unshares the mount
+                # namespace and remounts /sys, hiding /sys/fs/cgroup from the daemon
+                # and the jailer.
+                [
+                    "nsenter",
+                    f"--net=/run/netns/{self.ns}",
+                    str(FCD_VMM),
+                    "--config",
+                    str(self.cfg_path),
+                ],
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 env=env,
@@ -213,8 +222,9 @@ def _kill_uid_range(lo: int, hi: int) -> None:
                     os.kill(int(entry), signal.SIGKILL)
 
 
-@pytest.fixture
-def env(tmp_path: Path) -> Iterator[Env]:
+@pytest.fixture(params=[True], ids=["new-pid-ns"])
+def env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Env]:
+    new_pid_ns = bool(request.param)
     bins = _binaries()
     assert bins is not None
     fc, jl = bins
@@ -235,6 +245,7 @@ jailer = "{jl}"
 uid_min = {uid_min}
 uid_max = {uid_min + 99}
 parent_cgroup = "{parent}"
+new_pid_ns = {"true" if new_pid_ns else "false"}
 
 [limits]
 boot_timeout_s = 15.0
@@ -263,7 +274,19 @@ stop_timeout_s = 5.0
         subprocess.run(["ip", "netns", "del", ns], check=False)
 
 
+def zombies_of(pid: int) -> list[int]:
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError):
+                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+                if fields[0] == "Z" and int(fields[1]) == pid:
+                    out.append(int(entry))
+    return out
+
+
 @needs_doubles
+@pytest.mark.parametrize("env", [True, False], ids=["new-pid-ns", "same-pid-ns"], indirect=True)
 def test_lifecycle_allocate_launch_pause_resume_stop_relaunch_release(env: Env) -> None:
     env.start()
     vm_id = f"t-{secrets.token_hex(3)}"
@@ -300,6 +323,7 @@ def test_lifecycle_allocate_launch_pause_resume_stop_relaunch_release(env: Env) 
 
     stopped = env.call(Stop(vm_id=vm_id), StopResult)
     assert stopped.vm_id == vm_id
+    assert stopped.graceful  # the double exits on Ctrl-Alt-Del like a reboot=k guest
     assert not alive(pid)
     assert not root.exists()
     assert env.cgroup_dirs(vm_id) == []
@@ -322,6 +346,8 @@ def test_lifecycle_allocate_launch_pause_resume_stop_relaunch_release(env: Env) 
     assert not (env.cfg.state("vmm") / "vms" / f"{vm_id}.json").exists()
     assert env.call(ReleaseJail(vm_id=vm_id), VmProcess).state == "absent"  # idempotent
     assert env.call(ListVms(), VmProcessList).items == []
+    assert env.proc is not None
+    assert zombies_of(env.proc.pid) == []  # the subreaper reaped the jailer's forks and VMs
     # the storage files are untouched apart from the disk's owner
     kernel, disk = env.storage_files(vm_id)
     assert kernel.exists() and disk.exists()

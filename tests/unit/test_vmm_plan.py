@@ -656,3 +656,27 @@ def test_mounts_below_finds_only_nested_mounts_deepest_first() -> None:
         jail_dir / "root" / "usr",
         jail_dir / "root" / "with space",
     ]
+
+
+def test_client_connects_through_a_dir_fd_when_the_path_is_too_long(tmp_path: Path) -> None:
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    deep.mkdir(parents=True)
+    sock = deep / "firecracker.socket"
+    assert len(str(sock)) > 108
+    seen: list[str] = []
+
+    async def main() -> None:
+        server = await _fake_fc_at_fd(sock, seen)
+        async with server, FirecrackerClient(sock) as fc:
+            await fc.put("/actions", {"action_type": "InstanceStart"})
+
+    asyncio.run(main())
+    assert seen == ['PUT /actions {"action_type":"InstanceStart"}']
+
+
+async def _fake_fc_at_fd(sock: Path, seen: list[str]) -> asyncio.AbstractServer:
+    fd = os.open(sock.parent, os.O_PATH | os.O_DIRECTORY)
+    try:
+        return await _fake_fc(Path(f"/proc/self/fd/{fd}/{sock.name}"), {}, seen)
+    finally:
+        os.close(fd)
