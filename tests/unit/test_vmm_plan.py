@@ -680,3 +680,45 @@ async def _fake_fc_at_fd(sock: Path, seen: list[str]) -> asyncio.AbstractServer:
         return await _fake_fc(Path(f"/proc/self/fd/{fd}/{sock.name}"), {}, seen)
     finally:
         os.close(fd)
+
+
+# --- jailer process and copies ----------------------------------------------------------------
+
+
+def test_run_jailer_reports_stderr_of_a_failure() -> None:
+    from fcd_vmm.launcher import _run_jailer
+
+    script = "echo 'Failed to canonicalize path /nope' >&2; exit 1"
+    with pytest.raises(FirecrackerError, match="status 1: Failed to canonicalize path /nope") as ei:
+        asyncio.run(_run_jailer(["/bin/sh", "-c", script], VM))
+    assert ei.value.details["exit_code"] == 1
+
+
+def test_run_jailer_does_not_wait_for_daemonized_children() -> None:
+    import time
+
+    from fcd_vmm.launcher import _run_jailer
+
+    # a grandchild keeps the jailer's stderr open for 5 s, like a daemonized Firecracker
+    t0 = time.monotonic()
+    asyncio.run(_run_jailer(["/bin/sh", "-c", "sleep 5 & echo started >&2; exit 0"], VM))
+    assert time.monotonic() - t0 < 3
+
+
+def test_sparse_copy_fallback(tmp_path: Path) -> None:
+    from fcd_vmm.jailfs import _copy_into
+
+    src = tmp_path / "disk"
+    with src.open("wb") as f:
+        f.write(b"head")
+        f.seek(64 << 20)
+        f.write(b"tail")
+    sf = checks.open_storage_file(str(src), str(tmp_path), "rootfs_path")
+    try:
+        method = _copy_into(sf, tmp_path / "copy", VM)
+    finally:
+        sf.close()
+    dst = tmp_path / "copy"
+    assert method in ("reflink", "copy")
+    assert dst.read_bytes() == src.read_bytes()
+    assert dst.stat().st_blocks * 512 < (1 << 20)  # holes stayed holes
