@@ -45,6 +45,7 @@ from . import cgroups, launcher
 from .checks import check_launch
 from .fcclient import FirecrackerClient
 from .jail import CTRL_ALT_DEL, FC_STATES, CgroupVersion, jail_paths, vm_state_body
+from .jailfs import read_pid_file
 from .procs import PidWatch, proc_uid, reap_orphans, same_root
 from .uidpool import UidPool, VmRecord
 
@@ -66,21 +67,34 @@ class VmManager:
 
     # --- start-up ----------------------------------------------------------------------
     def start(self) -> None:
-        """Reload records; re-adopt every Firecracker still running in its jail."""
+        """Reload records; re-adopt every Firecracker still running in its jail.
+
+        A process is ours if its root directory is the VM's chroot and it runs
+        as the VM's uid. Besides the recorded pid, the jailer's pid file is
+        tried, which finds a VM whose launch was cut short by a daemon crash.
+        """
         Path(self.cfg.paths.chroot_base).mkdir(mode=0o711, parents=True, exist_ok=True)
         for rec in self.pool.load():
-            if rec.pid is None:
-                continue
             paths = jail_paths(self.cfg, rec.vm_id)
-            if same_root(rec.pid, paths.root) and proc_uid(rec.pid) == rec.uid:
-                try:
-                    self._watch(rec, PidWatch(rec.pid))
-                    log.info("re-adopted firecracker pid %d", rec.pid, extra=logs.vm(rec.vm_id))
+            candidates = [p for p in (rec.pid, read_pid_file(paths.pid_file)) if p is not None]
+            adopted = False
+            for pid in dict.fromkeys(candidates):
+                if not (same_root(pid, paths.root) and proc_uid(pid) == rec.uid):
                     continue
+                try:
+                    watch = PidWatch(pid)
                 except ProcessLookupError:
-                    pass
-            log.info("firecracker pid %d is gone", rec.pid, extra=logs.vm(rec.vm_id))
-            self._mark_exited(rec, None)
+                    continue
+                self._watch(rec, watch)
+                log.info("re-adopted firecracker pid %d", pid, extra=logs.vm(rec.vm_id))
+                if (rec.pid, rec.state) != (pid, "running"):
+                    rec.pid, rec.state, rec.exit_code = pid, "running", None
+                    self.pool.save(rec)
+                adopted = True
+                break
+            if not adopted and rec.pid is not None:
+                log.info("firecracker pid %d is gone", rec.pid, extra=logs.vm(rec.vm_id))
+                self._mark_exited(rec, None)
         try:
             self._cgroup = self._detect_cgroups()
             log.info(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import secrets
 import shutil
@@ -222,7 +223,7 @@ def _kill_uid_range(lo: int, hi: int) -> None:
                     os.kill(int(entry), signal.SIGKILL)
 
 
-@pytest.fixture(params=[True], ids=["new-pid-ns"])
+@pytest.fixture(params=[True, False], ids=["new-pid-ns", "same-pid-ns"])
 def env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Env]:
     new_pid_ns = bool(request.param)
     bins = _binaries()
@@ -286,7 +287,6 @@ def zombies_of(pid: int) -> list[int]:
 
 
 @needs_doubles
-@pytest.mark.parametrize("env", [True, False], ids=["new-pid-ns", "same-pid-ns"], indirect=True)
 def test_lifecycle_allocate_launch_pause_resume_stop_relaunch_release(env: Env) -> None:
     env.start()
     vm_id = f"t-{secrets.token_hex(3)}"
@@ -388,6 +388,15 @@ def test_daemon_restart_readopts_running_vm(env: Env) -> None:
     st = env.call(Status(vm_id=vm_id), VmProcess)
     assert (st.state, st.pid, st.uid) == ("running", vm.pid, jail.uid)
     assert env.call(Pause(vm_id=vm_id), VmProcess).state == "paused"
+    # a crash between boot and recording the pid: the jailer's pid file still finds it
+    env.stop()
+    record = env.cfg.state("vmm") / "vms" / f"{vm_id}.json"
+    data = json.loads(record.read_text())
+    record.write_text(json.dumps({**data, "pid": None, "state": "allocated"}))
+    env.start()
+    st = env.call(Status(vm_id=vm_id), VmProcess)
+    assert (st.state, st.pid) == ("paused", vm.pid)
+    assert json.loads(record.read_text())["pid"] == vm.pid
     env.call(ReleaseJail(vm_id=vm_id), VmProcess)
     assert not alive(vm.pid)
     assert not Path(jail.chroot_dir).parent.exists()
