@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -34,13 +35,18 @@ def api(suite: suite_mod.Suite, timeout: float = 60.0) -> httpx.Client:
 
 
 def fc_get(sock: Path, path: str = "/") -> dict[str, Any]:
-    with httpx.Client(
-        transport=httpx.HTTPTransport(uds=str(sock)), base_url="http://localhost", timeout=5
-    ) as c:
-        r = c.get(path)
-        r.raise_for_status()
-        out: dict[str, Any] = r.json()
-        return out
+    """GET from a Firecracker API socket; reached through a dir fd (jail paths exceed sun_path)."""
+    dfd = os.open(sock.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        short = f"/proc/self/fd/{dfd}/{sock.name}"
+        transport = httpx.HTTPTransport(uds=short)
+        with httpx.Client(transport=transport, base_url="http://localhost", timeout=5) as c:
+            r = c.get(path)
+            r.raise_for_status()
+            out: dict[str, Any] = r.json()
+            return out
+    finally:
+        os.close(dfd)
 
 
 def proc_status(pid: int) -> dict[str, str]:
@@ -105,8 +111,7 @@ def running_suite(tmp_path: Path, **kw: Any) -> Iterator[suite_mod.Suite]:
         # anything a failed test left running in the pool range is killed so cleanup can proceed
         cfg = suite.cfg
         for pid in pids_with_uid_in(cfg.jail.uid_min, cfg.jail.uid_max):
-            root = os.readlink(f"/proc/{pid}/root") if os.path.exists(f"/proc/{pid}") else ""
-            if root.startswith(str(suite.base)):
+            with contextlib.suppress(OSError):
                 os.kill(pid, 9)
         suite.remove_netns()
         suite_mod.remove_parent_cgroups(suite.parent_cgroup)

@@ -100,7 +100,9 @@ def test_create_pause_resume_stop_start_delete(tmp_path: Path) -> None:
         assert (root / "vmlinux").exists()
 
         # the Firecracker process: jail uid, chrooted, answering on its socket
-        assert os.readlink(f"/proc/{pid}/root") == str(root)
+        # after pivot_root in its own mount namespace the link reads "/": compare the inode instead
+        proc_root, jail_root = os.stat(f"/proc/{pid}/root"), root.stat()
+        assert (proc_root.st_dev, proc_root.st_ino) == (jail_root.st_dev, jail_root.st_ino)
         assert st["NSpid"].split()[-1] == "1"  # init of its own pid namespace
         assert fc_get(root / "run" / "firecracker.socket")["state"] == "Running"
 
