@@ -43,7 +43,11 @@ def notify(*states: str) -> bool:
         return False
     from systemd.daemon import notify as sd_notify
 
-    return bool(sd_notify("\n".join(states)))
+    try:
+        return bool(sd_notify("\n".join(states)))
+    except OSError as e:  # the manager went away: readiness is advisory, never fatal
+        log.debug("sd_notify failed: %s", e)
+        return False
 
 
 def inherited_sockets() -> list[socket.socket]:

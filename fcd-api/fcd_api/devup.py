@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import importlib.util
 import json
 import os
@@ -23,6 +24,8 @@ import sys
 import threading
 from pathlib import Path
 from types import ModuleType
+
+from fcd_common.errors import FcdError, NotFound
 
 from . import suite as suite_mod
 
@@ -63,6 +66,9 @@ def import_demo_template(suite: suite_mod.Suite, name: str = "demo") -> None:
     async def run() -> None:
         client = RpcClient(suite.cfg.socket("storage"), sp.PROTOCOL, timeout=60)
         try:
+            with contextlib.suppress(NotFound):
+                await client.call(sp.TemplateGet(name=name), sp.TemplateInfo)
+                return  # kept from an earlier run (--keep)
             await client.call(
                 sp.TemplateImport(name=name, kernel_path=str(kernel), rootfs_path=str(rootfs)),
                 sp.TemplateInfo,
@@ -89,7 +95,11 @@ def fcctl(
 
 def demo(suite: suite_mod.Suite) -> bool:
     _out("== demo: create, list, inspect, pause, resume, delete a microVM with fcctl ==")
-    import_demo_template(suite)
+    try:
+        import_demo_template(suite)
+    except FcdError as e:
+        _out(f"demo FAILED importing the template: {e.code}: {e.message}")
+        return False
     steps = [
         ("create", "--id", "demo-1", "--template", "demo", "--vcpus", "1", "--mem", "128"),
         ("ls",),
@@ -190,6 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.keep:
             suite.remove_netns()
             suite_mod.remove_parent_cgroups(suite.parent_cgroup)
+            shutil.rmtree(base, ignore_errors=True)
         _out("stopped: " + ", ".join(f"fcd-{d}={c}" for d, c in codes.items()))
     return rc
 
