@@ -18,7 +18,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     is_root = os.geteuid() == 0
     real_fc = bool(os.environ.get("FCD_FIRECRACKER") and os.environ.get("FCD_JAILER"))
     skip_root = pytest.mark.skip(reason="needs root (run as root or in CI)")
-    skip_real = pytest.mark.skip(reason="set FCD_FIRECRACKER and FCD_JAILER to real release binaries")
+    skip_real = pytest.mark.skip(reason="set FCD_FIRECRACKER and FCD_JAILER to real binaries")
     for item in items:
         if "root" in item.keywords and not is_root:
             item.add_marker(skip_root)
