@@ -26,6 +26,8 @@ sys.path.insert(0, str(FAKES))
 
 import guest_kernel  # noqa: E402
 
+needs_kvm = pytest.mark.skipif(not os.access("/dev/kvm", os.R_OK | os.W_OK),
+                               reason="InstanceStart opens /dev/kvm, like the real VMM")
 LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9} \[[\w-]+:(main|fc_api)\] .+$")
 
 
@@ -391,6 +393,7 @@ def test_logger_and_metrics_targets(fc: Double, tmp_path: Path) -> None:
 # -- lifecycle ---------------------------------------------------------------------------------
 
 
+@needs_kvm
 def test_boot_pause_resume_metrics_and_logs(fc: Double, kernel: Path, tmp_path: Path) -> None:
     files = configure(fc, kernel, tmp_path)
     fc.api.ok("PUT", "/actions", {"action_type": "InstanceStart"})
@@ -431,6 +434,7 @@ def test_boot_pause_resume_metrics_and_logs(fc: Double, kernel: Path, tmp_path: 
                         "vsock", "entropy"}
 
 
+@needs_kvm
 def test_ctrl_alt_del_exits_zero(fc: Double, kernel: Path, tmp_path: Path) -> None:
     configure(fc, kernel, tmp_path)
     fc.api.ok("PUT", "/actions", {"action_type": "InstanceStart"})
@@ -443,6 +447,7 @@ def test_ctrl_alt_del_exits_zero(fc: Double, kernel: Path, tmp_path: Path) -> No
     assert "lazy import" not in err
 
 
+@needs_kvm
 def test_snapshot_create_and_load(fc: Double, kernel: Path, tmp_path: Path) -> None:
     configure(fc, kernel, tmp_path, mem=32)
     fc.api.ok("PUT", "/actions", {"action_type": "InstanceStart"})
