@@ -77,6 +77,8 @@ class Connection:
         self._path = ""
         self._length = 0
         self._in_headers = False
+        self._expect = False
+        self.interim: list[bytes] = []  # "100 Continue" answers to send before the next reply
 
     def feed(self, data: bytes) -> list[Request]:
         """Return every request completed by ``data``; raise ParseError on bad input."""
@@ -111,6 +113,9 @@ class Connection:
                     if self._length == 0:
                         out.append(Request(self._method, self._path, None))
                         self._method = ""
+                    elif self._expect:
+                        self.interim.append(response(100))
+                    self._expect = False
                     continue
                 self._header(line)
                 continue
@@ -142,6 +147,8 @@ class Connection:
                 raise ParseError(
                     f"Invalid header. Reason: Invalid value. Key:{key}; Value:{value}"
                 ) from e
+        elif name == "expect" and value.strip() == "100-continue":
+            self._expect = True
         elif name == "accept-encoding":
             for enc in value.split(","):
                 if enc.strip() == "identity;q=0" or (

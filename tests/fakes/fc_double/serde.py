@@ -74,7 +74,7 @@ class Custom(Ty):
     """A string parsed by a custom deserializer; ``check`` returns the value or raises."""
 
     check: Callable[[str], Any]
-    expecting: str = "a string"  # type: ignore[assignment]
+    expecting: str = "a string"
 
     def visit(self, p: Parser) -> Any:
         kind, val = p.scalar()
@@ -127,7 +127,7 @@ class AnyJson(Ty):
 @dataclass
 class Map(Ty):
     value: Ty
-    expecting: str = "a map"  # type: ignore[assignment]
+    expecting: str = "a map"
 
     def visit(self, p: Parser) -> Any:
         out: dict[str, Any] = {}
@@ -140,7 +140,7 @@ class Map(Ty):
 @dataclass
 class Seq(Ty):
     item: Ty
-    expecting: str = "a sequence"  # type: ignore[assignment]
+    expecting: str = "a sequence"
 
     def visit(self, p: Parser) -> Any:
         return list(p.array_items(self.item, self.expecting))

@@ -108,6 +108,8 @@ class ApiServer:
             client.out += parse_error_response(e)
             client.close_after = True
             requests = []
+        client.out += b"".join(client.conn.interim)
+        client.conn.interim.clear()
         for req in requests:
             reply = self.vmm.handle(req.method, req.path, req.body)
             client.out += response(reply.status, reply.body, reply.deprecation)
