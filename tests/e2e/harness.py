@@ -7,6 +7,7 @@ import json
 import os
 import secrets
 import subprocess
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -114,4 +115,7 @@ def running_suite(tmp_path: Path, **kw: Any) -> Iterator[suite_mod.Suite]:
             with contextlib.suppress(OSError):
                 os.kill(pid, 9)
         suite.remove_netns()
-        suite_mod.remove_parent_cgroups(suite.parent_cgroup)
+        # killed tasks leave their cgroup a moment later: retry until the dirs are gone
+        deadline = time.monotonic() + 10
+        while suite_mod.remove_parent_cgroups(suite.parent_cgroup) and time.monotonic() < deadline:
+            time.sleep(0.1)
