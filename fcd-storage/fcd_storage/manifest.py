@@ -13,8 +13,7 @@ from typing import Literal, TypeVar
 import msgspec
 
 from fcd_common.proto.storage import DiskInfo, TemplateInfo
-
-from .layout import StoreLayout
+from fcd_common.storelayout import StoreLayout
 
 Method = Literal["reflink", "copy"]
 _T = TypeVar("_T", bound=msgspec.Struct)

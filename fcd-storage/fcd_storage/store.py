@@ -24,10 +24,17 @@ from fcd_common import logs
 from fcd_common.config import Config
 from fcd_common.errors import Conflict, Internal, NotFound
 from fcd_common.ids import check_name, check_vm_id, is_vm_id
+from fcd_common.storelayout import (
+    DISK_MANIFEST,
+    DISK_ROOTFS,
+    KERNEL,
+    ROOTFS,
+    TEMPLATE_MANIFEST,
+    StoreLayout,
+)
+from fcd_common.storelayout import layout as layout_of
 
 from . import extfs, fileio, plan
-from .layout import DISK_MANIFEST, DISK_ROOTFS, KERNEL, ROOTFS, TEMPLATE_MANIFEST, StoreLayout
-from .layout import layout as layout_of
 from .manifest import DiskManifest, Method, TemplateManifest, encode, load, now_rfc3339
 
 log = logging.getLogger("fcd.storage")

@@ -15,6 +15,7 @@ import re
 import stat
 from dataclasses import dataclass
 
+from fcd_common import storelayout
 from fcd_common.config import Config
 from fcd_common.errors import InvalidArgument
 from fcd_common.ids import check_vm_id, tap_name
@@ -105,6 +106,12 @@ def check_launch(req: Launch, cfg: Config) -> LaunchSpec:
     storage = str(cfg.state("storage"))
     check_storage_path(req.kernel_path, storage, "kernel_path")
     check_storage_path(req.rootfs_path, storage, "rootfs_path")
+    # Not just "inside the store": the kernel must be a template's kernel and the
+    # disk this VM's own disk, so no caller can boot VM a on VM b's disk.
+    if not storelayout.is_template_kernel(cfg, req.kernel_path):
+        raise _bad("kernel_path", f"{req.kernel_path} is not a template kernel")
+    if not storelayout.is_vm_disk(cfg, vm_id, req.rootfs_path):
+        raise _bad("rootfs_path", f"{req.rootfs_path} is not the disk of VM {vm_id}")
     check_addresses(req.ip, req.gateway, req.prefix_len)
     return LaunchSpec(
         vm_id=vm_id,

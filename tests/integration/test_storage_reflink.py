@@ -130,7 +130,7 @@ def as_nobody(store_root: Path, code: str) -> str:
     prog = (
         "import sys\n"
         "from pathlib import Path\n"
-        "from fcd_storage.layout import StoreLayout\n"
+        "from fcd_common.storelayout import StoreLayout\n"
         "from fcd_storage.store import Store\n"
         f"store = Store(StoreLayout(Path({str(store_root)!r})), max_disk_mib=1024)\n" + code
     )

@@ -145,7 +145,7 @@ class Env:
 
         storage = self.cfg.state("storage")
         kernel = storage / "templates" / "mini" / "vmlinux"
-        disk = storage / "vms" / vm_id / "rootfs.ext4"
+        disk = storage / "disks" / vm_id / "rootfs.ext4"
         if not kernel.exists():
             kernel.parent.mkdir(parents=True, exist_ok=True)
             guest_kernel.build(kernel)

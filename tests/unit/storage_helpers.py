@@ -9,7 +9,7 @@ import subprocess
 from pathlib import Path
 
 from fcd_common.config import Config, PathsConfig
-from fcd_storage.layout import StoreLayout
+from fcd_common.storelayout import StoreLayout
 from fcd_storage.store import Store
 
 MiB = 1 << 20

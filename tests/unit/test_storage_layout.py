@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from fcd_common import storelayout as L
 from fcd_common.errors import InvalidArgument
-from fcd_storage import layout as L
 from fcd_storage.plan import check_source_path
 
 from .storage_helpers import make_config

@@ -51,7 +51,7 @@ def launch_req(cfg: config.Config, **kw: object) -> Launch:
         "vcpu_count": 2,
         "mem_size_mib": 256,
         "kernel_path": str(storage / "templates" / "t1" / "vmlinux"),
-        "rootfs_path": str(storage / "vms" / VM / "rootfs.ext4"),
+        "rootfs_path": str(storage / "disks" / VM / "rootfs.ext4"),
         "kernel_args": "quiet init=/sbin/init",
         "tap": tap_name(VM, cfg.network.tap_prefix),
         "mac": "06:00:ac:1e:00:02",
@@ -375,8 +375,11 @@ def test_resource_ids() -> None:
         ("kernel_path", "/etc/passwd"),
         ("kernel_path", "relative/vmlinux"),
         ("rootfs_path", "{storage}/../vmm/vms/x.json"),
-        ("rootfs_path", "{storage}/vms/./vm-1/rootfs.ext4"),
+        ("rootfs_path", "{storage}/disks/./vm-1/rootfs.ext4"),
         ("rootfs_path", "{storage}"),
+        ("rootfs_path", "{storage}/disks/vm-2/rootfs.ext4"),  # another VM's disk
+        ("rootfs_path", "{storage}/templates/t1/rootfs.ext4"),  # the shared template image
+        ("kernel_path", "{storage}/disks/vm-1/rootfs.ext4"),  # not a template kernel
     ],
 )
 def test_check_launch_refuses(tmp_path: Path, field: str, value: object) -> None:
@@ -416,7 +419,7 @@ def test_check_launch_tap_follows_prefix(tmp_path: Path) -> None:
 def _storage_tree(tmp_path: Path) -> tuple[Path, Path, Path]:
     storage = tmp_path / "state" / "storage"
     kernel = storage / "templates" / "t1" / "vmlinux"
-    disk = storage / "vms" / VM / "rootfs.ext4"
+    disk = storage / "disks" / VM / "rootfs.ext4"
     for f in (kernel, disk):
         f.parent.mkdir(parents=True)
         f.write_bytes(b"x")
@@ -437,17 +440,17 @@ def test_open_storage_file_refuses_symlinks_and_outside(tmp_path: Path) -> None:
     storage, _kernel, disk = _storage_tree(tmp_path)
     outside = tmp_path / "secret"
     outside.write_text("s")
-    (storage / "vms" / "link-out").symlink_to(outside)
-    (storage / "vms" / "link-in").symlink_to(disk)
-    (storage / "vms" / "dir-out").symlink_to(tmp_path)
-    (storage / "vms" / "dir-in").symlink_to(storage / "templates")
+    (storage / "disks" / "link-out").symlink_to(outside)
+    (storage / "disks" / "link-in").symlink_to(disk)
+    (storage / "disks" / "dir-out").symlink_to(tmp_path)
+    (storage / "disks" / "dir-in").symlink_to(storage / "templates")
     cases = {
-        storage / "vms" / "link-out": "symlink",
-        storage / "vms" / "link-in": "symlink",  # even a symlink that stays inside
-        storage / "vms" / "dir-out" / "secret": "symlink",
-        storage / "vms" / "dir-in" / "t1" / "vmlinux": "symlink",
-        storage / "vms" / VM: "regular file",
-        storage / "vms" / "missing": "does not exist",
+        storage / "disks" / "link-out": "symlink",
+        storage / "disks" / "link-in": "symlink",  # even a symlink that stays inside
+        storage / "disks" / "dir-out" / "secret": "symlink",
+        storage / "disks" / "dir-in" / "t1" / "vmlinux": "symlink",
+        storage / "disks" / VM: "regular file",
+        storage / "disks" / "missing": "does not exist",
         outside: "outside",
     }
     for path, why in cases.items():
