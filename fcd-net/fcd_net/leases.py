@@ -9,14 +9,13 @@ set of leases, never a torn file, and an address is never handed out twice
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import msgspec
 
+from fcd_common.atomicfile import write_atomic
 from fcd_common.errors import Internal
 
 from .plan import Lease
@@ -59,23 +58,7 @@ def save(path: Path, leases: dict[str, Lease]) -> None:
     """Write all leases atomically (sorted by VM id, so the file is stable)."""
     doc = LeaseFile(leases=[leases[k] for k in sorted(leases)])
     data = msgspec.json.format(msgspec.json.encode(doc), indent=2) + b"\n"
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
-    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    write_atomic(path, data)
 
 
 class LeaseStore:

@@ -18,6 +18,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from fcd_common.atomicfile import fsync_dir
 from fcd_common.errors import Internal, InvalidArgument
 
 FICLONE = 0x40049409  # _IOW(0x94, 9, int)
@@ -184,14 +185,6 @@ def allocated(fd: int) -> int:
 def free_bytes(path: Path) -> int:
     st = os.statvfs(path)
     return st.f_bavail * st.f_frsize
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def make_staging(tmp: Path, prefix: str) -> Path:

@@ -21,6 +21,7 @@ from typing import TypeVar
 import msgspec
 
 from fcd_common import logs
+from fcd_common.atomicfile import fsync_dir
 from fcd_common.config import Config
 from fcd_common.errors import Conflict, Internal, NotFound
 from fcd_common.ids import check_name, check_vm_id, is_vm_id
@@ -131,7 +132,7 @@ class Store:
                 fileio.write_file(staging / TEMPLATE_MANIFEST, encode(new), MANIFEST_MODE)
                 os.chmod(staging, TEMPLATE_DIR_MODE)
                 self._adopt(staging)
-                fileio.fsync_dir(staging)
+                fsync_dir(staging)
                 final = lay.template_dir(name)
                 if not fileio.publish_dir(staging, final):
                     raced = self._template_manifest(name)
@@ -194,7 +195,7 @@ class Store:
                 fileio.write_file(staging / DISK_MANIFEST, encode(new), MANIFEST_MODE)
                 os.chmod(staging, DISK_DIR_MODE)
                 self._adopt(staging)
-                fileio.fsync_dir(staging)
+                fsync_dir(staging)
                 if not fileio.publish_dir(staging, final):
                     raise Conflict(f"vm {vm_id!r} disk is being provisioned concurrently")
             finally:

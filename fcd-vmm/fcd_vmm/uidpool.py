@@ -19,6 +19,7 @@ from typing import Literal
 import msgspec
 
 from fcd_common import logs
+from fcd_common.atomicfile import write_atomic
 from fcd_common.errors import Internal, ResourceExhausted
 from fcd_common.ids import check_vm_id, is_vm_id
 
@@ -61,23 +62,6 @@ def pick_uid(used: Iterable[int], lo: int, hi: int, start: int | None = None) ->
         if uid not in taken:
             return uid
     return None
-
-
-def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
-    """Replace ``path`` with ``data`` atomically (same-directory temp file + rename)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
 
 
 class UidPool:
