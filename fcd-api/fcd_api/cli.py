@@ -220,7 +220,9 @@ class Api:
     def __init__(self, path: str, timeout: float) -> None:
         self.path = path
         self.http = httpx.Client(
-            transport=httpx.HTTPTransport(uds=path), base_url="http://fcd", timeout=timeout
+            transport=httpx.HTTPTransport(uds=path, verify=False),
+            base_url="http://fcd",
+            timeout=timeout,
         )
 
     def close(self) -> None:

@@ -51,7 +51,9 @@ class FirecrackerClient:
         self.socket_path = str(socket_path)
         self._dir_fd, self._connect_path = _short_path(self.socket_path)
         self._client = httpx.AsyncClient(
-            transport=httpx.AsyncHTTPTransport(uds=self._connect_path),
+            # Plain HTTP over a Unix socket: no TLS is ever negotiated, and verify=False
+            # skips loading the CA bundle, which cost ~33 ms per client (one per VM call).
+            transport=httpx.AsyncHTTPTransport(uds=self._connect_path, verify=False),
             base_url="http://localhost",
             timeout=timeout,
         )
