@@ -142,6 +142,9 @@ def test_create_pause_resume_stop_start_delete(tmp_path: Path) -> None:
 
         assert _leftovers(suite, "e2e-1", tap, ip) == CLEAN
 
+        # SIGTERM: every daemon shuts down gracefully within its grace period
+        assert suite.stop() == {"api": 0, "vmm": 0, "storage": 0, "net": 0}
+
 
 def test_failed_create_undoes_earlier_steps(tmp_path: Path) -> None:
     """Storage refuses (disk larger than free space) after the jail and network steps ran."""
