@@ -97,6 +97,10 @@ class LimitsConfig(_Section, frozen=True):
     max_vcpu: Annotated[int, msgspec.Meta(ge=1, le=32)] = 32
     max_mem_mib: PosInt = 65536
     max_disk_mib: PosInt = 1_048_576
+    max_vm_disk_mib: PosInt = 2_097_152
+    """Per-VM disk quota: the root disk plus the VM's own data drives (shared ones are free)."""
+    max_drives: Annotated[int, msgspec.Meta(ge=0, le=16)] = 8
+    """Extra drives per VM (data and shared read-only)."""
     rpc_timeout_s: Seconds = 30.0
     boot_timeout_s: Seconds = 10.0
     """How long to wait for the jailed Firecracker's API socket."""

@@ -2,6 +2,8 @@
 
     <state>/storage/templates/<name>/vmlinux, rootfs.ext4, manifest.json
     <state>/storage/disks/<vm_id>/rootfs.ext4, disk.json
+    <state>/storage/disks/<vm_id>/drive-<drive>.ext4    extra data drives of the VM
+    <state>/storage/snapshots/<name>/vmstate, memory, rootfs.ext4, snapshot.json
     <state>/storage/tmp/            staging (same filesystem, so rename is atomic)
 
 Every path is derived from a validated name or VM id; a path that came in a
@@ -13,6 +15,7 @@ links them into a jail; it must still open them with ``O_NOFOLLOW``.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,13 +26,16 @@ from fcd_common.ids import check_name, check_vm_id, is_vm_id
 __all__ = [
     "DISK_MANIFEST",
     "DISK_ROOTFS",
+    "DRIVE_NAME_PATTERN",
     "KERNEL",
     "ROOTFS",
+    "SNAPSHOT_MANIFEST",
     "TEMPLATE_MANIFEST",
     "StoreLayout",
     "is_inside_store",
     "is_template_kernel",
     "is_template_rootfs",
+    "is_vm_data_drive",
     "is_vm_disk",
     "layout",
 ]
@@ -39,6 +45,30 @@ ROOTFS = "rootfs.ext4"
 TEMPLATE_MANIFEST = "manifest.json"
 DISK_ROOTFS = "rootfs.ext4"
 DISK_MANIFEST = "disk.json"
+DRIVE_PREFIX = "drive-"
+DRIVE_SUFFIX = ".ext4"
+SNAPSHOT_STATE = "vmstate"
+SNAPSHOT_MEMORY = "memory"
+SNAPSHOT_DISK = "rootfs.ext4"
+SNAPSHOT_MANIFEST = "snapshot.json"
+
+DRIVE_NAME_PATTERN = r"^[a-z][a-z0-9_]{0,31}$"
+"""Extra drive names double as Firecracker drive ids (``[A-Za-z0-9_]+``); ``rootfs`` is taken."""
+_DRIVE_NAME_RE = re.compile(DRIVE_NAME_PATTERN)
+RESERVED_DRIVE_NAMES = frozenset({"rootfs"})
+
+
+def is_drive_name(value: str) -> bool:
+    return bool(_DRIVE_NAME_RE.fullmatch(value)) and value not in RESERVED_DRIVE_NAMES
+
+
+def check_drive_name(value: str, field: str = "drives.name") -> str:
+    if not isinstance(value, str) or not is_drive_name(value):
+        raise InvalidArgument(
+            f"invalid drive name {value!r}: 1-32 of [a-z0-9_] starting with a letter, not 'rootfs'",
+            details={"field": field},
+        )
+    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +88,10 @@ class StoreLayout:
     @property
     def disks(self) -> Path:
         return self.root / "disks"
+
+    @property
+    def snapshots(self) -> Path:
+        return self.root / "snapshots"
 
     @property
     def tmp(self) -> Path:
@@ -84,6 +118,24 @@ class StoreLayout:
     def disk_manifest(self, vm_id: str) -> Path:
         return self.disk_dir(vm_id) / DISK_MANIFEST
 
+    def data_drive(self, vm_id: str, drive: str) -> Path:
+        return self.disk_dir(vm_id) / f"{DRIVE_PREFIX}{check_drive_name(drive)}{DRIVE_SUFFIX}"
+
+    def snapshot_dir(self, name: str) -> Path:
+        return self.snapshots / check_name(name, "snapshot")
+
+    def snapshot_state(self, name: str) -> Path:
+        return self.snapshot_dir(name) / SNAPSHOT_STATE
+
+    def snapshot_memory(self, name: str) -> Path:
+        return self.snapshot_dir(name) / SNAPSHOT_MEMORY
+
+    def snapshot_disk(self, name: str) -> Path:
+        return self.snapshot_dir(name) / SNAPSHOT_DISK
+
+    def snapshot_manifest(self, name: str) -> Path:
+        return self.snapshot_dir(name) / SNAPSHOT_MANIFEST
+
     # -- lexical checks -------------------------------------------------------
 
     def contains(self, path: str | os.PathLike[str]) -> bool:
@@ -100,6 +152,19 @@ class StoreLayout:
 
     def template_of_rootfs(self, path: str | os.PathLike[str]) -> str | None:
         return self._name_of(path, self.templates, ROOTFS)
+
+    def drive_of(self, vm_id: str, path: str | os.PathLike[str]) -> str | None:
+        """The drive name if ``path`` is exactly one of ``vm_id``'s data drives, else None."""
+        if not is_vm_id(vm_id) or not self.contains(path):
+            return None
+        p = Path(path)
+        if p.parent != self.disk_dir(vm_id):
+            return None
+        leaf = p.name
+        if not (leaf.startswith(DRIVE_PREFIX) and leaf.endswith(DRIVE_SUFFIX)):
+            return None
+        name = leaf[len(DRIVE_PREFIX) : -len(DRIVE_SUFFIX)]
+        return name if is_drive_name(name) else None
 
     def _name_of(self, path: str | os.PathLike[str], parent: Path, leaf: str) -> str | None:
         if not self.contains(path):
@@ -130,6 +195,11 @@ def is_template_kernel(cfg: Config, path: str | os.PathLike[str]) -> bool:
 
 def is_template_rootfs(cfg: Config, path: str | os.PathLike[str]) -> bool:
     return layout(cfg).template_of_rootfs(path) is not None
+
+
+def is_vm_data_drive(cfg: Config, vm_id: str, path: str | os.PathLike[str]) -> bool:
+    """``path`` is exactly ``<state>/storage/disks/<vm_id>/drive-<valid name>.ext4``."""
+    return layout(cfg).drive_of(vm_id, path) is not None
 
 
 def is_vm_disk(cfg: Config, vm_id: str, path: str | os.PathLike[str]) -> bool:

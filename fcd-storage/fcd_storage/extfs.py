@@ -8,7 +8,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from fcd_common.errors import FailedPrecondition, Internal
+from fcd_common.errors import FailedPrecondition, Internal, InvalidArgument
 
 log = logging.getLogger("fcd.storage")
 
@@ -55,3 +55,59 @@ def grow(image: Path) -> None:
     res = _run([_tool("resize2fs"), str(image)])
     if res.returncode != 0:
         raise Internal(f"resize2fs failed (exit {res.returncode}): {res.stderr.strip()}")
+
+
+_MKFS_OPTS = "lazy_itable_init=1,lazy_journal_init=1"
+
+
+def make_blank(image: Path, label: str) -> None:
+    """A fresh ext4 filesystem filling the (sparse) file ``image``."""
+    res = _run([_tool("mkfs.ext4"), "-q", "-F", "-E", _MKFS_OPTS, "-L", label[:16], str(image)])
+    if res.returncode != 0:
+        raise Internal(f"mkfs.ext4 failed (exit {res.returncode}): {res.stderr.strip()}")
+
+
+def make_from_dir(image: Path, source_dir: str, inodes: int, pass_fds: tuple[int, ...]) -> None:
+    """``mkfs.ext4 -d``: an ext4 filesystem filling ``image`` with the tree at ``source_dir``.
+
+    ``source_dir`` may be ``/proc/self/fd/N`` for a directory fd in ``pass_fds``
+    (the caller pinned the directory it checked). The root directory is owned by
+    root whoever runs this; the files keep their owners and modes.
+    """
+    argv = [
+        _tool("mkfs.ext4"),
+        "-q",
+        "-F",
+        "-N",
+        str(inodes),
+        "-E",
+        f"{_MKFS_OPTS},root_owner=0:0",
+        "-d",
+        source_dir,
+        str(image),
+    ]
+    try:
+        res = subprocess.run(
+            argv,
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT_S,
+            check=False,
+            env={"LC_ALL": "C", "PATH": _SBIN},
+            pass_fds=pass_fds,
+        )
+    except subprocess.TimeoutExpired:
+        raise Internal(f"mkfs.ext4 -d timed out after {TIMEOUT_S:g}s") from None
+    if res.returncode != 0:
+        out = (res.stdout + res.stderr).strip()
+        if "No space left" in out or "Could not allocate" in out or "inode" in out.lower():
+            raise FailedPrecondition(
+                f"the tree does not fit the image: {out[-500:]}", details={"field": "size_mib"}
+            )
+        raise InvalidArgument(
+            f"mkfs.ext4 -d could not build the image: {out[-500:]}",
+            details={"field": "source_dir"},
+        )
+    fsck = _run([_tool("e2fsck"), "-fn", str(image)])
+    if fsck.returncode != 0:
+        raise Internal(f"the built image fails e2fsck -n: {(fsck.stdout + fsck.stderr)[-500:]}")

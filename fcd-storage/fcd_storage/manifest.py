@@ -12,7 +12,7 @@ from typing import Literal, TypeVar
 
 import msgspec
 
-from fcd_common.proto.storage import DiskInfo, TemplateInfo
+from fcd_common.proto.storage import DiskInfo, DriveInfo, SnapshotInfo, TemplateInfo
 from fcd_common.storelayout import StoreLayout
 
 Method = Literal["reflink", "copy"]
@@ -28,6 +28,7 @@ class TemplateManifest(msgspec.Struct, kw_only=True, frozen=True):
     kernel_args: str
     created_at: str
     format: int = 1
+    source: Literal["import", "build"] = "import"
 
     def same_content(self, other: TemplateManifest) -> bool:
         return (
@@ -44,7 +45,7 @@ class TemplateManifest(msgspec.Struct, kw_only=True, frozen=True):
             other.kernel_args,
         )
 
-    def info(self, lay: StoreLayout) -> TemplateInfo:
+    def info(self, lay: StoreLayout, used_by: list[str] | None = None) -> TemplateInfo:
         return TemplateInfo(
             name=self.name,
             kernel_path=str(lay.template_kernel(self.name)),
@@ -55,6 +56,34 @@ class TemplateManifest(msgspec.Struct, kw_only=True, frozen=True):
             rootfs_sha256=self.rootfs_sha256,
             kernel_args=self.kernel_args,
             created_at=self.created_at,
+            source=self.source,
+            used_by=list(used_by or []),
+        )
+
+
+class DriveRecord(msgspec.Struct, kw_only=True, frozen=True):
+    """An extra drive of a VM: its own blank data drive, or a template's rootfs read-only."""
+
+    name: str
+    size_bytes: int
+    template: str | None = None
+
+    @property
+    def read_only(self) -> bool:
+        return self.template is not None
+
+    def info(self, lay: StoreLayout, vm_id: str) -> DriveInfo:
+        path = (
+            lay.template_rootfs(self.template)
+            if self.template is not None
+            else lay.data_drive(vm_id, self.name)
+        )
+        return DriveInfo(
+            name=self.name,
+            path=str(path),
+            size_bytes=self.size_bytes,
+            read_only=self.read_only,
+            template=self.template,
         )
 
 
@@ -67,6 +96,14 @@ class DiskManifest(msgspec.Struct, kw_only=True, frozen=True):
     resized: bool
     created_at: str
     format: int = 1
+    drives: list[DriveRecord] = []
+    snapshot: str | None = None
+    """The snapshot this disk was restored from (it shares that snapshot's memory file)."""
+
+    @property
+    def data_bytes(self) -> int:
+        """What counts against the VM's disk quota: root disk and own data drives."""
+        return self.size_bytes + sum(d.size_bytes for d in self.drives if not d.read_only)
 
     def info(self, lay: StoreLayout) -> DiskInfo:
         return DiskInfo(
@@ -76,6 +113,38 @@ class DiskManifest(msgspec.Struct, kw_only=True, frozen=True):
             rootfs_path=str(lay.disk_rootfs(self.vm_id)),
             size_bytes=self.size_bytes,
             method=self.method,
+            drives=[d.info(lay, self.vm_id) for d in self.drives],
+            snapshot=self.snapshot,
+        )
+
+
+class SnapshotManifest(msgspec.Struct, kw_only=True, frozen=True):
+    """``snapshot.json``: written last, by SnapshotCommit. Without it a snapshot is pending."""
+
+    name: str
+    vm_id: str
+    template: str
+    created_at: str
+    state_size: int = 0
+    memory_size: int = 0
+    disk_size: int = 0
+    ready: bool = True
+    format: int = 1
+
+    def info(self, lay: StoreLayout, used_by: list[str] | None = None) -> SnapshotInfo:
+        return SnapshotInfo(
+            name=self.name,
+            vm_id=self.vm_id,
+            template=self.template,
+            state="ready" if self.ready else "pending",
+            state_path=str(lay.snapshot_state(self.name)),
+            memory_path=str(lay.snapshot_memory(self.name)),
+            disk_path=str(lay.snapshot_disk(self.name)),
+            state_size=self.state_size,
+            memory_size=self.memory_size,
+            disk_size=self.disk_size,
+            created_at=self.created_at,
+            used_by=list(used_by or []),
         )
 
 

@@ -1,16 +1,62 @@
-"""RPC handlers: validate, serialize per key, run the blocking store work in a thread."""
+"""RPC handlers: validate, serialize per key, run the blocking store work in a thread.
+
+Two levels of locking: a per-key lock (one template name, VM id or snapshot
+name at a time) and a catalog lock: every operation that makes or uses
+entries holds it shared; deleting a template or snapshot (the reference check
+must not race a provision) and reclaim (which clears ``tmp/``) hold it alone.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import AsyncIterator
 
 from fcd_common.ids import check_name, check_vm_id
 from fcd_common.proto import storage as proto
 from fcd_common.rpc import Done, Handler, Peer, Request
 
+from . import reclaim, snapshots, templates
 from .store import Store
+
+
+class SharedLock:
+    """Many shared holders or one exclusive; a waiting exclusive holder blocks new shared ones."""
+
+    def __init__(self) -> None:
+        self._cond = asyncio.Condition()
+        self._shared = 0
+        self._exclusive = False
+        self._waiting = 0
+
+    @contextlib.asynccontextmanager
+    async def shared(self) -> AsyncIterator[None]:
+        async with self._cond:
+            await self._cond.wait_for(lambda: not self._exclusive and not self._waiting)
+            self._shared += 1
+        try:
+            yield
+        finally:
+            async with self._cond:
+                self._shared -= 1
+                self._cond.notify_all()
+
+    @contextlib.asynccontextmanager
+    async def exclusive(self) -> AsyncIterator[None]:
+        async with self._cond:
+            self._waiting += 1
+            try:
+                await self._cond.wait_for(lambda: not self._exclusive and not self._shared)
+            finally:
+                self._waiting -= 1
+            self._exclusive = True
+        try:
+            yield
+        finally:
+            async with self._cond:
+                self._exclusive = False
+                self._cond.notify_all()
 
 
 class KeyedLocks:
@@ -38,6 +84,12 @@ class StorageService:
     def __init__(self, store: Store) -> None:
         self.store = store
         self.locks = KeyedLocks()
+        self.catalog = SharedLock()
+
+    @contextlib.asynccontextmanager
+    async def _using(self, key: str) -> AsyncIterator[None]:
+        async with self.catalog.shared(), self.locks.hold(key):
+            yield
 
     def status(self) -> str:
         templates, disks = self.store.counts()
@@ -52,36 +104,131 @@ class StorageService:
             proto.Release: self.release,
             proto.DiskGet: self.disk_get,
             proto.DiskList: self.disk_list,
+            proto.TemplateBuild: self.template_build,
+            proto.TemplateDelete: self.template_delete,
+            proto.Reclaim: self.reclaim,
+            proto.SnapshotPrepare: self.snapshot_prepare,
+            proto.SnapshotCommit: self.snapshot_commit,
+            proto.SnapshotGet: self.snapshot_get,
+            proto.SnapshotList: self.snapshot_list,
+            proto.SnapshotDelete: self.snapshot_delete,
         }
 
     async def template_import(self, req: proto.TemplateImport, _peer: Peer) -> proto.TemplateInfo:
         name = check_name(req.name)
-        async with self.locks.hold(f"template:{name}"):
+        async with self._using(f"template:{name}"):
             m = await asyncio.to_thread(
-                self.store.import_template, name, req.kernel_path, req.rootfs_path, req.kernel_args
+                self.store.import_template,
+                name,
+                req.kernel_path,
+                req.rootfs_path,
+                req.kernel_args,
+                kernel_sha256=req.kernel_sha256,
+                rootfs_sha256=req.rootfs_sha256,
             )
         return m.info(self.store.layout)
 
-    async def template_get(self, req: proto.TemplateGet, _peer: Peer) -> proto.TemplateInfo:
-        m = await asyncio.to_thread(self.store.template, req.name)
+    async def template_build(self, req: proto.TemplateBuild, _peer: Peer) -> proto.TemplateInfo:
+        name = check_name(req.name)
+        async with self._using(f"template:{name}"):
+            m = await asyncio.to_thread(
+                functools.partial(
+                    templates.build_template,
+                    self.store,
+                    name,
+                    req.kernel_path,
+                    req.source_dir,
+                    size_mib=req.size_mib,
+                    kernel_args=req.kernel_args,
+                    kernel_sha256=req.kernel_sha256,
+                )
+            )
         return m.info(self.store.layout)
 
+    async def template_delete(self, req: proto.TemplateDelete, _peer: Peer) -> Done:
+        name = check_name(req.name)
+        async with self.catalog.exclusive():
+            await asyncio.to_thread(templates.delete_template, self.store, name)
+        return Done()
+
+    async def template_get(self, req: proto.TemplateGet, _peer: Peer) -> proto.TemplateInfo:
+        def get() -> proto.TemplateInfo:
+            m = self.store.template(req.name)
+            return m.info(self.store.layout, templates.users(self.store).get(m.name))
+
+        return await asyncio.to_thread(get)
+
     async def template_list(self, _req: proto.TemplateList, _peer: Peer) -> proto.TemplateInfoList:
-        items = await asyncio.to_thread(self.store.templates)
-        return proto.TemplateInfoList(items=[m.info(self.store.layout) for m in items])
+        def items() -> list[proto.TemplateInfo]:
+            used = templates.users(self.store)
+            return [m.info(self.store.layout, used.get(m.name)) for m in self.store.templates()]
+
+        return proto.TemplateInfoList(items=await asyncio.to_thread(items))
 
     async def provision(self, req: proto.Provision, _peer: Peer) -> proto.DiskInfo:
         vm_id = check_vm_id(req.vm_id)
-        async with self.locks.hold(f"disk:{vm_id}"):
+        async with self._using(f"disk:{vm_id}"):
             m = await asyncio.to_thread(
-                self.store.provision, vm_id, req.template, req.disk_size_mib
+                self.store.provision,
+                vm_id,
+                req.template,
+                req.disk_size_mib,
+                req.drives,
+                req.snapshot,
             )
         return m.info(self.store.layout)
 
     async def release(self, req: proto.Release, _peer: Peer) -> Done:
         vm_id = check_vm_id(req.vm_id)
-        async with self.locks.hold(f"disk:{vm_id}"):
+        async with self._using(f"disk:{vm_id}"):
             await asyncio.to_thread(self.store.release, vm_id)
+        return Done()
+
+    async def reclaim(self, req: proto.Reclaim, _peer: Peer) -> proto.ReclaimResult:
+        live = [check_vm_id(v) for v in req.live_vm_ids]
+        async with self.catalog.exclusive():
+            removed = await asyncio.to_thread(
+                reclaim.reclaim_unowned, self.store, live, req.as_of
+            )
+        return proto.ReclaimResult(removed=removed)
+
+    # -- snapshots --------------------------------------------------------------
+
+    def _snapshot_info(self, name: str) -> proto.SnapshotInfo:
+        m = snapshots.get(self.store, name)
+        return m.info(self.store.layout, snapshots.users(self.store).get(m.name))
+
+    async def snapshot_prepare(
+        self, req: proto.SnapshotPrepare, _peer: Peer
+    ) -> proto.SnapshotInfo:
+        name, vm_id = check_name(req.name), check_vm_id(req.vm_id)
+        async with self._using(f"snapshot:{name}"), self.locks.hold(f"disk:{vm_id}"):
+            await asyncio.to_thread(snapshots.prepare, self.store, name, vm_id)
+            return await asyncio.to_thread(self._snapshot_info, name)
+
+    async def snapshot_commit(self, req: proto.SnapshotCommit, _peer: Peer) -> proto.SnapshotInfo:
+        name = check_name(req.name)
+        async with self._using(f"snapshot:{name}"):
+            await asyncio.to_thread(snapshots.commit, self.store, name)
+            return await asyncio.to_thread(self._snapshot_info, name)
+
+    async def snapshot_get(self, req: proto.SnapshotGet, _peer: Peer) -> proto.SnapshotInfo:
+        return await asyncio.to_thread(self._snapshot_info, check_name(req.name))
+
+    async def snapshot_list(
+        self, _req: proto.SnapshotList, _peer: Peer
+    ) -> proto.SnapshotInfoList:
+        def items() -> list[proto.SnapshotInfo]:
+            used = snapshots.users(self.store)
+            lay = self.store.layout
+            return [m.info(lay, used.get(m.name)) for m in snapshots.manifests(self.store)]
+
+        return proto.SnapshotInfoList(items=await asyncio.to_thread(items))
+
+    async def snapshot_delete(self, req: proto.SnapshotDelete, _peer: Peer) -> Done:
+        name = check_name(req.name)
+        async with self.catalog.exclusive():
+            await asyncio.to_thread(snapshots.delete, self.store, name)
         return Done()
 
     async def disk_get(self, req: proto.DiskGet, _peer: Peer) -> proto.DiskInfo:

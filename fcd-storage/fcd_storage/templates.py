@@ -1,0 +1,145 @@
+"""Templates beyond import: built from a directory tree, deleted, and who uses them.
+
+Building runs ``mkfs.ext4 -d`` on the tree into a staging file; the tree is
+measured first (size given, or computed with headroom) and pinned by a
+directory fd that mkfs reads through ``/proc/self/fd/N``, so swapping the path
+for a symlink after the check changes nothing. Like import, the source paths
+are read with fcd-storage's own rights: they are the one place a request names
+a path, and nothing is ever written there.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import stat
+
+from fcd_common.atomicfile import fsync_dir
+from fcd_common.errors import Conflict, InvalidArgument, NotFound
+from fcd_common.ids import check_name
+from fcd_common.storelayout import KERNEL, ROOTFS, TEMPLATE_MANIFEST
+
+from . import extfs, fileio, plan, refs, snapshots
+from .manifest import TemplateManifest, encode, now_rfc3339
+from .store import (
+    MANIFEST_MODE,
+    TEMPLATE_DIR_MODE,
+    TEMPLATE_FILE_MODE,
+    Store,
+    _copy_into,
+    _fds,
+)
+
+log = logging.getLogger("fcd.storage")
+
+
+def open_source_dir(path: str, field: str = "source_dir") -> int:
+    """A directory fd for ``path`` (absolute, normalized, not a symlink)."""
+    plan.check_source_path(path, field)
+    try:
+        return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as e:
+        why = {
+            errno.ENOENT: "does not exist",
+            errno.ENOTDIR: "is not a directory",
+            errno.ELOOP: "is a symbolic link",
+            errno.EACCES: "is not readable by fcd-storage",
+        }.get(e.errno or 0, e.strerror or str(e))
+        raise InvalidArgument(f"{field} {path!r} {why}", details={"field": field}) from None
+
+
+def measure_tree(dir_fd: int) -> plan.TreeSize:
+    """Bytes (whole blocks) and entries of the tree below ``dir_fd``; symlinks not followed."""
+    total, entries = 0, 1
+    for _root, dirs, files, rfd in os.fwalk(".", dir_fd=dir_fd, follow_symlinks=False):
+        total += plan.BLOCK  # the directory itself
+        for name in files + dirs:
+            entries += 1
+            if name in dirs:
+                continue
+            st = os.stat(name, dir_fd=rfd, follow_symlinks=False)
+            if stat.S_ISREG(st.st_mode):
+                total += -(-st.st_size // plan.BLOCK) * plan.BLOCK
+            else:
+                total += plan.BLOCK if stat.S_ISLNK(st.st_mode) else 0
+    return plan.TreeSize(total, entries)
+
+
+def build_template(
+    store: Store,
+    name: str,
+    kernel_path: str,
+    source_dir: str,
+    *,
+    size_mib: int | None = None,
+    kernel_args: str = "",
+    kernel_sha256: str | None = None,
+) -> TemplateManifest:
+    lay = store.layout
+    check_name(name, "name")
+    plan.check_source_path(kernel_path, "kernel_path")
+    plan.check_kernel_args(kernel_args)
+    if store._template_manifest(name) is not None:
+        raise Conflict(f"template {name!r} already exists", details={"field": "name"})
+    with (
+        _fds(fileio.open_source(kernel_path, "kernel_path")) as kfd,
+        _fds(open_source_dir(source_dir)) as dfd,
+    ):
+        tree = measure_tree(dfd)
+        size, inodes = plan.build_geometry(tree, size_mib, store.max_disk_mib)
+        # the image is sparse: its data is the tree plus ext4's metadata (~5 % of the size)
+        needed = fileio.allocated(kfd) + tree.bytes + size // 20 + plan.RESERVE_BYTES
+        plan.check_space(fileio.free_bytes(lay.tmp), needed, f"template {name!r}")
+        staging = fileio.make_staging(lay.tmp, f"tpl-{name}-")
+        try:
+            kernel = _copy_into(kfd, staging / KERNEL, TEMPLATE_FILE_MODE)
+            plan.check_sha256(kernel_sha256, kernel[1], "kernel_sha256")
+            image = staging / ROOTFS
+            with _fds(fileio.create_file(image, TEMPLATE_FILE_MODE)) as ifd:
+                os.ftruncate(ifd, size)
+            extfs.make_from_dir(image, f"/proc/self/fd/{dfd}", inodes, pass_fds=(dfd,))
+            with _fds(fileio.open_store_file(image)) as ifd:
+                os.fsync(ifd)
+                rootfs = fileio.copy_hashed(ifd, None)
+            new = TemplateManifest(
+                name=name,
+                kernel_size=kernel[0],
+                rootfs_size=rootfs[0],
+                kernel_sha256=kernel[1],
+                rootfs_sha256=rootfs[1],
+                kernel_args=kernel_args,
+                created_at=now_rfc3339(),
+                source="build",
+            )
+            fileio.write_file(staging / TEMPLATE_MANIFEST, encode(new), MANIFEST_MODE)
+            os.chmod(staging, TEMPLATE_DIR_MODE)
+            store._adopt(staging)
+            fsync_dir(staging)
+            if not fileio.publish_dir(staging, lay.template_dir(name)):
+                raise Conflict(f"template {name!r} already exists", details={"field": "name"})
+        finally:
+            fileio.remove_tree(staging)
+    log.info(
+        "built template %s from a tree of %d entries (%d MiB image)", name, tree.entries, size >> 20
+    )
+    return new
+
+
+def users(store: Store) -> dict[str, list[str]]:
+    return refs.template_users(store.disks(), snapshots.manifests(store))
+
+
+def delete_template(store: Store, name: str) -> None:
+    """Delete a template nobody uses. Callers exclude concurrent provisions (catalog lock)."""
+    store.template(name)  # NotFound first
+    used_by = users(store).get(name, [])
+    if used_by:
+        raise Conflict(
+            f"template {name!r} is in use by {', '.join(used_by[:5])}"
+            + (f" and {len(used_by) - 5} more" if len(used_by) > 5 else ""),
+            details={"field": "name", "used_by": used_by},
+        )
+    if not store.remove_entry(store.layout.template_dir(name), f"tpl-del-{name}-"):
+        raise NotFound(f"template {name!r} not found", details={"field": "template"})
+    log.info("deleted template %s", name)
