@@ -21,7 +21,7 @@ from fcd_common.errors import InvalidArgument
 from fcd_common.ids import check_vm_id, tap_name
 from fcd_common.proto.vmm import Launch
 
-from .jail import LaunchSpec
+from .jail import DriveSpec, LaunchSpec
 
 _MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 _KERNEL_ARGS = re.compile(r"^[\x20-\x7e]*$")
@@ -99,6 +99,36 @@ def check_storage_path(path: str, storage_root: str, field: str) -> str:
     return path
 
 
+def check_drives(req: Launch, vm_id: str, cfg: Config) -> tuple[DriveSpec, ...]:
+    """Extra drives: each is this VM's own data drive named by its id, or a template's
+    rootfs attached read-only. Nothing else of the store (another VM's disk, a
+    snapshot, a template kernel) is ever accepted."""
+    if len(req.drives) > cfg.limits.max_drives:
+        raise _bad("drives", f"{len(req.drives)} drives, at most {cfg.limits.max_drives}")
+    storage = str(cfg.state("storage"))
+    lay = storelayout.layout(cfg)
+    out: list[DriveSpec] = []
+    for i, d in enumerate(req.drives):
+        field = f"drives[{i}]"
+        if not storelayout.is_drive_name(d.drive_id):
+            raise _bad(f"{field}.drive_id", f"{d.drive_id!r} is not a drive name")
+        if d.drive_id in {o.drive_id for o in out}:
+            raise _bad(f"{field}.drive_id", f"{d.drive_id!r} is used twice")
+        check_storage_path(d.path, storage, f"{field}.path")
+        if lay.drive_of(vm_id, d.path) == d.drive_id:
+            pass
+        elif storelayout.is_template_rootfs(cfg, d.path):
+            if not d.read_only:
+                raise _bad(f"{field}.read_only", "a template image is attached read-only only")
+        else:
+            raise _bad(
+                f"{field}.path",
+                f"{d.path} is neither drive {d.drive_id!r} of VM {vm_id} nor a template image",
+            )
+        out.append(DriveSpec(d.drive_id, d.path, d.read_only))
+    return tuple(out)
+
+
 def check_launch(req: Launch, cfg: Config) -> LaunchSpec:
     """Everything about a Launch that needs no filesystem access."""
     vm_id = check_vm_id(req.vm_id)
@@ -125,6 +155,7 @@ def check_launch(req: Launch, cfg: Config) -> LaunchSpec:
         ip=req.ip,
         gateway=req.gateway,
         prefix_len=req.prefix_len,
+        drives=check_drives(req, vm_id, cfg),
     )
 
 

@@ -11,6 +11,7 @@ Jail layout (FIRECRACKER.md §3, §9), seen from the host::
         run/firecracker.socket API socket
         vmlinux                hard link of the kernel     -> "/vmlinux"
         rootfs.ext4            hard link of the VM's disk  -> "/rootfs.ext4"
+        drive-<id>.ext4        hard link of each extra drive -> "/drive-<id>.ext4"
         firecracker.log        created by us, owned by the jail uid
         metrics.json           created by us, owned by the jail uid
 """
@@ -93,6 +94,9 @@ class JailPaths:
     @property
     def rootfs(self) -> Path:
         return self.root / ROOTFS
+
+    def drive(self, drive_id: str) -> Path:
+        return self.root / drive_file(drive_id)
 
     @property
     def log_file(self) -> Path:
@@ -195,6 +199,29 @@ class LaunchSpec:
     ip: str
     gateway: str
     prefix_len: int
+    drives: tuple[DriveSpec, ...] = ()
+
+
+@dataclass(frozen=True)
+class DriveSpec:
+    """A checked extra drive: linked into the jail as ``drive-<id>.ext4``."""
+
+    drive_id: str
+    path: str
+    read_only: bool
+
+
+def drive_file(drive_id: str) -> str:
+    return f"drive-{check_resource_id(drive_id)}.ext4"
+
+
+def drive_body(drive: DriveSpec) -> dict[str, Any]:
+    return {
+        "drive_id": check_resource_id(drive.drive_id),
+        "path_on_host": "/" + drive_file(drive.drive_id),
+        "is_root_device": False,
+        "is_read_only": drive.read_only,
+    }
 
 
 def netmask(prefix_len: int) -> str:
@@ -267,6 +294,7 @@ def configure_calls(spec: LaunchSpec) -> list[ApiCall]:
         ApiCall("PUT", "/machine-config", machine_config_body(spec)),
         ApiCall("PUT", "/boot-source", boot_source_body(spec)),
         ApiCall("PUT", f"/drives/{ROOT_DRIVE_ID}", root_drive_body()),
+        *(ApiCall("PUT", f"/drives/{d.drive_id}", drive_body(d)) for d in spec.drives),
         ApiCall("PUT", f"/network-interfaces/{IFACE_ID}", network_body(spec)),
         ApiCall("PUT", "/actions", {"action_type": "InstanceStart"}),
     ]

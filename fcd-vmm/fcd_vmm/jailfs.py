@@ -17,6 +17,7 @@ import logging
 import os
 import shutil
 import stat
+from collections.abc import Sequence
 from pathlib import Path
 
 from fcd_common import logs
@@ -167,10 +168,17 @@ def _create_owned(path: Path, uid: int, gid: int) -> None:
 
 
 def prepare_jail(
-    paths: JailPaths, uid: int, gid: int, kernel: StorageFile, rootfs: StorageFile
+    paths: JailPaths,
+    uid: int,
+    gid: int,
+    kernel: StorageFile,
+    rootfs: StorageFile,
+    *,
+    drives: Sequence[tuple[str, StorageFile, bool]] = (),
 ) -> None:
-    """Fresh ``<root>`` with the kernel, the disk (owned by uid:gid), and the log
-    and metrics files Firecracker v1.7 needs to exist."""
+    """Fresh ``<root>`` with the kernel, the disk (owned by uid:gid), the extra
+    drives ``(id, file, read_only)``, and the log and metrics files Firecracker
+    v1.7 needs to exist."""
     vm_id = paths.vm_id
     remove_jail_dir(paths)
     base = paths.chroot_base
@@ -191,8 +199,23 @@ def prepare_jail(
     mode = stat.S_IMODE(os.lstat(paths.rootfs).st_mode)
     if mode & 0o600 != 0o600:
         os.chmod(paths.rootfs, mode | 0o600, follow_symlinks=False)
+    for drive_id, f, read_only in drives:
+        if read_only:  # a template image shared by many VMs: never chowned, only read
+            _place_read_only(f, paths.drive(drive_id), vm_id, uid, gid)
+        else:  # this VM's own data drive: read-write by the jail uid, like the disk
+            _place(f, paths.drive(drive_id), vm_id, "data drive", want_link=True)
+            os.chown(paths.drive(drive_id), uid, gid, follow_symlinks=False)
     _create_owned(paths.log_file, uid, gid)
     _create_owned(paths.metrics_file, uid, gid)
+
+
+def _place_read_only(src: StorageFile, dst: Path, vm_id: str, uid: int, gid: int) -> None:
+    """A shared image: a link when world-readable (the inode is not touched), else a copy."""
+    world_readable = bool(src.st.st_mode & stat.S_IROTH)
+    _place(src, dst, vm_id, "shared drive", want_link=world_readable)
+    if not world_readable:
+        os.chown(dst, uid, gid, follow_symlinks=False)
+        os.chmod(dst, 0o400, follow_symlinks=False)
 
 
 def read_pid_file(path: Path) -> int | None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import signal
@@ -28,7 +29,7 @@ from fcd_common.config import Config
 from fcd_common.errors import DeadlineExceeded, FcdError, FirecrackerError, Internal
 
 from . import cgroups, jailfs
-from .checks import open_storage_file
+from .checks import StorageFile, open_storage_file
 from .fcclient import FirecrackerClient
 from .jail import (
     CgroupVersion,
@@ -148,10 +149,20 @@ async def launch(
     watch: PidWatch | None = None
     try:
         rootfs = open_storage_file(spec.rootfs_path, storage, "rootfs_path")
+        drives: list[tuple[str, StorageFile, bool]] = []
         try:
-            await asyncio.to_thread(jailfs.prepare_jail, paths, uid, gid, kernel, rootfs)
+            for i, d in enumerate(spec.drives):
+                f = open_storage_file(d.path, storage, f"drives[{i}].path")
+                drives.append((d.drive_id, f, d.read_only))
+            await asyncio.to_thread(
+                functools.partial(
+                    jailfs.prepare_jail, paths, uid, gid, kernel, rootfs, drives=drives
+                )
+            )
         finally:
             rootfs.close()
+            for _, f, _ in drives:
+                f.close()
         kernel.close()
         settings = cgroup_settings(
             cgroup_version,

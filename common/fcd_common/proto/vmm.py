@@ -27,6 +27,15 @@ class JailInfo(Reply, frozen=True):
     chroot_dir: str
 
 
+class LaunchDrive(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """An extra drive: this VM's own data drive (read-write), or a template's rootfs,
+    which fcd-vmm accepts only with ``read_only``."""
+
+    drive_id: Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_]{0,31}$")]
+    path: str
+    read_only: bool = False
+
+
 class Launch(Request, tag="vmm.launch", frozen=True):
     """Prepare the jail, start jailer -> Firecracker, configure it and boot.
 
@@ -45,6 +54,7 @@ class Launch(Request, tag="vmm.launch", frozen=True):
     ip: str
     gateway: str
     prefix_len: Annotated[int, msgspec.Meta(ge=1, le=30)]
+    drives: list[LaunchDrive] = []
 
 
 class Pause(Request, tag="vmm.pause", frozen=True):
