@@ -56,14 +56,46 @@ class NetworkConfig(_Section, frozen=True):
     tap_prefix: Annotated[str, msgspec.Meta(pattern=r"^[a-z]{1,4}$")] = "fc"
     nft_table: Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_]{0,31}$")] = "fcd"
     masquerade: bool = True
+    port_min: Annotated[int, msgspec.Meta(ge=1, le=65535)] = 20000
+    port_max: Annotated[int, msgspec.Meta(ge=1, le=65535)] = 29999
+    """Host ports of port mappings come from [port_min, port_max] (``host_port: 0``
+    picks a free one); a host port outside the range is refused."""
+    gateway_services: list[Annotated[str, msgspec.Meta(pattern=r"^(tcp|udp)/[0-9]{1,5}$")]] = []
+    """Host services a guest may reach on its gateway address ("udp/53", ...);
+    ICMP echo to the gateway is always allowed, every other packet to the host dropped."""
+    mode: Literal["bridge", "netns"] = "bridge"
+    """Default network mode of a VM (a VM may ask for the other one)."""
+    netns_prefix: Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9]{0,5}-$")] = "fcvm-"
+    """netns mode: per-VM namespaces are /run/netns/<prefix><digest of the id>."""
+    veth_prefix: Annotated[str, msgspec.Meta(pattern=r"^[a-z]{1,4}$")] = "fv"
+    veth_subnet: str = "172.29.0.0/16"
+    """netns mode: each VM's veth pair gets a /31 from here (host side even, VM side odd)."""
+    netns_subnet: str = "172.31.255.0/30"
+    """netns mode: inside every VM namespace the TAP holds the first address, the guest
+    the second -- identical for every clone."""
 
     def __post_init__(self) -> None:
-        try:
-            net = ipaddress.IPv4Network(self.subnet, strict=True)
-        except ValueError as e:
-            raise ValueError(f"subnet: {e}") from None
-        if net.prefixlen > 29:
+        nets: dict[str, ipaddress.IPv4Network] = {}
+        for name in ("subnet", "veth_subnet", "netns_subnet"):
+            try:
+                nets[name] = ipaddress.IPv4Network(getattr(self, name), strict=True)
+            except ValueError as e:
+                raise ValueError(f"{name}: {e}") from None
+        if nets["subnet"].prefixlen > 29:
             raise ValueError("subnet must be /29 or larger")
+        if nets["veth_subnet"].prefixlen > 30:
+            raise ValueError("veth_subnet must be /30 or larger")
+        if nets["netns_subnet"].prefixlen > 30:
+            raise ValueError("netns_subnet must be /30 or larger")
+        names = list(nets)
+        for i, a in enumerate(names):
+            for b in names[i + 1 :]:
+                if nets[a].overlaps(nets[b]):
+                    raise ValueError(f"{a} and {b} overlap")
+        if self.port_min > self.port_max:
+            raise ValueError("port_min must not exceed port_max")
+        if self.veth_prefix == self.tap_prefix:
+            raise ValueError("veth_prefix must differ from tap_prefix")
 
     @property
     def network(self) -> ipaddress.IPv4Network:

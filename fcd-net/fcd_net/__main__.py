@@ -15,7 +15,8 @@ from fcd_common.service import serve_rpc
 
 from .firewall import Firewall
 from .leases import LeaseStore
-from .links import Links, enable_ipv4_forwarding
+from .links import Links, enable_ipv4_forwarding, set_route_localnet
+from .netns import Namespaces
 from .service import NetCore, NetService
 
 log = logging.getLogger("fcd.net")
@@ -23,10 +24,16 @@ log = logging.getLogger("fcd.net")
 
 def make_core(cfg: Config) -> NetCore:
     """Build and start the core (runs on the worker thread that will own it)."""
-    core = NetCore(cfg, LeaseStore(cfg.state("net")), Links(), Firewall(cfg.network))
+    net = cfg.network
+    core = NetCore(
+        cfg, LeaseStore(cfg.state("net")), Links(), Firewall(net), Namespaces(net)
+    )
     core.start()
-    if cfg.network.masquerade and enable_ipv4_forwarding():
-        log.info("enabled IPv4 forwarding for guest egress")
+    # Routed guest traffic (egress, port mappings, netns mode) needs forwarding;
+    # port mappings used via 127.0.0.1 need route_localnet on the bridge.
+    if enable_ipv4_forwarding():
+        log.info("enabled IPv4 forwarding for guest traffic")
+    set_route_localnet(net.bridge)
     return core
 
 

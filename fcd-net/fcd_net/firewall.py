@@ -40,10 +40,10 @@ class Firewall:
         return out
 
     def ensure_base(self, leases: Sequence[Lease]) -> None:
-        """(Re)build both fcd tables with the identities of ``leases``, atomically."""
+        """(Re)build both fcd tables with every VM of ``leases``, atomically."""
         self.run("build the fcd tables", ruleset.base_ruleset(self.net, leases))
         log.info(
-            "nft tables inet/bridge %s in place with %d VM identities",
+            "nft tables inet/bridge %s in place with %d VMs",
             self.net.nft_table,
             len(leases),
         )
@@ -53,3 +53,7 @@ class Firewall:
 
     def remove_vm(self, lease: Lease) -> None:
         self.run(f"remove the identity of {lease.vm_id}", ruleset.remove_vm(self.net, lease))
+
+    def replace_ports(self, old: Lease, new: Lease) -> None:
+        cmd = ruleset.replace_ports(self.net, old, new)
+        self.run(f"change the port mappings of {new.vm_id}", cmd)

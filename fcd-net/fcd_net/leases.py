@@ -48,7 +48,7 @@ def load(path: Path) -> dict[str, Lease]:
         if lease.vm_id in out:
             raise Internal(f"{path}: duplicate lease for {lease.vm_id}")
         out[lease.vm_id] = lease
-    ips = [x.ip for x in out.values()]
+    ips = [x.addr for x in out.values()]
     if len(set(ips)) != len(ips):
         raise Internal(f"{path}: an address is leased twice")
     return out
@@ -83,14 +83,29 @@ class LeaseStore:
         return next((x for x in self._leases.values() if x.tap == tap), None)
 
     def used_ips(self) -> set[str]:
-        return {x.ip for x in self._leases.values()}
+        """Unique addresses in use (bridge IPs and netns veth addresses)."""
+        return {x.addr for x in self._leases.values()}
+
+    def used_ports(self, except_vm: str | None = None) -> set[tuple[str, int]]:
+        """(protocol, host port) of every mapping, optionally leaving one VM out."""
+        return {
+            (p.protocol, p.host_port)
+            for x in self._leases.values()
+            if x.vm_id != except_vm
+            for p in x.ports
+        }
 
     def put(self, lease: Lease) -> None:
         other = next(
-            (x for x in self._leases.values() if x.ip == lease.ip and x.vm_id != lease.vm_id), None
+            (x for x in self._leases.values() if x.addr == lease.addr and x.vm_id != lease.vm_id),
+            None,
         )
         if other is not None:  # a bug upstream; never persist a double lease
-            raise Internal(f"address {lease.ip} is already leased to {other.vm_id}")
+            raise Internal(f"address {lease.addr} is already leased to {other.vm_id}")
+        taken = self.used_ports(except_vm=lease.vm_id)
+        clash = [p for p in lease.ports if (p.protocol, p.host_port) in taken]
+        if clash:
+            raise Internal(f"host port {clash[0].protocol}/{clash[0].host_port} is mapped twice")
         new = dict(self._leases)
         new[lease.vm_id] = lease
         save(self.path, new)

@@ -172,6 +172,29 @@ class Links:
             except NetlinkError as e:
                 raise _err(f"attach {name} to {bridge}", e) from None
 
+    def list(self) -> list[Link]:
+        """Every interface of this namespace."""
+        with _ipr() as ipr:
+            return [_parse(m) for m in ipr.link("dump")]
+
+    def stats(self, name: str) -> dict[str, int] | None:
+        """rx/tx bytes, packets, dropped of ``name`` (IFLA_STATS64), None if it is gone."""
+        with _ipr() as ipr:
+            try:
+                msgs = ipr.link("get", ifname=name)
+            except NetlinkError as e:
+                if e.code == errno.ENODEV:
+                    return None
+                raise _err(f"read counters of {name}", e) from None
+            for msg in msgs:
+                st = msg.get_attr("IFLA_STATS64") or msg.get_attr("IFLA_STATS")
+                if st is None:
+                    return None
+                keys = ("rx_bytes", "rx_packets", "rx_dropped",
+                        "tx_bytes", "tx_packets", "tx_dropped")
+                return {k: int(st[k]) for k in keys}
+            return None
+
     def delete(self, name: str) -> bool:
         """Delete interface ``name``; False if it did not exist."""
         with _ipr() as ipr:
@@ -182,6 +205,11 @@ class Links:
                     return False
                 raise _err(f"delete {name}", e) from None
             return True
+
+
+def set_route_localnet(iface: str) -> None:
+    """Let the host reach guests through port mappings on 127.0.0.1 (DNAT from loopback)."""
+    Path(f"/proc/sys/net/ipv4/conf/{iface}/route_localnet").write_text("1\n")
 
 
 def enable_ipv4_forwarding(path: Path = IP_FORWARD) -> bool:

@@ -16,11 +16,21 @@ import msgspec
 from fcd_common import ids
 from fcd_common.config import JailConfig, NetworkConfig
 from fcd_common.errors import InvalidArgument, ResourceExhausted
-from fcd_common.proto.net import NetInfo
+from fcd_common.proto.net import NetInfo, NetMode, PolicySpec, PortSpec
+
+NETNS_DIR = "/run/netns"
+NETNS_VETH = "eth0"
+"""Name of the VM side of the veth pair inside a VM namespace."""
 
 
 class Lease(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """One VM's network identity, as persisted in ``leases.json``."""
+    """One VM's network identity, as persisted in ``leases.json``.
+
+    Bridge mode: ``ip`` is unique and the TAP sits on the bridge. netns mode:
+    ``ip``/``mac``/``tap`` are the same for every VM (inside its own namespace
+    ``netns``) and ``host_ip`` -- the VM end of its veth pair, NATed to the
+    guest -- is what the host routes to. ``addr`` is the unique one either way.
+    """
 
     vm_id: str
     ip: str
@@ -28,6 +38,31 @@ class Lease(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     mac: str
     uid: int
     gid: int
+    ports: list[PortSpec] = []
+    policy: PolicySpec = PolicySpec()
+    mode: NetMode = "bridge"
+    netns: str | None = None
+    veth: str | None = None
+    """netns mode: the host end of the veth pair."""
+    host_ip: str | None = None
+    """netns mode: the VM end of the veth pair (odd address of its /31)."""
+
+    @property
+    def addr(self) -> str:
+        """The VM's unique address on the host."""
+        return self.host_ip or self.ip
+
+    @property
+    def host_iface(self) -> str:
+        """The VM's interface in the host namespace (its counters are the VM's)."""
+        return self.veth or self.tap
+
+    @property
+    def veth_gateway(self) -> str | None:
+        """netns mode: the host end's address (the namespace's default gateway)."""
+        if self.host_ip is None:
+            return None
+        return str(ipaddress.IPv4Address(self.host_ip) - 1)
 
 
 # --- validation ----------------------------------------------------------------
@@ -81,15 +116,78 @@ def new_lease(net: NetworkConfig, vm_id: str, uid: int, gid: int, used: Iterable
     )
 
 
+# --- netns mode ----------------------------------------------------------------
+
+
+def netns_name(net: NetworkConfig, vm_id: str) -> str:
+    """``<netns_prefix><13-char digest of the id>``: derived, never taken from a caller."""
+    return net.netns_prefix + ids.tap_name(vm_id, "")[:13]
+
+
+def netns_path(name: str) -> str:
+    return f"{NETNS_DIR}/{name}"
+
+
+def netns_tap(net: NetworkConfig) -> str:
+    """The TAP name inside every VM namespace (the same for all clones)."""
+    return f"{net.tap_prefix}tap0"
+
+
+def netns_guest(net: NetworkConfig) -> tuple[ipaddress.IPv4Address, ipaddress.IPv4Address]:
+    """(TAP address = the guest's gateway, guest address) inside every VM namespace."""
+    n = ipaddress.IPv4Network(net.netns_subnet)
+    return n.network_address + 1, n.network_address + 2
+
+
+def allocate_veth(net: NetworkConfig, used: Iterable[str]) -> ipaddress.IPv4Address:
+    """The lowest free VM-side veth address: the odd half of a /31 of ``veth_subnet``."""
+    network = ipaddress.IPv4Network(net.veth_subnet)
+    taken = {ipaddress.IPv4Address(a) for a in used}
+    base = int(network.network_address)
+    for pair in range(network.num_addresses // 2):
+        addr = ipaddress.IPv4Address(base + 2 * pair + 1)
+        if addr not in taken:
+            return addr
+    raise ResourceExhausted(f"veth pool {network} is exhausted")
+
+
+def new_netns_lease(
+    net: NetworkConfig, vm_id: str, uid: int, gid: int, used: Iterable[str]
+) -> Lease:
+    _, guest = netns_guest(net)
+    return Lease(
+        vm_id=vm_id,
+        ip=str(guest),
+        tap=netns_tap(net),
+        mac=ids.guest_mac(str(guest)),
+        uid=uid,
+        gid=gid,
+        mode="netns",
+        netns=netns_name(net, vm_id),
+        veth=ids.tap_name(vm_id, net.veth_prefix),
+        host_ip=str(allocate_veth(net, used)),
+    )
+
+
 def net_info(net: NetworkConfig, lease: Lease) -> NetInfo:
+    if lease.mode == "netns":
+        gw, _ = netns_guest(net)
+        gateway, prefix_len, bridge = str(gw), ipaddress.IPv4Network(net.netns_subnet).prefixlen, ""
+    else:
+        gateway, prefix_len, bridge = str(net.gateway), net.network.prefixlen, net.bridge
     return NetInfo(
         vm_id=lease.vm_id,
         tap=lease.tap,
         mac=lease.mac,
         ip=lease.ip,
-        gateway=str(net.gateway),
-        prefix_len=net.network.prefixlen,
-        bridge=net.bridge,
+        gateway=gateway,
+        prefix_len=prefix_len,
+        bridge=bridge,
         uid=lease.uid,
         gid=lease.gid,
+        ports=list(lease.ports),
+        policy=lease.policy,
+        mode=lease.mode,
+        netns=netns_path(lease.netns) if lease.netns else None,
+        host_ip=lease.addr,
     )

@@ -19,13 +19,14 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import msgspec
 
 from fcd_api.app import create_asgi
 from fcd_api.clients import Helpers, NetClient, StorageClient, VmmClient
 from fcd_api.flows import Flows
 from fcd_api.registry import Registry
 from fcd_common.config import LimitsConfig
-from fcd_common.errors import FcdError, NotFound
+from fcd_common.errors import Conflict, FcdError, NotFound
 from fcd_common.proto import net as pnet
 from fcd_common.proto import storage as pstorage
 from fcd_common.proto import vmm as pvmm
@@ -158,6 +159,7 @@ class FakeHelpers:
                 bridge="fcbr0",
                 uid=req.uid,
                 gid=req.gid,
+                ports=self._ports(req.vm_id, list(req.ports)),
             )
         return self.nets[req.vm_id]
 
@@ -170,6 +172,41 @@ class FakeHelpers:
 
     async def net_list(self, req: pnet.NetList) -> pnet.NetInfoList:
         return pnet.NetInfoList(items=list(self.nets.values()))
+
+    def _ports(self, vm_id: str, ports: list[pnet.PortSpec]) -> list[pnet.PortSpec]:
+        taken = {(p.protocol, p.host_port) for n in self.nets.values() for p in n.ports}
+        out = []
+        for p in ports:
+            port = p.host_port or next(x for x in range(20000, 30000)
+                                       if (p.protocol, x) not in taken)
+            if (p.protocol, port) in taken:
+                raise Conflict(f"host port {p.protocol}/{port} is already mapped",
+                               details={"field": "ports[0].host_port"})
+            taken.add((p.protocol, port))
+            out.append(msgspec.structs.replace(p, host_port=port))
+        return out
+
+    async def net_ports_add(self, req: pnet.NetPortsAdd) -> pnet.NetInfo:
+        info = self.nets[req.vm_id]
+        info = msgspec.structs.replace(info, ports=info.ports + self._ports(req.vm_id, req.ports))
+        self.nets[req.vm_id] = info
+        return info
+
+    async def net_ports_remove(self, req: pnet.NetPortsRemove) -> pnet.NetInfo:
+        info = self.nets[req.vm_id]
+        gone = {(p.protocol, p.host_port) for p in req.ports}
+        info = msgspec.structs.replace(
+            info, ports=[p for p in info.ports if (p.protocol, p.host_port) not in gone]
+        )
+        self.nets[req.vm_id] = info
+        return info
+
+    async def net_counters(self, req: pnet.NetCounters) -> pnet.Counters:
+        return pnet.Counters(vm_id=req.vm_id, iface=self.nets[req.vm_id].tap, rx_bytes=0,
+                             rx_packets=0, rx_dropped=0, tx_bytes=0, tx_packets=0, tx_dropped=0)
+
+    async def net_reconcile(self, req: pnet.NetReconcile) -> pnet.ReconcileReport:
+        return pnet.ReconcileReport(removed=[])
 
     # --- wiring ------------------------------------------------------------------
     def _wrap(self, fn: Callable[[Any], Awaitable[Any]]) -> Callable[[Any, Peer], Awaitable[Any]]:
@@ -230,6 +267,10 @@ class FakeHelpers:
                     pnet.NetTeardown: w(self.net_teardown),
                     pnet.NetGet: w(self.net_get),
                     pnet.NetList: w(self.net_list),
+                    pnet.NetPortsAdd: w(self.net_ports_add),
+                    pnet.NetPortsRemove: w(self.net_ports_remove),
+                    pnet.NetCounters: w(self.net_counters),
+                    pnet.NetReconcile: w(self.net_reconcile),
                 },
             ),
         }

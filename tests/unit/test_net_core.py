@@ -12,6 +12,7 @@ import pytest
 from fcd_common import ids
 from fcd_common.config import Config, JailConfig, NetworkConfig, PathsConfig
 from fcd_common.errors import Conflict, Internal, InvalidArgument, NotFound, ResourceExhausted
+from fcd_common.proto.net import PortSpec
 from fcd_net.leases import LeaseStore
 from fcd_net.links import Link
 from fcd_net.plan import Lease
@@ -52,10 +53,20 @@ class FakeLinks:
     def delete(self, name: str) -> bool:
         return self.links.pop(name, None) is not None
 
+    def list(self) -> list[Link]:
+        return list(self.links.values())
+
+    def stats(self, name: str) -> dict[str, int] | None:
+        if name not in self.links:
+            return None
+        keys = ("rx_bytes", "rx_packets", "rx_dropped", "tx_bytes", "tx_packets", "tx_dropped")
+        return dict.fromkeys(keys, 1)
+
 
 class FakeFirewall:
     def __init__(self) -> None:
         self.identities: set[str] = set()
+        self.ports: dict[str, list[PortSpec]] = {}
         self.fail = False
 
     def ensure_base(self, leases: Sequence[Lease]) -> None:
@@ -68,6 +79,11 @@ class FakeFirewall:
 
     def remove_vm(self, lease: Lease) -> None:
         self.identities.discard(lease.vm_id)
+
+    def replace_ports(self, old: Lease, new: Lease) -> None:
+        if self.fail:
+            raise Internal("nft failed")
+        self.ports[new.vm_id] = list(new.ports)
 
 
 def make_core(

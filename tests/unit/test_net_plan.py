@@ -12,6 +12,7 @@ import pytest
 from fcd_common import ids
 from fcd_common.config import JailConfig, NetworkConfig
 from fcd_common.errors import Internal, InvalidArgument, ResourceExhausted
+from fcd_common.proto.net import PolicySpec, PortSpec, RuleSpec
 from fcd_net import leases, plan, ruleset
 from fcd_net.leases import LeaseStore
 from fcd_net.plan import Lease
@@ -148,29 +149,35 @@ def test_base_ruleset_replaces_both_tables_atomically() -> None:
     ]
     chains = {(c["family"], c["name"]): c for c in _cmds(doc, "add", "chain")}
     assert chains[("inet", "postrouting")]["type"] == "nat"
+    assert chains[("inet", "prerouting")]["type"] == "nat"
+    assert chains[("inet", "output_nat")]["hook"] == "output"
     assert chains[("inet", "forward")]["hook"] == "forward"
     assert chains[("bridge", "prerouting")]["hook"] == "prerouting"
-    sets = {s["name"]: s["type"] for s in _cmds(doc, "add", "set")}
-    assert sets == {
-        "vm_ip4": ["ifname", "ether_addr", "ipv4_addr"],
-        "vm_arp": ["ifname", "ether_addr", "ether_addr", "ipv4_addr"],
-    }
+    sets = {(s["family"], s["name"]): s["type"] for s in _cmds(doc, "add", "set")}
+    assert sets[("bridge", "vm_ip4")] == ["ifname", "ether_addr", "ipv4_addr"]
+    assert sets[("bridge", "vm_arp")] == ["ifname", "ether_addr", "ether_addr", "ipv4_addr"]
+    assert {"vm_addrs", "peer_ok", "isolated", "gw_addrs", "private"} <= {n for _, n in sets}
+    maps = {m["name"]: m["map"] for m in _cmds(doc, "add", "map")}
+    assert maps == {"port_addr": "ipv4_addr", "port_port": "inet_service",
+                    "vm_egress": "verdict"}
 
 
-def test_masquerade_rule_matches_pool_leaving_the_bridge() -> None:
+def test_masquerade_rules_match_pool_and_veths_leaving_elsewhere() -> None:
     rules = [r for r in _cmds(ruleset.base_ruleset(NET, []), "add", "rule")
              if r["chain"] == "postrouting"]
-    assert len(rules) == 1
-    text = json.dumps(rules[0]["expr"])
+    assert len(rules) == 3
+    text = json.dumps(rules[1]["expr"])
     assert '"addr": "10.213.0.0", "len": 24' in text
     assert '"op": "!=", "left": {"meta": {"key": "oifname"}}, "right": "fcbr0"' in text
-    assert rules[0]["expr"][-1] == {"masquerade": None}
+    assert rules[1]["expr"][-1] == {"masquerade": None}
+    assert '"right": "fv*"' in json.dumps(rules[2]["expr"])
 
 
-def test_no_masquerade_chain_when_disabled() -> None:
+def test_no_guest_masquerade_when_disabled() -> None:
     net = NetworkConfig(subnet="10.213.0.0/24", masquerade=False)
-    chains = [c["name"] for c in _cmds(ruleset.base_ruleset(net, []), "add", "chain")]
-    assert "postrouting" not in chains
+    rules = [r for r in _cmds(ruleset.base_ruleset(net, []), "add", "rule")
+             if r["chain"] == "postrouting"]
+    assert len(rules) == 1  # only the localhost path of port mappings
 
 
 def test_antispoof_chain_checks_every_tap_and_drops_the_rest() -> None:
@@ -187,20 +194,50 @@ def test_antispoof_chain_checks_every_tap_and_drops_the_rest() -> None:
 def test_base_ruleset_carries_every_lease() -> None:
     a, b = lease("vm-a", "10.213.0.2"), lease("vm-b", "10.213.0.3")
     elems = _cmds(ruleset.base_ruleset(NET, [a, b]), "add", "element")
-    assert {e["name"]: len(e["elem"]) for e in elems} == {"vm_ip4": 2, "vm_arp": 2}
+    counts: dict[str, int] = {}
+    for e in elems:
+        counts[e["name"]] = counts.get(e["name"], 0) + len(e["elem"])
+    assert counts == {"vm_ip4": 2, "vm_arp": 2, "vm_addrs": 2, "vm_egress": 2}
 
 
-def test_one_vm_is_two_elements_in_one_transaction() -> None:
+def _size(doc: dict[str, Any]) -> int:
+    return len(doc["nftables"])
+
+
+def test_one_vm_is_a_constant_number_of_commands_in_one_transaction() -> None:
     a = lease("vm-a", "10.213.0.2")
-    add = ruleset.add_vm(NET, a)
-    assert add == {
-        "nftables": [
-            {"add": {"element": {"family": "bridge", "table": "fcd", "name": "vm_ip4",
-                                 "elem": [{"concat": [a.tap, a.mac, "10.213.0.2"]}]}}},
-            {"add": {"element": {"family": "bridge", "table": "fcd", "name": "vm_arp",
-                                 "elem": [{"concat": [a.tap, a.mac, a.mac, "10.213.0.2"]}]}}},
-        ]
-    }
+    add = ruleset.add_vm(NET, a)["nftables"]
+    elems = [c["add"]["element"] for c in add if "element" in c.get("add", {})]
+    assert {"name": "vm_ip4", "elem": [{"concat": [a.tap, a.mac, "10.213.0.2"]}]}.items() <= \
+        elems[0].items()
+    assert [e["name"] for e in elems] == ["vm_ip4", "vm_arp", "vm_addrs", "vm_egress"]
     rm = ruleset.remove_vm(NET, a)["nftables"]
+    assert rm[-1] == {"delete": {"chain": {"family": "inet", "table": "fcd",
+                                           "name": "vm_0ad50002"}}}
     # add-then-delete: idempotent removal in one transaction
-    assert [next(iter(c)) for c in rm] == ["add", "add", "delete", "delete"]
+    verbs = [next(iter(c)) for c in rm]
+    assert verbs.count("add") - 1 == verbs.count("delete") - 1
+    # the size of one VM's transaction does not depend on how many VMs exist
+    assert _size(ruleset.add_vm(NET, lease("vm-z", "10.213.0.200"))) == len(add)
+
+
+def test_policy_and_ports_become_elements_and_one_chain() -> None:
+    a = msgspec.structs.replace(
+        lease("vm-a", "10.213.0.2"),
+        ports=[PortSpec(host_port=20001, guest_port=80)],
+        policy=PolicySpec(peers=True, internet=False,
+                          allow=[RuleSpec(cidr="10.9.0.0/16", protocol="tcp", ports=[5432])],
+                          deny=[RuleSpec(cidr="1.2.3.4/32")]),
+    )
+    cmds = ruleset.add_vm(NET, a)["nftables"]
+    names = [c["add"]["element"]["name"] for c in cmds if "element" in c.get("add", {})]
+    assert names == ["vm_ip4", "vm_arp", "peer_taps", "vm_addrs", "peer_ok", "vm_egress",
+                     "port_addr", "port_port"]
+    chain = [c["add"]["rule"]["expr"] for c in cmds if "rule" in c.get("add", {})]
+    assert [e[-1] for e in chain] == [{"drop": None}, {"accept": None}, {"drop": None}]
+    assert chain[0][0]["match"]["right"] == "1.2.3.4"
+    assert chain[1][-2]["match"]["right"] == {"set": [5432]}
+    isolated = msgspec.structs.replace(a, policy=PolicySpec(network=False))
+    names = [c["add"]["element"]["name"] for c in ruleset.add_vm(NET, isolated)["nftables"]
+             if "element" in c.get("add", {})]
+    assert "vm_ip4" not in names and {"isolated_taps", "isolated"} <= set(names)

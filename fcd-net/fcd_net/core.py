@@ -1,0 +1,302 @@
+"""fcd-net's logic: give a VM its address, TAP, ports and policy, and take them back.
+
+``NetCore`` is synchronous; every call runs on one dedicated worker thread
+(:mod:`fcd_net.service`), which keeps netlink/nftables/fsync off the event
+loop and serialises all mutations (allocation, TAP, nft, lease file) without
+a lock. The appliers are passed in, so the logic is unit-tested with fakes.
+
+Order of a setup: validate, decide (lease, ports, policy), persist the lease
+(the intent), then create the TAP (bridge mode) or the namespace (netns
+mode), then add the VM to nftables in one transaction. If a step fails the
+steps already done are undone in reverse and a new lease is released. A
+teardown removes the kernel objects first and releases the lease last, so an
+address or host port is never reusable while rules for it still exist.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+import msgspec
+
+from fcd_common import ids, logs
+from fcd_common.config import Config
+from fcd_common.errors import Conflict, FailedPrecondition, NotFound
+from fcd_common.proto.net import (
+    Counters,
+    NetInfo,
+    NetInfoList,
+    NetMode,
+    PolicySpec,
+    PortSpec,
+    ReconcileReport,
+)
+
+from . import plan, policy, reconcile
+from .leases import LeaseStore
+from .links import Link
+from .plan import Lease
+
+log = logging.getLogger("fcd.net")
+
+
+class LinksApi(Protocol):
+    def get(self, name: str) -> Link | None: ...
+    def ensure_bridge(self, name: str, gateway: ipaddress.IPv4Interface) -> Link: ...
+    def create_tap(self, name: str, uid: int, gid: int) -> None: ...
+    def attach(self, name: str, bridge: str) -> None: ...
+    def delete(self, name: str) -> bool: ...
+    def list(self) -> list[Link]: ...
+    def stats(self, name: str) -> dict[str, int] | None: ...
+
+
+class FirewallApi(Protocol):
+    def ensure_base(self, leases: Sequence[Lease]) -> None: ...
+    def add_vm(self, lease: Lease) -> None: ...
+    def remove_vm(self, lease: Lease) -> None: ...
+    def replace_ports(self, old: Lease, new: Lease) -> None: ...
+
+
+class NamespacesApi(Protocol):
+    def list(self) -> list[str]: ...
+    def build(self, lease: Lease) -> None: ...
+    def remove(self, name: str, veth: str | None = None) -> bool: ...
+
+
+class NetCore:
+    def __init__(
+        self,
+        cfg: Config,
+        store: LeaseStore,
+        links: LinksApi,
+        firewall: FirewallApi,
+        namespaces: NamespacesApi | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.net = cfg.network
+        self.store = store
+        self.links = links
+        self.firewall = firewall
+        self.namespaces = namespaces
+        self.bridge_up = False
+
+    # --- start -------------------------------------------------------------------
+    def start(self) -> None:
+        """Bridge up; kernel objects no lease owns removed; nft rebuilt from the leases."""
+        gateway = ipaddress.IPv4Interface(f"{self.net.gateway}/{self.net.network.prefixlen}")
+        bridge = self.links.ensure_bridge(self.net.bridge, gateway)
+        self.bridge_up = bridge.up
+        for lease in self.store:
+            if lease.mode == "bridge" and ipaddress.IPv4Address(lease.ip) not in self.net.network:
+                log.warning(
+                    "lease %s of %s is outside the pool %s (config changed?)",
+                    lease.ip, lease.vm_id, self.net.network, extra=logs.vm(lease.vm_id),
+                )
+        report = self.reconcile(None)
+        if report.removed:
+            log.warning("removed at start, owned by no lease: %s", ", ".join(report.removed))
+
+    # --- setup / teardown --------------------------------------------------------
+    def setup(
+        self,
+        vm_id: str,
+        uid: int,
+        gid: int,
+        *,
+        ports: Sequence[PortSpec] = (),
+        pol: PolicySpec | None = None,
+        mode: NetMode | None = None,
+    ) -> NetInfo:
+        ids.check_vm_id(vm_id)
+        plan.check_owner(self.cfg.jail, uid, gid)
+        old = self.store.get(vm_id)
+        if old is not None:
+            # Idempotent: the first setup decided mode, ports and policy.
+            lease = msgspec.structs.replace(old, uid=uid, gid=gid)
+        else:
+            mode = mode or self.net.mode
+            pol = policy.check_policy(pol)
+            allocated = policy.check_ports(self.net, ports, self.store.used_ports())
+            used = self.store.used_ips()
+            if mode == "netns":
+                self._need_namespaces()
+                lease = plan.new_netns_lease(self.net, vm_id, uid, gid, used)
+            else:
+                lease = plan.new_lease(self.net, vm_id, uid, gid, used)
+            lease = msgspec.structs.replace(lease, ports=allocated, policy=pol)
+        link = None
+        if lease.mode == "bridge":
+            holder = self.store.by_tap(lease.tap)
+            if holder is not None and holder.vm_id != vm_id:
+                raise Conflict(
+                    f"TAP name {lease.tap} is already held by VM {holder.vm_id}",
+                    details={"field": "vm_id"},
+                )
+            link = self.links.get(lease.tap)
+            if link is not None and not link.is_tap:
+                raise Conflict(f"interface {lease.tap} exists and is not a TAP ({link.kind})")
+
+        self.store.put(lease)
+        created = False
+        try:
+            if lease.mode == "netns":
+                created = True
+                self._need_namespaces().build(lease)
+            else:
+                if link is None:
+                    self.links.create_tap(lease.tap, uid, gid)
+                    created = True
+                elif (link.owner, link.group) != (uid, gid):
+                    log.info(
+                        "re-owning TAP %s: %s:%s -> %d:%d", lease.tap, link.owner, link.group,
+                        uid, gid, extra=logs.vm(vm_id),
+                    )
+                    self.links.create_tap(lease.tap, uid, gid)
+                self.links.attach(lease.tap, self.net.bridge)
+            self.firewall.add_vm(lease)
+        except BaseException as e:
+            log.warning("setup of %s failed, undoing: %s", vm_id, e, extra=logs.vm(vm_id))
+            self._undo_setup(lease, old, created)
+            raise
+        log.info(
+            "VM %s: %s %s on %s (%s), TAP owner %d:%d, %d port(s)",
+            vm_id, lease.mode, lease.addr, lease.host_iface, lease.mac, uid, gid,
+            len(lease.ports), extra=logs.vm(vm_id),
+        )
+        return plan.net_info(self.net, lease)
+
+    def _need_namespaces(self) -> NamespacesApi:
+        if self.namespaces is None:
+            raise FailedPrecondition("netns mode is not available in this fcd-net")
+        return self.namespaces
+
+    def _remove_objects(self, lease: Lease) -> None:
+        if lease.mode == "netns":
+            if lease.netns:
+                self._need_namespaces().remove(lease.netns, lease.veth)
+        else:
+            holder = self.store.by_tap(lease.tap)
+            if holder is None or holder.vm_id == lease.vm_id:
+                link = self.links.get(lease.tap)
+                if link is not None and link.is_tap:
+                    self.links.delete(lease.tap)
+
+    def _undo_setup(self, lease: Lease, old: Lease | None, created: bool) -> None:
+        steps: list[tuple[str, Callable[[], object]]] = []
+        if created:
+            steps.append(("remove kernel objects", lambda: self._remove_objects(lease)))
+        if old is None:
+            steps.append(("remove nft rules", lambda: self.firewall.remove_vm(lease)))
+            steps.append(("release lease", lambda: self.store.remove(lease.vm_id)))
+        else:
+            steps.append(("restore lease", lambda: self.store.put(old)))
+        for what, step in steps:
+            try:
+                step()
+            except Exception as e:
+                log.error(
+                    "undo of %s: %s failed: %s", lease.vm_id, what, e, extra=logs.vm(lease.vm_id)
+                )
+
+    def teardown(self, vm_id: str) -> None:
+        ids.check_vm_id(vm_id)
+        lease = self.store.get(vm_id)
+        if lease is None:
+            tap = ids.tap_name(vm_id, self.net.tap_prefix)
+            holder = self.store.by_tap(tap)
+            link = self.links.get(tap) if holder is None else None
+            if link is not None and link.is_tap:
+                self.links.delete(tap)
+            if self.namespaces is not None:
+                self.namespaces.remove(
+                    plan.netns_name(self.net, vm_id), ids.tap_name(vm_id, self.net.veth_prefix)
+                )
+            log.info("VM %s: nothing leased to tear down", vm_id, extra=logs.vm(vm_id))
+            return
+        self.firewall.remove_vm(lease)
+        self._remove_objects(lease)
+        self.store.remove(vm_id)
+        log.info(
+            "VM %s: released %s, %s and %d port(s)", vm_id, lease.addr, lease.host_iface,
+            len(lease.ports), extra=logs.vm(vm_id),
+        )
+
+    # --- ports ---------------------------------------------------------------------
+    def _require(self, vm_id: str) -> Lease:
+        ids.check_vm_id(vm_id)
+        lease = self.store.get(vm_id)
+        if lease is None:
+            raise NotFound(f"no network lease for VM {vm_id}")
+        return lease
+
+    def _swap_ports(self, old: Lease, ports: list[PortSpec]) -> NetInfo:
+        new = msgspec.structs.replace(old, ports=ports)
+        self.store.put(new)
+        try:
+            self.firewall.replace_ports(old, new)
+        except BaseException:
+            self.store.put(old)
+            raise
+        log.info(
+            "VM %s: ports now %s", old.vm_id,
+            ", ".join(f"{p.protocol}/{p.host_port}->{p.guest_port}" for p in ports) or "none",
+            extra=logs.vm(old.vm_id),
+        )
+        return plan.net_info(self.net, new)
+
+    def ports_add(self, vm_id: str, ports: Sequence[PortSpec]) -> NetInfo:
+        """Add mappings (all or nothing); a host port in use anywhere is a Conflict."""
+        lease = self._require(vm_id)
+        added = policy.check_ports(self.net, ports, self.store.used_ports())
+        return self._swap_ports(lease, list(lease.ports) + added)
+
+    def ports_remove(self, vm_id: str, ports: Sequence[PortSpec]) -> NetInfo:
+        """Remove mappings by protocol and host port; absent ones are ignored."""
+        lease = self._require(vm_id)
+        keep = [p for p in lease.ports if not any(policy.same_mapping(p, q) for q in ports)]
+        if len(keep) == len(lease.ports):
+            return plan.net_info(self.net, lease)
+        return self._swap_ports(lease, keep)
+
+    # --- reads ---------------------------------------------------------------------
+    def get(self, vm_id: str) -> NetInfo:
+        return plan.net_info(self.net, self._require(vm_id))
+
+    def list(self) -> NetInfoList:
+        return NetInfoList(items=[plan.net_info(self.net, x) for x in self.store])
+
+    def counters(self, vm_id: str) -> Counters:
+        lease = self._require(vm_id)
+        stats = self.links.stats(lease.host_iface)
+        if stats is None:
+            raise NotFound(f"interface {lease.host_iface} of VM {vm_id} is missing")
+        # The interface's rx is what the guest sent; present it from the host's side.
+        return Counters(vm_id=vm_id, iface=lease.host_iface, **stats)
+
+    def status(self) -> str:
+        state = "up" if self.bridge_up else "down"
+        return f"{len(self.store)} leases, bridge {self.net.bridge} {state}"
+
+    # --- reconciliation --------------------------------------------------------------
+    def reconcile(self, live: Sequence[str] | None) -> ReconcileReport:
+        """Tear down leases of dead VMs, delete unowned TAPs/veths/namespaces, rebuild nft."""
+        removed: list[str] = []
+        for lease in reconcile.dead_leases(list(self.store), live):
+            self.teardown(lease.vm_id)
+            removed.append(f"lease {lease.vm_id}")
+        leases = list(self.store)
+        nss = self.namespaces.list() if self.namespaces is not None else []
+        found = reconcile.orphans(self.net, leases, self.links.list(), nss)
+        for name in found.taps + found.veths:
+            self.links.delete(name)
+        if self.namespaces is not None:
+            for name in found.namespaces:
+                self.namespaces.remove(name)
+        removed += found.describe()
+        self.firewall.ensure_base(leases)
+        for item in removed:
+            log.info("reconcile: removed %s", item)
+        return ReconcileReport(removed=removed)

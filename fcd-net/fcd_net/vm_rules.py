@@ -1,0 +1,158 @@
+"""Pure per-VM nftables commands: the O(1) elements (and one small chain) of one VM.
+
+Whatever the number of VMs, setting one up adds -- and tearing it down
+removes -- only these, in a single transaction:
+
+* bridge mode, ``network`` on: one element each in ``vm_ip4`` and ``vm_arp``
+  (anti-spoofing identity); ``network`` off: one in ``isolated_taps``;
+  ``peers`` on: one in ``peer_taps``;
+* inet: ``vm_addrs`` (+ ``peer_ok``, ``isolated``, and for netns mode the
+  veth's host end in ``gw_addrs``); per mapping one element in each of
+  ``port_addr``/``port_port``;
+  the chain ``vm_<address in hex>`` holding the VM's deny/allow lists and a
+  ``vm_egress`` element jumping to it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any, Literal
+
+from fcd_common.config import NetworkConfig
+from fcd_common.proto.net import RuleSpec
+
+from .nftjson import (
+    ACCEPT,
+    DROP,
+    Json,
+    chain,
+    elements,
+    idempotent_delete,
+    match,
+    meta,
+    payload,
+    prefix,
+    rule,
+)
+from .plan import Lease
+
+SET_IP4 = "vm_ip4"
+SET_ARP = "vm_arp"
+SET_PEER_TAPS = "peer_taps"
+SET_ISOLATED_TAPS = "isolated_taps"
+SET_ADDRS = "vm_addrs"
+SET_PEERS = "peer_ok"
+SET_ISOLATED = "isolated"
+SET_GW = "gw_addrs"
+MAP_DNAT_ADDR = "port_addr"
+MAP_DNAT_PORT = "port_port"
+MAP_EGRESS = "vm_egress"
+CHAIN_PREFIX = "vm_"
+
+Verb = Literal["add", "remove"]
+
+
+def vm_chain(lease: Lease) -> str:
+    return f"{CHAIN_PREFIX}{int(ipaddress.IPv4Address(lease.addr)):08x}"
+
+
+def ip4_element(lease: Lease) -> Json:
+    return {"concat": [lease.tap, lease.mac, lease.ip]}
+
+
+def arp_element(lease: Lease) -> Json:
+    return {"concat": [lease.tap, lease.mac, lease.mac, lease.ip]}
+
+
+def _sets(net: NetworkConfig, lease: Lease) -> list[tuple[str, str, list[Any]]]:
+    """(family, set or map, elements) of one VM."""
+    out: list[tuple[str, str, list[Any]]] = []
+    p = lease.policy
+    if lease.mode == "bridge":
+        if p.network:
+            out += [("bridge", SET_IP4, [ip4_element(lease)]),
+                    ("bridge", SET_ARP, [arp_element(lease)])]
+        else:
+            out.append(("bridge", SET_ISOLATED_TAPS, [lease.tap]))
+        if p.peers:
+            out.append(("bridge", SET_PEER_TAPS, [lease.tap]))
+    out.append(("inet", SET_ADDRS, [lease.addr]))
+    if p.peers:
+        out.append(("inet", SET_PEERS, [lease.addr]))
+    if not p.network:
+        out.append(("inet", SET_ISOLATED, [lease.addr]))
+    if lease.veth_gateway is not None:
+        out.append(("inet", SET_GW, [lease.veth_gateway]))
+    return out
+
+
+def _match_rule(r: RuleSpec) -> list[Json]:
+    expr = [match(payload("ip", "daddr"), prefix(r.cidr))]
+    if r.protocol != "any":
+        expr.append(match(meta("l4proto"), r.protocol))
+    if r.ports:
+        expr.append(match(payload(r.protocol, "dport"), {"set": list(r.ports)}))
+    return expr
+
+
+def egress_chain(net: NetworkConfig, lease: Lease) -> list[Json]:
+    """The VM's own chain: deny list, allow list, then drop if ``internet`` is off."""
+    fam, t, name = "inet", net.nft_table, vm_chain(lease)
+    cmds = [chain(fam, t, name)]
+    for r in lease.policy.deny:
+        cmds.append(rule(fam, t, name, None, *_match_rule(r), DROP))
+    for r in lease.policy.allow:
+        cmds.append(rule(fam, t, name, None, *_match_rule(r), ACCEPT))
+    if not lease.policy.internet:
+        cmds.append(rule(fam, t, name, "fcd: no internet", DROP))
+    return cmds
+
+
+def port_cmds(net: NetworkConfig, lease: Lease, verb: Verb = "add") -> list[Json]:
+    """One element in each DNAT map per mapping (proto . host port -> address; -> port).
+
+    Two maps rather than one with ``ipv4_addr . inet_service`` data: libnftables
+    1.0.6 crashes parsing that ``dnat ... map`` from JSON.
+    """
+    keys = [{"concat": [p.protocol, p.host_port]} for p in lease.ports]
+    addr = [[k, lease.addr] for k in keys]
+    port = [[k, p.guest_port] for k, p in zip(keys, lease.ports, strict=True)]
+    t = net.nft_table
+    if verb == "add":
+        return elements("add", "inet", t, MAP_DNAT_ADDR, addr) + elements(
+            "add", "inet", t, MAP_DNAT_PORT, port
+        )
+    return idempotent_delete("inet", t, MAP_DNAT_ADDR, addr) + idempotent_delete(
+        "inet", t, MAP_DNAT_PORT, port
+    )
+
+
+def vm_cmds(net: NetworkConfig, lease: Lease) -> list[Json]:
+    """Add one VM: its chain (replaced if present), elements and port mappings."""
+    t = net.nft_table
+    name = vm_chain(lease)
+    cmds = [chain("inet", t, name), {"flush": {"chain": {"family": "inet", "table": t,
+                                                          "name": name}}}]
+    cmds += egress_chain(net, lease)[1:]
+    for fam, set_name, elem in _sets(net, lease):
+        cmds += elements("add", fam, t, set_name, elem)
+    cmds += elements("add", "inet", t, MAP_EGRESS, [[lease.addr, {"jump": {"target": name}}]])
+    return cmds + port_cmds(net, lease)
+
+
+def remove_cmds(net: NetworkConfig, lease: Lease) -> list[Json]:
+    """Remove one VM, whatever of it is present (idempotent)."""
+    t = net.nft_table
+    name = vm_chain(lease)
+    cmds = [chain("inet", t, name)]
+    cmds += idempotent_delete(
+        "inet", t, MAP_EGRESS, [[lease.addr, {"jump": {"target": name}}]]
+    )
+    for fam, set_name, elem in _sets(net, lease):
+        cmds += idempotent_delete(fam, t, set_name, elem)
+    cmds += port_cmds(net, lease, "remove")
+    cmds += [
+        {"flush": {"chain": {"family": "inet", "table": t, "name": name}}},
+        {"delete": {"chain": {"family": "inet", "table": t, "name": name}}},
+    ]
+    return cmds
