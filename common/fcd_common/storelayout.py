@@ -32,6 +32,8 @@ __all__ = [
     "SNAPSHOT_MANIFEST",
     "TEMPLATE_MANIFEST",
     "StoreLayout",
+    "check_drive_name",
+    "is_drive_name",
     "is_inside_store",
     "is_template_kernel",
     "is_template_rootfs",

@@ -21,6 +21,7 @@ from .app import create_asgi
 from .clients import Helpers
 from .flows import Flows
 from .registry import Registry
+from .storage_routes import reclaim_at_start
 
 log = logging.getLogger("fcd.api")
 
@@ -125,6 +126,7 @@ async def build(ctx: runtime.Context) -> ApiService:
         registry.close()
         raise
     log.info("serving the API on %s", cfg.socket("api"))
+    reclaim_at_start(registry, helpers.storage)
     return ApiService(registry, helpers, flows, server, task)
 
 

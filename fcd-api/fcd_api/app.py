@@ -28,6 +28,7 @@ from fcd_common.errors import HTTP_STATUS, FcdError
 from .flows import Flows, request_id
 from .models import VM, CreateVMRequest, ErrorBody, ErrorDetail, VersionInfo, VMState
 from .registry import parse_label_filters
+from .storage_routes import storage_router
 
 __all__ = ["RequestIdMiddleware", "build_app", "create_asgi", "version"]
 
@@ -175,7 +176,7 @@ def build_app(flows: NamedDependency[Flows], *, debug: bool = False) -> Litestar
         return flows
 
     return Litestar(
-        route_handlers=[VMController, ping, get_version, openapi_json],
+        route_handlers=[VMController, ping, get_version, openapi_json, storage_router],
         dependencies={"flows": Provide(provide_flows)},
         exception_handlers={
             FcdError: _on_fcd_error,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 
@@ -20,9 +20,11 @@ from fcd_common.proto import net as pnet
 from fcd_common.proto import storage as pstorage
 from fcd_common.proto import vmm as pvmm
 from fcd_common.proto.common import Ping, Pong
-from fcd_common.rpc import RpcClient
+from fcd_common.rpc import Request, RpcClient
 
 __all__ = ["Helpers", "NetClient", "StorageClient", "VmmClient"]
+
+_R = TypeVar("_R")
 
 
 def _process(obj: Any, vm_id: str, default_state: pvmm.ProcState) -> pvmm.VmProcess:
@@ -79,9 +81,15 @@ class StorageClient(_Stub):
         return await self.rpc.call(pstorage.TemplateList(), pstorage.TemplateInfoList)
 
     async def provision(
-        self, vm_id: str, template: str, disk_size_mib: int | None = None
+        self,
+        vm_id: str,
+        template: str,
+        disk_size_mib: int | None = None,
+        drives: list[pstorage.DriveSpec] | None = None,
     ) -> pstorage.DiskInfo:
-        req = pstorage.Provision(vm_id=vm_id, template=template, disk_size_mib=disk_size_mib)
+        req = pstorage.Provision(
+            vm_id=vm_id, template=template, disk_size_mib=disk_size_mib, drives=drives or []
+        )
         return await self.rpc.call(req, pstorage.DiskInfo)
 
     async def release(self, vm_id: str) -> None:
@@ -92,6 +100,11 @@ class StorageClient(_Stub):
 
     async def disk_list(self) -> pstorage.DiskInfoList:
         return await self.rpc.call(pstorage.DiskList(), pstorage.DiskInfoList)
+
+    async def call(self, req: Request, reply: type[_R], *, timeout: float | None = None) -> _R:
+        """Any other storage request (templates, snapshots, reclaim): long copies and
+        mkfs runs get ``timeout`` instead of the default RPC timeout."""
+        return await self.rpc.call(req, reply, timeout=timeout or self.rpc.timeout)
 
 
 class VmmClient(_Stub):

@@ -38,7 +38,13 @@ from fcd_common.ids import check_vm_id, new_vm_id
 from . import states
 from .clients import Helpers
 from .models import CreateVMRequest, VmRecord, VMState, now
-from .plan import check_kernel_args, check_limits, launch_request, with_resources
+from .plan import (
+    check_kernel_args,
+    check_limits,
+    launch_request,
+    storage_drives,
+    with_resources,
+)
 from .registry import Registry
 from .states import Action
 
@@ -182,7 +188,7 @@ class Flows:
         undo.append(("storage.release", lambda: h.storage.release(vm_id)))
         undo.append(("net.teardown", lambda: h.net.teardown(vm_id)))
         disk, net = await asyncio.gather(
-            h.storage.provision(vm_id, spec.template, spec.disk_size_mib),
+            h.storage.provision(vm_id, spec.template, spec.disk_size_mib, storage_drives(spec)),
             h.net.setup(vm_id, jail.uid, jail.gid),
             return_exceptions=True,
         )

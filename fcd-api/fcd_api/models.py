@@ -19,6 +19,7 @@ from fcd_common.ids import Name, VmId
 __all__ = [
     "VM",
     "CreateVMRequest",
+    "DriveRequest",
     "ErrorBody",
     "ErrorDetail",
     "PortMapping",
@@ -73,6 +74,21 @@ class PortMapping(_Body, kw_only=True, frozen=True):
     protocol: Literal["tcp", "udp"] = "tcp"
 
 
+class DriveRequest(_Body, kw_only=True, frozen=True):
+    """An extra drive: ``size_mib`` for a blank ext4 data drive, or ``template`` to attach
+    that template's image read-only (shared by every VM using it)."""
+
+    name: Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_]{0,31}$")]
+    size_mib: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    template: Name | None = None
+
+
+class RuntimeDrive(_Body, kw_only=True, frozen=True):
+    name: str
+    path: str
+    read_only: bool
+
+
 class CreateVMRequest(_Body, kw_only=True, frozen=True):
     """Body of ``POST /v1/vms``. Also stored as the VM's spec (with ``id`` filled in)."""
 
@@ -91,6 +107,8 @@ class CreateVMRequest(_Body, kw_only=True, frozen=True):
     """Not supported yet: a non-empty list is refused with 400 (a later issue enforces them)."""
     labels: dict[LabelKey, LabelValue] = {}
     annotations: dict[AnnotationKey, AnnotationValue] = {}
+    drives: list[DriveRequest] = []
+    """Extra drives (data or shared read-only), attached after the root disk."""
 
 
 class VMConfig(_Body, kw_only=True, frozen=True):
@@ -99,6 +117,7 @@ class VMConfig(_Body, kw_only=True, frozen=True):
     template: str
     disk_size_mib: int | None
     kernel_args: str
+    drives: list[DriveRequest] = []
 
 
 class VM(_Body, kw_only=True, frozen=True):
@@ -158,6 +177,7 @@ class Runtime(_Body, kw_only=True, frozen=True):
     disk_method: str | None = None
     template_kernel_args: str | None = None
     pid: int | None = None
+    drives: list[RuntimeDrive] = []
 
 
 class VmRecord(_Body, kw_only=True, frozen=True):
@@ -185,6 +205,7 @@ class VmRecord(_Body, kw_only=True, frozen=True):
                 template=s.template,
                 disk_size_mib=s.disk_size_mib,
                 kernel_args=s.kernel_args,
+                drives=list(s.drives),
             ),
             pid=r.pid,
             ip_address=r.ip,

@@ -13,7 +13,7 @@ from fcd_common.proto import net as pnet
 from fcd_common.proto import storage as pstorage
 from fcd_common.proto import vmm as pvmm
 
-from .models import KERNEL_ARGS_MAX, CreateVMRequest, Runtime, VmRecord
+from .models import KERNEL_ARGS_MAX, CreateVMRequest, Runtime, RuntimeDrive, VmRecord
 
 __all__ = [
     "check_kernel_args",
@@ -64,6 +64,9 @@ def launch_request(rec: VmRecord) -> pvmm.Launch:
         ip=r.ip,
         gateway=r.gateway,
         prefix_len=r.prefix_len,
+        drives=[
+            pvmm.LaunchDrive(drive_id=d.name, path=d.path, read_only=d.read_only) for d in r.drives
+        ],
     )
 
 
@@ -91,6 +94,13 @@ def check_limits(spec: CreateVMRequest, limits: LimitsConfig) -> None:
         )
 
 
+def storage_drives(spec: CreateVMRequest) -> list[pstorage.DriveSpec]:
+    return [
+        pstorage.DriveSpec(name=d.name, size_mib=d.size_mib, template=d.template)
+        for d in spec.drives
+    ]
+
+
 def with_resources(rt: Runtime, disk: pstorage.DiskInfo, net: pnet.NetInfo) -> Runtime:
     return msgspec.structs.replace(
         rt,
@@ -103,4 +113,5 @@ def with_resources(rt: Runtime, disk: pstorage.DiskInfo, net: pnet.NetInfo) -> R
         gateway=net.gateway,
         prefix_len=net.prefix_len,
         bridge=net.bridge,
+        drives=[RuntimeDrive(name=d.name, path=d.path, read_only=d.read_only) for d in disk.drives],
     )

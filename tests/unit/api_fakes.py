@@ -130,6 +130,16 @@ class FakeHelpers:
             rootfs_path=f"/store/disks/{req.vm_id}/rootfs.ext4",
             size_bytes=(req.disk_size_mib or 1) << 20,
             method="reflink",
+            drives=[
+                pstorage.DriveInfo(
+                    name=d.name,
+                    path=f"/store/disks/{req.vm_id}/drive-{d.name}.ext4",
+                    size_bytes=(d.size_mib or 1) << 20,
+                    read_only=d.template is not None,
+                    template=d.template,
+                )
+                for d in req.drives
+            ],
         )
         self.disks[req.vm_id] = disk
         return disk
@@ -143,6 +153,27 @@ class FakeHelpers:
 
     async def disk_list(self, req: pstorage.DiskList) -> pstorage.DiskInfoList:
         return pstorage.DiskInfoList(items=list(self.disks.values()))
+
+    async def template_build(self, req: pstorage.TemplateBuild) -> pstorage.TemplateInfo:
+        return msgspec.structs.replace(TEMPLATE, name=req.name, source="build")
+
+    async def template_delete(self, req: pstorage.TemplateDelete) -> Done:
+        users = [f"vm:{d.vm_id}" for d in self.disks.values() if d.template == req.name]
+        if users:
+            raise Conflict(f"template {req.name!r} is in use", details={"used_by": users})
+        return Done()
+
+    async def reclaim(self, req: pstorage.Reclaim) -> pstorage.ReclaimResult:
+        gone = [v for v in self.disks if v not in req.live_vm_ids]
+        for v in gone:
+            del self.disks[v]
+        return pstorage.ReclaimResult(removed=[f"disk:{v}" for v in gone])
+
+    async def snapshot_missing(self, req: Any) -> pstorage.SnapshotInfo:
+        raise NotFound(f"snapshot {req.name!r} not found", details={"field": "snapshot"})
+
+    async def snapshot_list(self, req: pstorage.SnapshotList) -> pstorage.SnapshotInfoList:
+        return pstorage.SnapshotInfoList(items=[])
 
     # --- net ---------------------------------------------------------------------
     async def net_setup(self, req: pnet.NetSetup) -> pnet.NetInfo:
@@ -257,6 +288,14 @@ class FakeHelpers:
                     pstorage.Release: w(self.storage_release),
                     pstorage.DiskGet: w(self.disk_get),
                     pstorage.DiskList: w(self.disk_list),
+                    pstorage.TemplateBuild: w(self.template_build),
+                    pstorage.TemplateDelete: w(self.template_delete),
+                    pstorage.Reclaim: w(self.reclaim),
+                    pstorage.SnapshotPrepare: w(self.snapshot_missing),
+                    pstorage.SnapshotCommit: w(self.snapshot_missing),
+                    pstorage.SnapshotGet: w(self.snapshot_missing),
+                    pstorage.SnapshotDelete: w(self.snapshot_missing),
+                    pstorage.SnapshotList: w(self.snapshot_list),
                 },
             ),
             "net": (

@@ -53,6 +53,7 @@ def test_happy_path() -> None:
             "template": "base",
             "disk_size_mib": None,
             "kernel_args": "quiet",
+            "drives": [],
         }
         assert vm["ip_address"] == "172.30.0.2" and vm["pid"] and vm["started_at"]
         assert vm["labels"] == {"team": "x"} and vm["port_mappings"] == []
