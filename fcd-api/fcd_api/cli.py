@@ -6,6 +6,11 @@
     fcctl get ID
     fcctl start|stop|pause|resume ID
     fcctl rm ID [--force]
+    fcctl templates ls | get NAME | rm NAME
+    fcctl templates import NAME --kernel PATH --rootfs PATH [--kernel-args A] [--sha256 HEX]
+    fcctl templates build NAME --kernel PATH --from DIR [--size MiB] [--kernel-args A]
+    fcctl snapshots ls | get NAME | rm NAME
+    fcctl reclaim
 
 The socket is ``--socket``, else ``$FCD_SOCKET``, else the configured
 ``api.sock`` (``/run/fcd/api.sock``). Output is a table, or JSON with
@@ -26,6 +31,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 import httpx
+
+from . import storage_cli
 
 __all__ = ["build_parser", "diagnose", "main", "render_detail", "render_table"]
 
@@ -194,6 +201,14 @@ def build_parser() -> argparse.ArgumentParser:
     rm = sub.add_parser("rm", aliases=["delete"], parents=[out], help="delete a VM")
     rm.add_argument("id")
     rm.add_argument("--force", "-f", action="store_true", help="delete in any state")
+    c.add_argument(
+        "--drive",
+        action="append",
+        default=[],
+        metavar="NAME=MiB|NAME=ro:TEMPLATE",
+        help="extra drive: a blank ext4 of MiB, or a template's image read-only",
+    )
+    storage_cli.add_parsers(sub, out)
     return p
 
 
@@ -212,6 +227,8 @@ def create_body(args: argparse.Namespace) -> dict[str, Any]:
             body[key] = value
     if args.label:
         body["labels"] = parse_labels(args.label)
+    if getattr(args, "drive", None):
+        body["drives"] = storage_cli.parse_drives(args.drive)
     return body
 
 
@@ -269,6 +286,8 @@ def run(args: argparse.Namespace, api: Api) -> str:
         params = [("force", "true")] if args.force else []
         api.request("DELETE", f"/v1/vms/{args.id}", params=params)
         return json.dumps({"id": args.id, "deleted": True}) if output == "json" else args.id
+    if cmd in storage_cli.COMMANDS:
+        return storage_cli.run(args, api.request, output)
     raise CliError(f"unknown command {cmd}")
 
 
