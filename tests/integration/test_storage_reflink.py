@@ -28,14 +28,14 @@ def run(*argv: str) -> str:
 
 
 @contextlib.contextmanager
-def loop_fs(base: Path, fstype: str) -> Iterator[Path]:
-    """A fresh filesystem of ``fstype`` on a 2 GiB sparse loop image, mounted under ``base``."""
+def loop_fs(base: Path, fstype: str, size: int = 2 << 30) -> Iterator[Path]:
+    """A fresh filesystem of ``fstype`` on a sparse loop image (2 GiB), mounted under ``base``."""
     if not have(MKFS[fstype][0]):
         pytest.skip(f"{MKFS[fstype][0]} not installed")
     img, mnt = base / f"{fstype}.img", base / f"{fstype}-mnt"
     mnt.mkdir()
     with img.open("wb") as f:
-        f.truncate(2 << 30)
+        f.truncate(size)
     run(*MKFS[fstype], str(img))
     dev = run("losetup", "--find", "--show", str(img))
     mounted = False
