@@ -58,13 +58,18 @@ def proc_status(pid: int) -> dict[str, str]:
     return out
 
 
-def pids_with_uid_in(lo: int, hi: int) -> list[int]:
+def pids_with_uid_in(lo: int, hi: int, netns: str | None = None) -> list[int]:
+    """Live processes running as a pool uid; with ``netns``, only those in that namespace
+    (so tests running side by side do not see each other's VMs)."""
+    ns_ino = os.stat(f"/run/netns/{netns}").st_ino if netns else None
     found = []
     for d in Path("/proc").iterdir():
         if not d.name.isdigit():
             continue
         try:
             st = proc_status(int(d.name))
+            if ns_ino is not None and os.stat(d / "ns" / "net").st_ino != ns_ino:
+                continue
         except OSError:
             continue
         uid = int(st["Uid"].split()[0])
@@ -111,7 +116,8 @@ def running_suite(tmp_path: Path, **kw: Any) -> Iterator[suite_mod.Suite]:
         suite.stop()
         # anything a failed test left running in the pool range is killed so cleanup can proceed
         cfg = suite.cfg
-        for pid in pids_with_uid_in(cfg.jail.uid_min, cfg.jail.uid_max):
+        ns = suite.netns if suite.netns and os.path.exists(f"/run/netns/{suite.netns}") else None
+        for pid in pids_with_uid_in(cfg.jail.uid_min, cfg.jail.uid_max, ns) if ns else []:
             with contextlib.suppress(OSError):
                 os.kill(pid, 9)
         suite.remove_netns()

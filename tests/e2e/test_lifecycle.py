@@ -45,7 +45,7 @@ def _leftovers(suite, vm_id: str, tap: str, ip: str) -> dict[str, object]:  # ty
         "disk dir": (cfg.state("storage") / "disks" / vm_id).exists(),
         "chroot": (Path(cfg.paths.chroot_base) / fc_name / vm_id).exists(),
         "cgroups": cgroups,
-        "processes": pids_with_uid_in(cfg.jail.uid_min, cfg.jail.uid_max),
+        "processes": pids_with_uid_in(cfg.jail.uid_min, cfg.jail.uid_max, suite.netns),
         "ip lease": ip in "".join(p.read_text() for p in leases.rglob("*") if p.is_file()),
         "vmm state": [p.name for p in cfg.state("vmm").rglob("*.json") if vm_id in p.name],
     }
