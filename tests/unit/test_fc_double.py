@@ -81,7 +81,15 @@ class Api:
         self.path = path
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.settimeout(5)
-        self.sock.connect(str(path))
+        # like the real VMM, the double binds and then listens: a connect can land in between
+        for attempt in range(50):
+            try:
+                self.sock.connect(str(path))
+                break
+            except ConnectionRefusedError:
+                if attempt == 49:
+                    raise
+                time.sleep(0.01)
         self.buf = bytearray()
 
     def call(self, method: str, path: str, body: object | None = None) -> Reply:
