@@ -62,8 +62,11 @@ class NetDaemon:
         sock.unlink(missing_ok=True)
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
-                ["ip", "netns", "exec", self.ns, sys.executable, "-m", "fcd_net",
-                 "--config", str(self.cfg_path)],
+                # nsenter, not `ip netns exec` (which also unshares the mount
+                # namespace): VM namespaces fcd-net mounts under /run/netns must
+                # be visible to the test, as they are to the jailer in production.
+                ["nsenter", f"--net=/run/netns/{self.ns}", "--", sys.executable, "-m",
+                 "fcd_net", "--config", str(self.cfg_path)],
                 stdout=out, stderr=subprocess.STDOUT,
             )
         deadline = time.monotonic() + 15
