@@ -27,6 +27,7 @@ from fcd_common.errors import HTTP_STATUS, FcdError
 
 from .flows import Flows, request_id
 from .models import VM, CreateVMRequest, ErrorBody, ErrorDetail, VersionInfo, VMState
+from .net_routes import net_router
 from .registry import parse_label_filters
 from .storage_routes import storage_router
 
@@ -176,7 +177,9 @@ def build_app(flows: NamedDependency[Flows], *, debug: bool = False) -> Litestar
         return flows
 
     return Litestar(
-        route_handlers=[VMController, ping, get_version, openapi_json, storage_router],
+        route_handlers=[
+            VMController, ping, get_version, openapi_json, storage_router, net_router
+        ],
         dependencies={"flows": Provide(provide_flows)},
         exception_handlers={
             FcdError: _on_fcd_error,

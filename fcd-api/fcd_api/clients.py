@@ -52,8 +52,32 @@ class _Stub:
 
 
 class NetClient(_Stub):
-    async def setup(self, vm_id: str, uid: int, gid: int) -> pnet.NetInfo:
-        return await self.rpc.call(pnet.NetSetup(vm_id=vm_id, uid=uid, gid=gid), pnet.NetInfo)
+    async def setup(
+        self,
+        vm_id: str,
+        uid: int,
+        gid: int,
+        *,
+        ports: list[pnet.PortSpec] | None = None,
+        policy: pnet.PolicySpec | None = None,
+        mode: pnet.NetMode | None = None,
+    ) -> pnet.NetInfo:
+        req = pnet.NetSetup(
+            vm_id=vm_id, uid=uid, gid=gid, ports=ports or [], policy=policy, mode=mode
+        )
+        return await self.rpc.call(req, pnet.NetInfo)
+
+    async def ports_add(self, vm_id: str, ports: list[pnet.PortSpec]) -> pnet.NetInfo:
+        return await self.rpc.call(pnet.NetPortsAdd(vm_id=vm_id, ports=ports), pnet.NetInfo)
+
+    async def ports_remove(self, vm_id: str, ports: list[pnet.PortSpec]) -> pnet.NetInfo:
+        return await self.rpc.call(pnet.NetPortsRemove(vm_id=vm_id, ports=ports), pnet.NetInfo)
+
+    async def counters(self, vm_id: str) -> pnet.Counters:
+        return await self.rpc.call(pnet.NetCounters(vm_id=vm_id), pnet.Counters)
+
+    async def reconcile(self, live: list[str] | None = None) -> pnet.ReconcileReport:
+        return await self.rpc.call(pnet.NetReconcile(live=live), pnet.ReconcileReport)
 
     async def teardown(self, vm_id: str) -> None:
         await self.rpc.call(pnet.NetTeardown(vm_id=vm_id), msgspec.Raw)

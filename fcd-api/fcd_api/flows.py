@@ -42,6 +42,7 @@ from .plan import (
     check_kernel_args,
     check_limits,
     launch_request,
+    port_specs,
     storage_drives,
     with_resources,
 )
@@ -189,7 +190,10 @@ class Flows:
         undo.append(("net.teardown", lambda: h.net.teardown(vm_id)))
         disk, net = await asyncio.gather(
             h.storage.provision(vm_id, spec.template, spec.disk_size_mib, storage_drives(spec)),
-            h.net.setup(vm_id, jail.uid, jail.gid),
+            h.net.setup(
+                vm_id, jail.uid, jail.gid, ports=port_specs(spec.port_mappings),
+                policy=spec.network_policy, mode=spec.network_mode,
+            ),
             return_exceptions=True,
         )
         if isinstance(disk, BaseException):

@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from fcd_common.ids import Name, VmId
+from fcd_common.proto.net import PolicySpec
 
 __all__ = [
     "VM",
@@ -35,6 +36,8 @@ MIN_MEM_MIB = 128
 MAX_MEM_MIB = 1 << 20
 
 Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
+HostPort = Annotated[int, msgspec.Meta(ge=0, le=65535)]
+"""0: fcd-net picks a free port from its configured range."""
 LabelKey = Annotated[
     str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_./-]{0,62}$", min_length=1, max_length=63)
 ]
@@ -69,7 +72,7 @@ class _Body(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=Tru
 
 
 class PortMapping(_Body, kw_only=True, frozen=True):
-    host_port: Port
+    host_port: HostPort
     guest_port: Port
     protocol: Literal["tcp", "udp"] = "tcp"
 
@@ -103,8 +106,15 @@ class CreateVMRequest(_Body, kw_only=True, frozen=True):
     """Root disk size; the template's image size when absent."""
     kernel_args: KernelArgs = ""
     """Appended to the template's kernel arguments."""
-    port_mappings: list[PortMapping] = []
-    """Not supported yet: a non-empty list is refused with 400 (a later issue enforces them)."""
+    port_mappings: Annotated[list[PortMapping], msgspec.Meta(max_length=64)] = []
+    """tcp/udp from the host's addresses (and the host itself) to the guest; ``host_port``
+    0 allocates one from fcd-net's range; a taken port is a 409. The VM's
+    ``port_mappings`` show the ports in force (allocated, added, removed)."""
+    network_mode: Literal["bridge", "netns"] | None = None
+    """None: fcd-net's configured default. netns: a namespace of its own with the same
+    TAP, guest IP and MAC as every other VM (for clones of one snapshot)."""
+    network_policy: PolicySpec | None = None
+    """None: the safe defaults (no VM-to-VM, internet yes, private ranges and host no)."""
     labels: dict[LabelKey, LabelValue] = {}
     annotations: dict[AnnotationKey, AnnotationValue] = {}
     drives: list[DriveRequest] = []
@@ -143,6 +153,9 @@ class VM(_Body, kw_only=True, frozen=True):
     uid: int | None = None
     error: str | None = None
     updated_at: str | None = None
+    network_mode: str | None = None
+    host_ip: str | None = None
+    """The VM's unique address on the host (netns mode: its veth; else ``ip_address``)."""
 
 
 class ErrorDetail(_Body, kw_only=True, frozen=True):
@@ -178,6 +191,11 @@ class Runtime(_Body, kw_only=True, frozen=True):
     template_kernel_args: str | None = None
     pid: int | None = None
     drives: list[RuntimeDrive] = []
+    port_mappings: list[PortMapping] | None = None
+    """As fcd-net holds them (host ports allocated); None before network setup."""
+    network_mode: str | None = None
+    netns: str | None = None
+    host_ip: str | None = None
 
 
 class VmRecord(_Body, kw_only=True, frozen=True):
@@ -209,7 +227,9 @@ class VmRecord(_Body, kw_only=True, frozen=True):
             ),
             pid=r.pid,
             ip_address=r.ip,
-            port_mappings=list(s.port_mappings),
+            port_mappings=list(
+                s.port_mappings if r.port_mappings is None else r.port_mappings
+            ),
             resources={"vcpu_count": s.vcpu_count, "mem_size_mib": s.mem_size_mib},
             created_at=self.created_at,
             started_at=self.started_at,
@@ -222,4 +242,6 @@ class VmRecord(_Body, kw_only=True, frozen=True):
             uid=r.uid,
             error=self.error,
             updated_at=self.updated_at,
+            network_mode=r.network_mode,
+            host_ip=r.host_ip,
         )

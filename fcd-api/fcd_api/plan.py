@@ -13,13 +13,22 @@ from fcd_common.proto import net as pnet
 from fcd_common.proto import storage as pstorage
 from fcd_common.proto import vmm as pvmm
 
-from .models import KERNEL_ARGS_MAX, CreateVMRequest, Runtime, RuntimeDrive, VmRecord
+from .models import (
+    KERNEL_ARGS_MAX,
+    CreateVMRequest,
+    PortMapping,
+    Runtime,
+    RuntimeDrive,
+    VmRecord,
+)
 
 __all__ = [
     "check_kernel_args",
     "check_limits",
     "join_kernel_args",
     "launch_request",
+    "port_mappings",
+    "port_specs",
     "with_resources",
 ]
 
@@ -64,6 +73,7 @@ def launch_request(rec: VmRecord) -> pvmm.Launch:
         ip=r.ip,
         gateway=r.gateway,
         prefix_len=r.prefix_len,
+        netns=r.netns,
         drives=[
             pvmm.LaunchDrive(drive_id=d.name, path=d.path, read_only=d.read_only) for d in r.drives
         ],
@@ -87,11 +97,6 @@ def check_limits(spec: CreateVMRequest, limits: LimitsConfig) -> None:
             f"disk_size_mib {spec.disk_size_mib} exceeds the limit of {limits.max_disk_mib}",
             details={"field": "disk_size_mib", "max": limits.max_disk_mib},
         )
-    if spec.port_mappings:
-        raise InvalidArgument(
-            "port_mappings are not supported yet",
-            details={"field": "port_mappings"},
-        )
 
 
 def storage_drives(spec: CreateVMRequest) -> list[pstorage.DriveSpec]:
@@ -113,5 +118,23 @@ def with_resources(rt: Runtime, disk: pstorage.DiskInfo, net: pnet.NetInfo) -> R
         gateway=net.gateway,
         prefix_len=net.prefix_len,
         bridge=net.bridge,
+        port_mappings=port_mappings(net.ports),
+        network_mode=net.mode,
+        netns=net.netns,
+        host_ip=net.host_ip,
         drives=[RuntimeDrive(name=d.name, path=d.path, read_only=d.read_only) for d in disk.drives],
     )
+
+
+def port_specs(mappings: list[PortMapping]) -> list[pnet.PortSpec]:
+    return [
+        pnet.PortSpec(host_port=m.host_port, guest_port=m.guest_port, protocol=m.protocol)
+        for m in mappings
+    ]
+
+
+def port_mappings(ports: list[pnet.PortSpec]) -> list[PortMapping]:
+    return [
+        PortMapping(host_port=p.host_port, guest_port=p.guest_port, protocol=p.protocol)
+        for p in ports
+    ]

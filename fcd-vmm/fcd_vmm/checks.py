@@ -39,8 +39,22 @@ def check_limits(vcpu_count: int, mem_size_mib: int, cfg: Config) -> None:
         raise _bad("mem_size_mib", f"{mem_size_mib} is outside [1, {cfg.limits.max_mem_mib}]")
 
 
-def check_tap(tap: str, vm_id: str, cfg: Config) -> str:
-    expected = tap_name(vm_id, cfg.network.tap_prefix)
+def check_netns(netns: str | None, vm_id: str, cfg: Config) -> str | None:
+    """netns mode: only this VM's own namespace under fcd-net's prefix (derived, not trusted)."""
+    if netns is None:
+        return None
+    net = cfg.network
+    expected = f"/run/netns/{net.netns_prefix}{tap_name(vm_id, '')[:13]}"
+    if netns != expected:
+        raise _bad("netns", f"{netns!r} is not this VM's namespace (expected {expected!r})")
+    return netns
+
+
+def check_tap(tap: str, vm_id: str, cfg: Config, netns: str | None = None) -> str:
+    # netns mode: every VM's TAP has the same name, inside its own namespace
+    expected = (
+        f"{cfg.network.tap_prefix}tap0" if netns else tap_name(vm_id, cfg.network.tap_prefix)
+    )
     if tap != expected:
         raise _bad("tap", f"{tap!r} is not this VM's TAP (expected {expected!r})")
     return tap
@@ -150,12 +164,13 @@ def check_launch(req: Launch, cfg: Config) -> LaunchSpec:
         kernel_path=req.kernel_path,
         rootfs_path=req.rootfs_path,
         kernel_args=check_kernel_args(req.kernel_args),
-        tap=check_tap(req.tap, vm_id, cfg),
+        tap=check_tap(req.tap, vm_id, cfg, check_netns(req.netns, vm_id, cfg)),
         mac=check_mac(req.mac),
         ip=req.ip,
         gateway=req.gateway,
         prefix_len=req.prefix_len,
         drives=check_drives(req, vm_id, cfg),
+        netns=check_netns(req.netns, vm_id, cfg),
     )
 
 

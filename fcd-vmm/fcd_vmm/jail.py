@@ -153,6 +153,7 @@ def jailer_argv(
     gid: int,
     cgroup_version: CgroupVersion,
     cgroups: list[tuple[str, str]],
+    netns: str | None = None,
 ) -> list[str]:
     """The jailer command line. ``--id`` is given once, before ``--`` (never after)."""
     argv = [
@@ -174,6 +175,8 @@ def jailer_argv(
     ]
     for name, value in cgroups:
         argv += ["--cgroup", f"{name}={value}"]
+    if netns is not None:
+        argv += ["--netns", netns]
     argv.append("--daemonize")
     if cfg.jail.new_pid_ns:
         argv.append("--new-pid-ns")
@@ -200,6 +203,7 @@ class LaunchSpec:
     gateway: str
     prefix_len: int
     drives: tuple[DriveSpec, ...] = ()
+    netns: str | None = None
 
 
 @dataclass(frozen=True)

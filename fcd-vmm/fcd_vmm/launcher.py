@@ -172,7 +172,8 @@ async def launch(
             cfg.limits.mem_overhead_mib,
         )
         argv = jailer_argv(
-            cfg, vm_id=vm_id, uid=uid, gid=gid, cgroup_version=cgroup_version, cgroups=settings
+            cfg, vm_id=vm_id, uid=uid, gid=gid, cgroup_version=cgroup_version, cgroups=settings,
+            netns=spec.netns,
         )
         try:
             async with asyncio.timeout(cfg.limits.boot_timeout_s):

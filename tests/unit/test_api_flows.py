@@ -169,12 +169,16 @@ def test_force_delete_running() -> None:
         ({"template": "base", "id": "Bad_Id"}, "id"),
         ({"template": "base", "kernel_args": "a\nb"}, "kernel_args"),
         (
-            {"template": "base", "port_mappings": [{"host_port": 0, "guest_port": 80}]},
+            {"template": "base", "port_mappings": [{"host_port": -1, "guest_port": 80}]},
             "port_mappings[0].host_port",
         ),
         (
-            {"template": "base", "port_mappings": [{"host_port": 8080, "guest_port": 80}]},
-            "port_mappings",
+            {"template": "base", "port_mappings": [{"host_port": 1, "guest_port": 0}]},
+            "port_mappings[0].guest_port",
+        ),
+        (
+            {"template": "base", "network_policy": {"peers": "yes"}},
+            "network_policy.peers",
         ),
     ],
 )

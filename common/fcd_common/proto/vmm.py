@@ -55,6 +55,9 @@ class Launch(Request, tag="vmm.launch", frozen=True):
     gateway: str
     prefix_len: Annotated[int, msgspec.Meta(ge=1, le=30)]
     drives: list[LaunchDrive] = []
+    netns: str | None = None
+    """netns mode: the VM's namespace (``/run/netns/<netns_prefix><digest>``) for the
+    jailer's ``--netns``; fcd-vmm recomputes it from the id and the TAP name from config."""
 
 
 class Pause(Request, tag="vmm.pause", frozen=True):
