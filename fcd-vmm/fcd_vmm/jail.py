@@ -12,7 +12,7 @@ Jail layout (FIRECRACKER.md §3, §9), seen from the host::
         vmlinux                hard link of the kernel     -> "/vmlinux"
         rootfs.ext4            hard link of the VM's disk  -> "/rootfs.ext4"
         drive-<id>.ext4        hard link of each extra drive -> "/drive-<id>.ext4"
-        firecracker.log        created by us, owned by the jail uid
+        firecracker.log        a FIFO made by us, owned by the jail uid (fclog.py)
         metrics.json           created by us, owned by the jail uid
 """
 
@@ -258,7 +258,8 @@ class ApiCall:
 
 
 def logger_body() -> dict[str, Any]:
-    return {"log_path": "/" + LOG_FILE, "level": "Info"}
+    # show_level: fclog maps the level tag onto the journal priority
+    return {"log_path": "/" + LOG_FILE, "level": "Info", "show_level": True}
 
 
 def metrics_body() -> dict[str, Any]:

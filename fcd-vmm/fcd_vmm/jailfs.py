@@ -22,6 +22,7 @@ from pathlib import Path
 
 from fcd_common import logs
 
+from . import fclog
 from .checks import StorageFile
 from .jail import JailPaths
 
@@ -205,7 +206,7 @@ def prepare_jail(
         else:  # this VM's own data drive: read-write by the jail uid, like the disk
             _place(f, paths.drive(drive_id), vm_id, "data drive", want_link=True)
             os.chown(paths.drive(drive_id), uid, gid, follow_symlinks=False)
-    _create_owned(paths.log_file, uid, gid)
+    fclog.make_fifo(paths.log_file, uid, gid)  # forwarded to the journal (fclog.py)
     _create_owned(paths.metrics_file, uid, gid)
 
 
@@ -228,7 +229,9 @@ def read_pid_file(path: Path) -> int | None:
 
 
 def log_tail(path: Path, lines: int = 10, limit: int = 4096) -> str:
-    """The last lines of Firecracker's log, for error details."""
+    """The last lines of Firecracker's log, for error details (never blocks on a FIFO)."""
+    if fclog.is_fifo(path):
+        return fclog.forwarders.tail(path)
     try:
         with open(path, "rb") as f:
             f.seek(0, os.SEEK_END)

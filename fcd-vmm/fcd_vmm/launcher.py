@@ -28,7 +28,7 @@ from fcd_common import logs
 from fcd_common.config import Config
 from fcd_common.errors import DeadlineExceeded, FcdError, FirecrackerError, Internal
 
-from . import cgroups, jailfs
+from . import cgroups, fclog, jailfs
 from .checks import StorageFile, open_storage_file
 from .fcclient import FirecrackerClient
 from .jail import (
@@ -82,6 +82,7 @@ async def _run_jailer(argv: list[str], vm_id: str) -> None:
 async def teardown(cfg: Config, vm_id: str, watch: PidWatch | None) -> list[str]:
     """Kill (if alive) and reap the VM's process, remove its jail dir and cgroups."""
     problems: list[str] = []
+    fclog.forwarders.stop(vm_id)
     if watch is not None:
         if watch.alive:
             watch.kill(signal.SIGKILL)
@@ -164,6 +165,7 @@ async def launch(
             for _, f, _ in drives:
                 f.close()
         kernel.close()
+        fclog.forwarders.start(vm_id, paths.log_file)
         settings = cgroup_settings(
             cgroup_version,
             controllers,

@@ -41,7 +41,7 @@ from fcd_common.proto.vmm import (
 )
 from fcd_common.rpc import Peer
 
-from . import cgroups, launcher
+from . import cgroups, fclog, launcher
 from .checks import check_launch
 from .fcclient import FirecrackerClient
 from .jail import CTRL_ALT_DEL, FC_STATES, CgroupVersion, jail_paths, vm_state_body
@@ -86,6 +86,7 @@ class VmManager:
                 except ProcessLookupError:
                     continue
                 self._watch(rec, watch)
+                fclog.forwarders.start(rec.vm_id, paths.log_file)
                 log.info("re-adopted firecracker pid %d", pid, extra=logs.vm(rec.vm_id))
                 if (rec.pid, rec.state) != (pid, "running"):
                     rec.pid, rec.state, rec.exit_code = pid, "running", None
@@ -113,6 +114,7 @@ class VmManager:
         for w in self.watches.values():
             w.close()
         self.watches.clear()
+        fclog.forwarders.close()
 
     def status_line(self) -> str:
         running = sum(1 for w in self.watches.values() if w.alive)
@@ -123,6 +125,8 @@ class VmManager:
         self.watches[rec.vm_id] = watch
 
         def exited(_f: asyncio.Future[None]) -> None:
+            if self.watches.get(rec.vm_id) is watch:
+                fclog.forwarders.stop(rec.vm_id)
             if self.watches.get(rec.vm_id) is watch and self.pool.get(rec.vm_id) is rec:
                 log.info(
                     "firecracker pid %d exited (code %s)",

@@ -315,7 +315,11 @@ def test_configure_calls_order_and_bodies(tmp_path: Path) -> None:
         ("PUT", "/actions"),
     ]
     bodies = {c.path: c.body for c in calls}
-    assert bodies["/logger"] == {"log_path": "/firecracker.log", "level": "Info"}
+    assert bodies["/logger"] == {
+        "log_path": "/firecracker.log",
+        "level": "Info",
+        "show_level": True,
+    }
     assert bodies["/metrics"] == {"metrics_path": "/metrics.json"}
     assert bodies["/machine-config"] == {"vcpu_count": 2, "mem_size_mib": 256}
     assert bodies["/boot-source"] == {
