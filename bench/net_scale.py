@@ -17,6 +17,7 @@ transaction. Figures, not assertions. Needs root.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import statistics
 import sys
@@ -88,8 +89,8 @@ def run(sizes: list[int], repeat: int) -> None:
             lease = core.store.get("bench-x")
             assert lease is not None
             down.append(timed(lambda: core.teardown("bench-x")))
-            add.append(timed(lambda: fw.add_vm(lease)))   # the nft transaction alone
-            rm.append(timed(lambda: fw.remove_vm(lease)))
+            add.append(timed(functools.partial(fw.add_vm, lease)))  # nft transaction alone
+            rm.append(timed(functools.partial(fw.remove_vm, lease)))
         rules, elems = count(nft)
         size = (cfg.state("net") / "leases.json").stat().st_size
         print(f"{n:>6} {statistics.median(up) * 1000:>8.2f}ms {pct(up, .9):>6.2f}ms "
