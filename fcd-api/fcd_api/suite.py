@@ -15,6 +15,7 @@ the latter remounts /sys, which hides the cgroup hierarchy the jailer needs.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import signal
 import socket
@@ -77,6 +78,14 @@ class Suite:
     def api_socket(self) -> Path:
         return self.cfg.socket("api")
 
+    @property
+    def vm_netns_prefix(self) -> str:
+        """VM namespaces (netns mode) live in the host-wide /run/netns: a prefix of this
+        suite's own, so one suite's fcd-net never reconciles away another's."""
+        if not self.netns:
+            return "fcvm-"
+        return "v" + hashlib.sha256(self.netns.encode()).hexdigest()[:5] + "-"
+
     def log_path(self, daemon: str) -> Path:
         return self.base / "logs" / f"fcd-{daemon}.log"
 
@@ -91,6 +100,7 @@ chroot_base = "{self.base}/jail"
 
 [network]
 subnet = "{self.subnet}"
+netns_prefix = "{self.vm_netns_prefix}"
 
 [jail]
 firecracker = "{self.firecracker}"
