@@ -96,3 +96,20 @@ def guest_mac(ip: str) -> str:
     """
     packed = ipaddress.IPv4Address(ip).packed
     return "06:00:" + ":".join(f"{b:02x}" for b in packed)
+
+
+NETNS_DIR = "/run/netns"
+
+
+def netns_name(vm_id: str, prefix: str) -> str:
+    """netns mode: the VM's network namespace, ``<prefix>`` + 13 chars of a digest of the id."""
+    return prefix + tap_name(vm_id, "")[:13]
+
+
+def netns_path(vm_id: str, prefix: str) -> str:
+    return f"{NETNS_DIR}/{netns_name(vm_id, prefix)}"
+
+
+def netns_tap(tap_prefix: str = TAP_PREFIX) -> str:
+    """netns mode: the TAP name inside every VM namespace (the same for all clones)."""
+    return f"{tap_prefix}tap0"

@@ -18,7 +18,7 @@ from fcd_common.config import JailConfig, NetworkConfig
 from fcd_common.errors import InvalidArgument, ResourceExhausted
 from fcd_common.proto.net import NetInfo, NetMode, PolicySpec, PortSpec
 
-NETNS_DIR = "/run/netns"
+NETNS_DIR = ids.NETNS_DIR
 NETNS_VETH = "eth0"
 """Name of the VM side of the veth pair inside a VM namespace."""
 
@@ -121,7 +121,7 @@ def new_lease(net: NetworkConfig, vm_id: str, uid: int, gid: int, used: Iterable
 
 def netns_name(net: NetworkConfig, vm_id: str) -> str:
     """``<netns_prefix><13-char digest of the id>``: derived, never taken from a caller."""
-    return net.netns_prefix + ids.tap_name(vm_id, "")[:13]
+    return ids.netns_name(vm_id, net.netns_prefix)
 
 
 def netns_path(name: str) -> str:
@@ -130,7 +130,7 @@ def netns_path(name: str) -> str:
 
 def netns_tap(net: NetworkConfig) -> str:
     """The TAP name inside every VM namespace (the same for all clones)."""
-    return f"{net.tap_prefix}tap0"
+    return ids.netns_tap(net.tap_prefix)
 
 
 def netns_guest(net: NetworkConfig) -> tuple[ipaddress.IPv4Address, ipaddress.IPv4Address]:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from fcd_common import storelayout
 from fcd_common.config import Config
 from fcd_common.errors import InvalidArgument
-from fcd_common.ids import check_vm_id, tap_name
+from fcd_common.ids import check_vm_id, netns_path, netns_tap, tap_name
 from fcd_common.proto.vmm import Launch
 
 from .jail import DriveSpec, LaunchSpec
@@ -43,8 +43,7 @@ def check_netns(netns: str | None, vm_id: str, cfg: Config) -> str | None:
     """netns mode: only this VM's own namespace under fcd-net's prefix (derived, not trusted)."""
     if netns is None:
         return None
-    net = cfg.network
-    expected = f"/run/netns/{net.netns_prefix}{tap_name(vm_id, '')[:13]}"
+    expected = netns_path(vm_id, cfg.network.netns_prefix)
     if netns != expected:
         raise _bad("netns", f"{netns!r} is not this VM's namespace (expected {expected!r})")
     return netns
@@ -52,9 +51,8 @@ def check_netns(netns: str | None, vm_id: str, cfg: Config) -> str | None:
 
 def check_tap(tap: str, vm_id: str, cfg: Config, netns: str | None = None) -> str:
     # netns mode: every VM's TAP has the same name, inside its own namespace
-    expected = (
-        f"{cfg.network.tap_prefix}tap0" if netns else tap_name(vm_id, cfg.network.tap_prefix)
-    )
+    prefix = cfg.network.tap_prefix
+    expected = netns_tap(prefix) if netns else tap_name(vm_id, prefix)
     if tap != expected:
         raise _bad("tap", f"{tap!r} is not this VM's TAP (expected {expected!r})")
     return tap
