@@ -17,11 +17,14 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Literal
@@ -50,6 +53,74 @@ def netns_remove(name: str) -> None:
 
     if name in netns.listnetns():
         netns.remove(name)
+
+
+def daemon_argv(daemon: Daemon, config_path: Path, netns: str | None = None) -> list[str]:
+    exe = Path(sys.executable).parent / f"fcd-{daemon}"
+    argv = [str(exe), "--config", str(config_path)]
+    if netns:
+        argv = ["nsenter", f"--net=/run/netns/{netns}", "--", *argv]
+    return argv
+
+
+def spawn(
+    daemon: Daemon,
+    config_path: Path,
+    *,
+    netns: str | None = None,
+    out: IO[bytes] | int | None = None,
+    env: dict[str, str] | None = None,
+    timeout: float = 30.0,
+    started: Callable[[subprocess.Popen[bytes]], None] | None = None,
+) -> subprocess.Popen[bytes]:
+    """Start one daemon (in ``netns`` if given) and return once it has sent ``READY=1``.
+
+    Readiness arrives over the real sd_notify protocol: a datagram socket of
+    ours is the daemon's ``NOTIFY_SOCKET``. ``started`` sees the process as soon
+    as it exists, so a caller can clean it up even if it never becomes ready.
+    """
+    notify_dir = Path(tempfile.mkdtemp(prefix="fcd-notify-"))  # short: sun_path is 108 bytes
+    notify_path = notify_dir / daemon
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        sock.bind(str(notify_path))
+        full_env = {
+            **os.environ,
+            **(env or {}),
+            "NOTIFY_SOCKET": str(notify_path),
+            "FCD_CONFIG": str(config_path),
+        }
+        for var in ("JOURNAL_STREAM", "LISTEN_FDS", "LISTEN_PID", "WATCHDOG_USEC"):
+            full_env.pop(var, None)
+        proc = subprocess.Popen(
+            daemon_argv(daemon, config_path, netns),
+            env=full_env,
+            stdout=out,
+            stderr=out,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        if started is not None:
+            started(proc)
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise SuiteError(f"fcd-{daemon} not ready after {timeout:.0f}s")
+            sock.settimeout(min(remaining, 0.25))
+            try:
+                msg = sock.recv(4096).decode(errors="replace")
+            except TimeoutError:
+                if proc.poll() is not None:
+                    raise SuiteError(
+                        f"fcd-{daemon} exited with {proc.returncode} before READY"
+                    ) from None
+                continue
+            if "READY=1" in msg.split("\n"):
+                return proc
+    finally:
+        sock.close()
+        shutil.rmtree(notify_dir, ignore_errors=True)
 
 
 @dataclass
@@ -117,13 +188,6 @@ shutdown_grace_s = 5.0
         return cfg
 
     # --- processes -----------------------------------------------------------------
-    def _argv(self, daemon: Daemon) -> list[str]:
-        exe = Path(sys.executable).parent / f"fcd-{daemon}"
-        argv = [str(exe), "--config", str(self.config_path)]
-        if self.netns:
-            argv = ["nsenter", f"--net=/run/netns/{self.netns}", "--", *argv]
-        return argv
-
     def start(self, timeout: float = 30.0) -> None:
         if not self.config_path.exists():
             self.write_config()
@@ -137,59 +201,24 @@ shutdown_grace_s = 5.0
             raise
 
     def _start_one(self, daemon: Daemon, timeout: float) -> None:
-        notify_path = self.base / "run" / f".notify-{daemon}"
-        notify_path.parent.mkdir(parents=True, exist_ok=True)
-        with contextlib.suppress(FileNotFoundError):
-            notify_path.unlink()
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        sock.bind(str(notify_path))
-        env = {
-            **os.environ,
-            **self.extra_env,
-            "NOTIFY_SOCKET": str(notify_path),
-            "FCD_CONFIG": str(self.config_path),
-        }
-        for var in ("JOURNAL_STREAM", "LISTEN_FDS", "LISTEN_PID", "WATCHDOG_USEC"):
-            env.pop(var, None)
         out: IO[bytes] | int | None = None
         if self.log_to_files:
             self.log_path(daemon).parent.mkdir(parents=True, exist_ok=True)
             f = self.log_path(daemon).open("ab")
             self._logs.append(f)
             out = f
-        proc = subprocess.Popen(
-            self._argv(daemon),
-            env=env,
-            stdout=out,
-            stderr=out,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        self.procs[daemon] = proc
-        deadline = time.monotonic() + timeout
         try:
-            while True:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise SuiteError(
-                        f"fcd-{daemon} not ready after {timeout:.0f}s{self._tail(daemon)}"
-                    )
-                sock.settimeout(min(remaining, 0.25))
-                try:
-                    msg = sock.recv(4096).decode(errors="replace")
-                except TimeoutError:
-                    if proc.poll() is not None:
-                        rc = proc.returncode
-                        raise SuiteError(
-                            f"fcd-{daemon} exited with {rc} before READY{self._tail(daemon)}"
-                        ) from None
-                    continue
-                if "READY=1" in msg.split("\n"):
-                    return
-        finally:
-            sock.close()
-            with contextlib.suppress(FileNotFoundError):
-                notify_path.unlink()
+            spawn(
+                daemon,
+                self.config_path,
+                netns=self.netns,
+                out=out,
+                env=self.extra_env,
+                timeout=timeout,
+                started=lambda p: self.procs.__setitem__(daemon, p),
+            )
+        except SuiteError as e:
+            raise SuiteError(f"{e}{self._tail(daemon)}") from None
 
     def _tail(self, daemon: str, lines: int = 30) -> str:
         if not self.log_to_files or not self.log_path(daemon).exists():

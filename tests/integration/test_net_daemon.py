@@ -15,13 +15,13 @@ import socket
 import struct
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 
+from fcd_api.suite import SuiteError, spawn
 from fcd_common import config, ids
 from fcd_common.errors import Conflict, InvalidArgument, NotFound, ResourceExhausted
 from fcd_common.proto.common import Ping, Pong
@@ -58,31 +58,15 @@ class NetDaemon:
         self.log = cfg_path.parent / "fcd-net.log"
 
     def start(self) -> None:
-        sock = self.cfg.socket("net")
-        sock.unlink(missing_ok=True)
+        # nsenter (in spawn), not `ip netns exec` (which also unshares the mount
+        # namespace): VM namespaces fcd-net mounts under /run/netns must be
+        # visible to the test, as they are to the jailer in production.
+        self.cfg.socket("net").unlink(missing_ok=True)
         with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                # nsenter, not `ip netns exec` (which also unshares the mount
-                # namespace): VM namespaces fcd-net mounts under /run/netns must
-                # be visible to the test, as they are to the jailer in production.
-                ["nsenter", f"--net=/run/netns/{self.ns}", "--", sys.executable, "-m",
-                 "fcd_net", "--config", str(self.cfg_path)],
-                stdout=out, stderr=subprocess.STDOUT,
-            )
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                log = self.log.read_text()
-                raise AssertionError(f"fcd-net exited {self.proc.returncode}:\n{log}")
-            if sock.exists():
-                try:
-                    with socket.socket(socket.AF_UNIX) as s:
-                        s.connect(str(sock))
-                    return
-                except OSError:
-                    pass
-            time.sleep(0.05)
-        raise AssertionError(f"fcd-net did not listen:\n{self.log.read_text()}")
+            try:
+                self.proc = spawn("net", self.cfg_path, netns=self.ns, out=out, timeout=15)
+            except SuiteError as e:
+                raise AssertionError(f"{e}:\n{self.log.read_text()}") from None
 
     def stop(self) -> None:
         if self.proc is None:

@@ -15,7 +15,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -25,6 +24,7 @@ from typing import Any, TypeVar
 
 import pytest
 
+from fcd_api.suite import SuiteError, spawn
 from fcd_common import config, ids
 from fcd_common.errors import FailedPrecondition, FirecrackerError
 from fcd_common.proto.vmm import (
@@ -86,36 +86,17 @@ class Env:
         return self.tmp / "fcd-vmm.log"
 
     def start(self) -> None:
-        sock = self.cfg.socket("vmm")
-        sock.unlink(missing_ok=True)
-        env = {k: v for k, v in os.environ.items() if k not in ("FCD_FIRECRACKER", "FCD_JAILER")}
+        # nsenter (in spawn), not `ip netns exec`: the latter also unshares the mount
+        # namespace and remounts /sys, hiding /sys/fs/cgroup from the daemon and the jailer.
+        self.cfg.socket("vmm").unlink(missing_ok=True)
+        env = {"FCD_FIRECRACKER": "", "FCD_JAILER": ""}  # the config names the binaries
         with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                # nsenter, not `ip netns exec`: the latter also unshares the mount
-                # namespace and remounts /sys, hiding /sys/fs/cgroup from the daemon
-                # and the jailer.
-                [
-                    "nsenter",
-                    f"--net=/run/netns/{self.ns}",
-                    str(FCD_VMM),
-                    "--config",
-                    str(self.cfg_path),
-                ],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=env,
-            )
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(
-                    f"fcd-vmm exited {self.proc.returncode}:\n{self.log.read_text()}"
+            try:
+                self.proc = spawn(
+                    "vmm", self.cfg_path, netns=self.ns, out=out, env=env, timeout=15
                 )
-            with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX) as s:
-                s.connect(str(sock))
-                return
-            time.sleep(0.05)
-        raise AssertionError(f"fcd-vmm did not listen:\n{self.log.read_text()}")
+            except SuiteError as e:
+                raise AssertionError(f"{e}:\n{self.log.read_text()}") from None
 
     def stop(self) -> None:
         if self.proc is None:
