@@ -14,52 +14,21 @@ disk use stays near the data written. Figures, not assertions. Needs root.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tests.loopfs import loop_fs, used_bytes
 
 from fcd_common.storelayout import StoreLayout
 from fcd_storage.store import Store
 
 MiB = 1 << 20
-ENV = {"PATH": "/usr/sbin:/sbin:/usr/bin:/bin", "LC_ALL": "C"}
-MKFS = {"xfs": ["mkfs.xfs", "-q", "-m", "reflink=1"], "ext4": ["mkfs.ext4", "-q", "-F"]}
 DATA_EVERY = 8  # one MiB of data in every 8 MiB
-
-
-def run(*argv: str) -> str:
-    return subprocess.run(argv, check=True, capture_output=True, text=True, env=ENV).stdout.strip()
-
-
-@contextlib.contextmanager
-def loop_fs(base: Path, fstype: str, size: int) -> Iterator[Path]:
-    img, mnt = base / f"{fstype}.img", base / f"{fstype}-mnt"
-    mnt.mkdir()
-    with img.open("wb") as f:
-        f.truncate(size)
-    run(*MKFS[fstype], str(img))
-    dev = run("losetup", "--find", "--show", str(img))
-    mounted = False
-    try:
-        run("mount", "-t", fstype, dev, str(mnt))
-        mounted = True
-        yield mnt
-    finally:
-        if mounted:
-            subprocess.run(["umount", str(mnt)], check=False, env=ENV)
-        subprocess.run(["losetup", "-d", dev], check=False, env=ENV)
-        img.unlink()
-
-
-def used(path: Path) -> int:
-    os.sync()
-    st = os.statvfs(path)
-    return (st.f_blocks - st.f_bfree) * st.f_frsize
 
 
 def image(path: Path, size: int) -> Path:
@@ -87,11 +56,11 @@ def measure(fstype: str, sizes: list[int], base: Path) -> dict[int, tuple[str, f
             src.unlink()
             os.sync()
             time.sleep(0.5)  # let the filesystem settle the freed blocks
-            before = used(mnt)
+            before = used_bytes(mnt)
             t0 = time.perf_counter()
             d = store.provision(f"vm-{name}", name)
             elapsed = time.perf_counter() - t0
-            out[size] = (d.method, elapsed, used(mnt) - before)
+            out[size] = (d.method, elapsed, used_bytes(mnt) - before)
     return out
 
 

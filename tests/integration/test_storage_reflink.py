@@ -15,44 +15,19 @@ from pathlib import Path
 import pytest
 
 from fcd_storage.store import Store
+from tests.loopfs import MKFS, used_bytes
+from tests.loopfs import loop_fs as _loop_fs
 from tests.unit.storage_helpers import MiB, ext4_size, have, kernel_file, make_store, mkfs_ext4
 
 pytestmark = pytest.mark.root
-
-ENV = {"PATH": "/usr/sbin:/sbin:/usr/bin:/bin", "LC_ALL": "C"}
-MKFS = {"xfs": ["mkfs.xfs", "-q", "-m", "reflink=1"], "ext4": ["mkfs.ext4", "-q", "-F"]}
-
-
-def run(*argv: str) -> str:
-    return subprocess.run(argv, check=True, capture_output=True, text=True, env=ENV).stdout.strip()
-
 
 @contextlib.contextmanager
 def loop_fs(base: Path, fstype: str, size: int = 2 << 30) -> Iterator[Path]:
     """A fresh filesystem of ``fstype`` on a sparse loop image (2 GiB), mounted under ``base``."""
     if not have(MKFS[fstype][0]):
         pytest.skip(f"{MKFS[fstype][0]} not installed")
-    img, mnt = base / f"{fstype}.img", base / f"{fstype}-mnt"
-    mnt.mkdir()
-    with img.open("wb") as f:
-        f.truncate(size)
-    run(*MKFS[fstype], str(img))
-    dev = run("losetup", "--find", "--show", str(img))
-    mounted = False
-    try:
-        run("mount", "-t", fstype, dev, str(mnt))
-        mounted = True
+    with _loop_fs(base, fstype, size) as mnt:
         yield mnt
-    finally:
-        if mounted:
-            subprocess.run(["umount", str(mnt)], check=False, env=ENV)
-        subprocess.run(["losetup", "-d", dev], check=False, env=ENV)
-
-
-def used_bytes(path: Path) -> int:
-    os.sync()
-    st = os.statvfs(path)
-    return (st.f_blocks - st.f_bfree) * st.f_frsize
 
 
 def template_with_data(store: Store, src: Path, data_mib: int) -> Path:
