@@ -28,6 +28,15 @@ _NO_REFLINK = {errno.EOPNOTSUPP, errno.ENOTTY, errno.EXDEV, errno.EINVAL, errno.
 _NO_COPY_RANGE = {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP}
 
 
+@contextlib.contextmanager
+def owned_fd(fd: int) -> Iterator[int]:
+    """Yield ``fd`` and close it afterwards, whatever happens."""
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
 def open_source(path: str, field: str) -> int:
     """Open a file to import: a regular file, not a symlink, not a FIFO or device."""
     flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK
@@ -138,6 +147,14 @@ def copy_hashed(src: int, dst: int | None) -> tuple[int, str]:
     if os.fstat(src).st_size != size:
         raise Internal("source changed size while being copied")
     return size, h.hexdigest()
+
+
+def copy_into(src: int, path: Path, mode: int) -> tuple[int, str]:
+    """Copy ``src`` into a new file ``path`` (fsynced); return its ``(size, sha256)``."""
+    with owned_fd(create_file(path, mode)) as dst:
+        result = copy_hashed(src, dst)
+        os.fsync(dst)
+    return result
 
 
 def copy_sparse(src: int, dst: int) -> None:

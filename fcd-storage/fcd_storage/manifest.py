@@ -16,6 +16,7 @@ from fcd_common.proto.storage import DiskInfo, DriveInfo, SnapshotInfo, Template
 from fcd_common.storelayout import StoreLayout
 
 Method = Literal["reflink", "copy"]
+MANIFEST_MODE = 0o644
 _T = TypeVar("_T", bound=msgspec.Struct)
 
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -119,7 +118,7 @@ def prepare(store: Store, name: str, vm_id: str) -> SnapshotManifest:
             os.close(fileio.create_file(staging / leaf, SNAPSHOT_FILE_MODE))
         fileio.write_file(staging / PENDING, encode(m), 0o644)
         os.chmod(staging, DIR_MODE)
-        store._adopt(staging)
+        store.adopt(staging)
         fsync_dir(staging)
         if not fileio.publish_dir(staging, lay.snapshot_dir(name)):
             raise Conflict(f"snapshot {name!r} already exists", details={"field": "name"})
@@ -160,7 +159,7 @@ def commit(store: Store, name: str) -> SnapshotManifest:
         free = fileio.free_bytes(lay.tmp)
         alloc = fileio.allocated(src)
         plan.check_space(free, plan.RESERVE_BYTES, f"snapshot {name!r}")
-        with _fds(fileio.create_file(tmp, SHARED_MODE)) as dst:
+        with fileio.owned_fd(fileio.create_file(tmp, SHARED_MODE)) as dst:
             if not fileio.reflink(src, dst):
                 plan.check_space(free, alloc + plan.RESERVE_BYTES, f"snapshot {name!r}")
                 fileio.copy_sparse(src, dst)
@@ -211,13 +210,5 @@ def pending_to_reclaim(store: Store, live: set[str], as_of: str) -> list[str]:
     ]
 
 
-@contextlib.contextmanager
-def _fds(fd: int) -> Iterator[int]:
-    try:
-        yield fd
-    finally:
-        os.close(fd)
-
-
 def _open(path: Path) -> contextlib.AbstractContextManager[int]:
-    return _fds(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC))
+    return fileio.owned_fd(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC))

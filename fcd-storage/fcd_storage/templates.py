@@ -1,11 +1,13 @@
-"""Templates beyond import: built from a directory tree, deleted, and who uses them.
+"""Templates: imported, built from a directory tree, deleted, and who uses them.
 
+Import copies a kernel and a rootfs into a staging directory, hashing as it
+copies; the manifest is written last and the directory renamed into place.
 Building runs ``mkfs.ext4 -d`` on the tree into a staging file; the tree is
 measured first (size given, or computed with headroom) and pinned by a
 directory fd that mkfs reads through ``/proc/self/fd/N``, so swapping the path
-for a symlink after the check changes nothing. Like import, the source paths
-are read with fcd-storage's own rights: they are the one place a request names
-a path, and nothing is ever written there.
+for a symlink after the check changes nothing. The source paths are read with
+fcd-storage's own rights: they are the one place a request names a path, and
+nothing is ever written there.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import errno
 import logging
 import os
 import stat
+from typing import TYPE_CHECKING
 
 from fcd_common.atomicfile import fsync_dir
 from fcd_common.errors import Conflict, InvalidArgument, NotFound
@@ -21,17 +24,90 @@ from fcd_common.ids import check_name
 from fcd_common.storelayout import KERNEL, ROOTFS, TEMPLATE_MANIFEST
 
 from . import extfs, fileio, plan, refs, snapshots
-from .manifest import TemplateManifest, encode, now_rfc3339
-from .store import (
-    MANIFEST_MODE,
-    TEMPLATE_DIR_MODE,
-    TEMPLATE_FILE_MODE,
-    Store,
-    _copy_into,
-    _fds,
-)
+from .fileio import copy_into, owned_fd
+from .manifest import MANIFEST_MODE, TemplateManifest, encode, now_rfc3339
+
+if TYPE_CHECKING:
+    from .store import Store
 
 log = logging.getLogger("fcd.storage")
+
+TEMPLATE_FILE_MODE = 0o644  # a jailed Firecracker (any pool uid) reads it through a hard link
+TEMPLATE_DIR_MODE = 0o755
+
+
+def import_template(
+    store: Store,
+    name: str,
+    kernel_path: str,
+    rootfs_path: str,
+    kernel_args: str = "",
+    *,
+    kernel_sha256: str | None = None,
+    rootfs_sha256: str | None = None,
+) -> TemplateManifest:
+    """Copy a kernel and a rootfs in, hashing as they are copied; with the expected
+    sha256 values given, a mismatch fails the import and leaves nothing."""
+    lay = store.layout
+    check_name(name, "name")
+    plan.check_source_path(kernel_path, "kernel_path")
+    plan.check_source_path(rootfs_path, "rootfs_path")
+    plan.check_kernel_args(kernel_args)
+    existing = store.template_manifest(name)
+    with (
+        owned_fd(fileio.open_source(kernel_path, "kernel_path")) as kfd,
+        owned_fd(fileio.open_source(rootfs_path, "rootfs_path")) as rfd,
+    ):
+        if existing is not None:  # decide from the hashes alone, without copying
+            kernel = fileio.copy_hashed(kfd, None)
+            rootfs = fileio.copy_hashed(rfd, None)
+            plan.check_sha256(kernel_sha256, kernel[1], "kernel_sha256")
+            plan.check_sha256(rootfs_sha256, rootfs[1], "rootfs_sha256")
+            new = _manifest(name, kernel, rootfs, kernel_args)
+            plan.decide_import(existing, new)  # raises Conflict if different
+            return existing
+        needed = fileio.allocated(kfd) + fileio.allocated(rfd) + plan.RESERVE_BYTES
+        plan.check_space(fileio.free_bytes(lay.tmp), needed, f"template {name!r}")
+        staging = fileio.make_staging(lay.tmp, f"tpl-{name}-")
+        try:
+            kernel = copy_into(kfd, staging / KERNEL, TEMPLATE_FILE_MODE)
+            rootfs = copy_into(rfd, staging / ROOTFS, TEMPLATE_FILE_MODE)
+            plan.check_sha256(kernel_sha256, kernel[1], "kernel_sha256")
+            plan.check_sha256(rootfs_sha256, rootfs[1], "rootfs_sha256")
+            new = _manifest(name, kernel, rootfs, kernel_args)
+            fileio.write_file(staging / TEMPLATE_MANIFEST, encode(new), MANIFEST_MODE)
+            os.chmod(staging, TEMPLATE_DIR_MODE)
+            store.adopt(staging)
+            fsync_dir(staging)
+            final = lay.template_dir(name)
+            if not fileio.publish_dir(staging, final):
+                raced = store.template_manifest(name)
+                if raced is None:  # a directory without manifest: not a template
+                    fileio.remove_tree(final)
+                    if fileio.publish_dir(staging, final):
+                        return new
+                    raise Conflict(f"template {name!r} is being imported concurrently")
+                plan.decide_import(raced, new)
+                return raced
+        finally:
+            fileio.remove_tree(staging)
+    log.info("imported template %s (rootfs %d bytes, sha256 %s)", name, *rootfs)
+    return new
+
+
+def _manifest(
+    name: str, kernel: tuple[int, str], rootfs: tuple[int, str], args: str
+) -> TemplateManifest:
+    """A manifest from the ``(size, sha256)`` of the kernel and of the rootfs."""
+    return TemplateManifest(
+        name=name,
+        kernel_size=kernel[0],
+        rootfs_size=rootfs[0],
+        kernel_sha256=kernel[1],
+        rootfs_sha256=rootfs[1],
+        kernel_args=args,
+        created_at=now_rfc3339(),
+    )
 
 
 def open_source_dir(path: str, field: str = "source_dir") -> int:
@@ -80,11 +156,11 @@ def build_template(
     check_name(name, "name")
     plan.check_source_path(kernel_path, "kernel_path")
     plan.check_kernel_args(kernel_args)
-    if store._template_manifest(name) is not None:
+    if store.template_manifest(name) is not None:
         raise Conflict(f"template {name!r} already exists", details={"field": "name"})
     with (
-        _fds(fileio.open_source(kernel_path, "kernel_path")) as kfd,
-        _fds(open_source_dir(source_dir)) as dfd,
+        owned_fd(fileio.open_source(kernel_path, "kernel_path")) as kfd,
+        owned_fd(open_source_dir(source_dir)) as dfd,
     ):
         tree = measure_tree(dfd)
         size, inodes = plan.build_geometry(tree, size_mib, store.max_disk_mib)
@@ -93,13 +169,13 @@ def build_template(
         plan.check_space(fileio.free_bytes(lay.tmp), needed, f"template {name!r}")
         staging = fileio.make_staging(lay.tmp, f"tpl-{name}-")
         try:
-            kernel = _copy_into(kfd, staging / KERNEL, TEMPLATE_FILE_MODE)
+            kernel = copy_into(kfd, staging / KERNEL, TEMPLATE_FILE_MODE)
             plan.check_sha256(kernel_sha256, kernel[1], "kernel_sha256")
             image = staging / ROOTFS
-            with _fds(fileio.create_file(image, TEMPLATE_FILE_MODE)) as ifd:
+            with owned_fd(fileio.create_file(image, TEMPLATE_FILE_MODE)) as ifd:
                 os.ftruncate(ifd, size)
             extfs.make_from_dir(image, f"/proc/self/fd/{dfd}", inodes, pass_fds=(dfd,))
-            with _fds(fileio.open_store_file(image)) as ifd:
+            with owned_fd(fileio.open_store_file(image)) as ifd:
                 os.fsync(ifd)
                 rootfs = fileio.copy_hashed(ifd, None)
             new = TemplateManifest(
@@ -114,7 +190,7 @@ def build_template(
             )
             fileio.write_file(staging / TEMPLATE_MANIFEST, encode(new), MANIFEST_MODE)
             os.chmod(staging, TEMPLATE_DIR_MODE)
-            store._adopt(staging)
+            store.adopt(staging)
             fsync_dir(staging)
             if not fileio.publish_dir(staging, lay.template_dir(name)):
                 raise Conflict(f"template {name!r} already exists", details={"field": "name"})
