@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """fcd-net's cost per VM as VMs grow: setup/teardown of one VM with N VMs present.
 
-Runs fcd-net's real core (pyroute2 + libnftables, lease file) in a private,
+Runs fcd-net's real core (pyroute2 + libnftables, lease files) in a private,
 anonymous network namespace (re-executes itself under ``unshare --net``), so
 the host's network and ruleset are untouched. For each N it brings the
 population to N VMs (real TAPs on the bridge, real nft elements, each with a
@@ -75,7 +75,7 @@ def run(sizes: list[int], repeat: int) -> None:
     nft.set_json_output(True)
     port = [PortSpec(host_port=0, guest_port=80)]
     print(f"{'VMs':>6} {'setup med':>10} {'p90':>8} {'teardown med':>13} {'p90':>8} "
-          f"{'nft add':>8} {'nft del':>8} {'rules':>6} {'elements':>9} {'lease file':>11}")
+          f"{'nft add':>8} {'nft del':>8} {'rules':>6} {'elements':>9} {'leases':>11}")
     present = 0
     for n in sizes:
         t0 = time.perf_counter()
@@ -92,7 +92,7 @@ def run(sizes: list[int], repeat: int) -> None:
             add.append(timed(functools.partial(fw.add_vm, lease)))  # nft transaction alone
             rm.append(timed(functools.partial(fw.remove_vm, lease)))
         rules, elems = count(nft)
-        size = (cfg.state("net") / "leases.json").stat().st_size
+        size = sum(p.stat().st_size for p in (cfg.state("net") / "leases").glob("*.json"))
         print(f"{n:>6} {statistics.median(up) * 1000:>8.2f}ms {pct(up, .9):>6.2f}ms "
               f"{statistics.median(down) * 1000:>11.2f}ms {pct(down, .9):>6.2f}ms "
               f"{statistics.median(add) * 1000:>6.2f}ms {statistics.median(rm) * 1000:>6.2f}ms "

@@ -24,7 +24,7 @@ NETNS_VETH = "eth0"
 
 
 class Lease(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """One VM's network identity, as persisted in ``leases.json``.
+    """One VM's network identity, as persisted in ``leases/<vm_id>.json``.
 
     Bridge mode: ``ip`` is unique and the TAP sits on the bridge. netns mode:
     ``ip``/``mac``/``tap`` are the same for every VM (inside its own namespace

@@ -106,8 +106,9 @@ def test_lease_file_roundtrip(tmp_path: Path) -> None:
     assert again.by_tap(ids.tap_name("vm-a")) == lease("vm-a", "10.213.0.2")
     again.remove("vm-a")
     assert [x.vm_id for x in LeaseStore(tmp_path / "net")] == ["vm-b"]
-    assert not list((tmp_path / "net").glob(".*tmp"))  # no temp files left
-    assert (tmp_path / "net" / "leases.json").stat().st_mode & 0o777 == 0o600
+    assert not list((tmp_path / "net" / "leases").glob(".*tmp"))  # no temp files left
+    assert (tmp_path / "net" / "leases" / "vm-b.json").stat().st_mode & 0o777 == 0o600
+    assert not (tmp_path / "net" / "leases" / "vm-a.json").exists()
 
 
 def test_store_never_persists_a_double_lease(tmp_path: Path) -> None:
@@ -119,13 +120,28 @@ def test_store_never_persists_a_double_lease(tmp_path: Path) -> None:
 
 
 def test_corrupt_lease_file_is_an_error(tmp_path: Path) -> None:
-    (tmp_path / "leases.json").write_text("{not json")
+    d = tmp_path / "leases"
+    d.mkdir()
+    (d / "a.json").write_text("{not json")
     with pytest.raises(Internal):
-        leases.load(tmp_path / "leases.json")
-    doc = {"version": 1, "leases": [msgspec.to_builtins(lease("a", "10.213.0.2"))] * 2}
+        leases.load(d)
+    # a file that holds another VM's lease, and the same address twice
+    (d / "a.json").write_text(json.dumps({"lease": msgspec.to_builtins(lease("b", "10.213.0.2"))}))
+    with pytest.raises(Internal, match="holds the lease"):
+        leases.load(d)
+    (d / "a.json").write_text(json.dumps({"lease": msgspec.to_builtins(lease("a", "10.213.0.2"))}))
+    (d / "b.json").write_text(json.dumps({"lease": msgspec.to_builtins(lease("b", "10.213.0.2"))}))
+    with pytest.raises(Internal, match="twice"):
+        leases.load(d)
+
+
+def test_legacy_single_file_is_migrated(tmp_path: Path) -> None:
+    doc = {"version": 1, "leases": [msgspec.to_builtins(lease("vm-a", "10.213.0.2"))]}
     (tmp_path / "leases.json").write_text(json.dumps(doc))
-    with pytest.raises(Internal):
-        leases.load(tmp_path / "leases.json")
+    store = LeaseStore(tmp_path)
+    assert store.get("vm-a") == lease("vm-a", "10.213.0.2")
+    assert not (tmp_path / "leases.json").exists()
+    assert [x.vm_id for x in LeaseStore(tmp_path)] == ["vm-a"]
 
 
 # --- nftables plan ----------------------------------------------------------------
