@@ -164,11 +164,11 @@ class Links:
             br = self._get(ipr, bridge)
             if br is None:
                 raise Internal(f"bridge {bridge} is missing")
+            tap = self._get(ipr, name)  # RTM_GETLINK by name: O(1), unlike link_lookup's dump
+            if tap is None:
+                raise Internal(f"{name} vanished while attaching it to {bridge}")
             try:
-                (index,) = ipr.link_lookup(ifname=name)
-                ipr.link("set", index=index, master=br.index, state="up")
-            except ValueError:
-                raise Internal(f"{name} vanished while attaching it to {bridge}") from None
+                ipr.link("set", index=tap.index, master=br.index, state="up")
             except NetlinkError as e:
                 raise _err(f"attach {name} to {bridge}", e) from None
 

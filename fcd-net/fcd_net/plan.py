@@ -9,6 +9,7 @@ The nftables plan lives in :mod:`fcd_net.ruleset`.
 from __future__ import annotations
 
 import ipaddress
+import socket
 from collections.abc import Iterable
 
 import msgspec
@@ -87,13 +88,14 @@ def allocate_ip(net: NetworkConfig, used: Iterable[str]) -> ipaddress.IPv4Addres
     Never the network, broadcast or gateway address, never one in ``used``.
     """
     network = net.network
-    taken = {ipaddress.IPv4Address(a) for a in used}
+    # Leases store canonical dotted quads: compare strings, parse nothing per lease
+    # (building IPv4Address objects for every lease made this O(N) in slow Python).
+    taken = used if isinstance(used, set | frozenset) else set(used)
     first = int(net.gateway) + 1
     last = int(network.broadcast_address) - 1
     for value in range(first, last + 1):
-        addr = ipaddress.IPv4Address(value)
-        if addr not in taken:
-            return addr
+        if socket.inet_ntoa(value.to_bytes(4, "big")) not in taken:
+            return ipaddress.IPv4Address(value)
     raise ResourceExhausted(
         f"address pool {network} is exhausted ({last - first + 1} guest addresses in use)"
     )
