@@ -74,8 +74,10 @@ def run(sizes: list[int], repeat: int) -> None:
     nft = nftables.Nftables()
     nft.set_json_output(True)
     port = [PortSpec(host_port=0, guest_port=80)]
-    print(f"{'VMs':>6} {'setup med':>10} {'p90':>8} {'teardown med':>13} {'p90':>8} "
-          f"{'nft add':>8} {'nft del':>8} {'rules':>6} {'elements':>9} {'leases':>11}")
+    print(
+        f"{'VMs':>6} {'setup med':>10} {'p90':>8} {'teardown med':>13} {'p90':>8} "
+        f"{'nft add':>8} {'nft del':>8} {'rules':>6} {'elements':>9} {'leases':>11}"
+    )
     present = 0
     for n in sizes:
         t0 = time.perf_counter()
@@ -93,13 +95,17 @@ def run(sizes: list[int], repeat: int) -> None:
             rm.append(timed(functools.partial(fw.remove_vm, lease)))
         rules, elems = count(nft)
         size = sum(p.stat().st_size for p in (cfg.state("net") / "leases").glob("*.json"))
-        print(f"{n:>6} {statistics.median(up) * 1000:>8.2f}ms {pct(up, .9):>6.2f}ms "
-              f"{statistics.median(down) * 1000:>11.2f}ms {pct(down, .9):>6.2f}ms "
-              f"{statistics.median(add) * 1000:>6.2f}ms {statistics.median(rm) * 1000:>6.2f}ms "
-              f"{rules:>6} {elems:>9} {size // 1024:>8} KiB   (filled in {fill:.1f}s)")
+        print(
+            f"{n:>6} {statistics.median(up) * 1000:>8.2f}ms {pct(up, 0.9):>6.2f}ms "
+            f"{statistics.median(down) * 1000:>11.2f}ms {pct(down, 0.9):>6.2f}ms "
+            f"{statistics.median(add) * 1000:>6.2f}ms {statistics.median(rm) * 1000:>6.2f}ms "
+            f"{rules:>6} {elems:>9} {size // 1024:>8} KiB   (filled in {fill:.1f}s)"
+        )
     lease = next(iter(core.store))
-    print(f"one VM's nft transaction: {len(ruleset.add_vm(net, lease)['nftables'])} commands "
-          f"to add, {len(ruleset.remove_vm(net, lease)['nftables'])} to remove, at any N")
+    print(
+        f"one VM's nft transaction: {len(ruleset.add_vm(net, lease)['nftables'])} commands "
+        f"to add, {len(ruleset.remove_vm(net, lease)['nftables'])} to remove, at any N"
+    )
     for lease in list(core.store):
         core.teardown(lease.vm_id)
 
@@ -114,8 +120,18 @@ def main() -> int:
         print("needs root (network namespaces)", file=sys.stderr)
         return 1
     if not args.inside:
-        argv = ["unshare", "--net", "--", sys.executable, __file__, "--inside",
-                "--repeat", str(args.repeat), "--sizes", *map(str, args.sizes)]
+        argv = [
+            "unshare",
+            "--net",
+            "--",
+            sys.executable,
+            __file__,
+            "--inside",
+            "--repeat",
+            str(args.repeat),
+            "--sizes",
+            *map(str, args.sizes),
+        ]
         return os.spawnvp(os.P_WAIT, "unshare", argv)
     import logging
 

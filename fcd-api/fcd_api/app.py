@@ -177,9 +177,7 @@ def build_app(flows: NamedDependency[Flows], *, debug: bool = False) -> Litestar
         return flows
 
     return Litestar(
-        route_handlers=[
-            VMController, ping, get_version, openapi_json, storage_router, net_router
-        ],
+        route_handlers=[VMController, ping, get_version, openapi_json, storage_router, net_router],
         dependencies={"flows": Provide(provide_flows)},
         exception_handlers={
             FcdError: _on_fcd_error,

@@ -191,8 +191,12 @@ class Flows:
         disk, net = await asyncio.gather(
             h.storage.provision(vm_id, spec.template, spec.disk_size_mib, storage_drives(spec)),
             h.net.setup(
-                vm_id, jail.uid, jail.gid, ports=port_specs(spec.port_mappings),
-                policy=spec.network_policy, mode=spec.network_mode,
+                vm_id,
+                jail.uid,
+                jail.gid,
+                ports=port_specs(spec.port_mappings),
+                policy=spec.network_policy,
+                mode=spec.network_mode,
             ),
             return_exceptions=True,
         )

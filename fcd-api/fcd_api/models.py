@@ -227,9 +227,7 @@ class VmRecord(_Body, kw_only=True, frozen=True):
             ),
             pid=r.pid,
             ip_address=r.ip,
-            port_mappings=list(
-                s.port_mappings if r.port_mappings is None else r.port_mappings
-            ),
+            port_mappings=list(s.port_mappings if r.port_mappings is None else r.port_mappings),
             resources={"vcpu_count": s.vcpu_count, "mem_size_mib": s.mem_size_mib},
             created_at=self.created_at,
             started_at=self.started_at,

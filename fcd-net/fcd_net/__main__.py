@@ -25,9 +25,7 @@ log = logging.getLogger("fcd.net")
 def make_core(cfg: Config) -> NetCore:
     """Build and start the core (runs on the worker thread that will own it)."""
     net = cfg.network
-    core = NetCore(
-        cfg, LeaseStore(cfg.state("net")), Links(), Firewall(net), Namespaces(net)
-    )
+    core = NetCore(cfg, LeaseStore(cfg.state("net")), Links(), Firewall(net), Namespaces(net))
     core.start()
     # Routed guest traffic (egress, port mappings, netns mode) needs forwarding;
     # port mappings used via 127.0.0.1 need route_localnet on the bridge.

@@ -93,7 +93,10 @@ class NetCore:
             if lease.mode == "bridge" and ipaddress.IPv4Address(lease.ip) not in self.net.network:
                 log.warning(
                     "lease %s of %s is outside the pool %s (config changed?)",
-                    lease.ip, lease.vm_id, self.net.network, extra=logs.vm(lease.vm_id),
+                    lease.ip,
+                    lease.vm_id,
+                    self.net.network,
+                    extra=logs.vm(lease.vm_id),
                 )
         report = self.reconcile(None)
         if report.removed:
@@ -151,8 +154,13 @@ class NetCore:
                     created = True
                 elif (link.owner, link.group) != (uid, gid):
                     log.info(
-                        "re-owning TAP %s: %s:%s -> %d:%d", lease.tap, link.owner, link.group,
-                        uid, gid, extra=logs.vm(vm_id),
+                        "re-owning TAP %s: %s:%s -> %d:%d",
+                        lease.tap,
+                        link.owner,
+                        link.group,
+                        uid,
+                        gid,
+                        extra=logs.vm(vm_id),
                     )
                     self.links.create_tap(lease.tap, uid, gid)
                 self.links.attach(lease.tap, self.net.bridge)
@@ -163,8 +171,15 @@ class NetCore:
             raise
         log.info(
             "VM %s: %s %s on %s (%s), TAP owner %d:%d, %d port(s)",
-            vm_id, lease.mode, lease.addr, lease.host_iface, lease.mac, uid, gid,
-            len(lease.ports), extra=logs.vm(vm_id),
+            vm_id,
+            lease.mode,
+            lease.addr,
+            lease.host_iface,
+            lease.mac,
+            uid,
+            gid,
+            len(lease.ports),
+            extra=logs.vm(vm_id),
         )
         return plan.net_info(self.net, lease)
 
@@ -220,8 +235,12 @@ class NetCore:
         self._remove_objects(lease)
         self.store.remove(vm_id)
         log.info(
-            "VM %s: released %s, %s and %d port(s)", vm_id, lease.addr, lease.host_iface,
-            len(lease.ports), extra=logs.vm(vm_id),
+            "VM %s: released %s, %s and %d port(s)",
+            vm_id,
+            lease.addr,
+            lease.host_iface,
+            len(lease.ports),
+            extra=logs.vm(vm_id),
         )
 
     # --- ports ---------------------------------------------------------------------
@@ -241,7 +260,8 @@ class NetCore:
             self.store.put(old)
             raise
         log.info(
-            "VM %s: ports now %s", old.vm_id,
+            "VM %s: ports now %s",
+            old.vm_id,
             ", ".join(f"{p.protocol}/{p.host_port}->{p.guest_port}" for p in ports) or "none",
             extra=logs.vm(old.vm_id),
         )

@@ -190,8 +190,14 @@ class Links:
                 st = msg.get_attr("IFLA_STATS64") or msg.get_attr("IFLA_STATS")
                 if st is None:
                     return None
-                keys = ("rx_bytes", "rx_packets", "rx_dropped",
-                        "tx_bytes", "tx_packets", "tx_dropped")
+                keys = (
+                    "rx_bytes",
+                    "rx_packets",
+                    "rx_dropped",
+                    "tx_bytes",
+                    "tx_packets",
+                    "tx_dropped",
+                )
                 return {k: int(st[k]) for k in keys}
             return None
 

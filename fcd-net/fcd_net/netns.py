@@ -93,8 +93,12 @@ class Namespaces:
         tap_net = ipaddress.IPv4Network(self.net.netns_subnet)
         with IPRoute() as ipr:
             if not ipr.link_lookup(ifname=lease.veth):
-                ipr.link("add", ifname=lease.veth, kind="veth",
-                         peer={"ifname": NETNS_VETH, "net_ns_fd": netns_path(lease.netns)})
+                ipr.link(
+                    "add",
+                    ifname=lease.veth,
+                    kind="veth",
+                    peer={"ifname": NETNS_VETH, "net_ns_fd": netns_path(lease.netns)},
+                )
             (idx,) = ipr.link_lookup(ifname=lease.veth)
             _addr(ipr, idx, lease.veth_gateway, 31)
             ipr.link("set", index=idx, state="up")
@@ -105,8 +109,9 @@ class Namespaces:
                 ipr.link("set", index=lo, state="up")
                 tap = netns_tap(self.net)
                 try:
-                    ipr.link("add", ifname=tap, kind="tuntap", mode="tap",
-                             uid=lease.uid, gid=lease.gid)
+                    ipr.link(
+                        "add", ifname=tap, kind="tuntap", mode="tap", uid=lease.uid, gid=lease.gid
+                    )
                 except (NetlinkError, OSError) as e:
                     code = e.code if isinstance(e, NetlinkError) else e.errno
                     if code != errno.EBUSY:  # held open by Firecracker: keep it

@@ -60,12 +60,23 @@ def replace_table(family: str, name: str) -> list[Json]:
 
 
 def base_chain(  # noqa: PLR0917 -- reads like nft's own "type X hook Y priority Z"
-    family: str, table: str, name: str, kind: str, hook: str, prio: int,
-    policy: str = "accept", dev: str | None = None,
+    family: str,
+    table: str,
+    name: str,
+    kind: str,
+    hook: str,
+    prio: int,
+    policy: str = "accept",
+    dev: str | None = None,
 ) -> Json:
     chain: Json = {
-        "family": family, "table": table, "name": name,
-        "type": kind, "hook": hook, "prio": prio, "policy": policy,
+        "family": family,
+        "table": table,
+        "name": name,
+        "type": kind,
+        "hook": hook,
+        "prio": prio,
+        "policy": policy,
     }
     if dev is not None:
         chain["dev"] = dev
@@ -77,8 +88,13 @@ def chain(family: str, table: str, name: str) -> Json:
 
 
 def set_decl(
-    family: str, table: str, name: str, kind: str | list[str], *,
-    interval: bool = False, elem: list[Any] | None = None,
+    family: str,
+    table: str,
+    name: str,
+    kind: str | list[str],
+    *,
+    interval: bool = False,
+    elem: list[Any] | None = None,
 ) -> Json:
     body: Json = {"family": family, "table": table, "name": name, "type": kind}
     if interval:
@@ -91,8 +107,9 @@ def set_decl(
 def map_decl(
     family: str, table: str, name: str, kind: str | list[str], data: str | list[str]
 ) -> Json:
-    return {"add": {"map": {"family": family, "table": table, "name": name, "type": kind,
-                            "map": data}}}
+    return {
+        "add": {"map": {"family": family, "table": table, "name": name, "type": kind, "map": data}}
+    }
 
 
 def elements(verb: str, family: str, table: str, name: str, elem: list[Any]) -> list[Json]:

@@ -41,29 +41,52 @@ def ns_ruleset(net: NetworkConfig, lease: Lease) -> Json:
     cmds.append(base_chain("netdev", TABLE, "guard", "filter", "ingress", -500, "drop", dev=tap))
     if lease.policy.network:
         cmds += [
-            rule("netdev", TABLE, "guard", "fcd: the guest's own IPv4",
-                 match(payload("ether", "type"), "ip"),
-                 match(payload("ether", "saddr"), lease.mac),
-                 match(payload("ip", "saddr"), lease.ip), ACCEPT),
-            rule("netdev", TABLE, "guard", "fcd: the guest's own ARP",
-                 match(payload("ether", "type"), "arp"),
-                 match(payload("ether", "saddr"), lease.mac),
-                 match(payload("arp", "saddr ether"), lease.mac),
-                 match(payload("arp", "saddr ip"), lease.ip), ACCEPT),
+            rule(
+                "netdev",
+                TABLE,
+                "guard",
+                "fcd: the guest's own IPv4",
+                match(payload("ether", "type"), "ip"),
+                match(payload("ether", "saddr"), lease.mac),
+                match(payload("ip", "saddr"), lease.ip),
+                ACCEPT,
+            ),
+            rule(
+                "netdev",
+                TABLE,
+                "guard",
+                "fcd: the guest's own ARP",
+                match(payload("ether", "type"), "arp"),
+                match(payload("ether", "saddr"), lease.mac),
+                match(payload("arp", "saddr ether"), lease.mac),
+                match(payload("arp", "saddr ip"), lease.ip),
+                ACCEPT,
+            ),
         ]
-    cmds.append(rule("netdev", TABLE, "guard", "fcd: spoofed or not allowed",
-                     counter(), {"drop": None}))
+    cmds.append(
+        rule("netdev", TABLE, "guard", "fcd: spoofed or not allowed", counter(), {"drop": None})
+    )
     cmds += replace_table("ip", TABLE)
     cmds += [
         base_chain("ip", TABLE, "prerouting", "nat", "prerouting", -100),
-        rule("ip", TABLE, "prerouting", "fcd: the VM's address is the guest",
-             match(meta("iifname"), NETNS_VETH),
-             match(payload("ip", "daddr"), lease.host_ip),
-             {"dnat": {"addr": lease.ip}}),
+        rule(
+            "ip",
+            TABLE,
+            "prerouting",
+            "fcd: the VM's address is the guest",
+            match(meta("iifname"), NETNS_VETH),
+            match(payload("ip", "daddr"), lease.host_ip),
+            {"dnat": {"addr": lease.ip}},
+        ),
         base_chain("ip", TABLE, "postrouting", "nat", "postrouting", 100),
-        rule("ip", TABLE, "postrouting", "fcd: the guest leaves as the VM's address",
-             match(meta("oifname"), NETNS_VETH),
-             match(payload("ip", "saddr"), lease.ip),
-             {"snat": {"addr": lease.host_ip}}),
+        rule(
+            "ip",
+            TABLE,
+            "postrouting",
+            "fcd: the guest leaves as the VM's address",
+            match(meta("oifname"), NETNS_VETH),
+            match(payload("ip", "saddr"), lease.ip),
+            {"snat": {"addr": lease.host_ip}},
+        ),
     ]
     return {"nftables": cmds}

@@ -90,9 +90,7 @@ def _check_rule(rule: RuleSpec, field: str) -> RuleSpec:
             f"{rule.cidr!r} is not an IPv4 address or CIDR", details={"field": f"{field}.cidr"}
         ) from None
     if rule.ports and rule.protocol not in ("tcp", "udp"):
-        raise InvalidArgument(
-            "ports need protocol tcp or udp", details={"field": f"{field}.ports"}
-        )
+        raise InvalidArgument("ports need protocol tcp or udp", details={"field": f"{field}.ports"})
     ports = sorted(set(rule.ports))
     return msgspec.structs.replace(rule, cidr=str(cidr), ports=ports)
 

@@ -53,12 +53,8 @@ def orphans(
         if link.kind == "tun" and link.name.startswith(net.tap_prefix) and link.name not in taps:
             out.taps.append(link.name)
         elif (
-            link.kind == "veth"
-            and link.name.startswith(net.veth_prefix)
-            and link.name not in veths
+            link.kind == "veth" and link.name.startswith(net.veth_prefix) and link.name not in veths
         ):
             out.veths.append(link.name)
-    out.namespaces.extend(
-        n for n in namespaces if n.startswith(net.netns_prefix) and n not in nss
-    )
+    out.namespaces.extend(n for n in namespaces if n.startswith(net.netns_prefix) and n not in nss)
     return out

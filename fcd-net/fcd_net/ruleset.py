@@ -121,8 +121,7 @@ def inet_table(net: NetworkConfig) -> list[Json]:
         set_decl(fam, t, s.SET_PEERS, "ipv4_addr"),
         set_decl(fam, t, s.SET_ISOLATED, "ipv4_addr"),
         set_decl(fam, t, s.SET_GW, "ipv4_addr", elem=[str(net.gateway)]),
-        set_decl(fam, t, "private", "ipv4_addr", interval=True,
-                 elem=[prefix(c) for c in PRIVATE]),
+        set_decl(fam, t, "private", "ipv4_addr", interval=True, elem=[prefix(c) for c in PRIVATE]),
         set_decl(fam, t, "gw_services", ["inet_proto", "inet_service"], elem=_services(net)),
         map_decl(fam, t, s.MAP_DNAT_ADDR, ["inet_proto", "inet_service"], "ipv4_addr"),
         map_decl(fam, t, s.MAP_DNAT_PORT, ["inet_proto", "inet_service"], "inet_service"),
@@ -131,8 +130,13 @@ def inet_table(net: NetworkConfig) -> list[Json]:
     dnat = [
         match({"fib": {"result": "type", "flags": ["daddr"]}}, "local"),
         TCP_UDP,
-        {"dnat": {"family": "ip", "addr": {"map": {"key": L4, "data": f"@{s.MAP_DNAT_ADDR}"}},
-                  "port": {"map": {"key": L4, "data": f"@{s.MAP_DNAT_PORT}"}}}},
+        {
+            "dnat": {
+                "family": "ip",
+                "addr": {"map": {"key": L4, "data": f"@{s.MAP_DNAT_ADDR}"}},
+                "port": {"map": {"key": L4, "data": f"@{s.MAP_DNAT_PORT}"}},
+            }
+        },
     ]
     cmds += [
         base_chain(fam, t, "prerouting", "nat", "prerouting", -100),
@@ -141,7 +145,10 @@ def inet_table(net: NetworkConfig) -> list[Json]:
         rule(fam, t, "output_nat", "fcd: port mappings from the host itself", *dnat),
         base_chain(fam, t, "postrouting", "nat", "postrouting", 100),
         rule(
-            fam, t, "postrouting", "fcd: port mappings used via 127.0.0.1",
+            fam,
+            t,
+            "postrouting",
+            "fcd: port mappings used via 127.0.0.1",
             match(payload("ip", "saddr"), prefix("127.0.0.0/8")),
             match({"ct": {"key": "status"}}, "dnat", "in"),
             {"masquerade": None},
@@ -149,12 +156,17 @@ def inet_table(net: NetworkConfig) -> list[Json]:
     ]
     if net.masquerade:
         for src, iface in ((net.subnet, net.bridge), (net.veth_subnet, f"{net.veth_prefix}*")):
-            cmds.append(rule(
-                fam, t, "postrouting", "fcd: egress masquerade for guests",
-                match(payload("ip", "saddr"), prefix(src)),
-                match(meta("oifname"), iface, "!="),
-                {"masquerade": None},
-            ))
+            cmds.append(
+                rule(
+                    fam,
+                    t,
+                    "postrouting",
+                    "fcd: egress masquerade for guests",
+                    match(payload("ip", "saddr"), prefix(src)),
+                    match(meta("oifname"), iface, "!="),
+                    {"masquerade": None},
+                )
+            )
     cmds += [
         base_chain(fam, t, "forward", "filter", "forward", 0),
         chain(fam, t, "from_guest"),
@@ -162,42 +174,91 @@ def inet_table(net: NetworkConfig) -> list[Json]:
         chain(fam, t, "vm_to_vm"),
         rule(fam, t, "forward", "fcd: replies", _CT_OK, ACCEPT),
     ]
-    cmds += [rule(fam, t, "forward", None, m, jump("from_guest"))
-             for m in _guest_ifaces(net, "iifname")]
-    cmds += [rule(fam, t, "forward", None, m, jump("to_guest"))
-             for m in _guest_ifaces(net, "oifname")]
+    cmds += [
+        rule(fam, t, "forward", None, m, jump("from_guest")) for m in _guest_ifaces(net, "iifname")
+    ]
+    cmds += [
+        rule(fam, t, "forward", None, m, jump("to_guest")) for m in _guest_ifaces(net, "oifname")
+    ]
     saddr, daddr = payload("ip", "saddr"), payload("ip", "daddr")
     cmds += [
         rule(fam, t, "from_guest", "fcd: no network", match(saddr, f"@{s.SET_ISOLATED}"), DROP),
-        rule(fam, t, "from_guest", "fcd: to another VM", match(daddr, f"@{s.SET_ADDRS}"),
-             jump("vm_to_vm")),
-        rule(fam, t, "from_guest", "fcd: the VM's own allow/deny lists",
-             {"vmap": {"key": saddr, "data": f"@{s.MAP_EGRESS}"}}),
-        rule(fam, t, "from_guest", "fcd: private, link-local, reserved",
-             match(daddr, "@private"), counter(), DROP),
+        rule(
+            fam,
+            t,
+            "from_guest",
+            "fcd: to another VM",
+            match(daddr, f"@{s.SET_ADDRS}"),
+            jump("vm_to_vm"),
+        ),
+        rule(
+            fam,
+            t,
+            "from_guest",
+            "fcd: the VM's own allow/deny lists",
+            {"vmap": {"key": saddr, "data": f"@{s.MAP_EGRESS}"}},
+        ),
+        rule(
+            fam,
+            t,
+            "from_guest",
+            "fcd: private, link-local, reserved",
+            match(daddr, "@private"),
+            counter(),
+            DROP,
+        ),
         rule(fam, t, "from_guest", "fcd: the internet", ACCEPT),
         rule(fam, t, "vm_to_vm", None, match(daddr, f"@{s.SET_ISOLATED}"), DROP),
-        rule(fam, t, "vm_to_vm", "fcd: both VMs allow peers",
-             match(saddr, f"@{s.SET_PEERS}"), match(daddr, f"@{s.SET_PEERS}"), ACCEPT),
+        rule(
+            fam,
+            t,
+            "vm_to_vm",
+            "fcd: both VMs allow peers",
+            match(saddr, f"@{s.SET_PEERS}"),
+            match(daddr, f"@{s.SET_PEERS}"),
+            ACCEPT,
+        ),
         rule(fam, t, "vm_to_vm", "fcd: VM-to-VM denied by default", counter(), DROP),
         rule(fam, t, "to_guest", "fcd: no network", match(daddr, f"@{s.SET_ISOLATED}"), DROP),
-        rule(fam, t, "to_guest", "fcd: port mappings",
-             match({"ct": {"key": "status"}}, "dnat", "in"), ACCEPT),
+        rule(
+            fam,
+            t,
+            "to_guest",
+            "fcd: port mappings",
+            match({"ct": {"key": "status"}}, "dnat", "in"),
+            ACCEPT,
+        ),
         rule(fam, t, "to_guest", "fcd: no other new inbound connections", counter(), DROP),
     ]
     cmds += [
         base_chain(fam, t, "input", "filter", "input", 0),
         chain(fam, t, "guest_input"),
     ]
-    cmds += [rule(fam, t, "input", None, m, jump("guest_input"))
-             for m in _guest_ifaces(net, "iifname")]
+    cmds += [
+        rule(fam, t, "input", None, m, jump("guest_input")) for m in _guest_ifaces(net, "iifname")
+    ]
     cmds += [
         rule(fam, t, "guest_input", None, _CT_OK, ACCEPT),
         rule(fam, t, "guest_input", "fcd: no network", match(saddr, f"@{s.SET_ISOLATED}"), DROP),
-        rule(fam, t, "guest_input", "fcd: ping the gateway",
-             match(daddr, f"@{s.SET_GW}"), match(payload("icmp", "type"), "echo-request"), ACCEPT),
-        rule(fam, t, "guest_input", "fcd: gateway services",
-             match(daddr, f"@{s.SET_GW}"), TCP_UDP, match(L4, "@gw_services"), ACCEPT),
+        rule(
+            fam,
+            t,
+            "guest_input",
+            "fcd: ping the gateway",
+            match(daddr, f"@{s.SET_GW}"),
+            match(payload("icmp", "type"), "echo-request"),
+            ACCEPT,
+        ),
+        rule(
+            fam,
+            t,
+            "guest_input",
+            "fcd: gateway services",
+            match(daddr, f"@{s.SET_GW}"),
+            TCP_UDP,
+            match(L4, "@gw_services"),
+            ACCEPT,
+        ),
         rule(fam, t, "guest_input", "fcd: nothing else on the host", counter(), DROP),
         base_chain(fam, t, "output", "filter", "output", 0),
         rule(fam, t, "output", "fcd: no network", match(daddr, f"@{s.SET_ISOLATED}"), DROP),
@@ -217,37 +278,92 @@ def bridge_table(net: NetworkConfig) -> list[Json]:
         set_decl(fam, t, s.SET_ISOLATED_TAPS, "ifname"),
         base_chain(fam, t, "prerouting", "filter", "prerouting", -200),
         chain(fam, t, "from_vm"),
-        rule(fam, t, "prerouting", "fcd: every frame from a guest TAP is checked",
-             match(meta("iifname"), taps), jump("from_vm")),
         rule(
-            fam, t, "from_vm", "fcd: IPv4 with the VM's own TAP, MAC and address",
+            fam,
+            t,
+            "prerouting",
+            "fcd: every frame from a guest TAP is checked",
+            match(meta("iifname"), taps),
+            jump("from_vm"),
+        ),
+        rule(
+            fam,
+            t,
+            "from_vm",
+            "fcd: IPv4 with the VM's own TAP, MAC and address",
             match(payload("ether", "type"), "ip"),
-            match({"concat": [meta("iifname"), payload("ether", "saddr"),
-                              payload("ip", "saddr")]}, f"@{s.SET_IP4}"),
+            match(
+                {"concat": [meta("iifname"), payload("ether", "saddr"), payload("ip", "saddr")]},
+                f"@{s.SET_IP4}",
+            ),
             ACCEPT,
         ),
         rule(
-            fam, t, "from_vm", "fcd: ARP with the VM's own TAP, MAC and address",
+            fam,
+            t,
+            "from_vm",
+            "fcd: ARP with the VM's own TAP, MAC and address",
             match(payload("ether", "type"), "arp"),
-            match({"concat": [meta("iifname"), payload("ether", "saddr"),
-                              payload("arp", "saddr ether"), payload("arp", "saddr ip")]},
-                  f"@{s.SET_ARP}"),
+            match(
+                {
+                    "concat": [
+                        meta("iifname"),
+                        payload("ether", "saddr"),
+                        payload("arp", "saddr ether"),
+                        payload("arp", "saddr ip"),
+                    ]
+                },
+                f"@{s.SET_ARP}",
+            ),
             ACCEPT,
         ),
-        rule(fam, t, "from_vm", "fcd: anything else from a guest is spoofed or not allowed",
-             counter(), DROP),
+        rule(
+            fam,
+            t,
+            "from_vm",
+            "fcd: anything else from a guest is spoofed or not allowed",
+            counter(),
+            DROP,
+        ),
         base_chain(fam, t, "forward", "filter", "forward", 0),
-        rule(fam, t, "forward", "fcd: no network",
-             match(meta("oifname"), f"@{s.SET_ISOLATED_TAPS}"), DROP),
-        rule(fam, t, "forward", "fcd: guest to guest only if both allow peers",
-             match(meta("iifname"), taps), match(meta("oifname"), taps),
-             match(meta("iifname"), f"@{s.SET_PEER_TAPS}"),
-             match(meta("oifname"), f"@{s.SET_PEER_TAPS}"), ACCEPT),
-        rule(fam, t, "forward", "fcd: VM-to-VM denied by default",
-             match(meta("iifname"), taps), match(meta("oifname"), taps), counter(), DROP),
+        rule(
+            fam,
+            t,
+            "forward",
+            "fcd: no network",
+            match(meta("oifname"), f"@{s.SET_ISOLATED_TAPS}"),
+            DROP,
+        ),
+        rule(
+            fam,
+            t,
+            "forward",
+            "fcd: guest to guest only if both allow peers",
+            match(meta("iifname"), taps),
+            match(meta("oifname"), taps),
+            match(meta("iifname"), f"@{s.SET_PEER_TAPS}"),
+            match(meta("oifname"), f"@{s.SET_PEER_TAPS}"),
+            ACCEPT,
+        ),
+        rule(
+            fam,
+            t,
+            "forward",
+            "fcd: VM-to-VM denied by default",
+            match(meta("iifname"), taps),
+            match(meta("oifname"), taps),
+            counter(),
+            DROP,
+        ),
         base_chain(fam, t, "output", "filter", "output", 0),
-        rule(fam, t, "output", "fcd: no network",
-             match(meta("oifname"), f"@{s.SET_ISOLATED_TAPS}"), DROP),
+        rule(
+            fam,
+            t,
+            "output",
+            "fcd: no network",
+            match(meta("oifname"), f"@{s.SET_ISOLATED_TAPS}"),
+            DROP,
+        ),
     ]
     return cmds
 

@@ -47,9 +47,7 @@ class NetService:
         return await loop.run_in_executor(self._executor, functools.partial(fn, *args))
 
     async def on_setup(self, req: NetSetup, _peer: Peer) -> NetInfo:
-        setup = functools.partial(
-            self.core.setup, ports=req.ports, pol=req.policy, mode=req.mode
-        )
+        setup = functools.partial(self.core.setup, ports=req.ports, pol=req.policy, mode=req.mode)
         return await self._run(setup, req.vm_id, req.uid, req.gid)
 
     async def on_teardown(self, req: NetTeardown, _peer: Peer) -> Done:

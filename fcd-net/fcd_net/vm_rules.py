@@ -70,8 +70,10 @@ def _sets(net: NetworkConfig, lease: Lease) -> list[tuple[str, str, list[Any]]]:
     p = lease.policy
     if lease.mode == "bridge":
         if p.network:
-            out += [("bridge", SET_IP4, [ip4_element(lease)]),
-                    ("bridge", SET_ARP, [arp_element(lease)])]
+            out += [
+                ("bridge", SET_IP4, [ip4_element(lease)]),
+                ("bridge", SET_ARP, [arp_element(lease)]),
+            ]
         else:
             out.append(("bridge", SET_ISOLATED_TAPS, [lease.tap]))
         if p.peers:
@@ -131,8 +133,10 @@ def vm_cmds(net: NetworkConfig, lease: Lease) -> list[Json]:
     """Add one VM: its chain (replaced if present), elements and port mappings."""
     t = net.nft_table
     name = vm_chain(lease)
-    cmds = [chain("inet", t, name), {"flush": {"chain": {"family": "inet", "table": t,
-                                                          "name": name}}}]
+    cmds = [
+        chain("inet", t, name),
+        {"flush": {"chain": {"family": "inet", "table": t, "name": name}}},
+    ]
     cmds += egress_chain(net, lease)[1:]
     for fam, set_name, elem in _sets(net, lease):
         cmds += elements("add", fam, t, set_name, elem)
@@ -145,9 +149,7 @@ def remove_cmds(net: NetworkConfig, lease: Lease) -> list[Json]:
     t = net.nft_table
     name = vm_chain(lease)
     cmds = [chain("inet", t, name)]
-    cmds += idempotent_delete(
-        "inet", t, MAP_EGRESS, [[lease.addr, {"jump": {"target": name}}]]
-    )
+    cmds += idempotent_delete("inet", t, MAP_EGRESS, [[lease.addr, {"jump": {"target": name}}]])
     for fam, set_name, elem in _sets(net, lease):
         cmds += idempotent_delete(fam, t, set_name, elem)
     cmds += port_cmds(net, lease, "remove")

@@ -187,8 +187,7 @@ def check_quota(root_bytes: int, drives: Sequence[DrivePlan], quota_mib: int) ->
     total = root_bytes + sum(d.size_bytes for d in drives if d.template is None)
     if total > quota_mib * MiB:
         raise ResourceExhausted(
-            f"the VM's disks need {-(-total // MiB)} MiB, over the per-VM quota of "
-            f"{quota_mib} MiB",
+            f"the VM's disks need {-(-total // MiB)} MiB, over the per-VM quota of {quota_mib} MiB",
             details={"field": "drives", "needed_mib": -(-total // MiB), "quota_mib": quota_mib},
         )
     return total
@@ -248,9 +247,7 @@ def build_geometry(tree: TreeSize, size_mib: int | None, max_mib: int) -> tuple[
 # --- reclaim ------------------------------------------------------------------------------
 
 
-def disks_to_reclaim(
-    disks: Iterable[DiskManifest], live: Collection[str], as_of: str
-) -> list[str]:
+def disks_to_reclaim(disks: Iterable[DiskManifest], live: Collection[str], as_of: str) -> list[str]:
     """VM ids whose disks no live VM owns; disks made at/after ``as_of`` are spared
     (their create started after the caller listed its VMs)."""
     cutoff = parse_time(as_of)

@@ -187,9 +187,7 @@ class StorageService:
     async def reclaim(self, req: proto.Reclaim, _peer: Peer) -> proto.ReclaimResult:
         live = [check_vm_id(v) for v in req.live_vm_ids]
         async with self.catalog.exclusive():
-            removed = await asyncio.to_thread(
-                reclaim.reclaim_unowned, self.store, live, req.as_of
-            )
+            removed = await asyncio.to_thread(reclaim.reclaim_unowned, self.store, live, req.as_of)
         return proto.ReclaimResult(removed=removed)
 
     # -- snapshots --------------------------------------------------------------
@@ -198,9 +196,7 @@ class StorageService:
         m = snapshots.get(self.store, name)
         return m.info(self.store.layout, snapshots.users(self.store).get(m.name))
 
-    async def snapshot_prepare(
-        self, req: proto.SnapshotPrepare, _peer: Peer
-    ) -> proto.SnapshotInfo:
+    async def snapshot_prepare(self, req: proto.SnapshotPrepare, _peer: Peer) -> proto.SnapshotInfo:
         name, vm_id = check_name(req.name), check_vm_id(req.vm_id)
         async with self._using(f"snapshot:{name}"), self.locks.hold(f"disk:{vm_id}"):
             await asyncio.to_thread(snapshots.prepare, self.store, name, vm_id)
@@ -215,9 +211,7 @@ class StorageService:
     async def snapshot_get(self, req: proto.SnapshotGet, _peer: Peer) -> proto.SnapshotInfo:
         return await asyncio.to_thread(self._snapshot_info, check_name(req.name))
 
-    async def snapshot_list(
-        self, _req: proto.SnapshotList, _peer: Peer
-    ) -> proto.SnapshotInfoList:
+    async def snapshot_list(self, _req: proto.SnapshotList, _peer: Peer) -> proto.SnapshotInfoList:
         def items() -> list[proto.SnapshotInfo]:
             used = snapshots.users(self.store)
             lay = self.store.layout

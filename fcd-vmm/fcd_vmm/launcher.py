@@ -174,7 +174,12 @@ async def launch(
             cfg.limits.mem_overhead_mib,
         )
         argv = jailer_argv(
-            cfg, vm_id=vm_id, uid=uid, gid=gid, cgroup_version=cgroup_version, cgroups=settings,
+            cfg,
+            vm_id=vm_id,
+            uid=uid,
+            gid=gid,
+            cgroup_version=cgroup_version,
+            cgroups=settings,
             netns=spec.netns,
         )
         try:

@@ -32,19 +32,25 @@ def _elements(ns: str, name: str) -> list[object]:
 def test_ports_and_netns_mode_through_the_api(tmp_path: Path) -> None:
     with running_suite(tmp_path) as suite, api(suite) as c:
         devup.import_demo_template(suite, "demo")
-        body = {"id": "web", "template": "demo",
-                "port_mappings": [{"host_port": 0, "guest_port": 80}]}
+        body = {
+            "id": "web",
+            "template": "demo",
+            "port_mappings": [{"host_port": 0, "guest_port": 80}],
+        }
         r = c.post("/v1/vms", json=body)
         assert r.status_code == 201, r.text
         vm = r.json()
         assert vm["port_mappings"] == [{"host_port": 20000, "guest_port": 80, "protocol": "tcp"}]
         assert _elements(suite.netns, "port_addr") == [
-            [{"concat": ["tcp", 20000]}, vm["ip_address"]]]
+            [{"concat": ["tcp", 20000]}, vm["ip_address"]]
+        ]
 
         r = c.post("/v1/vms/web/ports", json={"host_port": 20003, "guest_port": 22})
         assert r.status_code == 200, r.text
-        r = c.post("/v1/vms", json={**body, "id": "other",
-                                    "port_mappings": [{"host_port": 20003, "guest_port": 1}]})
+        r = c.post(
+            "/v1/vms",
+            json={**body, "id": "other", "port_mappings": [{"host_port": 20003, "guest_port": 1}]},
+        )
         assert r.status_code == 409 and r.json()["error"]["code"] == "conflict"
         r = c.delete("/v1/vms/web/ports", params={"host_port": 20000})
         assert [p["host_port"] for p in r.json()["port_mappings"]] == [20003]
@@ -63,9 +69,12 @@ def test_ports_and_netns_mode_through_the_api(tmp_path: Path) -> None:
         prefix = suite.vm_netns_prefix
         for vm in clones:
             fc_ns = os.readlink(f"/proc/{vm['pid']}/ns/net")
-            vm_ns = [n for n in os.listdir("/run/netns") if n.startswith(prefix)
-                     and os.stat(f"/run/netns/{n}").st_ino == os.stat(
-                         f"/proc/{vm['pid']}/ns/net").st_ino]
+            vm_ns = [
+                n
+                for n in os.listdir("/run/netns")
+                if n.startswith(prefix)
+                and os.stat(f"/run/netns/{n}").st_ino == os.stat(f"/proc/{vm['pid']}/ns/net").st_ino
+            ]
             assert len(vm_ns) == 1, (fc_ns, vm_ns)
             links = json.loads(in_ns(vm_ns[0], "ip", "-j", "link", "show", vm["tap"]))
             assert links[0]["ifname"] == "fctap0"

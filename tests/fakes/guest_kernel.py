@@ -44,12 +44,23 @@ def build(out: Path) -> Path:
     with tempfile.TemporaryDirectory(prefix="fcd-guest-") as tmp:
         src, obj = Path(tmp) / "guest.S", Path(tmp) / "guest.o"
         src.write_text(_ASM)
-        subprocess.run(["as", "--64", "-o", str(obj), str(src)], check=True,
-                       capture_output=True)
+        subprocess.run(["as", "--64", "-o", str(obj), str(src)], check=True, capture_output=True)
         subprocess.run(
-            ["ld", "-static", "-nostdlib", "-N", "--build-id=none", "-e", "_start",
-             f"-Ttext={LOAD_ADDRESS:#x}", "-o", str(out), str(obj)],
-            check=True, capture_output=True,
+            [
+                "ld",
+                "-static",
+                "-nostdlib",
+                "-N",
+                "--build-id=none",
+                "-e",
+                "_start",
+                f"-Ttext={LOAD_ADDRESS:#x}",
+                "-o",
+                str(out),
+                str(obj),
+            ],
+            check=True,
+            capture_output=True,
         )
     out.chmod(0o644)
     return out
@@ -67,8 +78,9 @@ def build_rootfs(out: Path, size_mib: int = 16) -> Path:
         (root / "README").write_text("fcd test rootfs\n")
         with open(out, "wb") as f:
             f.truncate(size_mib << 20)
-        subprocess.run([mkfs, "-q", "-F", "-d", str(root), str(out)], check=True,
-                       capture_output=True)
+        subprocess.run(
+            [mkfs, "-q", "-F", "-d", str(root), str(out)], check=True, capture_output=True
+        )
     return out
 
 

@@ -32,8 +32,9 @@ import guest_kernel  # noqa: E402
 CGROUP_V1 = Path("/sys/fs/cgroup")
 
 
-def http(sock_path: Path, method: str, path: str, body: object | None = None
-         ) -> tuple[int, dict[str, object] | None]:
+def http(
+    sock_path: Path, method: str, path: str, body: object | None = None
+) -> tuple[int, dict[str, object] | None]:
     payload = b"" if body is None else json.dumps(body).encode()
     req = f"{method} {path} HTTP/1.1\r\nHost: localhost\r\n"
     if payload:
@@ -57,8 +58,9 @@ def http(sock_path: Path, method: str, path: str, body: object | None = None
 
 
 def run_jailer(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(JAILER), *args], check=False, capture_output=True, text=True,
-                          timeout=30)
+    return subprocess.run(
+        [str(JAILER), *args], check=False, capture_output=True, text=True, timeout=30
+    )
 
 
 def wait_for(cond: object, timeout: float = 10) -> None:
@@ -136,15 +138,32 @@ def remove_cgroups(parent: str, instance_id: str) -> None:
 
 
 @pytest.mark.root
-def test_jailed_double_daemonized_in_pid_ns(tmp_path: Path, base: Path, netns: str,
-                                            jail_uid: int) -> None:
+def test_jailed_double_daemonized_in_pid_ns(
+    tmp_path: Path, base: Path, netns: str, jail_uid: int
+) -> None:
     instance_id = f"vm-{secrets.token_hex(3)}"
     parent = f"fcdt-{secrets.token_hex(3)}"
     chroot = base / "firecracker" / instance_id / "root"
     uid = gid = jail_uid
     tap = "fcdt-tap0"
-    subprocess.run(["ip", "-n", netns, "tuntap", "add", "dev", tap, "mode", "tap",
-                    "user", str(uid), "group", str(gid)], check=True)
+    subprocess.run(
+        [
+            "ip",
+            "-n",
+            netns,
+            "tuntap",
+            "add",
+            "dev",
+            tap,
+            "mode",
+            "tap",
+            "user",
+            str(uid),
+            "group",
+            str(gid),
+        ],
+        check=True,
+    )
     # like fcd-vmm: pre-create the chroot and hard-link the kernel and disk into it
     chroot.mkdir(parents=True)
     kernel = guest_kernel.build(tmp_path / "vmlinux")
@@ -156,13 +175,35 @@ def test_jailed_double_daemonized_in_pid_ns(tmp_path: Path, base: Path, netns: s
         (chroot / name).touch()
         os.chown(chroot / name, uid, gid)
     try:
-        r = run_jailer("--id", instance_id, "--exec-file", str(FIRECRACKER), "--uid", str(uid),
-                       "--gid", str(gid), "--chroot-base-dir", str(base),
-                       "--netns", f"/var/run/netns/{netns}", "--daemonize", "--new-pid-ns",
-                       "--cgroup-version", "1", "--parent-cgroup", parent,
-                       "--cgroup", "memory.limit_in_bytes=268435456",
-                       "--cgroup", "cpu.shares=512", "--cgroup", "cpuset.cpus=0",
-                       "--", "--api-sock", "/run/firecracker.socket")
+        r = run_jailer(
+            "--id",
+            instance_id,
+            "--exec-file",
+            str(FIRECRACKER),
+            "--uid",
+            str(uid),
+            "--gid",
+            str(gid),
+            "--chroot-base-dir",
+            str(base),
+            "--netns",
+            f"/var/run/netns/{netns}",
+            "--daemonize",
+            "--new-pid-ns",
+            "--cgroup-version",
+            "1",
+            "--parent-cgroup",
+            parent,
+            "--cgroup",
+            "memory.limit_in_bytes=268435456",
+            "--cgroup",
+            "cpu.shares=512",
+            "--cgroup",
+            "cpuset.cpus=0",
+            "--",
+            "--api-sock",
+            "/run/firecracker.socket",
+        )
         assert r.returncode == 0, r.stderr
         # the pid file exists once the jailer has exited
         pid_text = (chroot / "firecracker.pid").read_text()
@@ -176,8 +217,11 @@ def test_jailed_double_daemonized_in_pid_ns(tmp_path: Path, base: Path, netns: s
             st = (chroot / d).stat()
             assert stat.S_IMODE(st.st_mode) == 0o700, d
             assert (st.st_uid, st.st_gid) == (uid, gid), d
-        for node, dev in (("dev/net/tun", (10, 200)), ("dev/kvm", (10, 232)),
-                          ("dev/urandom", (1, 9))):
+        for node, dev in (
+            ("dev/net/tun", (10, 200)),
+            ("dev/kvm", (10, 232)),
+            ("dev/urandom", (1, 9)),
+        ):
             st = (chroot / node).stat()
             assert stat.S_ISCHR(st.st_mode), node
             assert (os.major(st.st_rdev), os.minor(st.st_rdev)) == dev, node
@@ -198,8 +242,11 @@ def test_jailed_double_daemonized_in_pid_ns(tmp_path: Path, base: Path, netns: s
         assert os.stat(f"/proc/{pid}/ns/net").st_ino == ns_inode
 
         # cgroups
-        for ctrl, file, value in (("memory", "memory.limit_in_bytes", "268435456"),
-                                  ("cpu", "cpu.shares", "512"), ("cpuset", "cpuset.cpus", "0")):
+        for ctrl, file, value in (
+            ("memory", "memory.limit_in_bytes", "268435456"),
+            ("cpu", "cpu.shares", "512"),
+            ("cpuset", "cpuset.cpus", "0"),
+        ):
             cg = CGROUP_V1 / ctrl / parent / instance_id
             assert (cg / file).read_text().strip() == value
             assert str(pid) in (cg / "tasks").read_text().split()
@@ -213,19 +260,39 @@ def test_jailed_double_daemonized_in_pid_ns(tmp_path: Path, base: Path, netns: s
         status, body = http(api, "PUT", "/boot-source", {"kernel_image_path": str(kernel)})
         assert status == 400 and "The kernel file cannot be opened" in str(body)
         assert http(api, "PUT", "/boot-source", {"kernel_image_path": "/vmlinux"})[0] == 204
-        assert http(api, "PUT", "/machine-config", {"vcpu_count": 1, "mem_size_mib": 64})[0] \
+        assert http(api, "PUT", "/machine-config", {"vcpu_count": 1, "mem_size_mib": 64})[0] == 204
+        assert (
+            http(
+                api,
+                "PUT",
+                "/drives/rootfs",
+                {"drive_id": "rootfs", "is_root_device": True, "path_on_host": "/rootfs.ext4"},
+            )[0]
             == 204
-        assert http(api, "PUT", "/drives/rootfs", {"drive_id": "rootfs", "is_root_device": True,
-                                                   "path_on_host": "/rootfs.ext4"})[0] == 204
-        assert http(api, "PUT", "/network-interfaces/eth0",
-                    {"iface_id": "eth0", "host_dev_name": tap,
-                     "guest_mac": "AA:FC:00:00:00:01"})[0] == 204
-        status, body = http(api, "PUT", "/network-interfaces/eth1",
-                            {"iface_id": "eth1", "host_dev_name": "fcdt-nosuch"})
+        )
+        assert (
+            http(
+                api,
+                "PUT",
+                "/network-interfaces/eth0",
+                {"iface_id": "eth0", "host_dev_name": tap, "guest_mac": "AA:FC:00:00:00:01"},
+            )[0]
+            == 204
+        )
+        status, body = http(
+            api,
+            "PUT",
+            "/network-interfaces/eth1",
+            {"iface_id": "eth1", "host_dev_name": "fcdt-nosuch"},
+        )
         assert status == 400 and "Operation not permitted (os error 1)" in str(body)
         assert http(api, "PUT", "/actions", {"action_type": "InstanceStart"})[0] == 204
-        assert http(api, "GET", "/")[1] == {"id": instance_id, "state": "Running",
-                                            "vmm_version": "1.7.0", "app_name": "Firecracker"}
+        assert http(api, "GET", "/")[1] == {
+            "id": instance_id,
+            "state": "Running",
+            "vmm_version": "1.7.0",
+            "app_name": "Firecracker",
+        }
         metrics = (chroot / "fc.metrics").read_text().splitlines()
         assert len(metrics) == 1 and metrics[0].startswith('{"utc_timestamp_ms":')
         assert (chroot / "fc.log").read_text().startswith("20")
@@ -246,10 +313,23 @@ def test_jailed_double_daemonized_in_pid_ns(tmp_path: Path, base: Path, netns: s
 @pytest.mark.root
 def test_exec_in_place_without_daemonize(base: Path, jail_uid: int) -> None:
     chroot = base / "firecracker" / "inplace" / "root"
-    proc = subprocess.Popen([str(JAILER), "--id", "inplace", "--exec-file", str(FIRECRACKER),
-                             "--uid", str(jail_uid), "--gid", str(jail_uid),
-                             "--chroot-base-dir", str(base)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [
+            str(JAILER),
+            "--id",
+            "inplace",
+            "--exec-file",
+            str(FIRECRACKER),
+            "--uid",
+            str(jail_uid),
+            "--gid",
+            str(jail_uid),
+            "--chroot-base-dir",
+            str(base),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     try:
         api = chroot / "run" / "firecracker.socket"
         wait_for(api.exists)
@@ -275,18 +355,35 @@ def test_leftover_chroot_fails(tmp_path: Path, jail_uid: int) -> None:
     base = tmp_path / "jailer"
     base.mkdir()
     chroot = base / "firecracker" / "again" / "root"
-    args = ["--id", "again", "--exec-file", str(FIRECRACKER), "--uid", str(jail_uid),
-            "--gid", str(jail_uid), "--chroot-base-dir", str(base), "--new-pid-ns"]
+    args = [
+        "--id",
+        "again",
+        "--exec-file",
+        str(FIRECRACKER),
+        "--uid",
+        str(jail_uid),
+        "--gid",
+        str(jail_uid),
+        "--chroot-base-dir",
+        str(base),
+        "--new-pid-ns",
+    ]
     try:
         # the jailed child keeps stdio: don't wait for EOF on pipes (same with the real one)
-        first = subprocess.run([str(JAILER), *args], check=False, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL, timeout=30)
+        first = subprocess.run(
+            [str(JAILER), *args],
+            check=False,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=30,
+        )
         assert first.returncode == 0
         kill_jailed(chroot)
         second = run_jailer(*args)
         assert second.returncode == -signal.SIGABRT  # a Rust panic: 134 in a shell
-        assert ("Failed to create /dev/net/tun via mknod inside the jail: File exists "
-                "(os error 17)") in second.stderr
+        assert (
+            "Failed to create /dev/net/tun via mknod inside the jail: File exists (os error 17)"
+        ) in second.stderr
     finally:
         kill_jailed(chroot)
         shutil.rmtree(base, ignore_errors=True)
@@ -300,8 +397,18 @@ def test_copy_refused_over_a_hard_link(tmp_path: Path, jail_uid: int) -> None:
     other = tmp_path / "other"
     other.write_text("x")
     os.link(other, chroot / "firecracker")
-    r = run_jailer("--id", "linked", "--exec-file", str(FIRECRACKER), "--uid", str(jail_uid),
-                   "--gid", str(jail_uid), "--chroot-base-dir", str(base))
+    r = run_jailer(
+        "--id",
+        "linked",
+        "--exec-file",
+        str(FIRECRACKER),
+        "--uid",
+        str(jail_uid),
+        "--gid",
+        str(jail_uid),
+        "--chroot-base-dir",
+        str(base),
+    )
     assert r.returncode == -signal.SIGABRT
     assert "Detected hard link at:" in r.stderr
     assert other.read_text() == "x"
@@ -311,13 +418,31 @@ def test_copy_refused_over_a_hard_link(tmp_path: Path, jail_uid: int) -> None:
 
 
 def test_invalid_id_panics(tmp_path: Path) -> None:
-    r = run_jailer("--id", "bad_id", "--exec-file", str(FIRECRACKER), "--uid", "1",
-                   "--gid", "1", "--chroot-base-dir", str(tmp_path))
+    r = run_jailer(
+        "--id",
+        "bad_id",
+        "--exec-file",
+        str(FIRECRACKER),
+        "--uid",
+        "1",
+        "--gid",
+        "1",
+        "--chroot-base-dir",
+        str(tmp_path),
+    )
     assert r.returncode == -signal.SIGABRT
     assert "Invalid instance ID: Invalid char (_) at position 3" in r.stderr
-    shell = subprocess.run(["sh", "-c", f"{JAILER} --id {'a' * 65} --exec-file {FIRECRACKER} "
-                            f"--uid 1 --gid 1 --chroot-base-dir {tmp_path} 2>&1; echo rc=$?"],
-                           check=False, capture_output=True, text=True)
+    shell = subprocess.run(
+        [
+            "sh",
+            "-c",
+            f"{JAILER} --id {'a' * 65} --exec-file {FIRECRACKER} "
+            f"--uid 1 --gid 1 --chroot-base-dir {tmp_path} 2>&1; echo rc=$?",
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+    )
     assert "Invalid instance ID: Invalid len (65)" in shell.stdout
     assert shell.stdout.strip().endswith("rc=134")
     assert list(tmp_path.iterdir()) == []
@@ -343,17 +468,39 @@ def test_exec_file_checks(tmp_path: Path) -> None:
     assert 'The filename of `--exec-file` option must contain "firecracker": vmm' in r.stderr
     r = run_jailer("--exec-file", str(tmp_path / "firecracker-missing"), *common)
     assert r.returncode == -signal.SIGABRT
-    assert f"Failed to canonicalize path {tmp_path}/firecracker-missing: No such file or " \
-           "directory (os error 2)" in r.stderr
-    r = run_jailer("--exec-file", str(FIRECRACKER), "--id", "a", "--uid", "1", "--gid", "1",
-                   "--chroot-base-dir", str(tmp_path / "nope"))
+    assert (
+        f"Failed to canonicalize path {tmp_path}/firecracker-missing: No such file or "
+        "directory (os error 2)" in r.stderr
+    )
+    r = run_jailer(
+        "--exec-file",
+        str(FIRECRACKER),
+        "--id",
+        "a",
+        "--uid",
+        "1",
+        "--gid",
+        "1",
+        "--chroot-base-dir",
+        str(tmp_path / "nope"),
+    )
     assert r.returncode == -signal.SIGABRT
     assert "Failed to canonicalize path" in r.stderr
 
 
 def test_cgroup_argument_checks(tmp_path: Path) -> None:
-    common = ["--id", "a", "--exec-file", str(FIRECRACKER), "--uid", "1", "--gid", "1",
-              "--chroot-base-dir", str(tmp_path)]
+    common = [
+        "--id",
+        "a",
+        "--exec-file",
+        str(FIRECRACKER),
+        "--uid",
+        "1",
+        "--gid",
+        "1",
+        "--chroot-base-dir",
+        str(tmp_path),
+    ]
     r = run_jailer(*common, "--cgroup", "cpu.shares")
     assert r.returncode == -signal.SIGABRT
     assert "Invalid format for cgroups: cpu.shares" in r.stderr

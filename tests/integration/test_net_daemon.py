@@ -100,9 +100,7 @@ class NetDaemon:
 
     def taps(self) -> list[str]:
         links = json.loads(sh("ip", "-n", self.ns, "-j", "-d", "link", "show"))
-        return sorted(
-            x["ifname"] for x in links if x.get("linkinfo", {}).get("info_kind") == "tun"
-        )
+        return sorted(x["ifname"] for x in links if x.get("linkinfo", {}).get("info_kind") == "tun")
 
     def ruleset(self) -> list[dict[str, Any]]:
         doc = json.loads(self.ns_sh("nft", "-j", "list", "ruleset"))
@@ -175,8 +173,16 @@ def test_setup_creates_owned_tap_on_bridge_with_identity(daemon: NetDaemon) -> N
     info = setup(daemon, "vm-a")
     tap = ids.tap_name("vm-a")
     assert info == NetInfo(
-        vm_id="vm-a", tap=tap, mac="06:00:0a:d5:00:02", ip="10.213.0.2", gateway="10.213.0.1",
-        prefix_len=29, bridge="fcbr0", uid=UID, gid=GID, host_ip="10.213.0.2",
+        vm_id="vm-a",
+        tap=tap,
+        mac="06:00:0a:d5:00:02",
+        ip="10.213.0.2",
+        gateway="10.213.0.1",
+        prefix_len=29,
+        bridge="fcbr0",
+        uid=UID,
+        gid=GID,
+        host_ip="10.213.0.2",
     )
     link = daemon.link(tap)
     assert link is not None
@@ -255,10 +261,14 @@ def test_concurrent_setups_get_distinct_addresses_until_the_pool_is_exhausted(
     async def many() -> list[NetInfo]:
         client = RpcClient(daemon.cfg.socket("net"), PROTOCOL, timeout=20)
         try:
-            return list(await asyncio.gather(*(
-                client.call(NetSetup(vm_id=f"vm-{i}", uid=UID, gid=GID), NetInfo)
-                for i in range(5)
-            )))
+            return list(
+                await asyncio.gather(
+                    *(
+                        client.call(NetSetup(vm_id=f"vm-{i}", uid=UID, gid=GID), NetInfo)
+                        for i in range(5)
+                    )
+                )
+            )
         finally:
             await client.close()
 
@@ -301,17 +311,30 @@ def _mac(text: str) -> bytes:
 
 def ipv4_frame(src_mac: str, src_ip: str, dst_ip: str) -> bytes:
     ip = struct.pack(
-        "!BBHHHBBH4s4s", 0x45, 0, 28, 0, 0, 64, 17, 0,
-        socket.inet_aton(src_ip), socket.inet_aton(dst_ip),
+        "!BBHHHBBH4s4s",
+        0x45,
+        0,
+        28,
+        0,
+        0,
+        64,
+        17,
+        0,
+        socket.inet_aton(src_ip),
+        socket.inet_aton(dst_ip),
     )
     udp = struct.pack("!HHHH", 1234, 9, 8, 0)
     return b"\xff" * 6 + _mac(src_mac) + b"\x08\x00" + ip + udp
 
 
 def arp_frame(src_mac: str, sender_mac: str, sender_ip: str, target_ip: str) -> bytes:
-    arp = struct.pack("!HHBBH", 1, 0x0800, 6, 4, 1) + _mac(sender_mac) + socket.inet_aton(
-        sender_ip
-    ) + b"\x00" * 6 + socket.inet_aton(target_ip)
+    arp = (
+        struct.pack("!HHBBH", 1, 0x0800, 6, 4, 1)
+        + _mac(sender_mac)
+        + socket.inet_aton(sender_ip)
+        + b"\x00" * 6
+        + socket.inet_aton(target_ip)
+    )
     return b"\xff" * 6 + _mac(src_mac) + b"\x08\x06" + arp
 
 
@@ -324,9 +347,21 @@ def send(
 ) -> subprocess.CompletedProcess[bytes]:
     data = "\n--\n".join(f.hex() for f in frames).encode()
     return subprocess.run(
-        ["ip", "netns", "exec", daemon.ns, sys.executable, "-c", _SENDER, info.tap,
-         str(info.uid if uid is None else uid), str(info.gid)],
-        input=data, check=uid is None, capture_output=True,
+        [
+            "ip",
+            "netns",
+            "exec",
+            daemon.ns,
+            sys.executable,
+            "-c",
+            _SENDER,
+            info.tap,
+            str(info.uid if uid is None else uid),
+            str(info.gid),
+        ],
+        input=data,
+        check=uid is None,
+        capture_output=True,
     )
 
 
@@ -337,19 +372,23 @@ def test_forged_frames_from_a_tap_are_dropped(daemon: NetDaemon) -> None:
     gw = "10.213.0.1"
 
     base = daemon.drops()
-    send(daemon, info, [
-        ipv4_frame(info.mac, info.ip, gw),
-        arp_frame(info.mac, info.mac, info.ip, gw),
-    ])
+    send(
+        daemon,
+        info,
+        [
+            ipv4_frame(info.mac, info.ip, gw),
+            arp_frame(info.mac, info.mac, info.ip, gw),
+        ],
+    )
     assert daemon.drops() == base, "legitimate frames were dropped"
 
     forged = [
-        ipv4_frame(info.mac, other.ip, gw),                # another VM's address
-        ipv4_frame(other.mac, info.ip, gw),                # another VM's MAC
+        ipv4_frame(info.mac, other.ip, gw),  # another VM's address
+        ipv4_frame(other.mac, info.ip, gw),  # another VM's MAC
         ipv4_frame("06:00:de:ad:be:ef", "10.213.0.99", gw),
-        arp_frame(info.mac, info.mac, other.ip, gw),       # ARP claiming another address
-        arp_frame(info.mac, other.mac, info.ip, gw),       # ARP with a forged sender MAC
-        ipv6_frame(info.mac),                              # not IPv4/ARP
+        arp_frame(info.mac, info.mac, other.ip, gw),  # ARP claiming another address
+        arp_frame(info.mac, other.mac, info.ip, gw),  # ARP with a forged sender MAC
+        ipv6_frame(info.mac),  # not IPv4/ARP
     ]
     send(daemon, info, forged)
     assert daemon.drops() == base + len(forged)

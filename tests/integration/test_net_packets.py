@@ -81,13 +81,30 @@ uid_max = 900999
         for ns in (self.host, self.inet):
             sh("ip", "netns", "add", ns)
         self.daemon = NetDaemon(self.host, cfg)
-        sh("ip", "-n", self.host, "link", "add", "up0", "type", "veth",
-           "peer", "name", "eth0", "netns", self.inet)
+        sh(
+            "ip",
+            "-n",
+            self.host,
+            "link",
+            "add",
+            "up0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            self.inet,
+        )
         self.ns(self.host, "ip", "addr", "add", f"{HOST_UP}/24", "dev", "up0")
         self.ns(self.inet, "ip", "addr", "add", f"{INET}/24", "dev", "eth0")
         self.ns(self.inet, "ip", "addr", "add", f"{PRIVATE}/32", "dev", "lo")
-        for ns, dev in ((self.host, "up0"), (self.host, "lo"), (self.inet, "eth0"),
-                        (self.inet, "lo")):
+        for ns, dev in (
+            (self.host, "up0"),
+            (self.host, "lo"),
+            (self.inet, "eth0"),
+            (self.inet, "lo"),
+        ):
             self.ns(ns, "ip", "link", "set", dev, "up")
         self.ns(self.host, "ip", "route", "add", "default", "via", INET)
         self.ns(self.host, "ip", "route", "add", "10.99.0.0/24", "via", INET)
@@ -101,7 +118,10 @@ uid_max = 900999
     def tool(self, ns: str, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             ["ip", "netns", "exec", ns, sys.executable, TOOLS, *args],
-            capture_output=True, text=True, timeout=20, check=False,
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=False,
         )
 
     def ok(self, ns: str, *args: str) -> str:
@@ -120,7 +140,9 @@ uid_max = 900999
     def background(self, ns: str, *args: str) -> None:
         p = subprocess.Popen(
             ["ip", "netns", "exec", ns, sys.executable, TOOLS, *args],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
         self.procs.append(p)
         assert p.stdout is not None
@@ -144,8 +166,7 @@ uid_max = 900999
         self.ns(g, "ip", "addr", "add", f"{info.ip}/{info.prefix_len}", "dev", "eth0")
         self.ns(g, "ip", "link", "set", "eth0", "up")
         self.ns(g, "ip", "link", "set", "lo", "up")
-        self.ns(g, "ip", "route", "add", "default", "via", info.gateway, "dev", "eth0",
-                "onlink")
+        self.ns(g, "ip", "route", "add", "default", "via", info.gateway, "dev", "eth0", "onlink")
         vm_ns = Path(info.netns).name if info.netns else "-"
         self.background(self.host, "relay", g, vm_ns, info.tap, str(info.uid), str(info.gid))
         return g
@@ -157,13 +178,15 @@ uid_max = 900999
         """Everything of fcd-net's that is still there besides bridge and tables."""
         out = [f"tap {t}" for t in self.daemon.taps()]
         out += [f"veth {n}" for n in self.veths()]
-        out += [f"netns {n}" for n in sh("ip", "netns", "list").split()
-                if n.startswith(self.netns_prefix)]
+        out += [
+            f"netns {n}"
+            for n in sh("ip", "netns", "list").split()
+            if n.startswith(self.netns_prefix)
+        ]
         for obj in self.daemon.ruleset():
             for kind in ("set", "map"):
                 s = obj.get(kind)
-                if s and s.get("elem") and s["name"] not in ("private", "gw_addrs",
-                                                             "gw_services"):
+                if s and s.get("elem") and s["name"] not in ("private", "gw_addrs", "gw_services"):
                     out.append(f"{kind} {s['name']}: {s['elem']}")
             c = obj.get("chain")
             if c and c["name"].startswith("vm_") and c["name"] not in ("vm_to_vm",):
@@ -212,21 +235,26 @@ def test_guest_reaches_gateway_and_internet_but_not_private_ranges_or_the_host(l
     lab.fails(g, "tcp-call", PRIVATE, "8080")
     lab.fails(g, "ping", PRIVATE)
     lab.serve(lab.host, 9090, "host")
-    lab.fails(g, "tcp-call", a.gateway, "9090")          # the host's services
+    lab.fails(g, "tcp-call", a.gateway, "9090")  # the host's services
     lab.fails(g, "tcp-call", HOST_UP, "9090")
-    lab.serve(lab.host, 53, "dns")                       # a documented gateway service
+    lab.serve(lab.host, 53, "dns")  # a documented gateway service
     assert lab.ok(g, "udp-call", a.gateway, "53") == f"dns:{a.ip}"
-    lab.fails(g, "tcp-call", a.gateway, "53")             # only udp/53 is listed
+    lab.fails(g, "tcp-call", a.gateway, "53")  # only udp/53 is listed
     c = lab.daemon.call(NetCounters(vm_id="vm-a"), Counters)
     assert c.iface == a.tap and c.rx_packets > 5 and c.tx_packets > 5 and c.rx_bytes > 300
 
 
 def test_allow_and_deny_lists_and_no_internet(lab: Lab) -> None:
-    a = lab.setup("vm-a", policy=PolicySpec(
-        internet=False, allow=[RuleSpec(cidr=f"{PRIVATE}/32", protocol="tcp", ports=[8080])],
-    ))
-    b = lab.setup("vm-b", policy=PolicySpec(deny=[RuleSpec(cidr="198.51.100.0/24",
-                                                           protocol="udp")]))
+    a = lab.setup(
+        "vm-a",
+        policy=PolicySpec(
+            internet=False,
+            allow=[RuleSpec(cidr=f"{PRIVATE}/32", protocol="tcp", ports=[8080])],
+        ),
+    )
+    b = lab.setup(
+        "vm-b", policy=PolicySpec(deny=[RuleSpec(cidr="198.51.100.0/24", protocol="udp")])
+    )
     ga, gb = lab.guest(a), lab.guest(b)
     lab.ok(ga, "tcp-call", PRIVATE, "8080")
     lab.fails(ga, "udp-call", PRIVATE, "8080")
@@ -248,8 +276,13 @@ def test_no_network_vm_passes_nothing(lab: Lab) -> None:
 
 
 def test_port_mappings_from_outside_from_the_host_and_on_a_running_vm(lab: Lab) -> None:
-    a = lab.setup("vm-a", ports=[PortSpec(host_port=0, guest_port=8000),
-                                 PortSpec(host_port=20050, guest_port=8000, protocol="udp")])
+    a = lab.setup(
+        "vm-a",
+        ports=[
+            PortSpec(host_port=0, guest_port=8000),
+            PortSpec(host_port=20050, guest_port=8000, protocol="udp"),
+        ],
+    )
     assert [(p.host_port, p.protocol) for p in a.ports] == [(20000, "tcp"), (20050, "udp")]
     g = lab.guest(a)
     lab.serve(g, 8000, "guest")
@@ -271,15 +304,18 @@ def test_port_mappings_from_outside_from_the_host_and_on_a_running_vm(lab: Lab) 
 
     # add and remove on the running VM
     lab.serve(g, 9000, "guest9")
-    info = lab.daemon.call(NetPortsAdd(vm_id="vm-a", ports=[PortSpec(host_port=20007,
-                                                                     guest_port=9000)]), NetInfo)
+    info = lab.daemon.call(
+        NetPortsAdd(vm_id="vm-a", ports=[PortSpec(host_port=20007, guest_port=9000)]), NetInfo
+    )
     assert [p.host_port for p in info.ports] == [20000, 20050, 20007]
     assert lab.ok(lab.inet, "tcp-call", HOST_UP, "20007") == f"guest9:{INET}"
     with pytest.raises(Conflict):
-        lab.daemon.call(NetPortsAdd(vm_id="vm-a", ports=[PortSpec(host_port=20007,
-                                                                  guest_port=1)]), NetInfo)
-    lab.daemon.call(NetPortsRemove(vm_id="vm-a", ports=[PortSpec(host_port=20000,
-                                                                 guest_port=1)]), NetInfo)
+        lab.daemon.call(
+            NetPortsAdd(vm_id="vm-a", ports=[PortSpec(host_port=20007, guest_port=1)]), NetInfo
+        )
+    lab.daemon.call(
+        NetPortsRemove(vm_id="vm-a", ports=[PortSpec(host_port=20000, guest_port=1)]), NetInfo
+    )
     lab.fails(lab.inet, "tcp-call", HOST_UP, "20000")
 
     # mappings survive a restart of fcd-net
@@ -300,7 +336,7 @@ def test_guest_to_guest_needs_both_sides_to_allow_it(lab: Lab) -> None:
     lab.fails(ga, "tcp-call", b.ip, "7000")
     lab.fails(ga, "ping", b.ip)
     lab.fails(ga, "udp-call", b.ip, "7000")
-    lab.fails(gc, "tcp-call", a.ip, "7000")   # only one side allows
+    lab.fails(gc, "tcp-call", a.ip, "7000")  # only one side allows
     lab.fails(ga, "tcp-call", c.ip, "7000")
     assert lab.ok(gc, "tcp-call", d.ip, "7000") == f"{gd}:{c.ip}"
     assert lab.ok(gd, "udp-call", c.ip, "7000") == f"{gc}:{d.ip}"
@@ -311,13 +347,13 @@ def test_forged_source_ip_or_mac_is_dropped(lab: Lab) -> None:
     a, b = lab.setup("vm-a"), lab.setup("vm-b")
     g = lab.guest(a)
     lab.ok(g, "udp-call", INET, "8080")
-    lab.ns(g, "ip", "addr", "add", f"{b.ip}/32", "dev", "eth0")         # another VM's address
-    lab.ns(g, "ip", "addr", "add", "10.213.0.250/32", "dev", "eth0")    # an unleased one
+    lab.ns(g, "ip", "addr", "add", f"{b.ip}/32", "dev", "eth0")  # another VM's address
+    lab.ns(g, "ip", "addr", "add", "10.213.0.250/32", "dev", "eth0")  # an unleased one
     lab.fails(g, "udp-call", INET, "8080", b.ip)
     lab.fails(g, "udp-call", INET, "8080", "10.213.0.250")
     lab.fails(g, "ping", INET, b.ip)
     lab.ok(g, "udp-call", INET, "8080", a.ip)
-    lab.ns(g, "ip", "link", "set", "eth0", "address", b.mac)             # another VM's MAC
+    lab.ns(g, "ip", "link", "set", "eth0", "address", b.mac)  # another VM's MAC
     lab.fails(g, "udp-call", INET, "8080", a.ip)
     lab.ns(g, "ip", "link", "set", "eth0", "address", a.mac)
     lab.ok(g, "udp-call", INET, "8080", a.ip)
@@ -356,8 +392,11 @@ def test_netns_mode_two_clones_with_the_same_tap_ip_and_mac(lab: Lab) -> None:
 
 
 def test_teardown_and_reconciliation_leave_nothing(lab: Lab) -> None:
-    lab.setup("vm-a", ports=[PortSpec(host_port=0, guest_port=80)],
-              policy=PolicySpec(peers=True, deny=[RuleSpec(cidr="1.1.1.1")]))
+    lab.setup(
+        "vm-a",
+        ports=[PortSpec(host_port=0, guest_port=80)],
+        policy=PolicySpec(peers=True, deny=[RuleSpec(cidr="1.1.1.1")]),
+    )
     lab.setup("vm-b", mode="netns", ports=[PortSpec(host_port=0, guest_port=80)])
     lab.setup("vm-c", policy=PolicySpec(network=False))
     assert lab.leftovers()
@@ -373,9 +412,14 @@ def test_teardown_and_reconciliation_leave_nothing(lab: Lab) -> None:
     sh("ip", "netns", "add", f"{lab.netns_prefix}orphan")
     lab.ns(lab.host, "ip", "link", "add", "keepme", "type", "bridge")  # not ours
     rep = lab.daemon.call(NetReconcile(live=["vm-live"]), ReconcileReport)
-    assert sorted(rep.removed) == sorted([
-        "lease vm-dead", "tap fcorphan", "veth fvorphan", f"netns {lab.netns_prefix}orphan",
-    ])
+    assert sorted(rep.removed) == sorted(
+        [
+            "lease vm-dead",
+            "tap fcorphan",
+            "veth fvorphan",
+            f"netns {lab.netns_prefix}orphan",
+        ]
+    )
     assert [x.vm_id for x in lab.daemon.call(NetList(), NetInfoList).items] == ["vm-live"]
     assert "keepme" in lab.ns(lab.host, "ip", "-o", "link", "show")
     # at start too: an orphan TAP left by a crash is removed

@@ -21,6 +21,7 @@ from tests.unit.storage_helpers import MiB, ext4_size, have, kernel_file, make_s
 
 pytestmark = pytest.mark.root
 
+
 @contextlib.contextmanager
 def loop_fs(base: Path, fstype: str, size: int = 2 << 30) -> Iterator[Path]:
     """A fresh filesystem of ``fstype`` on a sparse loop image (2 GiB), mounted under ``base``."""

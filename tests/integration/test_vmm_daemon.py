@@ -92,9 +92,7 @@ class Env:
         env = {"FCD_FIRECRACKER": "", "FCD_JAILER": ""}  # the config names the binaries
         with self.log.open("ab") as out:
             try:
-                self.proc = spawn(
-                    "vmm", self.cfg_path, netns=self.ns, out=out, env=env, timeout=15
-                )
+                self.proc = spawn("vmm", self.cfg_path, netns=self.ns, out=out, env=env, timeout=15)
             except SuiteError as e:
                 raise AssertionError(f"{e}:\n{self.log.read_text()}") from None
 

@@ -208,11 +208,14 @@ class FakeHelpers:
         taken = {(p.protocol, p.host_port) for n in self.nets.values() for p in n.ports}
         out = []
         for p in ports:
-            port = p.host_port or next(x for x in range(20000, 30000)
-                                       if (p.protocol, x) not in taken)
+            port = p.host_port or next(
+                x for x in range(20000, 30000) if (p.protocol, x) not in taken
+            )
             if (p.protocol, port) in taken:
-                raise Conflict(f"host port {p.protocol}/{port} is already mapped",
-                               details={"field": "ports[0].host_port"})
+                raise Conflict(
+                    f"host port {p.protocol}/{port} is already mapped",
+                    details={"field": "ports[0].host_port"},
+                )
             taken.add((p.protocol, port))
             out.append(msgspec.structs.replace(p, host_port=port))
         return out
@@ -233,8 +236,16 @@ class FakeHelpers:
         return info
 
     async def net_counters(self, req: pnet.NetCounters) -> pnet.Counters:
-        return pnet.Counters(vm_id=req.vm_id, iface=self.nets[req.vm_id].tap, rx_bytes=0,
-                             rx_packets=0, rx_dropped=0, tx_bytes=0, tx_packets=0, tx_dropped=0)
+        return pnet.Counters(
+            vm_id=req.vm_id,
+            iface=self.nets[req.vm_id].tap,
+            rx_bytes=0,
+            rx_packets=0,
+            rx_dropped=0,
+            tx_bytes=0,
+            tx_packets=0,
+            tx_dropped=0,
+        )
 
     async def net_reconcile(self, req: pnet.NetReconcile) -> pnet.ReconcileReport:
         return pnet.ReconcileReport(removed=[])

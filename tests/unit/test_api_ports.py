@@ -9,8 +9,10 @@ from .api_fakes import Harness, api_harness
 BODY = {
     "id": "vm1",
     "template": "base",
-    "port_mappings": [{"host_port": 0, "guest_port": 80}, {"host_port": 20005,
-                                                            "guest_port": 53, "protocol": "udp"}],
+    "port_mappings": [
+        {"host_port": 0, "guest_port": 80},
+        {"host_port": 20005, "guest_port": 53, "protocol": "udp"},
+    ],
     "network_policy": {"peers": True, "deny": [{"cidr": "1.2.3.4"}]},
 }
 
@@ -36,8 +38,10 @@ def test_ports_at_create_and_on_a_running_vm() -> None:
         r = await c.delete("/v1/vms/vm1/ports?host_port=20000")
         assert r.status_code == 200, r.text
         assert [p["host_port"] for p in r.json()["port_mappings"]] == [20005, 20001]
-        assert [p["host_port"] for p in (await c.get("/v1/vms/vm1")).json()["port_mappings"]] \
-            == [20005, 20001]
+        assert [p["host_port"] for p in (await c.get("/v1/vms/vm1")).json()["port_mappings"]] == [
+            20005,
+            20001,
+        ]
         r = await c.get("/v1/vms/vm1/network/counters")
         assert r.status_code == 200 and r.json()["iface"].startswith("fc")
         r = await c.post("/v1/network/reconcile")

@@ -43,9 +43,7 @@ def test_templates_routes() -> None:
             json={"id": "vm1", "template": "base", "drives": [{"name": "data", "size_mib": 64}]},
         )
         assert r.status_code == 201, r.text
-        assert r.json()["config"]["drives"] == [
-            {"name": "data", "size_mib": 64, "template": None}
-        ]
+        assert r.json()["config"]["drives"] == [{"name": "data", "size_mib": 64, "template": None}]
         r = await c.delete("/v1/templates/base")
         assert r.status_code == 409 and r.json()["error"]["details"]["used_by"] == ["vm:vm1"]
         r = await c.post("/v1/storage/reclaim")

@@ -26,8 +26,10 @@ sys.path.insert(0, str(FAKES))
 
 import guest_kernel  # noqa: E402
 
-needs_kvm = pytest.mark.skipif(not os.access("/dev/kvm", os.R_OK | os.W_OK),
-                               reason="InstanceStart opens /dev/kvm, like the real VMM")
+needs_kvm = pytest.mark.skipif(
+    not os.access("/dev/kvm", os.R_OK | os.W_OK),
+    reason="InstanceStart opens /dev/kvm, like the real VMM",
+)
 LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9} \[[\w-]+:(main|fc_api)\] .+$")
 
 
@@ -68,8 +70,9 @@ def read_reply(sock: socket.socket, buf: bytearray) -> Reply:
 
 
 def request(method: str, path: str, body: object | None = None) -> bytes:
-    payload = b"" if body is None else (body if isinstance(body, bytes) else
-                                         json.dumps(body).encode())
+    payload = (
+        b"" if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
+    )
     head = f"{method} {path} HTTP/1.1\r\nHost: localhost\r\nAccept: application/json\r\n"
     if payload:
         head += f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n"
@@ -108,7 +111,9 @@ class Double:
         env = {**os.environ, "FCD_DOUBLE_BLOCK_IMPORTS": "1"}
         self.proc = subprocess.Popen(
             [str(FIRECRACKER), "--api-sock", str(self.sock), *args],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
         )
         deadline = time.monotonic() + 10
         while not self.sock.exists():
@@ -153,10 +158,21 @@ def configure(fc: Double, kernel: Path, tmp: Path, mem: int = 64) -> dict[str, P
     fc.api.ok("PUT", "/logger", {"log_path": str(log), "level": "Info"})
     fc.api.ok("PUT", "/metrics", {"metrics_path": str(metrics)})
     fc.api.ok("PUT", "/machine-config", {"vcpu_count": 1, "mem_size_mib": mem})
-    fc.api.ok("PUT", "/boot-source", {"kernel_image_path": str(kernel),
-                                      "boot_args": "console=ttyS0 reboot=k panic=1"})
-    fc.api.ok("PUT", "/drives/rootfs", {"drive_id": "rootfs", "path_on_host": str(disk),
-                                        "is_root_device": True, "is_read_only": False})
+    fc.api.ok(
+        "PUT",
+        "/boot-source",
+        {"kernel_image_path": str(kernel), "boot_args": "console=ttyS0 reboot=k panic=1"},
+    )
+    fc.api.ok(
+        "PUT",
+        "/drives/rootfs",
+        {
+            "drive_id": "rootfs",
+            "path_on_host": str(disk),
+            "is_root_device": True,
+            "is_read_only": False,
+        },
+    )
     return {"disk": disk, "log": log, "metrics": metrics}
 
 
@@ -164,8 +180,9 @@ def configure(fc: Double, kernel: Path, tmp: Path, mem: int = 64) -> dict[str, P
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(FIRECRACKER), *args], check=False, capture_output=True,
-                          text=True, timeout=10)
+    return subprocess.run(
+        [str(FIRECRACKER), *args], check=False, capture_output=True, text=True, timeout=10
+    )
 
 
 def test_version() -> None:
@@ -201,8 +218,9 @@ def test_existing_socket_path_fails(tmp_path: Path) -> None:
     sock.touch()
     r = run_cli("--api-sock", str(sock))
     assert r.returncode == 1
-    assert (f"Failed to open the API socket at: {sock}. Check that it is not already used."
-            in r.stdout)
+    assert (
+        f"Failed to open the API socket at: {sock}. Check that it is not already used." in r.stdout
+    )
 
 
 def test_log_path_must_exist_in_v17(tmp_path: Path) -> None:
@@ -226,25 +244,36 @@ def test_logs_go_to_stdout_before_a_logger_is_set(tmp_path: Path) -> None:
 
 def test_get_root_wire_format(fc: Double) -> None:
     r = fc.api.call("GET", "/")
-    body = b'{"id":"anonymous-instance","state":"Not started","vmm_version":"1.7.0",' \
-           b'"app_name":"Firecracker"}'
-    assert r.raw == (b"HTTP/1.1 200 \r\nServer: Firecracker API\r\nConnection: keep-alive\r\n"
-                     b"Content-Type: application/json\r\nContent-Length: "
-                     + str(len(body)).encode() + b"\r\n\r\n" + body)
+    body = (
+        b'{"id":"anonymous-instance","state":"Not started","vmm_version":"1.7.0",'
+        b'"app_name":"Firecracker"}'
+    )
+    assert r.raw == (
+        b"HTTP/1.1 200 \r\nServer: Firecracker API\r\nConnection: keep-alive\r\n"
+        b"Content-Type: application/json\r\nContent-Length: "
+        + str(len(body)).encode()
+        + b"\r\n\r\n"
+        + body
+    )
 
 
 def test_no_content_wire_format(fc: Double) -> None:
     r = fc.api.call("PUT", "/machine-config", {"vcpu_count": 2, "mem_size_mib": 256})
     assert r.raw == b"HTTP/1.1 204 \r\nServer: Firecracker API\r\nConnection: keep-alive\r\n\r\n"
     assert fc.api.call("GET", "/machine-config").json() == {
-        "vcpu_count": 2, "mem_size_mib": 256, "smt": False, "track_dirty_pages": False,
-        "huge_pages": "None"}
+        "vcpu_count": 2,
+        "mem_size_mib": 256,
+        "smt": False,
+        "track_dirty_pages": False,
+        "huge_pages": "None",
+    }
 
 
 def test_keep_alive_and_pipelining(fc: Double) -> None:
     api = fc.connect()
-    api.sock.sendall(request("GET", "/version") + request("GET", "/machine-config")
-                     + request("GET", "/"))
+    api.sock.sendall(
+        request("GET", "/version") + request("GET", "/machine-config") + request("GET", "/")
+    )
     replies = [read_reply(api.sock, api.buf) for _ in range(3)]
     assert replies[0].json() == {"firecracker_version": "1.7.0"}
     assert replies[1].json()["mem_size_mib"] == 128
@@ -256,9 +285,14 @@ def test_payload_limit(fc: Double) -> None:
     big = b'{"x":"' + b"a" * 51200 + b'"}'
     r = fc.api.call("PUT", "/mmds", big)
     assert r.status == 400
-    assert r.body == (f'{{ "error": "Request payload with size {len(big)} is larger than the '
-                      f'limit of 51200 allowed by server.\nAll previous unanswered requests '
-                      f'will be dropped." }}').encode()
+    assert (
+        r.body
+        == (
+            f'{{ "error": "Request payload with size {len(big)} is larger than the '
+            f"limit of 51200 allowed by server.\nAll previous unanswered requests "
+            f'will be dropped." }}'
+        ).encode()
+    )
 
 
 def test_custom_payload_limit(tmp_path: Path) -> None:
@@ -272,8 +306,10 @@ def test_custom_payload_limit(tmp_path: Path) -> None:
 def test_unsupported_method(fc: Double) -> None:
     r = fc.api.call("DELETE", "/drives/x")
     assert r.status == 400
-    assert r.body == (b'{ "error": "Invalid HTTP Method: Unsupported HTTP method.\n'
-                      b'All previous unanswered requests will be dropped." }')
+    assert r.body == (
+        b'{ "error": "Invalid HTTP Method: Unsupported HTTP method.\n'
+        b'All previous unanswered requests will be dropped." }'
+    )
 
 
 def test_parser_errors(fc: Double) -> None:
@@ -281,8 +317,10 @@ def test_parser_errors(fc: Double) -> None:
     assert fc.api.call("PUT", "/actions").fault == "Empty PUT request."
     assert fc.api.call("PATCH", "/vm").fault == "Empty PATCH request."
     assert fc.api.call("GET", "/", {"a": 1}).fault == "GET request cannot have a body."
-    assert fc.api.call("PUT", "/bogus", {"a": 1}).fault == \
-        "Invalid request method and/or path: PUT bogus."
+    assert (
+        fc.api.call("PUT", "/bogus", {"a": 1}).fault
+        == "Invalid request method and/or path: PUT bogus."
+    )
 
 
 # -- body validation ---------------------------------------------------------------------------
@@ -293,37 +331,62 @@ PREFIX = "An error occurred when deserializing the json body of a request: "
 def test_unknown_field(fc: Double) -> None:
     r = fc.api.call("PUT", "/boot-source", b'{"kernel_image_path":"/k","x":1}')
     assert r.status == 400
-    assert r.fault == PREFIX + ("unknown field `x`, expected one of `kernel_image_path`, "
-                                "`initrd_path`, `boot_args` at line 1 column 29.")
+    assert r.fault == PREFIX + (
+        "unknown field `x`, expected one of `kernel_image_path`, "
+        "`initrd_path`, `boot_args` at line 1 column 29."
+    )
 
 
 def test_missing_field_wrong_type_unknown_variant(fc: Double) -> None:
-    assert fc.api.call("PUT", "/machine-config", b'{"vcpu_count":1}').fault == \
-        PREFIX + "missing field `mem_size_mib` at line 1 column 16."
-    assert fc.api.call("PUT", "/machine-config",
-                       b'{"vcpu_count":"2","mem_size_mib":1}').fault == \
-        PREFIX + 'invalid type: string "2", expected u8 at line 1 column 17.'
-    assert fc.api.call("PUT", "/machine-config",
-                       b'{"vcpu_count":300,"mem_size_mib":1}').fault == \
-        PREFIX + "invalid value: integer `300`, expected u8 at line 1 column 17."
-    assert fc.api.call("PUT", "/actions", b'{"action_type":"Reboot"}').fault == \
-        PREFIX + ("unknown variant `Reboot`, expected one of `FlushMetrics`, `InstanceStart`, "
-                  "`SendCtrlAltDel` at line 1 column 23.")
-    assert fc.api.call("PATCH", "/vm", b'{"state":"Stopped"}').fault == \
-        PREFIX + "unknown variant `Stopped`, expected `Paused` or `Resumed` at line 1 column 18."
-    assert fc.api.call("PUT", "/actions", b'{"action_type":').fault == \
-        PREFIX + "EOF while parsing a value at line 1 column 15."
+    assert (
+        fc.api.call("PUT", "/machine-config", b'{"vcpu_count":1}').fault
+        == PREFIX + "missing field `mem_size_mib` at line 1 column 16."
+    )
+    assert (
+        fc.api.call("PUT", "/machine-config", b'{"vcpu_count":"2","mem_size_mib":1}').fault
+        == PREFIX + 'invalid type: string "2", expected u8 at line 1 column 17.'
+    )
+    assert (
+        fc.api.call("PUT", "/machine-config", b'{"vcpu_count":300,"mem_size_mib":1}').fault
+        == PREFIX + "invalid value: integer `300`, expected u8 at line 1 column 17."
+    )
+    assert fc.api.call("PUT", "/actions", b'{"action_type":"Reboot"}').fault == PREFIX + (
+        "unknown variant `Reboot`, expected one of `FlushMetrics`, `InstanceStart`, "
+        "`SendCtrlAltDel` at line 1 column 23."
+    )
+    assert (
+        fc.api.call("PATCH", "/vm", b'{"state":"Stopped"}').fault
+        == PREFIX + "unknown variant `Stopped`, expected `Paused` or `Resumed` at line 1 column 18."
+    )
+    assert (
+        fc.api.call("PUT", "/actions", b'{"action_type":').fault
+        == PREFIX + "EOF while parsing a value at line 1 column 15."
+    )
 
 
 def test_token_bucket_accepts_unknown_fields(fc: Double, tmp_path: Path) -> None:
     disk = tmp_path / "d.img"
     disk.write_bytes(b"\0" * 512)
-    fc.api.ok("PUT", "/drives/d1", {
-        "drive_id": "d1", "path_on_host": str(disk), "is_root_device": False,
-        "rate_limiter": {"bandwidth": {"size": 1000, "refill_time": 100, "extra": 1}}})
-    r = fc.api.call("PUT", "/drives/d1", {
-        "drive_id": "d1", "path_on_host": str(disk), "is_root_device": False,
-        "rate_limiter": {"bogus": {}}})
+    fc.api.ok(
+        "PUT",
+        "/drives/d1",
+        {
+            "drive_id": "d1",
+            "path_on_host": str(disk),
+            "is_root_device": False,
+            "rate_limiter": {"bandwidth": {"size": 1000, "refill_time": 100, "extra": 1}},
+        },
+    )
+    r = fc.api.call(
+        "PUT",
+        "/drives/d1",
+        {
+            "drive_id": "d1",
+            "path_on_host": str(disk),
+            "is_root_device": False,
+            "rate_limiter": {"bogus": {}},
+        },
+    )
     assert "unknown field `bogus`, expected `bandwidth` or `ops`" in r.fault
 
 
@@ -331,33 +394,46 @@ def test_ids(fc: Double, tmp_path: Path) -> None:
     disk = tmp_path / "d.img"
     disk.write_bytes(b"\0" * 512)
     body = {"drive_id": "root-fs", "path_on_host": str(disk), "is_root_device": True}
-    assert fc.api.call("PUT", "/drives/root-fs", body).fault == \
-        "API Resource IDs can only contain alphanumeric characters and underscores."
+    assert (
+        fc.api.call("PUT", "/drives/root-fs", body).fault
+        == "API Resource IDs can only contain alphanumeric characters and underscores."
+    )
     body["drive_id"] = "other"
-    assert fc.api.call("PUT", "/drives/rootfs", body).fault == \
-        "The id from the path does not match the id from the body!"
+    assert (
+        fc.api.call("PUT", "/drives/rootfs", body).fault
+        == "The id from the path does not match the id from the body!"
+    )
     body["drive_id"] = "rootfs"
     fc.api.ok("PUT", "/drives/rootfs", body)
     body["drive_id"] = "second"
-    assert fc.api.call("PUT", "/drives/second", body).fault == \
-        "Drive config error: A root block device already exists!"
+    assert (
+        fc.api.call("PUT", "/drives/second", body).fault
+        == "Drive config error: A root block device already exists!"
+    )
 
 
 def test_drive_opened_at_put_time(fc: Double, tmp_path: Path) -> None:
     missing = tmp_path / "missing.img"
-    r = fc.api.call("PUT", "/drives/d", {"drive_id": "d", "path_on_host": str(missing),
-                                         "is_root_device": False})
-    assert r.fault == ("Drive config error: Unable to create the virtio block device: Virtio "
-                       "backend error: Error manipulating the backing file: No such file or "
-                       f"directory (os error 2) {missing}")
+    r = fc.api.call(
+        "PUT", "/drives/d", {"drive_id": "d", "path_on_host": str(missing), "is_root_device": False}
+    )
+    assert r.fault == (
+        "Drive config error: Unable to create the virtio block device: Virtio "
+        "backend error: Error manipulating the backing file: No such file or "
+        f"directory (os error 2) {missing}"
+    )
 
 
 def test_boot_source_opened_at_put_time(fc: Double) -> None:
-    assert fc.api.call("PUT", "/boot-source", {"kernel_image_path": "/no/vmlinux"}).fault == \
-        "Boot source error: The kernel file cannot be opened: No such file or directory " \
+    assert (
+        fc.api.call("PUT", "/boot-source", {"kernel_image_path": "/no/vmlinux"}).fault
+        == "Boot source error: The kernel file cannot be opened: No such file or directory "
         "(os error 2)"
-    assert fc.api.call("PUT", "/actions", {"action_type": "InstanceStart"}).fault == \
-        "Start microvm error: Cannot start microvm without kernel configuration."
+    )
+    assert (
+        fc.api.call("PUT", "/actions", {"action_type": "InstanceStart"}).fault
+        == "Start microvm error: Cannot start microvm without kernel configuration."
+    )
 
 
 def test_kernel_must_be_an_x86_64_elf(fc: Double, tmp_path: Path) -> None:
@@ -371,10 +447,15 @@ def test_kernel_must_be_an_x86_64_elf(fc: Double, tmp_path: Path) -> None:
 
 
 def test_tap_name_too_long(fc: Double) -> None:
-    r = fc.api.call("PUT", "/network-interfaces/eth0",
-                    {"iface_id": "eth0", "host_dev_name": "a-very-long-tap-name"})
-    assert r.fault == ("Network config error: Could not create the network device: Open tap "
-                       "device failed: Invalid interface name")
+    r = fc.api.call(
+        "PUT",
+        "/network-interfaces/eth0",
+        {"iface_id": "eth0", "host_dev_name": "a-very-long-tap-name"},
+    )
+    assert r.fault == (
+        "Network config error: Could not create the network device: Open tap "
+        "device failed: Invalid interface name"
+    )
 
 
 def test_phase_rules_before_boot(fc: Double) -> None:
@@ -383,19 +464,24 @@ def test_phase_rules_before_boot(fc: Double) -> None:
     assert fc.api.call("PUT", "/actions", {"action_type": "FlushMetrics"}).fault == pre
     assert fc.api.call("PUT", "/actions", {"action_type": "SendCtrlAltDel"}).fault == pre
     assert fc.api.call("PATCH", "/drives/x", {"drive_id": "x", "path_on_host": "/a"}).fault == pre
-    assert fc.api.call("PUT", "/snapshot/create",
-                       {"snapshot_path": "s", "mem_file_path": "m"}).fault == pre
+    assert (
+        fc.api.call("PUT", "/snapshot/create", {"snapshot_path": "s", "mem_file_path": "m"}).fault
+        == pre
+    )
     assert fc.api.call("PATCH", "/machine-config", {}).fault == "Empty PATCH request."
 
 
 def test_logger_and_metrics_targets(fc: Double, tmp_path: Path) -> None:
     assert fc.api.call("PUT", "/logger", {"log_path": str(tmp_path / "x.log")}).fault.startswith(
-        "Logger error: ")
+        "Logger error: "
+    )
     metrics = tmp_path / "m"
     metrics.touch()
     fc.api.ok("PUT", "/metrics", {"metrics_path": str(metrics)})
-    assert fc.api.call("PUT", "/metrics", {"metrics_path": str(metrics)}).fault == \
-        "Metrics error: Reinitialization of metrics not allowed."
+    assert (
+        fc.api.call("PUT", "/metrics", {"metrics_path": str(metrics)}).fault
+        == "Metrics error: Reinitialization of metrics not allowed."
+    )
 
 
 # -- lifecycle ---------------------------------------------------------------------------------
@@ -408,16 +494,27 @@ def test_boot_pause_resume_metrics_and_logs(fc: Double, kernel: Path, tmp_path: 
     assert fc.api.call("GET", "/").json()["state"] == "Running"
     post = "The requested operation is not supported after starting the microVM."
     assert fc.api.call("PUT", "/actions", {"action_type": "InstanceStart"}).fault == post
-    assert fc.api.call("PUT", "/machine-config", {"vcpu_count": 1, "mem_size_mib": 1}).fault == \
-        post
+    assert fc.api.call("PUT", "/machine-config", {"vcpu_count": 1, "mem_size_mib": 1}).fault == post
     assert fc.api.call("PUT", "/boot-source", {"kernel_image_path": str(kernel)}).fault == post
 
     lines = files["metrics"].read_text().splitlines()
     assert len(lines) == 1
     first = json.loads(lines[0])
     assert next(iter(first)) == "utc_timestamp_ms"
-    for key in ("api_server", "block", "block_rootfs", "net", "put_api_requests", "vmm",
-                "latencies_us", "logger", "uart", "vcpu", "signals", "seccomp"):
+    for key in (
+        "api_server",
+        "block",
+        "block_rootfs",
+        "net",
+        "put_api_requests",
+        "vmm",
+        "latencies_us",
+        "logger",
+        "uart",
+        "vcpu",
+        "signals",
+        "seccomp",
+    ):
         assert key in first, key
     assert first["put_api_requests"]["drive_count"] == 1
     fc.api.ok("PUT", "/actions", {"action_type": "FlushMetrics"})
@@ -430,16 +527,25 @@ def test_boot_pause_resume_metrics_and_logs(fc: Double, kernel: Path, tmp_path: 
     fc.api.ok("PATCH", "/vm", {"state": "Paused"})  # repeating is a no-op
     fc.api.ok("PATCH", "/vm", {"state": "Resumed"})
     assert fc.api.call("GET", "/").json()["state"] == "Running"
-    fc.api.ok("PATCH", "/drives/rootfs", {"drive_id": "rootfs", "path_on_host":
-                                          str(files["disk"])})
+    fc.api.ok("PATCH", "/drives/rootfs", {"drive_id": "rootfs", "path_on_host": str(files["disk"])})
 
     log = files["log"].read_text().splitlines()
     assert log and all(LOG_LINE.match(line) for line in log), log
     assert any("'pause vm' VMM action took" in line for line in log)
     cfg = fc.api.call("GET", "/vm/config").json()
-    assert set(cfg) == {"balloon", "drives", "boot-source", "cpu-config", "logger",
-                        "machine-config", "metrics", "mmds-config", "network-interfaces",
-                        "vsock", "entropy"}
+    assert set(cfg) == {
+        "balloon",
+        "drives",
+        "boot-source",
+        "cpu-config",
+        "logger",
+        "machine-config",
+        "metrics",
+        "mmds-config",
+        "network-interfaces",
+        "vsock",
+        "entropy",
+    }
 
 
 @needs_kvm
@@ -463,10 +569,13 @@ def test_snapshot_create_and_load(fc: Double, kernel: Path, tmp_path: Path) -> N
     body = {"snapshot_type": "Full", "snapshot_path": str(state), "mem_file_path": str(mem)}
     assert fc.api.call("PUT", "/snapshot/create", body).fault == (
         "Create snapshot error: Cannot save the microVM state: Operation not allowed: "
-        "save/restore unavailable while running")
+        "save/restore unavailable while running"
+    )
     fc.api.ok("PATCH", "/vm", {"state": "Paused"})
-    assert "Diff snapshots are not allowed" in fc.api.call(
-        "PUT", "/snapshot/create", {**body, "snapshot_type": "Diff"}).fault
+    assert (
+        "Diff snapshots are not allowed"
+        in fc.api.call("PUT", "/snapshot/create", {**body, "snapshot_type": "Diff"}).fault
+    )
     fc.api.ok("PUT", "/snapshot/create", body)
     assert fc.api.call("GET", "/").json()["state"] == "Paused"
     assert struct.unpack("<Q", state.read_bytes()[:8])[0] == 0x0710_1984_8664_0000
@@ -478,15 +587,24 @@ def test_snapshot_create_and_load(fc: Double, kernel: Path, tmp_path: Path) -> N
     (tmp_path / "fresh").mkdir()
     fresh = Double(tmp_path / "fresh")
     try:
-        fresh.api.ok("PUT", "/snapshot/load", {"snapshot_path": str(state),
-                                               "mem_backend": {"backend_type": "File",
-                                                               "backend_path": str(mem)}})
+        fresh.api.ok(
+            "PUT",
+            "/snapshot/load",
+            {
+                "snapshot_path": str(state),
+                "mem_backend": {"backend_type": "File", "backend_path": str(mem)},
+            },
+        )
         assert fresh.api.call("GET", "/").json()["state"] == "Paused"
         assert fresh.api.call("GET", "/machine-config").json()["mem_size_mib"] == 32
         fresh.api.ok("PATCH", "/vm", {"state": "Resumed"})
         post = "The requested operation is not supported after starting the microVM."
-        assert fresh.api.call("PUT", "/snapshot/load", {"snapshot_path": str(state),
-                                                        "mem_file_path": str(mem)}).fault == post
+        assert (
+            fresh.api.call(
+                "PUT", "/snapshot/load", {"snapshot_path": str(state), "mem_file_path": str(mem)}
+            ).fault
+            == post
+        )
     finally:
         _out, err = fresh.stop()
     assert "lazy import" not in err
@@ -495,22 +613,29 @@ def test_snapshot_create_and_load(fc: Double, kernel: Path, tmp_path: Path) -> N
 def test_snapshot_load_rules(fc: Double, kernel: Path, tmp_path: Path) -> None:
     r = fc.api.call("PUT", "/snapshot/load", {"snapshot_path": "s"})
     assert r.fault == PREFIX + "missing field: either `mem_backend` or `mem_file_path` is required."
-    r = fc.api.call("PUT", "/snapshot/load", {"snapshot_path": "s", "mem_file_path": "m",
-                                              "mem_backend": {"backend_type": "File",
-                                                              "backend_path": "m"}})
+    r = fc.api.call(
+        "PUT",
+        "/snapshot/load",
+        {
+            "snapshot_path": "s",
+            "mem_file_path": "m",
+            "mem_backend": {"backend_type": "File", "backend_path": "m"},
+        },
+    )
     assert "exclusively is required." in r.fault
     fc.api.ok("PUT", "/boot-source", {"kernel_image_path": str(kernel)})
-    assert fc.api.call("PUT", "/snapshot/load", {"snapshot_path": "s",
-                                                 "mem_file_path": "m"}).fault == (
+    assert fc.api.call(
+        "PUT", "/snapshot/load", {"snapshot_path": "s", "mem_file_path": "m"}
+    ).fault == (
         "Load snapshot error: Loading a microVM snapshot not allowed after configuring "
-        "boot-specific resources.")
+        "boot-specific resources."
+    )
 
 
 def test_failed_snapshot_load_answers_then_exits_1(fc: Double, tmp_path: Path) -> None:
     bad = tmp_path / "bad.state"
     bad.write_bytes(b"garbage" * 20)
-    r = fc.api.call("PUT", "/snapshot/load", {"snapshot_path": str(bad),
-                                              "mem_file_path": str(bad)})
+    r = fc.api.call("PUT", "/snapshot/load", {"snapshot_path": str(bad), "mem_file_path": str(bad)})
     assert r.status == 400
     assert r.fault.startswith("Load snapshot error: Failed to restore from snapshot")
     assert r.json().keys() == {"fault_message"}
@@ -519,8 +644,9 @@ def test_failed_snapshot_load_answers_then_exits_1(fc: Double, tmp_path: Path) -
 
 
 def test_deprecated_field_sets_header(fc: Double) -> None:
-    r = fc.api.call("PUT", "/machine-config", {"vcpu_count": 1, "mem_size_mib": 128,
-                                               "cpu_template": "None"})
+    r = fc.api.call(
+        "PUT", "/machine-config", {"vcpu_count": 1, "mem_size_mib": 128, "cpu_template": "None"}
+    )
     assert r.status == 204
     assert "Deprecation: true" in r.headers
 
@@ -531,8 +657,10 @@ def test_tap_opened_at_put_time_in_a_netns(tmp_path: Path) -> None:
     subprocess.run(["ip", "netns", "add", ns], check=True)
     try:
         sock = tmp_path / "api.sock"
-        proc = subprocess.Popen(["ip", "netns", "exec", ns, str(FIRECRACKER), "--api-sock",
-                                 str(sock)], stdout=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            ["ip", "netns", "exec", ns, str(FIRECRACKER), "--api-sock", str(sock)],
+            stdout=subprocess.DEVNULL,
+        )
         try:
             deadline = time.monotonic() + 10
             while not sock.exists():
@@ -540,17 +668,23 @@ def test_tap_opened_at_put_time_in_a_netns(tmp_path: Path) -> None:
                 time.sleep(0.01)
             api = Api(sock)
             # as root outside a jail TUNSETIFF makes a transient tap (only in our netns)
-            api.ok("PUT", "/network-interfaces/eth0", {"iface_id": "eth0",
-                                                       "host_dev_name": "fcdtap0",
-                                                       "guest_mac": "AA:FC:00:00:00:01"})
-            links = subprocess.run(["ip", "-n", ns, "-o", "link"], capture_output=True,
-                                   text=True, check=True).stdout
+            api.ok(
+                "PUT",
+                "/network-interfaces/eth0",
+                {"iface_id": "eth0", "host_dev_name": "fcdtap0", "guest_mac": "AA:FC:00:00:00:01"},
+            )
+            links = subprocess.run(
+                ["ip", "-n", ns, "-o", "link"], capture_output=True, text=True, check=True
+            ).stdout
             assert "fcdtap0" in links
-            r = api.call("PUT", "/network-interfaces/eth1", {"iface_id": "eth1",
-                                                             "host_dev_name": "fcdtap1",
-                                                             "guest_mac": "aa:fc:00:00:00:01"})
-            assert r.fault == ("Network config error: The MAC address is already in use: "
-                               "aa:fc:00:00:00:01")
+            r = api.call(
+                "PUT",
+                "/network-interfaces/eth1",
+                {"iface_id": "eth1", "host_dev_name": "fcdtap1", "guest_mac": "aa:fc:00:00:00:01"},
+            )
+            assert r.fault == (
+                "Network config error: The MAC address is already in use: aa:fc:00:00:00:01"
+            )
         finally:
             proc.kill()
             proc.wait()

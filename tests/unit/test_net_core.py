@@ -21,11 +21,13 @@ from fcd_net.service import NetCore
 
 def lease(vm_id: str, ip: str) -> Lease:
     return Lease(
-        vm_id=vm_id, ip=ip, tap=ids.tap_name(vm_id), mac=ids.guest_mac(ip),
-        uid=900_001, gid=900_001,
+        vm_id=vm_id,
+        ip=ip,
+        tap=ids.tap_name(vm_id),
+        mac=ids.guest_mac(ip),
+        uid=900_001,
+        gid=900_001,
     )
-
-
 
 
 class FakeLinks:
@@ -47,8 +49,9 @@ class FakeLinks:
         if self.fail_attach:
             raise Internal("attach failed")
         old = self.links[name]
-        self.links[name] = Link(old.index, name, old.kind, True, 1, old.tun_type, old.owner,
-                                old.group)
+        self.links[name] = Link(
+            old.index, name, old.kind, True, 1, old.tun_type, old.owner, old.group
+        )
 
     def delete(self, name: str) -> bool:
         return self.links.pop(name, None) is not None

@@ -23,8 +23,12 @@ SMALL = NetworkConfig(subnet="10.9.9.0/29")
 
 def lease(vm_id: str, ip: str, net: NetworkConfig = NET) -> Lease:
     return Lease(
-        vm_id=vm_id, ip=ip, tap=ids.tap_name(vm_id, net.tap_prefix), mac=ids.guest_mac(ip),
-        uid=900_001, gid=900_001,
+        vm_id=vm_id,
+        ip=ip,
+        tap=ids.tap_name(vm_id, net.tap_prefix),
+        mac=ids.guest_mac(ip),
+        uid=900_001,
+        gid=900_001,
     )
 
 
@@ -87,7 +91,10 @@ def test_owner_must_be_in_the_jail_pool() -> None:
 def test_net_info() -> None:
     info = plan.net_info(NET, lease("vm-a", "10.213.0.7"))
     assert (info.ip, info.gateway, info.prefix_len, info.bridge) == (
-        "10.213.0.7", "10.213.0.1", 24, "fcbr0"
+        "10.213.0.7",
+        "10.213.0.1",
+        24,
+        "fcbr0",
     )
 
 
@@ -153,8 +160,12 @@ def _cmds(doc: dict[str, Any], verb: str, kind: str) -> list[dict[str, Any]]:
 
 def test_base_ruleset_replaces_both_tables_atomically() -> None:
     doc = ruleset.base_ruleset(NET, [])
-    tables = [(verb, next(iter(c[verb].values()))) for c in doc["nftables"] for verb in c
-              if "table" in c[verb]]
+    tables = [
+        (verb, next(iter(c[verb].values())))
+        for c in doc["nftables"]
+        for verb in c
+        if "table" in c[verb]
+    ]
     assert tables == [
         ("add", {"family": "inet", "name": "fcd"}),
         ("delete", {"family": "inet", "name": "fcd"}),
@@ -174,13 +185,15 @@ def test_base_ruleset_replaces_both_tables_atomically() -> None:
     assert sets[("bridge", "vm_arp")] == ["ifname", "ether_addr", "ether_addr", "ipv4_addr"]
     assert {"vm_addrs", "peer_ok", "isolated", "gw_addrs", "private"} <= {n for _, n in sets}
     maps = {m["name"]: m["map"] for m in _cmds(doc, "add", "map")}
-    assert maps == {"port_addr": "ipv4_addr", "port_port": "inet_service",
-                    "vm_egress": "verdict"}
+    assert maps == {"port_addr": "ipv4_addr", "port_port": "inet_service", "vm_egress": "verdict"}
 
 
 def test_masquerade_rules_match_pool_and_veths_leaving_elsewhere() -> None:
-    rules = [r for r in _cmds(ruleset.base_ruleset(NET, []), "add", "rule")
-             if r["chain"] == "postrouting"]
+    rules = [
+        r
+        for r in _cmds(ruleset.base_ruleset(NET, []), "add", "rule")
+        if r["chain"] == "postrouting"
+    ]
     assert len(rules) == 3
     text = json.dumps(rules[1]["expr"])
     assert '"addr": "10.213.0.0", "len": 24' in text
@@ -191,8 +204,11 @@ def test_masquerade_rules_match_pool_and_veths_leaving_elsewhere() -> None:
 
 def test_no_guest_masquerade_when_disabled() -> None:
     net = NetworkConfig(subnet="10.213.0.0/24", masquerade=False)
-    rules = [r for r in _cmds(ruleset.base_ruleset(net, []), "add", "rule")
-             if r["chain"] == "postrouting"]
+    rules = [
+        r
+        for r in _cmds(ruleset.base_ruleset(net, []), "add", "rule")
+        if r["chain"] == "postrouting"
+    ]
     assert len(rules) == 1  # only the localhost path of port mappings
 
 
@@ -224,12 +240,14 @@ def test_one_vm_is_a_constant_number_of_commands_in_one_transaction() -> None:
     a = lease("vm-a", "10.213.0.2")
     add = ruleset.add_vm(NET, a)["nftables"]
     elems = [c["add"]["element"] for c in add if "element" in c.get("add", {})]
-    assert {"name": "vm_ip4", "elem": [{"concat": [a.tap, a.mac, "10.213.0.2"]}]}.items() <= \
-        elems[0].items()
+    assert {"name": "vm_ip4", "elem": [{"concat": [a.tap, a.mac, "10.213.0.2"]}]}.items() <= elems[
+        0
+    ].items()
     assert [e["name"] for e in elems] == ["vm_ip4", "vm_arp", "vm_addrs", "vm_egress"]
     rm = ruleset.remove_vm(NET, a)["nftables"]
-    assert rm[-1] == {"delete": {"chain": {"family": "inet", "table": "fcd",
-                                           "name": "vm_0ad50002"}}}
+    assert rm[-1] == {
+        "delete": {"chain": {"family": "inet", "table": "fcd", "name": "vm_0ad50002"}}
+    }
     # add-then-delete: idempotent removal in one transaction
     verbs = [next(iter(c)) for c in rm]
     assert verbs.count("add") - 1 == verbs.count("delete") - 1
@@ -241,19 +259,33 @@ def test_policy_and_ports_become_elements_and_one_chain() -> None:
     a = msgspec.structs.replace(
         lease("vm-a", "10.213.0.2"),
         ports=[PortSpec(host_port=20001, guest_port=80)],
-        policy=PolicySpec(peers=True, internet=False,
-                          allow=[RuleSpec(cidr="10.9.0.0/16", protocol="tcp", ports=[5432])],
-                          deny=[RuleSpec(cidr="1.2.3.4/32")]),
+        policy=PolicySpec(
+            peers=True,
+            internet=False,
+            allow=[RuleSpec(cidr="10.9.0.0/16", protocol="tcp", ports=[5432])],
+            deny=[RuleSpec(cidr="1.2.3.4/32")],
+        ),
     )
     cmds = ruleset.add_vm(NET, a)["nftables"]
     names = [c["add"]["element"]["name"] for c in cmds if "element" in c.get("add", {})]
-    assert names == ["vm_ip4", "vm_arp", "peer_taps", "vm_addrs", "peer_ok", "vm_egress",
-                     "port_addr", "port_port"]
+    assert names == [
+        "vm_ip4",
+        "vm_arp",
+        "peer_taps",
+        "vm_addrs",
+        "peer_ok",
+        "vm_egress",
+        "port_addr",
+        "port_port",
+    ]
     chain = [c["add"]["rule"]["expr"] for c in cmds if "rule" in c.get("add", {})]
     assert [e[-1] for e in chain] == [{"drop": None}, {"accept": None}, {"drop": None}]
     assert chain[0][0]["match"]["right"] == "1.2.3.4"
     assert chain[1][-2]["match"]["right"] == {"set": [5432]}
     isolated = msgspec.structs.replace(a, policy=PolicySpec(network=False))
-    names = [c["add"]["element"]["name"] for c in ruleset.add_vm(NET, isolated)["nftables"]
-             if "element" in c.get("add", {})]
+    names = [
+        c["add"]["element"]["name"]
+        for c in ruleset.add_vm(NET, isolated)["nftables"]
+        if "element" in c.get("add", {})
+    ]
     assert "vm_ip4" not in names and {"isolated_taps", "isolated"} <= set(names)

@@ -160,7 +160,14 @@ class ReconcileReport(Reply, frozen=True):
 PROTOCOL = Protocol(
     "fcd-net",
     [
-        Ping, NetSetup, NetTeardown, NetGet, NetList,
-        NetPortsAdd, NetPortsRemove, NetCounters, NetReconcile,
+        Ping,
+        NetSetup,
+        NetTeardown,
+        NetGet,
+        NetList,
+        NetPortsAdd,
+        NetPortsRemove,
+        NetCounters,
+        NetReconcile,
     ],
 )

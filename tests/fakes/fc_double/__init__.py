@@ -18,9 +18,26 @@ MARKER = "# fcd-test-double: firecracker"
 
 # Modules used lazily by the stdlib on paths the double exercises (codecs, json, errors).
 _LAZY = (
-    "encodings.utf_8", "encodings.ascii", "encodings.latin_1", "encodings.idna",
-    "json.decoder", "json.encoder", "json.scanner", "_json", "selectors", "socket", "fcntl",
-    "struct", "zlib", "signal", "errno", "re", "time", "select", "array", "_struct",
+    "encodings.utf_8",
+    "encodings.ascii",
+    "encodings.latin_1",
+    "encodings.idna",
+    "json.decoder",
+    "json.encoder",
+    "json.scanner",
+    "_json",
+    "selectors",
+    "socket",
+    "fcntl",
+    "struct",
+    "zlib",
+    "signal",
+    "errno",
+    "re",
+    "time",
+    "select",
+    "array",
+    "_struct",
 )
 
 

@@ -15,8 +15,14 @@ VERSION = "1.7.0"
 NOT_STARTED, RUNNING, PAUSED = "Not started", "Running", "Paused"
 PRE_BOOT = "The requested operation is not supported before starting the microVM."
 POST_BOOT = "The requested operation is not supported after starting the microVM."
-DEFAULT_MACHINE = {"vcpu_count": 1, "mem_size_mib": 128, "smt": False, "cpu_template": None,
-                   "track_dirty_pages": False, "huge_pages": "None"}
+DEFAULT_MACHINE = {
+    "vcpu_count": 1,
+    "mem_size_mib": 128,
+    "smt": False,
+    "cpu_template": None,
+    "track_dirty_pages": False,
+    "huge_pages": "None",
+}
 _ID = re.compile(r"^\w+$")
 CTRL_ALT_DEL_DELAY = 0.05
 
@@ -45,8 +51,9 @@ def parse(ty: Ty, body: bytes) -> Any:
     try:
         return from_slice(ty, body)
     except SerdeError as e:
-        raise ApiError(f"An error occurred when deserializing the json body of a request: {e}.") \
-            from None
+        raise ApiError(
+            f"An error occurred when deserializing the json body of a request: {e}."
+        ) from None
 
 
 def checked_id(raw: str | None) -> str:
@@ -58,8 +65,9 @@ def checked_id(raw: str | None) -> str:
 
 
 class VmmBase:
-    def __init__(self, instance_id: str, logger: Logger, metrics: Metrics,
-                 metrics_from_cli: bool = False) -> None:
+    def __init__(
+        self, instance_id: str, logger: Logger, metrics: Metrics, metrics_from_cli: bool = False
+    ) -> None:
         self.id = instance_id
         self.log = logger
         self.metrics = metrics
@@ -86,8 +94,12 @@ class VmmBase:
     # -- dispatch ----------------------------------------------------------------------------
 
     def counted(self, kind: str, head: str, fn: Any) -> Reply:
-        name = {"boot-source": "boot_source", "machine-config": "machine_cfg", "drives": "drive",
-                "network-interfaces": "network"}.get(head, head)
+        name = {
+            "boot-source": "boot_source",
+            "machine-config": "machine_cfg",
+            "drives": "drive",
+            "network-interfaces": "network",
+        }.get(head, head)
         self.metrics.inc(f"{kind}_api_requests", f"{name}_count")
         try:
             reply: Reply = fn()

@@ -20,15 +20,37 @@ HTTP_MAX_PAYLOAD_SIZE = 51200
 
 # name -> takes_value
 ARGS: dict[str, bool] = {
-    "api-sock": True, "id": True, "seccomp-filter": True, "no-seccomp": False,
-    "start-time-us": True, "start-time-cpu-us": True, "parent-cpu-time-us": True,
-    "config-file": True, "no-api": False, "log-path": True, "level": True, "module": True,
-    "show-level": False, "show-log-origin": False, "metrics-path": True, "boot-timer": False,
-    "http-api-max-payload-size": True, "mmds-size-limit": True, "metadata": True,
-    "describe-snapshot": True, "snapshot-version": False, "version": False,
+    "api-sock": True,
+    "id": True,
+    "seccomp-filter": True,
+    "no-seccomp": False,
+    "start-time-us": True,
+    "start-time-cpu-us": True,
+    "parent-cpu-time-us": True,
+    "config-file": True,
+    "no-api": False,
+    "log-path": True,
+    "level": True,
+    "module": True,
+    "show-level": False,
+    "show-log-origin": False,
+    "metrics-path": True,
+    "boot-timer": False,
+    "http-api-max-payload-size": True,
+    "mmds-size-limit": True,
+    "metadata": True,
+    "describe-snapshot": True,
+    "snapshot-version": False,
+    "version": False,
 }
-SIGNAL_EXIT = {signal.SIGBUS: 149, signal.SIGSEGV: 150, signal.SIGXFSZ: 151,
-               signal.SIGXCPU: 154, signal.SIGHUP: 156, signal.SIGILL: 157}
+SIGNAL_EXIT = {
+    signal.SIGBUS: 149,
+    signal.SIGSEGV: 150,
+    signal.SIGXFSZ: 151,
+    signal.SIGXCPU: 154,
+    signal.SIGHUP: 156,
+    signal.SIGILL: 157,
+}
 _ID = re.compile(r"^[A-Za-z0-9-]+$")
 
 
@@ -48,12 +70,14 @@ def parse_args(argv: list[str]) -> dict[str, str | bool]:
     it = iter(args)
     for arg in it:
         if not arg.startswith("--"):
-            raise ArgError(f"Found argument '{arg}' which wasn't expected, or isn't valid in "
-                           "this context.")
+            raise ArgError(
+                f"Found argument '{arg}' which wasn't expected, or isn't valid in this context."
+            )
         name = arg[2:]
         if name not in ARGS:
-            raise ArgError(f"Found argument '{name}' which wasn't expected, or isn't valid in "
-                           "this context.")
+            raise ArgError(
+                f"Found argument '{name}' which wasn't expected, or isn't valid in this context."
+            )
         if name in out:
             raise ArgError(f"The argument '{name}' was provided more than once.")
         if ARGS[name]:
@@ -115,7 +139,7 @@ def main(argv: list[str]) -> int:
     bad = validate_id(instance_id)
     if bad is not None:
         logger.error(f"Invalid instance ID: {bad}")
-        print(f"Error: InvalidInstanceId(\"{bad}\")", file=sys.stderr)
+        print(f'Error: InvalidInstanceId("{bad}")', file=sys.stderr)
         return EXIT_GENERIC
     logger.instance_id = instance_id
     try:
@@ -146,8 +170,10 @@ def main(argv: list[str]) -> int:
         logger.error("Seccomp error: Failed to open seccomp filter file.")
         return EXIT_GENERIC
     if "config-file" in args:
-        logger.error("Configuration for VMM from one single json failed: the test double only "
-                     "supports the API.")
+        logger.error(
+            "Configuration for VMM from one single json failed: the test double only "
+            "supports the API."
+        )
         return EXIT_BAD_CONFIG
     metrics = Metrics(
         startup_us=max(0, time.monotonic_ns() // 1000 - start_us),
@@ -158,8 +184,7 @@ def main(argv: list[str]) -> int:
         try:
             metrics.fd = open_sink(str(args["metrics-path"]))
         except OSError as e:
-            logger.error(f"Failed to initialize metrics: Failed to open target file: "
-                         f"{io_error(e)}")
+            logger.error(f"Failed to initialize metrics: Failed to open target file: {io_error(e)}")
             return EXIT_GENERIC
         metrics_from_cli = True
     logger.info(f"Running Firecracker v{VERSION}")

@@ -88,34 +88,44 @@ def check_kernel(fd: int, mem_size_mib: int) -> int:
     head = os.pread(fd, 64, 0)
     prefix = "Cannot load kernel due to invalid memory configuration or invalid kernel image: "
     if len(head) < 64 or head[:4] != b"\x7fELF":
-        raise DeviceError(prefix + "Kernel Loader: failed to load ELF kernel image: "
-                          "Invalid Elf magic number")
+        raise DeviceError(
+            prefix + "Kernel Loader: failed to load ELF kernel image: Invalid Elf magic number"
+        )
     if head[4] != 2:
-        raise DeviceError(prefix + "Kernel Loader: failed to load ELF kernel image: "
-                          "Invalid Elf class")
+        raise DeviceError(
+            prefix + "Kernel Loader: failed to load ELF kernel image: Invalid Elf class"
+        )
     if head[5] != 1:
-        raise DeviceError(prefix + "Kernel Loader: failed to load ELF kernel image: Trying to "
-                          "load big-endian binary on little-endian machine")
+        raise DeviceError(
+            prefix + "Kernel Loader: failed to load ELF kernel image: Trying to "
+            "load big-endian binary on little-endian machine"
+        )
     (e_machine,) = struct.unpack_from("<H", head, 18)
     (entry, phoff) = struct.unpack_from("<QQ", head, 24)
     (phentsize, phnum) = struct.unpack_from("<HH", head, 54)
     if e_machine != 62:  # EM_X86_64
-        raise DeviceError(prefix + "Kernel Loader: failed to load ELF kernel image: "
-                          "Invalid Elf machine type")
+        raise DeviceError(
+            prefix + "Kernel Loader: failed to load ELF kernel image: Invalid Elf machine type"
+        )
     if entry < 0x100000:
-        raise DeviceError(prefix + "Kernel Loader: failed to load ELF kernel image: "
-                          "Invalid entry address")
+        raise DeviceError(
+            prefix + "Kernel Loader: failed to load ELF kernel image: Invalid entry address"
+        )
     limit = mem_size_mib << 20
     for i in range(phnum):
         ph = os.pread(fd, phentsize, phoff + i * phentsize)
         if len(ph) < 56:
-            raise DeviceError(prefix + "Kernel Loader: failed to load ELF kernel image: "
-                              "Unable to read program header")
-        p_type, = struct.unpack_from("<I", ph, 0)
+            raise DeviceError(
+                prefix + "Kernel Loader: failed to load ELF kernel image: "
+                "Unable to read program header"
+            )
+        (p_type,) = struct.unpack_from("<I", ph, 0)
         paddr, _filesz, memsz = struct.unpack_from("<QQQ", ph, 24)
         if p_type == 1 and paddr + memsz > limit:
-            raise DeviceError(prefix + "Kernel Loader: failed to load ELF kernel image: "
-                              "Failed writing to guest memory")
+            raise DeviceError(
+                prefix + "Kernel Loader: failed to load ELF kernel image: "
+                "Failed writing to guest memory"
+            )
     return int(entry)
 
 
@@ -169,27 +179,35 @@ def read_snapshot(state_path: str, mem_path: str) -> dict[str, Any]:
     except OSError as e:
         raise DeviceError(pre + f"Failed to open snapshot file: {io_error(e)}") from e
     if len(data) < 48:
-        raise DeviceError(pre + "Failed to load snapshot state from file: Snapshot file is "
-                          "smaller than CRC length.")
+        raise DeviceError(
+            pre + "Failed to load snapshot state from file: Snapshot file is "
+            "smaller than CRC length."
+        )
     body, crc = data[:-8], struct.unpack("<Q", data[-8:])[0]
     if zlib.crc32(body) != crc:
-        raise DeviceError(pre + "Failed to load snapshot state from file: CRC64 validation "
-                          "failed")
+        raise DeviceError(pre + "Failed to load snapshot state from file: CRC64 validation failed")
     magic, major, minor, patch, length = struct.unpack_from("<QQQQQ", body, 0)
     if magic != SNAPSHOT_MAGIC:
-        raise DeviceError(pre + "Failed to load snapshot state from file: Invalid magic id "
-                          f"{magic:#x}")
+        raise DeviceError(
+            pre + f"Failed to load snapshot state from file: Invalid magic id {magic:#x}"
+        )
     if major != SNAPSHOT_VERSION[0] or minor > SNAPSHOT_VERSION[1]:
-        raise DeviceError(pre + "Failed to load snapshot state from file: Invalid snapshot "
-                          f"version {major}.{minor}.{patch}")
+        raise DeviceError(
+            pre + "Failed to load snapshot state from file: Invalid snapshot "
+            f"version {major}.{minor}.{patch}"
+        )
     state: dict[str, Any] = json.loads(body[40 : 40 + length])
     try:
         size = os.stat(mem_path).st_size
     except OSError as e:
-        raise DeviceError(f"Failed to restore from snapshot: Failed to load guest memory: "
-                          f"Error creating guest memory from file: {io_error(e)}") from e
+        raise DeviceError(
+            f"Failed to restore from snapshot: Failed to load guest memory: "
+            f"Error creating guest memory from file: {io_error(e)}"
+        ) from e
     if size < state["machine-config"]["mem_size_mib"] << 20:
-        raise DeviceError("Failed to restore from snapshot: Failed to load guest memory: "
-                          "Error creating guest memory from file: memory file is smaller "
-                          "than the guest memory")
+        raise DeviceError(
+            "Failed to restore from snapshot: Failed to load guest memory: "
+            "Error creating guest memory from file: memory file is smaller "
+            "than the guest memory"
+        )
     return state

@@ -20,8 +20,9 @@ class ResourceHandlers(VmmBase):
         try:
             kfd = os.open(cfg["kernel_image_path"], os.O_RDONLY | os.O_CLOEXEC)
         except OSError as e:
-            raise ApiError(f"Boot source error: The kernel file cannot be opened: {io_error(e)}") \
-                from None
+            raise ApiError(
+                f"Boot source error: The kernel file cannot be opened: {io_error(e)}"
+            ) from None
         ifd = None
         if cfg["initrd_path"] is not None:
             try:
@@ -39,15 +40,22 @@ class ResourceHandlers(VmmBase):
 
     def _check_machine(self, m: dict[str, Any]) -> None:
         pre = "Machine config error: "
-        if m["vcpu_count"] == 0 or m["vcpu_count"] > 32 or (
-                m["smt"] and m["vcpu_count"] > 1 and m["vcpu_count"] % 2 == 1):
-            raise ApiError(pre + "The vCPU number is invalid: it can only be 1 or an even number "
-                           "when SMT is enabled.")
+        if (
+            m["vcpu_count"] == 0
+            or m["vcpu_count"] > 32
+            or (m["smt"] and m["vcpu_count"] > 1 and m["vcpu_count"] % 2 == 1)
+        ):
+            raise ApiError(
+                pre + "The vCPU number is invalid: it can only be 1 or an even number "
+                "when SMT is enabled."
+            )
         if m["mem_size_mib"] == 0 or (m["huge_pages"] == "2M" and m["mem_size_mib"] % 2):
             raise ApiError(pre + "The memory size (MiB) is invalid.")
         if self.balloon is not None and m["mem_size_mib"] < self.balloon["amount_mib"]:
-            raise ApiError(pre + "The memory size (MiB) is smaller than the previously set "
-                           "balloon device target size.")
+            raise ApiError(
+                pre + "The memory size (MiB) is smaller than the previously set "
+                "balloon device target size."
+            )
 
     def put_machine_config(self, body: bytes, _sub: str | None) -> Reply:
         cfg = parse(schemas.MACHINE_CONFIG, body)
@@ -78,12 +86,15 @@ class ResourceHandlers(VmmBase):
         self.boot_path = True
         pre = "Drive config error: "
         if cfg["is_root_device"] and any(
-                d["is_root_device"] for k, d in self.drives.items() if k != drive_id):
+            d["is_root_device"] for k, d in self.drives.items() if k != drive_id
+        ):
             raise ApiError(pre + "A root block device already exists!")
         if cfg["path_on_host"] is None:
-            raise ApiError(pre + "Unable to create the virtio block device: Virtio backend "
-                           "error: Error manipulating the backing file: No such file or "
-                           "directory (os error 2) ")
+            raise ApiError(
+                pre + "Unable to create the virtio block device: Virtio backend "
+                "error: Error manipulating the backing file: No such file or "
+                "directory (os error 2) "
+            )
         try:
             fd = devices.open_disk(cfg["path_on_host"], bool(cfg["is_read_only"]))
         except DeviceError as e:
@@ -104,13 +115,15 @@ class ResourceHandlers(VmmBase):
         if upd["drive_id"] != drive_id:
             raise ApiError("The id from the path does not match the id from the body!")
         if upd["path_on_host"] is None and upd["rate_limiter"] is None:
-            raise ApiError("Please specify at least one property to patch: path_on_host, "
-                           "rate_limiter.")
+            raise ApiError(
+                "Please specify at least one property to patch: path_on_host, rate_limiter."
+            )
         self.post_boot()
         pre = "Drive config error: Unable to patch the block device: "
         if drive_id not in self.drives:
-            raise ApiError(pre + f"Invalid drive id: {drive_id} Please verify the request "
-                           "arguments.")
+            raise ApiError(
+                pre + f"Invalid drive id: {drive_id} Please verify the request arguments."
+            )
         if upd["path_on_host"] is not None:
             try:
                 fd = devices.open_disk(upd["path_on_host"], self.drives[drive_id]["is_read_only"])
@@ -132,8 +145,9 @@ class ResourceHandlers(VmmBase):
         self.boot_path = True
         pre = "Network config error: "
         mac = cfg["guest_mac"]
-        if mac is not None and any(n["guest_mac"] == mac for k, n in self.nets.items()
-                                   if k != iface_id):
+        if mac is not None and any(
+            n["guest_mac"] == mac for k, n in self.nets.items() if k != iface_id
+        ):
             raise ApiError(pre + f"The MAC address is already in use: {mac}")
         if iface_id in self.tap_fds:  # an update replaces the old device first
             os.close(self.tap_fds.pop(iface_id))
@@ -155,8 +169,10 @@ class ResourceHandlers(VmmBase):
             raise ApiError("The id from the path does not match the id from the body!")
         self.post_boot()
         if iface_id not in self.nets:
-            raise ApiError("Network config error: Could not update the network device: "
-                           f"Invalid network interface id: {iface_id}")
+            raise ApiError(
+                "Network config error: Could not update the network device: "
+                f"Invalid network interface id: {iface_id}"
+            )
         for key in ("rx_rate_limiter", "tx_rate_limiter"):
             if upd[key] is not None:
                 merged = dict(self.nets[iface_id].get(key) or {})
@@ -190,8 +206,10 @@ class ResourceHandlers(VmmBase):
         self.pre_boot()
         self.boot_path = True
         if cfg["amount_mib"] > self.machine["mem_size_mib"]:
-            raise ApiError("Balloon config error: Amount of pages requested cannot be greater "
-                           "than the total amount of memory.")
+            raise ApiError(
+                "Balloon config error: Amount of pages requested cannot be greater "
+                "than the total amount of memory."
+            )
         self.balloon = cfg
         return Reply(204)
 
@@ -204,17 +222,18 @@ class ResourceHandlers(VmmBase):
             raise ApiError("Balloon update error: Balloon device not found.")
         # The double has no guest driver: the device never becomes active (see §9).
         del upd
-        raise ApiError("Balloon config error: Error creating the balloon device: "
-                       "DeviceNotActive")
+        raise ApiError("Balloon config error: Error creating the balloon device: DeviceNotActive")
 
     def put_vsock(self, body: bytes, _sub: str | None) -> Reply:
         cfg = parse(schemas.VSOCK, body)
         self.pre_boot()
         self.boot_path = True
         if os.path.exists(cfg["uds_path"]):
-            raise ApiError("Vsock config error: Cannot create backend for vsock device: "
-                           "Error binding to the host-side Unix socket: Address in use "
-                           "(os error 98)")
+            raise ApiError(
+                "Vsock config error: Cannot create backend for vsock device: "
+                "Error binding to the host-side Unix socket: Address in use "
+                "(os error 98)"
+            )
         self.vsock = cfg
         return Reply(204, deprecation=cfg["vsock_id"] is not None)
 

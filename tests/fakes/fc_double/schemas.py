@@ -98,7 +98,7 @@ _MAC = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
 
 def _mac(text: str) -> str:
     if not _MAC.match(text):
-        raise ValueError(f"invalid value: string \"{text}\", expected a MAC address")
+        raise ValueError(f'invalid value: string "{text}", expected a MAC address')
     return text.lower()
 
 
@@ -121,8 +121,15 @@ NET_UPDATE = Struct(
     },
 )
 
-LEVELS = {"off": "Off", "trace": "Trace", "debug": "Debug", "info": "Info", "warn": "Warn",
-          "warning": "Warn", "error": "Error"}
+LEVELS = {
+    "off": "Off",
+    "trace": "Trace",
+    "debug": "Debug",
+    "info": "Info",
+    "warn": "Warn",
+    "warning": "Warn",
+    "error": "Error",
+}
 
 
 def _level(text: str) -> str:

@@ -202,8 +202,12 @@ def one_of(names: list[str], none: str = "expected nothing") -> str:
     return "expected one of " + ", ".join(quoted)
 
 
-U8, U16, U32, U64, USIZE = Int("u8", 8), Int("u16", 16), Int("u32", 32), Int("u64", 64), Int(
-    "usize", 64
+U8, U16, U32, U64, USIZE = (
+    Int("u8", 8),
+    Int("u16", 16),
+    Int("u32", 32),
+    Int("u64", 64),
+    Int("usize", 64),
 )
 
 
@@ -274,8 +278,16 @@ class Parser:
                     self.fail("EOF while parsing a string")
                 e = self.s[self.i]
                 self.i += 1
-                simple = {0x22: 0x22, 0x5C: 0x5C, 0x2F: 0x2F, 0x62: 8, 0x66: 12, 0x6E: 10,
-                          0x72: 13, 0x74: 9}
+                simple = {
+                    0x22: 0x22,
+                    0x5C: 0x5C,
+                    0x2F: 0x2F,
+                    0x62: 8,
+                    0x66: 12,
+                    0x6E: 10,
+                    0x72: 13,
+                    0x74: 9,
+                }
                 if e in simple:
                     out.append(simple[e])
                 elif e == 0x75:
@@ -457,4 +469,3 @@ def from_slice(ty: Ty, data: bytes) -> Any:
     out = ty.visit(p)
     p.finish()
     return out
-

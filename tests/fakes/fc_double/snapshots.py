@@ -13,27 +13,42 @@ from .telemetry import io_error
 
 class SnapshotHandlers(VmmBase):
     def snapshot_state(self) -> dict[str, Any]:
-        return {"id": self.id, "machine-config": self.machine,
-                "drives": list(self.drives.values()), "network-interfaces":
-                list(self.nets.values()), "balloon": self.balloon, "vsock": self.vsock,
-                "entropy": self.entropy, "mmds-config": self.mmds_config}
+        return {
+            "id": self.id,
+            "machine-config": self.machine,
+            "drives": list(self.drives.values()),
+            "network-interfaces": list(self.nets.values()),
+            "balloon": self.balloon,
+            "vsock": self.vsock,
+            "entropy": self.entropy,
+            "mmds-config": self.mmds_config,
+        }
 
     def snapshot_create(self, body: bytes) -> Reply:
         cfg = parse(schemas.SNAPSHOT_CREATE, body)
         self.post_boot()
         if cfg["snapshot_type"] == "Diff" and not self.machine["track_dirty_pages"]:
-            raise ApiError("The requested operation is not supported: Diff snapshots are not "
-                           "allowed on uVMs with dirty page tracking disabled.")
+            raise ApiError(
+                "The requested operation is not supported: Diff snapshots are not "
+                "allowed on uVMs with dirty page tracking disabled."
+            )
         if self.state == RUNNING:
-            raise ApiError("Create snapshot error: Cannot save the microVM state: Operation not "
-                           "allowed: save/restore unavailable while running")
+            raise ApiError(
+                "Create snapshot error: Cannot save the microVM state: Operation not "
+                "allowed: save/restore unavailable while running"
+            )
         t0 = time.monotonic_ns()
         try:
-            devices.write_snapshot(cfg["snapshot_path"], cfg["mem_file_path"],
-                                   self.snapshot_state(), self.machine["mem_size_mib"])
+            devices.write_snapshot(
+                cfg["snapshot_path"],
+                cfg["mem_file_path"],
+                self.snapshot_state(),
+                self.machine["mem_size_mib"],
+            )
         except OSError as e:
-            raise ApiError(f"Create snapshot error: Cannot write snapshot file: {io_error(e)}") \
-                from None
+            raise ApiError(
+                f"Create snapshot error: Cannot write snapshot file: {io_error(e)}"
+            ) from None
         took = (time.monotonic_ns() - t0) // 1000
         kind = "full" if cfg["snapshot_type"] == "Full" else "diff"
         self.metrics.latencies[f"vmm_{kind}_create_snapshot"] = took
@@ -43,23 +58,30 @@ class SnapshotHandlers(VmmBase):
     def snapshot_load(self, body: bytes) -> Reply:
         cfg = parse(schemas.SNAPSHOT_LOAD, body)
         if (cfg["mem_file_path"] is None) == (cfg["mem_backend"] is None):
-            which = ("missing field: either `mem_backend` or `mem_file_path` is required"
-                     if cfg["mem_file_path"] is None else
-                     "too many fields: either `mem_backend` or `mem_file_path` exclusively "
-                     "is required")
-            raise ApiError(f"An error occurred when deserializing the json body of a request: "
-                           f"{which}.")
+            which = (
+                "missing field: either `mem_backend` or `mem_file_path` is required"
+                if cfg["mem_file_path"] is None
+                else "too many fields: either `mem_backend` or `mem_file_path` exclusively "
+                "is required"
+            )
+            raise ApiError(
+                f"An error occurred when deserializing the json body of a request: {which}."
+            )
         deprecated = cfg["mem_file_path"] is not None or cfg["enable_diff_snapshots"]
         self.pre_boot()
         if self.boot_path:
-            raise ApiError("Load snapshot error: Loading a microVM snapshot not allowed after "
-                           "configuring boot-specific resources.")
+            raise ApiError(
+                "Load snapshot error: Loading a microVM snapshot not allowed after "
+                "configuring boot-specific resources."
+            )
         mem_path = cfg["mem_file_path"] or cfg["mem_backend"]["backend_path"]
         t0 = time.monotonic_ns()
         try:
             if cfg["mem_backend"] is not None and cfg["mem_backend"]["backend_type"] == "Uffd":
-                raise DeviceError("Failed to restore from snapshot: Failed to load guest "
-                                  "memory: Uffd backend is not supported by the test double")
+                raise DeviceError(
+                    "Failed to restore from snapshot: Failed to load guest "
+                    "memory: Uffd backend is not supported by the test double"
+                )
             state = devices.read_snapshot(cfg["snapshot_path"], mem_path)
             self.restore(state)
         except DeviceError as e:
@@ -84,16 +106,20 @@ class SnapshotHandlers(VmmBase):
             try:
                 fd = devices.open_disk(drive["path_on_host"], drive["is_read_only"])
             except DeviceError as e:
-                raise DeviceError(f"Failed to restore from snapshot: Failed to build microVM "
-                                  f"from snapshot: Block: {e}") from None
+                raise DeviceError(
+                    f"Failed to restore from snapshot: Failed to build microVM "
+                    f"from snapshot: Block: {e}"
+                ) from None
             self.drive_fds[drive["drive_id"]] = fd
             self.drives[drive["drive_id"]] = drive
         for net in state["network-interfaces"]:
             try:
                 fd = devices.open_tap(net["host_dev_name"])
             except DeviceError as e:
-                raise DeviceError(f"Failed to restore from snapshot: Failed to build microVM "
-                                  f"from snapshot: Net: {e}") from None
+                raise DeviceError(
+                    f"Failed to restore from snapshot: Failed to build microVM "
+                    f"from snapshot: Net: {e}"
+                ) from None
             self.tap_fds[net["iface_id"]] = fd
             self.nets[net["iface_id"]] = net
         self.balloon, self.vsock = state["balloon"], state["vsock"]

@@ -35,26 +35,34 @@ class Vmm(ResourceHandlers, SnapshotHandlers):
     def handle(self, method: str, path: str, body: bytes | None) -> Reply:
         shown = repr(path).replace("'", '"')
         if body is None:
-            self.log.info(f"The API server received a {method.title()} request on {shown}.",
-                          thread="fc_api")
+            self.log.info(
+                f"The API server received a {method.title()} request on {shown}.", thread="fc_api"
+            )
         else:
             text = body.decode("utf-8", "replace").replace('"', '\\"')
-            self.log.info(f"The API server received a {method.title()} request on {shown} with "
-                          f'body "{text}".', thread="fc_api")
+            self.log.info(
+                f"The API server received a {method.title()} request on {shown} with "
+                f'body "{text}".',
+                thread="fc_api",
+            )
         try:
             reply = self.route(method, path, body)
         except ApiError as e:
             reply = fault(str(e))
         if reply.status == 400:
             msg = json.loads(reply.body or b"{}").get("fault_message", "")
-            self.log.error(f"Received Error. Status code: 400 Bad Request. Message: {msg}",
-                           thread="fc_api")
+            self.log.error(
+                f"Received Error. Status code: 400 Bad Request. Message: {msg}", thread="fc_api"
+            )
         elif reply.status == 204:
-            self.log.info("The request was executed successfully. Status code: 204 No Content.",
-                          thread="fc_api")
+            self.log.info(
+                "The request was executed successfully. Status code: 204 No Content.",
+                thread="fc_api",
+            )
         else:
-            self.log.info("The request was executed successfully. Status code: 200 OK.",
-                          thread="fc_api")
+            self.log.info(
+                "The request was executed successfully. Status code: 200 OK.", thread="fc_api"
+            )
         return reply
 
     def route(self, method: str, path: str, body: bytes | None) -> Reply:
@@ -66,12 +74,25 @@ class Vmm(ResourceHandlers, SnapshotHandlers):
         if method == "GET":
             if body is not None:
                 raise ApiError("GET request cannot have a body.")
-            self.metrics.inc("get_api_requests", "instance_info_count" if head == "" else
-                             "machine_cfg_count" if head == "machine-config" else
-                             "vmm_version_count" if head == "version" else "mmds_count")
+            self.metrics.inc(
+                "get_api_requests",
+                "instance_info_count"
+                if head == ""
+                else "machine_cfg_count"
+                if head == "machine-config"
+                else "vmm_version_count"
+                if head == "version"
+                else "mmds_count",
+            )
             if head == "":
-                return ok({"id": self.id, "state": self.state, "vmm_version": VERSION,
-                           "app_name": "Firecracker"})
+                return ok(
+                    {
+                        "id": self.id,
+                        "state": self.state,
+                        "vmm_version": VERSION,
+                        "app_name": "Firecracker",
+                    }
+                )
             if head == "version":
                 return ok({"firecracker_version": VERSION})
             if head == "vm" and sub == "config":
@@ -88,10 +109,15 @@ class Vmm(ResourceHandlers, SnapshotHandlers):
             raise ApiError(f"Empty {method} request.")
         elif method == "PUT":
             handler = {
-                "actions": self.put_actions, "boot-source": self.put_boot_source,
-                "machine-config": self.put_machine_config, "logger": self.put_logger,
-                "metrics": self.put_metrics, "balloon": self.put_balloon,
-                "vsock": self.put_vsock, "entropy": self.put_entropy, "mmds": self.put_mmds,
+                "actions": self.put_actions,
+                "boot-source": self.put_boot_source,
+                "machine-config": self.put_machine_config,
+                "logger": self.put_logger,
+                "metrics": self.put_metrics,
+                "balloon": self.put_balloon,
+                "vsock": self.put_vsock,
+                "entropy": self.put_entropy,
+                "mmds": self.put_mmds,
             }.get(head)
             if handler is not None:
                 return self.counted("put", head, lambda: handler(body, sub))
@@ -125,11 +151,14 @@ class Vmm(ResourceHandlers, SnapshotHandlers):
     def machine_json(self) -> dict[str, Any]:
         out = {k: v for k, v in self.machine.items() if k != "cpu_template"}
         if self.machine.get("cpu_template") is not None:
-            out = {"vcpu_count": self.machine["vcpu_count"],
-                   "mem_size_mib": self.machine["mem_size_mib"], "smt": self.machine["smt"],
-                   "cpu_template": self.machine["cpu_template"],
-                   "track_dirty_pages": self.machine["track_dirty_pages"],
-                   "huge_pages": self.machine["huge_pages"]}
+            out = {
+                "vcpu_count": self.machine["vcpu_count"],
+                "mem_size_mib": self.machine["mem_size_mib"],
+                "smt": self.machine["smt"],
+                "cpu_template": self.machine["cpu_template"],
+                "track_dirty_pages": self.machine["track_dirty_pages"],
+                "huge_pages": self.machine["huge_pages"],
+            }
         return out
 
     def full_config(self) -> dict[str, Any]:
@@ -137,11 +166,17 @@ class Vmm(ResourceHandlers, SnapshotHandlers):
         if self.boot_cfg is not None:
             boot = {k: v for k, v in self.boot_cfg.items() if v is not None}
         return {
-            "balloon": self.balloon, "drives": list(self.drives.values()),
-            "boot-source": boot, "cpu-config": None, "logger": None,
-            "machine-config": self.machine_json(), "metrics": None,
-            "mmds-config": self.mmds_config, "network-interfaces": list(self.nets.values()),
-            "vsock": self.vsock, "entropy": self.entropy,
+            "balloon": self.balloon,
+            "drives": list(self.drives.values()),
+            "boot-source": boot,
+            "cpu-config": None,
+            "logger": None,
+            "machine-config": self.machine_json(),
+            "metrics": None,
+            "mmds-config": self.mmds_config,
+            "network-interfaces": list(self.nets.values()),
+            "vsock": self.vsock,
+            "entropy": self.entropy,
         }
 
     # -- pre-boot resources --------------------------------------------------------------------

@@ -60,8 +60,10 @@ def main(argv: list[str]) -> int:
         try:
             os.makedirs(env.chroot_dir, exist_ok=True)
         except OSError as e:
-            raise JailerError(f"Failed to create directory {env.chroot_dir}: "
-                              f"{os.strerror(e.errno or 0)} (os error {e.errno})") from None
+            raise JailerError(
+                f"Failed to create directory {env.chroot_dir}: "
+                f"{os.strerror(e.errno or 0)} (os error {e.errno})"
+            ) from None
         jail = Jail(env, start_us, start_cpu_us)
         try:
             jail.run()

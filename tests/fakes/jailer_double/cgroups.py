@@ -121,5 +121,6 @@ class CgroupBuilder:
             if controller not in self.available:
                 raise JailerError(f"Controller {controller} is unavailable")
             mount = self.unified
-        return Cgroup(self.version, mount, controller, file, value,
-                      os.path.join(mount, parent, instance_id))
+        return Cgroup(
+            self.version, mount, controller, file, value, os.path.join(mount, parent, instance_id)
+        )

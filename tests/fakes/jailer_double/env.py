@@ -67,12 +67,14 @@ def parse_args(argv: list[str]) -> Parsed:
     it = iter(args)
     for arg in it:
         if not arg.startswith("--"):
-            raise ArgError(f"Found argument '{arg}' which wasn't expected, or isn't valid in "
-                           "this context.")
+            raise ArgError(
+                f"Found argument '{arg}' which wasn't expected, or isn't valid in this context."
+            )
         name = arg[2:]
         if name not in ARGS:
-            raise ArgError(f"Found argument '{name}' which wasn't expected, or isn't valid in "
-                           "this context.")
+            raise ArgError(
+                f"Found argument '{name}' which wasn't expected, or isn't valid in this context."
+            )
         takes_value, _req, multiple, _default = ARGS[name]
         if (name in out.values or name in out.flags) and not multiple:
             raise ArgError(f"The argument '{name}' was provided more than once.")
@@ -102,8 +104,9 @@ def canonicalize(path: str) -> str:
     try:
         os.stat(path)
     except OSError as e:
-        raise JailerError(f"Failed to canonicalize path {path}: {os.strerror(e.errno or 0)} "
-                          f"(os error {e.errno})") from None
+        raise JailerError(
+            f"Failed to canonicalize path {path}: {os.strerror(e.errno or 0)} (os error {e.errno})"
+        ) from None
     return os.path.realpath(path)
 
 
@@ -138,8 +141,10 @@ def build_env(args: Parsed, proc_mounts: str = "/proc/mounts") -> Env:
         raise JailerError(f"{exec_file} is not a file")
     exec_name = os.path.basename(exec_file)
     if "firecracker" not in exec_name:
-        raise JailerError("Invalid filename. The filename of `--exec-file` option must contain "
-                          f"\"firecracker\": {exec_name}")
+        raise JailerError(
+            "Invalid filename. The filename of `--exec-file` option must contain "
+            f'"firecracker": {exec_name}'
+        )
     base = canonicalize(args.single("chroot-base-dir") or "")
     if not os.path.isdir(base):
         raise JailerError(f"{base} is not a directory")
@@ -149,8 +154,9 @@ def build_env(args: Parsed, proc_mounts: str = "/proc/mounts") -> Env:
     parent = args.single("parent-cgroup") or exec_name
     parts = parent.split("/")
     if parent.startswith("/") or any(p in (".", "..") for p in parts):
-        raise JailerError("Parent cgroup path is invalid. Path should not be absolute or "
-                          "contain '..' or '.'")
+        raise JailerError(
+            "Parent cgroup path is invalid. Path should not be absolute or contain '..' or '.'"
+        )
     version_raw = args.single("cgroup-version") or "1"
     if version_raw not in ("1", "2"):
         raise JailerError(f"{version_raw} is an invalid cgroup version specifier")
@@ -169,8 +175,9 @@ def build_env(args: Parsed, proc_mounts: str = "/proc/mounts") -> Env:
             raise JailerError(f"Invalid format for resources limits: {spec}")
         name, value = spec.split("=", 1)
         if not value.isdigit():
-            raise JailerError(f"Invalid limit value for resource: {value}: invalid digit found "
-                              "in string")
+            raise JailerError(
+                f"Invalid limit value for resource: {value}: invalid digit found in string"
+            )
         if name == "fsize":
             fsize = int(value)
         elif name == "no-file":
@@ -178,8 +185,17 @@ def build_env(args: Parsed, proc_mounts: str = "/proc/mounts") -> Env:
         else:
             raise JailerError(f"Invalid resource argument: {name}")
     return Env(
-        id=instance_id, exec_file=exec_file, exec_name=exec_name, chroot_dir=chroot_dir,
-        uid=uid, gid=gid, netns=args.single("netns"), daemonize="daemonize" in args.flags,
-        new_pid_ns="new-pid-ns" in args.flags, cgroups=cgroups, no_file=no_file, fsize=fsize,
+        id=instance_id,
+        exec_file=exec_file,
+        exec_name=exec_name,
+        chroot_dir=chroot_dir,
+        uid=uid,
+        gid=gid,
+        netns=args.single("netns"),
+        daemonize="daemonize" in args.flags,
+        new_pid_ns="new-pid-ns" in args.flags,
+        cgroups=cgroups,
+        no_file=no_file,
+        fsize=fsize,
         extra_args=args.extra,
     )

@@ -70,8 +70,9 @@ class Jail:
             shutil.copyfile(self.env.exec_file, target)
             shutil.copymode(self.env.exec_file, target)
         except OSError as e:
-            raise JailerError(f"Failed to copy {self.env.exec_file} to {target}: {_err(e)}") \
-                from None
+            raise JailerError(
+                f"Failed to copy {self.env.exec_file} to {target}: {_err(e)}"
+            ) from None
 
     def join_netns(self) -> None:
         path = self.env.netns
@@ -111,19 +112,20 @@ class Jail:
         try:
             syscalls.mount(None, "/", None, syscalls.MS_SLAVE | syscalls.MS_REC)
         except OSError as e:
-            raise JailerError(f"Failed to change the propagation type to slave: {_err(e)}") \
-                from None
+            raise JailerError(
+                f"Failed to change the propagation type to slave: {_err(e)}"
+            ) from None
         try:
             syscalls.mount(root, root, None, syscalls.MS_BIND | syscalls.MS_REC)
         except OSError as e:
-            raise JailerError(f"Failed to bind mount the jail root directory: {_err(e)}") \
-                from None
+            raise JailerError(f"Failed to bind mount the jail root directory: {_err(e)}") from None
         os.chdir(root)
         try:
             os.mkdir("old_root")
         except OSError as e:
-            raise JailerError("Failed to create the jail root directory before pivoting root: "
-                              f"{_err(e)}") from None
+            raise JailerError(
+                f"Failed to create the jail root directory before pivoting root: {_err(e)}"
+            ) from None
         try:
             syscalls.pivot_root(".", "old_root")
         except OSError as e:
@@ -149,23 +151,23 @@ class Jail:
             try:
                 os.chmod(path, 0o700)
             except OSError as e:
-                raise JailerError(f"Failed to change permissions on \"{path}\": {_err(e)}") \
-                    from None
+                raise JailerError(f'Failed to change permissions on "{path}": {_err(e)}') from None
             try:
                 os.chown(path, self.env.uid, self.env.gid)
             except OSError as e:
-                raise JailerError(f"Failed to change owner for \"{path}\": {_err(e)}") from None
+                raise JailerError(f'Failed to change owner for "{path}": {_err(e)}') from None
 
     def mknod(self, path: str, major: int, minor: int) -> None:
         try:
             os.mknod(path, stat.S_IFCHR | 0o600, os.makedev(major, minor))
         except OSError as e:
-            raise JailerError(f"Failed to create {path} via mknod inside the jail: {_err(e)}") \
-                from None
+            raise JailerError(
+                f"Failed to create {path} via mknod inside the jail: {_err(e)}"
+            ) from None
         try:
             os.chown(path, self.env.uid, self.env.gid)
         except OSError as e:
-            raise JailerError(f"Failed to change owner for \"{path}\": {_err(e)}") from None
+            raise JailerError(f'Failed to change owner for "{path}": {_err(e)}') from None
 
     def devices(self, uffd_minor: int | None) -> None:
         self.mknod("/dev/net/tun", 10, 200)
@@ -173,8 +175,11 @@ class Jail:
         try:
             self.mknod("/dev/urandom", 1, 9)
         except JailerError as e:
-            print(f"Warning! Could not create /dev/urandom device inside jailer: {e}.\n"
-                  "MMDS version 2 will not be available to use.", file=sys.stderr)
+            print(
+                f"Warning! Could not create /dev/urandom device inside jailer: {e}.\n"
+                "MMDS version 2 will not be available to use.",
+                file=sys.stderr,
+            )
         if uffd_minor is not None:
             self.mknod("/dev/userfaultfd", 10, uffd_minor)
 
@@ -220,10 +225,18 @@ class Jail:
             os.close(fd)
 
     def exec_args(self) -> list[str]:
-        return [f"/{self.env.exec_name}", "--id", self.env.id,
-                "--start-time-us", str(self.start_us),
-                "--start-time-cpu-us", str(self.start_cpu_us),
-                "--parent-cpu-time-us", str(self.jailer_cpu_us), *self.env.extra_args]
+        return [
+            f"/{self.env.exec_name}",
+            "--id",
+            self.env.id,
+            "--start-time-us",
+            str(self.start_us),
+            "--start-time-cpu-us",
+            str(self.start_cpu_us),
+            "--parent-cpu-time-us",
+            str(self.jailer_cpu_us),
+            *self.env.extra_args,
+        ]
 
     def exec(self, double: Any) -> None:
         """Drop to uid:gid and become Firecracker (execve, or the double's main in-process)."""
@@ -259,8 +272,9 @@ class Jail:
         if dev_null is not None:
             self.daemonize(dev_null)
         if self.env.new_pid_ns:
-            self.jailer_cpu_us = (self.cpu_carry_us + time.process_time_ns() // 1000
-                                  - self.start_cpu_us)
+            self.jailer_cpu_us = (
+                self.cpu_carry_us + time.process_time_ns() // 1000 - self.start_cpu_us
+            )
             syscalls.unshare(syscalls.CLONE_NEWPID)
             child = os.fork()
             if child > 0:
