@@ -5,14 +5,14 @@ it, ``systemctl start fcd.target``, then the checks in order — units active,
 capabilities and seccomp as the units say, API socket access by group, a VM
 created through the API with the Firecracker test double and followed with
 ``journalctl FCD_VM_ID=``, restart of fcd-vmm with the VM kept, watchdog,
-SIGKILL recovery, SIGSYS from the seccomp filter, and the VM deleted.
+SIGKILL recovery, SIGSYS from the seccomp filter, and the VM deleted; last,
+netns mode through the opt-in drop-in (``systemd/install --netns-mode``).
 Everything booted is torn down by ``nspawn.booted`` even when a check fails.
 """
 
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import shutil
 import time
@@ -22,8 +22,12 @@ from typing import Any
 
 import pytest
 
+from fcd_common.config import NetworkConfig
+from fcd_common.ids import netns_path
+
+from .booted_suite import MEMBER, OTHER, Suite
 from .conftest import REPORT
-from .nspawn import Container, booted
+from .nspawn import booted
 from .units import DAEMONS, REPO, VENV, cap_mask
 
 pytestmark = [
@@ -35,9 +39,7 @@ pytestmark = [
     pytest.mark.timeout(240),
 ]
 
-API = "/run/fcd/api.sock"
 SRC = Path("/srv/fcd-test-src")  # template sources, readable by fcd-storage (not in /tmp)
-MEMBER, OTHER = "fcdtester", "fcdother"
 
 # No cgroup controllers inside nspawn here (the host keeps them on v1): cgroup v2
 # without --cgroup arguments, so each VM stays in fcd-vmm.service's cgroup.
@@ -73,49 +75,6 @@ def _prepare(root: Path) -> None:
     guest.build_rootfs(src / "rootfs.ext4")
     for f in src.iterdir():
         f.chmod(0o644)
-
-
-class Suite:
-    def __init__(self, c: Container) -> None:
-        self.c = c
-        self.state: dict[str, Any] = {}
-
-    def fcctl(self, *args: str, user: str = MEMBER, check: bool = True) -> Any:
-        cp = self.c.run(
-            "runuser", "-u", user, "--", "env", f"FCD_SOCKET={API}",
-            str(VENV / "bin/fcctl"), "-o", "json", *args, check=check,
-        )  # fmt: skip
-        return json.loads(cp.stdout) if check and cp.stdout.strip() else cp
-
-    def active(self, unit: str) -> bool:
-        return self.c.show(unit, "ActiveState")["ActiveState"] == "active"
-
-    def wait_active(self, unit: str, *, not_pid: int = 0, timeout: float = 30.0) -> int:
-        def ready() -> bool:
-            return self.active(unit) and self.c.main_pid(unit) not in (0, not_pid)
-
-        self.c.wait_for(f"{unit} active", ready, timeout)
-        return self.c.main_pid(unit)
-
-    def status(self, pid: int) -> dict[str, str]:
-        text = self.c.run("cat", f"/proc/{pid}/status").stdout
-        return {k: v.strip() for k, _, v in (line.partition(":") for line in text.splitlines())}
-
-    def alive(self, pid: int) -> bool:
-        return self.c.run("kill", "-0", str(pid), check=False).returncode == 0
-
-    def journal(self, *match: str) -> list[dict[str, Any]]:
-        out = self.c.run("journalctl", "--no-pager", "-o", "json", *match).stdout
-        return [json.loads(line) for line in out.splitlines() if line.strip()]
-
-    def dropin(self, unit: str, text: str | None) -> None:
-        d = f"/run/systemd/system/{unit}.service.d"
-        if text is None:
-            self.c.run("rm", "-rf", d)
-        else:
-            self.c.run("mkdir", "-p", d)
-            self.c.run("tee", f"{d}/zz-test.conf", input=text)
-        self.c.systemctl("daemon-reload")
 
 
 @pytest.fixture(scope="module")
@@ -278,3 +237,43 @@ def test_vm_deleted_through_the_api(suite: Suite) -> None:
     assert suite.fcctl("ls") == []
     suite.c.wait_for("firecracker gone", lambda: not suite.alive(vm["pid"]), 10)
     assert suite.c.run("ls", "/var/lib/fcd/jailer/firecracker").stdout.strip() == ""
+
+
+def test_netns_mode_with_the_opt_in_dropin(suite: Suite) -> None:
+    # `systemd/install --netns-mode` (the documented opt-in) and network.mode = "netns"
+    c = suite.c
+    c.run("tee", "/root/fcd-test-netns.toml",
+          input=CONFIG.replace("[network]\n", '[network]\nmode = "netns"\n'))  # fmt: skip
+    c.run(str(REPO / "systemd/install"), "--venv", str(VENV), "--netns-mode",
+          "--config", "/root/fcd-test-netns.toml", "--force-config")  # fmt: skip
+    vm: dict[str, Any] = {}
+    try:
+        old = c.main_pid("fcd-net")
+        c.systemctl("restart", "fcd-net")
+        pid = suite.wait_active("fcd-net", not_pid=old)
+        # no private mount namespace: fcd-net's mounts are the host's (the container's)
+        mnt = c.run("readlink", f"/proc/{pid}/ns/mnt", "/proc/1/ns/mnt").stdout.split()
+        assert mnt[0] == mnt[1], mnt
+        st = suite.status(pid)
+        assert int(st["CapEff"], 16) == cap_mask("cap_net_admin cap_sys_admin"), st["CapEff"]
+        vm = suite.fcctl("create", "--template", "demo", "--vcpus", "1", "--mem", "128")
+        assert vm["state"] == "running" and suite.alive(vm["pid"])
+        path = netns_path(vm["id"], NetworkConfig().netns_prefix)
+        ns_inode = c.run("stat", "-L", "-c", "%i", path).stdout.strip()
+        fc_ns = c.run("readlink", f"/proc/{vm['pid']}/ns/net").stdout.strip()
+        assert fc_ns == f"net:[{ns_inode}]", (fc_ns, ns_inode)
+        host_ns = c.run("readlink", "/proc/1/ns/net").stdout.strip()
+        assert fc_ns != host_ns
+        REPORT.append(f"netns mode under systemd: VM {vm['id']} Firecracker in {path} ({fc_ns})")
+        suite.fcctl("rm", "--force", vm["id"])
+        c.wait_for("firecracker gone", lambda: not suite.alive(vm["pid"]), 10)
+        assert c.run("test", "-e", path, check=False).returncode != 0, f"{path} left behind"
+        assert suite.fcctl("ls") == []
+        vm = {}
+    finally:
+        if vm:
+            suite.fcctl("rm", "--force", vm["id"], check=False)
+        c.run(str(REPO / "systemd/install"), "--venv", str(VENV), "--no-netns-mode",
+              "--config", "/root/fcd-test.toml", "--force-config")  # fmt: skip
+        c.systemctl("restart", "fcd-net")
+        suite.wait_active("fcd-net")

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from .conftest import REPORT
-from .units import DAEMONS, MAX_EXPOSURE, render
+from .units import DAEMONS, MAX_EXPOSURE, MAX_EXPOSURE_NETNS, render
 
 pytestmark = [
     pytest.mark.systemd,
@@ -18,8 +18,9 @@ pytestmark = [
 ]
 
 
-def test_verify_prints_nothing(tmp_path: Path) -> None:
-    units = render(tmp_path)
+@pytest.mark.parametrize("extra", [(), ("--netns-mode",)], ids=["default", "netns-mode"])
+def test_verify_prints_nothing(tmp_path: Path, extra: tuple[str, ...]) -> None:
+    units = render(tmp_path, *extra)
     cp = subprocess.run(
         ["systemd-analyze", "verify", *map(str, units)], check=False, capture_output=True, text=True
     )
@@ -27,17 +28,35 @@ def test_verify_prints_nothing(tmp_path: Path) -> None:
     assert (cp.returncode, cp.stdout, cp.stderr) == (0, "", "")
 
 
-@pytest.mark.parametrize("daemon", DAEMONS)
-def test_exposure_within_budget(tmp_path: Path, daemon: str) -> None:
-    render(tmp_path)
+def _exposure(unit: Path) -> tuple[float, str]:
     cp = subprocess.run(
-        ["systemd-analyze", "security", "--offline=true", str(tmp_path / f"{daemon}.service")],
+        ["systemd-analyze", "security", "--offline=true", str(unit)],
         check=False,
         capture_output=True,
         text=True,
     )
     m = re.search(r"Overall exposure level for \S+: (\d+\.\d+) (\w+)", cp.stdout)
     assert m, cp.stdout + cp.stderr
-    score = float(m.group(1))
-    REPORT.append(f"exposure {daemon}: {score} {m.group(2)} (budget {MAX_EXPOSURE[daemon]})")
+    return float(m.group(1)), m.group(2)
+
+
+@pytest.mark.parametrize("daemon", DAEMONS)
+def test_exposure_within_budget(tmp_path: Path, daemon: str) -> None:
+    render(tmp_path)
+    score, word = _exposure(tmp_path / f"{daemon}.service")
+    REPORT.append(f"exposure {daemon}: {score} {word} (budget {MAX_EXPOSURE[daemon]})")
     assert score <= MAX_EXPOSURE[daemon]
+
+
+def test_netns_dropin_exposure(tmp_path: Path) -> None:
+    # the unit plus its fcd-net.service.d/ drop-in, as `systemd/install --netns-mode` puts them
+    render(tmp_path, "--netns-mode")
+    assert (tmp_path / "fcd-net.service.d/20-fcd-netns.conf").is_file()
+    score, word = _exposure(tmp_path / "fcd-net.service")
+    REPORT.append(
+        f"exposure fcd-net + netns drop-in: {score} {word} (at most {MAX_EXPOSURE_NETNS})"
+    )
+    assert score <= MAX_EXPOSURE_NETNS
+    render(tmp_path / "plain")
+    plain, _ = _exposure(tmp_path / "plain/fcd-net.service")
+    assert plain < score  # the drop-in is what costs, and it was read

@@ -15,6 +15,8 @@ UNITS = (
     *(f"{d}.service" for d in DAEMONS),
 )
 MAX_EXPOSURE = {"fcd-api": 1.5, "fcd-storage": 2.0, "fcd-net": 2.5, "fcd-vmm": 4.0}
+# fcd-net.service with the opt-in netns drop-in (systemd/fcd-net-netns.conf)
+MAX_EXPOSURE_NETNS = 4.0
 
 # linux/capability.h
 CAPS = (  # noqa: SIM905
@@ -35,10 +37,17 @@ def cap_mask(names: str) -> int:
     return mask
 
 
-def render(dest: Path) -> list[Path]:
+def render(dest: Path, *extra: str) -> list[Path]:
     """The units with this checkout's venv substituted (the install script's own rendering)."""
     subprocess.run(
-        [str(REPO / "systemd" / "install"), "--render-only", str(dest), "--venv", str(VENV)],
+        [
+            str(REPO / "systemd" / "install"),
+            "--render-only",
+            str(dest),
+            "--venv",
+            str(VENV),
+            *extra,
+        ],
         check=True,
         capture_output=True,
     )
