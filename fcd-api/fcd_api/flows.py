@@ -247,59 +247,59 @@ class Flows:
         )
 
     # --- lifecycle -------------------------------------------------------------
-    async def start(self, vm_id: str) -> VmRecord:
-        """stopped -> starting -> running: a fresh jailer + Firecracker on the same disk/TAP/IP."""
+    async def _lifecycle(
+        self,
+        vm_id: str,
+        action: Action,
+        call: Callable[[VmRecord], Awaitable[dict[str, Any]]],
+    ) -> VmRecord:
+        """One transition from the table, under the VM's lock: enter the transient
+        state, run the helper ``call`` (a failure leaves the VM in ``error``), then
+        write the final state with the record changes ``call`` returned."""
         async with self._locked(check_vm_id(vm_id)):
             rec = self.registry.require(vm_id)
-            step = states.check(Action.START, rec.state)
-            assert step.via is not None and step.to is not None
-            rec = self._set(rec, step.via)
-            with self._guard(rec, "start"):
-                proc = await self.helpers.vmm.launch(launch_request(rec))
-            return self._set(
-                rec,
-                step.to,
-                runtime=msgspec.structs.replace(rec.runtime, pid=proc.pid),
-                started_at=now(),
-                stopped_at=None,
-                error=None,
-            )
+            step = states.check(action, rec.state)
+            assert step.to is not None
+            if step.via is not None:
+                rec = self._set(rec, step.via)
+            with self._guard(rec, action.value):
+                changes = await call(rec)
+            return self._set(rec, step.to, **changes)
+
+    async def start(self, vm_id: str) -> VmRecord:
+        """stopped -> starting -> running: a fresh jailer + Firecracker on the same disk/TAP/IP."""
+
+        async def call(rec: VmRecord) -> dict[str, Any]:
+            proc = await self.helpers.vmm.launch(launch_request(rec))
+            runtime = msgspec.structs.replace(rec.runtime, pid=proc.pid)
+            return {"runtime": runtime, "started_at": now(), "stopped_at": None, "error": None}
+
+        return await self._lifecycle(vm_id, Action.START, call)
 
     async def stop(self, vm_id: str) -> VmRecord:
         """running|paused -> stopping -> stopped; disk, TAP and IP are kept."""
-        async with self._locked(check_vm_id(vm_id)):
-            rec = self.registry.require(vm_id)
-            step = states.check(Action.STOP, rec.state)
-            assert step.via is not None and step.to is not None
-            rec = self._set(rec, step.via)
-            with self._guard(rec, "stop"):
-                res = await self.helpers.vmm.stop(vm_id)
+
+        async def call(rec: VmRecord) -> dict[str, Any]:
+            res = await self.helpers.vmm.stop(vm_id)
             log.info("stopped (graceful=%s)", res.graceful, extra=_extra(vm_id))
-            return self._set(
-                rec,
-                step.to,
-                runtime=msgspec.structs.replace(rec.runtime, pid=None),
-                stopped_at=now(),
-            )
+            runtime = msgspec.structs.replace(rec.runtime, pid=None)
+            return {"runtime": runtime, "stopped_at": now()}
+
+        return await self._lifecycle(vm_id, Action.STOP, call)
 
     async def pause(self, vm_id: str) -> VmRecord:
-        async with self._locked(check_vm_id(vm_id)):
-            rec = self.registry.require(vm_id)
-            step = states.check(Action.PAUSE, rec.state)
-            assert step.via is not None and step.to is not None
-            rec = self._set(rec, step.via)
-            with self._guard(rec, "pause"):
-                await self.helpers.vmm.pause(vm_id)
-            return self._set(rec, step.to)
+        async def call(_rec: VmRecord) -> dict[str, Any]:
+            await self.helpers.vmm.pause(vm_id)
+            return {}
+
+        return await self._lifecycle(vm_id, Action.PAUSE, call)
 
     async def resume(self, vm_id: str) -> VmRecord:
-        async with self._locked(check_vm_id(vm_id)):
-            rec = self.registry.require(vm_id)
-            step = states.check(Action.RESUME, rec.state)
-            assert step.to is not None
-            with self._guard(rec, "resume"):
-                await self.helpers.vmm.resume(vm_id)
-            return self._set(rec, step.to)
+        async def call(_rec: VmRecord) -> dict[str, Any]:
+            await self.helpers.vmm.resume(vm_id)
+            return {}
+
+        return await self._lifecycle(vm_id, Action.RESUME, call)
 
     async def delete(self, vm_id: str, *, force: bool = False) -> None:
         """Release everything (vmm, then net, then storage) and remove the record.
