@@ -123,6 +123,19 @@ def spawn(
         shutil.rmtree(notify_dir, ignore_errors=True)
 
 
+def terminate(proc: subprocess.Popen[bytes], grace: float) -> int:
+    """SIGTERM, up to ``grace`` seconds for a clean exit, then SIGKILL; the exit status."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
+
+
 @dataclass
 class Suite:
     base: Path
@@ -232,15 +245,7 @@ shutdown_grace_s = 5.0
             proc = self.procs.get(daemon)
             if proc is None:
                 continue
-            if proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(grace)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
-            codes[daemon] = proc.returncode
+            codes[daemon] = terminate(proc, grace)
         self.procs.clear()
         for f in self._logs:
             f.close()

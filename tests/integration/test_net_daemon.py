@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
-import signal
 import socket
 import struct
 import subprocess
@@ -21,7 +20,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from fcd_api.suite import SuiteError, spawn
+from fcd_api.suite import SuiteError, spawn, terminate
 from fcd_common import config, ids
 from fcd_common.errors import Conflict, InvalidArgument, NotFound, ResourceExhausted
 from fcd_common.proto.common import Ping, Pong
@@ -69,15 +68,8 @@ class NetDaemon:
                 raise AssertionError(f"{e}:\n{self.log.read_text()}") from None
 
     def stop(self) -> None:
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc is not None:
+            terminate(self.proc, 15)
         self.proc = None
 
     def call(self, req: Request, result: type[T]) -> T:

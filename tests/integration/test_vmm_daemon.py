@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from fcd_api.suite import SuiteError, spawn
+from fcd_api.suite import SuiteError, spawn, terminate
 from fcd_common import config, ids
 from fcd_common.errors import FailedPrecondition, FirecrackerError
 from fcd_common.proto.vmm import (
@@ -97,15 +97,8 @@ class Env:
                 raise AssertionError(f"{e}:\n{self.log.read_text()}") from None
 
     def stop(self) -> None:
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc is not None:
+            terminate(self.proc, 20)
         self.proc = None
 
     def call(self, req: Request, result: type[T], timeout: float = 30) -> T:
