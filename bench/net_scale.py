@@ -54,7 +54,7 @@ def run(sizes: list[int], repeat: int) -> None:
     import nftables
 
     from fcd_common.config import Config, JailConfig, NetworkConfig, PathsConfig
-    from fcd_common.proto.net import PortSpec
+    from fcd_common.proto.net import PortMapping
     from fcd_net import ruleset
     from fcd_net.core import NetCore
     from fcd_net.firewall import Firewall
@@ -73,7 +73,7 @@ def run(sizes: list[int], repeat: int) -> None:
     core.start()
     nft = nftables.Nftables()
     nft.set_json_output(True)
-    port = [PortSpec(host_port=0, guest_port=80)]
+    port = [PortMapping(host_port=0, guest_port=80)]
     print(
         f"{'VMs':>6} {'setup med':>10} {'p90':>8} {'teardown med':>13} {'p90':>8} "
         f"{'nft add':>8} {'nft del':>8} {'rules':>6} {'elements':>9} {'leases':>11}"

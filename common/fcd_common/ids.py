@@ -15,21 +15,12 @@ import hashlib
 import ipaddress
 import re
 import secrets
-from typing import Annotated
-
-import msgspec
 
 from .errors import InvalidArgument
+from .types import NAME_PATTERN, VM_ID_PATTERN
 
-VM_ID_PATTERN = r"^[a-z0-9][a-z0-9-]{0,63}$"
 _VM_ID_RE = re.compile(VM_ID_PATTERN)
-
-# Template and snapshot names: same alphabet plus '_' and '.', never a path.
-NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,63}$"
 _NAME_RE = re.compile(NAME_PATTERN)
-
-VmId = Annotated[str, msgspec.Meta(pattern=VM_ID_PATTERN, min_length=1, max_length=64)]
-Name = Annotated[str, msgspec.Meta(pattern=NAME_PATTERN, min_length=1, max_length=64)]
 
 TAP_PREFIX = "fc"
 IFNAMSIZ = 16  # including the trailing NUL: names are at most 15 bytes

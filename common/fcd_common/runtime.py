@@ -29,7 +29,7 @@ from typing import Protocol
 
 from . import config as config_mod
 from . import logs
-from .rpc import bind_unix
+from .rpc import Caller, bind_unix
 
 log = logging.getLogger("fcd.runtime")
 
@@ -77,12 +77,17 @@ def listen(path: Path, *, mode: int = 0o600, uid: int = -1, gid: int = -1) -> so
     return bind_unix(path, mode=mode, uid=uid, gid=gid)
 
 
-def helper_peers(cfg: config_mod.Config) -> frozenset[int]:
-    """uids allowed on a helper socket: root and the fcd-api user (if it exists)."""
-    uids = {0}
+def helper_peers(cfg: config_mod.Config) -> dict[int, Caller]:
+    """Who may use a helper socket: root (ADMIN) and the fcd-api user (API), if it exists.
+
+    When fcd-api runs as root (``security.api_user = "root"``, as under ``fcd up``)
+    uid 0 is both.
+    """
+    peers = {0: Caller.ADMIN}
     with contextlib.suppress(KeyError):
-        uids.add(pwd.getpwnam(cfg.security.api_user).pw_uid)
-    return frozenset(uids)
+        uid = pwd.getpwnam(cfg.security.api_user).pw_uid
+        peers[uid] = peers.get(uid, Caller.API) | Caller.API
+    return peers
 
 
 class Service(Protocol):

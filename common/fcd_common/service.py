@@ -1,8 +1,10 @@
-"""A helper daemon = a Protocol, a handler table and a listening socket.
+"""A helper daemon = a Protocol, a service object with ``@handles`` methods, a socket.
 
 ``serve_rpc`` binds (or inherits) the daemon's socket, answers ``ping`` for
-it, and returns a Service the runtime can close. Each helper's composition
-root is then a few lines: build state, build the handler table, call this.
+it, builds the dispatch table from the service's ``@handles`` methods (the
+same way in every helper; the server refuses to start unless it covers the
+Protocol exactly), and returns a Service the runtime can close. Each helper's
+composition root is then a few lines: build state, build the service, call this.
 """
 
 from __future__ import annotations
@@ -11,21 +13,24 @@ import contextlib
 import grp
 import logging
 import os
-from collections.abc import Awaitable, Callable, Mapping
-from importlib import metadata
+from collections.abc import Awaitable, Callable
 
 from . import runtime
 from .proto.common import Ping, Pong
-from .rpc import Handler, Peer, Protocol, Request, RpcServer
+from .rpc import Peer, Protocol, RpcServer, handler_table, handles
+from .version import version
 
 log = logging.getLogger("fcd.service")
 
 
-def _version() -> str:
-    try:
-        return metadata.version("fcd")
-    except metadata.PackageNotFoundError:
-        return "0+unknown"
+class _PingService:
+    def __init__(self, name: str, status: Callable[[], str]) -> None:
+        self.name = name
+        self.status = status
+
+    @handles(Ping)
+    async def ping(self, _req: Ping, _peer: Peer) -> Pong:
+        return Pong(daemon=self.name, version=version(), pid=os.getpid(), status=self.status())
 
 
 class RpcService:
@@ -54,16 +59,13 @@ async def serve_rpc(
     ctx: runtime.Context,
     daemon: str,
     protocol: Protocol,
-    handlers: Mapping[type[Request], Handler],
+    service: object,
     *,
     status: Callable[[], str] = lambda: "serving",
     on_close: Callable[[], Awaitable[None]] | None = None,
 ) -> RpcService:
-    async def ping(_req: Ping, _peer: Peer) -> Pong:
-        return Pong(daemon=ctx.name, version=_version(), pid=os.getpid(), status=status())
-
-    table: dict[type[Request], Handler] = {Ping: ping, **handlers}
-    server = RpcServer(protocol, table, allowed_uids=runtime.helper_peers(ctx.cfg))
+    table = handler_table(_PingService(ctx.name, status), service)
+    server = RpcServer(protocol, table, peers=runtime.helper_peers(ctx.cfg))
     gid = -1
     with contextlib.suppress(KeyError):
         gid = grp.getgrnam(ctx.cfg.security.api_user).gr_gid

@@ -22,11 +22,11 @@ from pathlib import Path
 from fcd_common.config import Config
 from fcd_common.errors import InvalidArgument
 from fcd_common.ids import check_name, check_vm_id, is_vm_id
+from fcd_common.types import DRIVE_NAME_PATTERN
 
 __all__ = [
     "DISK_MANIFEST",
     "DISK_ROOTFS",
-    "DRIVE_NAME_PATTERN",
     "KERNEL",
     "ROOTFS",
     "SNAPSHOT_MANIFEST",
@@ -54,8 +54,8 @@ SNAPSHOT_MEMORY = "memory"
 SNAPSHOT_DISK = "rootfs.ext4"
 SNAPSHOT_MANIFEST = "snapshot.json"
 
-DRIVE_NAME_PATTERN = r"^[a-z][a-z0-9_]{0,31}$"
-"""Extra drive names double as Firecracker drive ids (``[A-Za-z0-9_]+``); ``rootfs`` is taken."""
+# Extra drive names (types.DRIVE_NAME_PATTERN) double as Firecracker drive ids
+# (``[A-Za-z0-9_]+``); ``rootfs`` is the root drive's.
 _DRIVE_NAME_RE = re.compile(DRIVE_NAME_PATTERN)
 RESERVED_DRIVE_NAMES = frozenset({"rootfs"})
 

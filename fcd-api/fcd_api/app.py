@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import re
 import uuid
-from importlib import metadata
 from typing import Annotated, Any
 
 from litestar import Controller, Litestar, MediaType, Request, Response, delete, get, post
@@ -24,6 +23,7 @@ from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from fcd_common.errors import HTTP_STATUS, FcdError
+from fcd_common.version import version
 
 from .flows import Flows, request_id
 from .models import VM, CreateVMRequest, ErrorBody, ErrorDetail, VersionInfo, VMState
@@ -39,13 +39,6 @@ _RID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _FIELD_RE = re.compile(r"at `\$\.?([^`]*)`")
 _NAMED_FIELD_RE = re.compile(r"(?:unknown|missing required) field `([^`]*)`")
 _PARAM_ALIASES = {"vm_state": "state", "data": ""}
-
-
-def version() -> str:
-    try:
-        return metadata.version("fcd")
-    except metadata.PackageNotFoundError:
-        return "0+unknown"
 
 
 # --- errors ----------------------------------------------------------------------

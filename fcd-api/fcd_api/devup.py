@@ -67,11 +67,10 @@ def import_demo_template(suite: suite_mod.Suite, name: str = "demo") -> None:
         client = RpcClient(suite.cfg.socket("storage"), sp.PROTOCOL, timeout=60)
         try:
             with contextlib.suppress(NotFound):
-                await client.call(sp.TemplateGet(name=name), sp.TemplateInfo)
+                await client.call(sp.TemplateGet(name=name))
                 return  # kept from an earlier run (--keep)
             await client.call(
-                sp.TemplateImport(name=name, kernel_path=str(kernel), rootfs_path=str(rootfs)),
-                sp.TemplateInfo,
+                sp.TemplateImport(name=name, kernel_path=str(kernel), rootfs_path=str(rootfs))
             )
         finally:
             await client.close()

@@ -29,23 +29,20 @@ from fcd_common import logs
 from fcd_common.config import LimitsConfig
 from fcd_common.errors import (
     Conflict,
+    FailedPrecondition,
     FcdError,
     Internal,
     ResourceExhausted,
 )
 from fcd_common.ids import check_vm_id, new_vm_id
+from fcd_common.proto import net as pnet
+from fcd_common.proto import storage as pstorage
+from fcd_common.proto import vmm as pvmm
 
 from . import states
 from .clients import Helpers
-from .models import CreateVMRequest, VmRecord, VMState, now
-from .plan import (
-    check_kernel_args,
-    check_limits,
-    launch_request,
-    port_specs,
-    storage_drives,
-    with_resources,
-)
+from .models import CreateVMRequest, PortMapping, VmRecord, VMState, now
+from .plan import check_kernel_args, check_limits, launch_request
 from .registry import Registry
 from .states import Action
 
@@ -169,36 +166,36 @@ class Flows:
 
     async def _create_steps(self, rec: VmRecord, undo: list[Undo]) -> VmRecord:
         h, vm_id, spec = self.helpers, rec.id, rec.spec
-        template = await h.storage.template_get(spec.template)  # unknown template: nothing to undo
+        # unknown template: nothing to undo
+        template = await h.storage.call(pstorage.TemplateGet(name=spec.template))
         check_kernel_args(template.kernel_args, spec.kernel_args)
 
-        undo.append(("vmm.release", lambda: h.vmm.release(vm_id)))
-        jail = await h.vmm.allocate_jail(vm_id)
-        rec = self._set(
-            rec,
-            runtime=msgspec.structs.replace(
-                rec.runtime,
-                uid=jail.uid,
-                gid=jail.gid,
-                chroot_dir=jail.chroot_dir,
-                template_kernel_args=template.kernel_args,
-            ),
+        undo.append(("vmm.release", lambda: self._release_jail(vm_id)))
+        jail = await h.vmm.call(pvmm.AllocateJail(vm_id=vm_id))
+        rt = msgspec.structs.replace(
+            rec.runtime, jail=jail, template_kernel_args=template.kernel_args
         )
+        rec = self._set(rec, runtime=rt)
 
         # Storage and network need only the jail's uid/gid: run them together.
-        undo.append(("storage.release", lambda: h.storage.release(vm_id)))
-        undo.append(("net.teardown", lambda: h.net.teardown(vm_id)))
+        undo.append(("storage.release", lambda: self._release_disk(vm_id)))
+        undo.append(("net.teardown", lambda: self._teardown_net(vm_id)))
+        provision = pstorage.Provision(
+            vm_id=vm_id,
+            template=spec.template,
+            disk_size_mib=spec.disk_size_mib,
+            drives=list(spec.drives),
+        )
+        setup = pnet.NetSetup(
+            vm_id=vm_id,
+            uid=jail.uid,
+            gid=jail.gid,
+            ports=list(spec.port_mappings),
+            policy=spec.network_policy,
+            mode=spec.network_mode,
+        )
         disk, net = await asyncio.gather(
-            h.storage.provision(vm_id, spec.template, spec.disk_size_mib, storage_drives(spec)),
-            h.net.setup(
-                vm_id,
-                jail.uid,
-                jail.gid,
-                ports=port_specs(spec.port_mappings),
-                policy=spec.network_policy,
-                mode=spec.network_mode,
-            ),
-            return_exceptions=True,
+            h.storage.call(provision), h.net.call(setup), return_exceptions=True
         )
         if isinstance(disk, BaseException):
             if isinstance(net, BaseException):
@@ -206,9 +203,10 @@ class Flows:
             raise disk
         if isinstance(net, BaseException):
             raise net
-        rec = self._set(rec, VMState.STARTING, runtime=with_resources(rec.runtime, disk, net))
+        rt = msgspec.structs.replace(rec.runtime, disk=disk, net=net)
+        rec = self._set(rec, VMState.STARTING, runtime=rt)
 
-        proc = await h.vmm.launch(launch_request(rec))
+        proc = await h.vmm.call(launch_request(rec))
         rec = self._set(
             rec,
             VMState.RUNNING,
@@ -216,8 +214,18 @@ class Flows:
             started_at=now(),
             error=None,
         )
-        log.info("running (pid %s, ip %s)", proc.pid, rec.runtime.ip, extra=_extra(vm_id))
+        log.info("running (pid %s, ip %s)", proc.pid, net.ip, extra=_extra(vm_id))
         return rec
+
+    # --- the undo/delete steps (each idempotent) ----------------------------------
+    async def _release_jail(self, vm_id: str) -> None:
+        await self.helpers.vmm.call(pvmm.ReleaseJail(vm_id=vm_id))
+
+    async def _teardown_net(self, vm_id: str) -> None:
+        await self.helpers.net.call(pnet.NetTeardown(vm_id=vm_id))
+
+    async def _release_disk(self, vm_id: str) -> None:
+        await self.helpers.storage.call(pstorage.Release(vm_id=vm_id))
 
     async def _rollback(self, rec: VmRecord, undo: list[Undo], err: FcdError) -> None:
         vm_id = rec.id
@@ -270,7 +278,7 @@ class Flows:
         """stopped -> starting -> running: a fresh jailer + Firecracker on the same disk/TAP/IP."""
 
         async def call(rec: VmRecord) -> dict[str, Any]:
-            proc = await self.helpers.vmm.launch(launch_request(rec))
+            proc = await self.helpers.vmm.call(launch_request(rec))
             runtime = msgspec.structs.replace(rec.runtime, pid=proc.pid)
             return {"runtime": runtime, "started_at": now(), "stopped_at": None, "error": None}
 
@@ -280,7 +288,9 @@ class Flows:
         """running|paused -> stopping -> stopped; disk, TAP and IP are kept."""
 
         async def call(rec: VmRecord) -> dict[str, Any]:
-            res = await self.helpers.vmm.stop(vm_id)
+            # fcd-vmm may wait stop_timeout_s for the guest before SIGKILL: so may we.
+            h = self.helpers
+            res = await h.vmm.call(pvmm.Stop(vm_id=vm_id), timeout=h.vmm.timeout + h.stop_timeout_s)
             log.info("stopped (graceful=%s)", res.graceful, extra=_extra(vm_id))
             runtime = msgspec.structs.replace(rec.runtime, pid=None)
             return {"runtime": runtime, "stopped_at": now()}
@@ -289,14 +299,14 @@ class Flows:
 
     async def pause(self, vm_id: str) -> VmRecord:
         async def call(_rec: VmRecord) -> dict[str, Any]:
-            await self.helpers.vmm.pause(vm_id)
+            await self.helpers.vmm.call(pvmm.Pause(vm_id=vm_id))
             return {}
 
         return await self._lifecycle(vm_id, Action.PAUSE, call)
 
     async def resume(self, vm_id: str) -> VmRecord:
         async def call(_rec: VmRecord) -> dict[str, Any]:
-            await self.helpers.vmm.resume(vm_id)
+            await self.helpers.vmm.call(pvmm.Resume(vm_id=vm_id))
             return {}
 
         return await self._lifecycle(vm_id, Action.RESUME, call)
@@ -311,15 +321,48 @@ class Flows:
         async with self._locked(check_vm_id(vm_id)):
             rec = self.registry.require(vm_id)
             states.check(Action.DELETE, rec.state, force=force)
-            h = self.helpers
             log.info("deleting (from %s, force=%s)", rec.state.value, force, extra=_extra(vm_id))
             steps: list[Undo] = [
-                ("vmm.release", lambda: h.vmm.release(vm_id)),
-                ("net.teardown", lambda: h.net.teardown(vm_id)),
-                ("storage.release", lambda: h.storage.release(vm_id)),
+                ("vmm.release", lambda: self._release_jail(vm_id)),
+                ("net.teardown", lambda: self._teardown_net(vm_id)),
+                ("storage.release", lambda: self._release_disk(vm_id)),
             ]
             for name, fn in steps:
                 with self._guard(rec, f"delete ({name})"):
                     await fn()
             self.registry.delete(vm_id)
             log.info("deleted", extra=_extra(vm_id))
+
+    # --- network ---------------------------------------------------------------
+    async def change_ports(self, vm_id: str, add: bool, ports: list[PortMapping]) -> VmRecord:
+        """Add or remove port mappings (all or nothing) on a VM in any state but
+        ``creating``; the registry keeps the mappings fcd-net reports in force."""
+        async with self._locked(check_vm_id(vm_id)):
+            rec = self.registry.require(vm_id)
+            if rec.state is VMState.CREATING or rec.runtime.net is None:
+                raise FailedPrecondition(
+                    f"VM {vm_id} has no network yet (state {rec.state.value})",
+                    details={"state": rec.state.value},
+                )
+            req: pnet.NetPortsAdd | pnet.NetPortsRemove
+            if add:
+                req = pnet.NetPortsAdd(vm_id=vm_id, ports=ports)
+            else:
+                req = pnet.NetPortsRemove(vm_id=vm_id, ports=ports)
+            net = await self.helpers.net.call(req)
+            rec = self._set(rec, runtime=msgspec.structs.replace(rec.runtime, net=net))
+            ports_now = [(p.protocol, p.host_port) for p in net.ports]
+            log.info("ports: %s", ports_now, extra=_extra(vm_id))
+            return rec
+
+    async def counters(self, vm_id: str) -> pnet.Counters:
+        self.registry.require(check_vm_id(vm_id))
+        return await self.helpers.net.call(pnet.NetCounters(vm_id=vm_id))
+
+    async def reconcile_network(self) -> pnet.ReconcileReport:
+        """fcd-net tears down what belongs to no VM of the registry (any state)."""
+        live = [r.id for r in self.registry.list_vms()]
+        report = await self.helpers.net.call(pnet.NetReconcile(live=live))
+        if report.removed:
+            log.warning("network reconcile removed: %s", ", ".join(report.removed))
+        return report

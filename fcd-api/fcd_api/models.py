@@ -10,17 +10,21 @@ from __future__ import annotations
 
 import enum
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import msgspec
 
-from fcd_common.ids import Name, VmId
-from fcd_common.proto.net import PolicySpec
+from fcd_common.proto.common import PortMapping
+from fcd_common.proto.net import NetInfo, PolicySpec
+from fcd_common.proto.storage import DiskInfo, DriveSpec
+from fcd_common.proto.vmm import JailInfo
+from fcd_common.schema import Record
+from fcd_common.types import KernelArgs, MiB, Name, NetMode, VcpuCount, VmId
 
 __all__ = [
     "VM",
     "CreateVMRequest",
-    "DriveRequest",
+    "DriveSpec",
     "ErrorBody",
     "ErrorDetail",
     "PortMapping",
@@ -35,19 +39,12 @@ __all__ = [
 MIN_MEM_MIB = 128
 MAX_MEM_MIB = 1 << 20
 
-Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
-HostPort = Annotated[int, msgspec.Meta(ge=0, le=65535)]
-"""0: fcd-net picks a free port from its configured range."""
 LabelKey = Annotated[
-    str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_./-]{0,62}$", min_length=1, max_length=63)
+    str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_./-]{0,62}\Z", min_length=1, max_length=63)
 ]
 LabelValue = Annotated[str, msgspec.Meta(max_length=256)]
 AnnotationKey = Annotated[str, msgspec.Meta(min_length=1, max_length=253)]
 AnnotationValue = Annotated[str, msgspec.Meta(max_length=4096)]
-KERNEL_ARGS_MAX = 1024
-"""fcd-vmm's limit for the whole (template + request) command line it is given."""
-KernelArgs = Annotated[str, msgspec.Meta(pattern=r"^[\x20-\x7e]*$", max_length=KERNEL_ARGS_MAX)]
-"""Printable ASCII only: the command line goes to Firecracker verbatim."""
 
 
 class VMState(enum.StrEnum):
@@ -67,32 +64,7 @@ def now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-class _Body(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
-    pass
-
-
-class PortMapping(_Body, kw_only=True, frozen=True):
-    host_port: HostPort
-    guest_port: Port
-    protocol: Literal["tcp", "udp"] = "tcp"
-
-
-class DriveRequest(_Body, kw_only=True, frozen=True):
-    """An extra drive: ``size_mib`` for a blank ext4 data drive, or ``template`` to attach
-    that template's image read-only (shared by every VM using it)."""
-
-    name: Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_]{0,31}$")]
-    size_mib: Annotated[int, msgspec.Meta(ge=1)] | None = None
-    template: Name | None = None
-
-
-class RuntimeDrive(_Body, kw_only=True, frozen=True):
-    name: str
-    path: str
-    read_only: bool
-
-
-class CreateVMRequest(_Body, kw_only=True, frozen=True):
+class CreateVMRequest(Record):
     """Body of ``POST /v1/vms``. Also stored as the VM's spec (with ``id`` filled in)."""
 
     id: VmId | None = None
@@ -100,9 +72,9 @@ class CreateVMRequest(_Body, kw_only=True, frozen=True):
     and spec returns the existing VM; a different spec is a 409."""
     sandbox_id: Annotated[str, msgspec.Meta(max_length=256)] | None = None
     template: Name
-    vcpu_count: Annotated[int, msgspec.Meta(ge=1, le=32)] = 1
+    vcpu_count: VcpuCount = 1
     mem_size_mib: Annotated[int, msgspec.Meta(ge=MIN_MEM_MIB, le=MAX_MEM_MIB)] = 128
-    disk_size_mib: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    disk_size_mib: MiB | None = None
     """Root disk size; the template's image size when absent."""
     kernel_args: KernelArgs = ""
     """Appended to the template's kernel arguments."""
@@ -110,27 +82,27 @@ class CreateVMRequest(_Body, kw_only=True, frozen=True):
     """tcp/udp from the host's addresses (and the host itself) to the guest; ``host_port``
     0 allocates one from fcd-net's range; a taken port is a 409. The VM's
     ``port_mappings`` show the ports in force (allocated, added, removed)."""
-    network_mode: Literal["bridge", "netns"] | None = None
+    network_mode: NetMode | None = None
     """None: fcd-net's configured default. netns: a namespace of its own with the same
     TAP, guest IP and MAC as every other VM (for clones of one snapshot)."""
     network_policy: PolicySpec | None = None
     """None: the safe defaults (no VM-to-VM, internet yes, private ranges and host no)."""
     labels: dict[LabelKey, LabelValue] = {}
     annotations: dict[AnnotationKey, AnnotationValue] = {}
-    drives: list[DriveRequest] = []
+    drives: list[DriveSpec] = []
     """Extra drives (data or shared read-only), attached after the root disk."""
 
 
-class VMConfig(_Body, kw_only=True, frozen=True):
+class VMConfig(Record):
     vcpu_count: int
     mem_size_mib: int
     template: str
     disk_size_mib: int | None
     kernel_args: str
-    drives: list[DriveRequest] = []
+    drives: list[DriveSpec] = []
 
 
-class VM(_Body, kw_only=True, frozen=True):
+class VM(Record):
     """A VM as returned by the API (the seed's ``VMInstance`` plus a few extras)."""
 
     id: str
@@ -158,47 +130,33 @@ class VM(_Body, kw_only=True, frozen=True):
     """The VM's unique address on the host (netns mode: its veth; else ``ip_address``)."""
 
 
-class ErrorDetail(_Body, kw_only=True, frozen=True):
+class ErrorDetail(Record):
     code: str
     message: str
     details: Any = None
 
 
-class ErrorBody(_Body, kw_only=True, frozen=True):
+class ErrorBody(Record):
     error: ErrorDetail
 
 
-class VersionInfo(_Body, kw_only=True, frozen=True):
+class VersionInfo(Record):
     version: str
     api_version: str = "v1"
 
 
-class Runtime(_Body, kw_only=True, frozen=True):
-    """What the helpers handed out for a VM (the registry's runtime fields)."""
+class Runtime(Record):
+    """What the helpers handed out for a VM, kept as they answered (the registry's
+    runtime column): the jail, the disks, the network, and the live process."""
 
-    uid: int | None = None
-    gid: int | None = None
-    chroot_dir: str | None = None
-    tap: str | None = None
-    mac: str | None = None
-    ip: str | None = None
-    gateway: str | None = None
-    prefix_len: int | None = None
-    bridge: str | None = None
-    kernel_path: str | None = None
-    rootfs_path: str | None = None
-    disk_method: str | None = None
+    jail: JailInfo | None = None
+    disk: DiskInfo | None = None
+    net: NetInfo | None = None
     template_kernel_args: str | None = None
     pid: int | None = None
-    drives: list[RuntimeDrive] = []
-    port_mappings: list[PortMapping] | None = None
-    """As fcd-net holds them (host ports allocated); None before network setup."""
-    network_mode: str | None = None
-    netns: str | None = None
-    host_ip: str | None = None
 
 
-class VmRecord(_Body, kw_only=True, frozen=True):
+class VmRecord(Record):
     """One registry row."""
 
     id: str
@@ -213,6 +171,7 @@ class VmRecord(_Body, kw_only=True, frozen=True):
 
     def to_public(self) -> VM:
         s, r = self.spec, self.runtime
+        net = r.net
         return VM(
             id=self.id,
             sandbox_id=s.sandbox_id,
@@ -226,20 +185,20 @@ class VmRecord(_Body, kw_only=True, frozen=True):
                 drives=list(s.drives),
             ),
             pid=r.pid,
-            ip_address=r.ip,
-            port_mappings=list(s.port_mappings if r.port_mappings is None else r.port_mappings),
+            ip_address=net.ip if net else None,
+            port_mappings=list(s.port_mappings if net is None else net.ports),
             resources={"vcpu_count": s.vcpu_count, "mem_size_mib": s.mem_size_mib},
             created_at=self.created_at,
             started_at=self.started_at,
             stopped_at=self.stopped_at,
             labels=dict(s.labels),
             annotations=dict(s.annotations),
-            tap=r.tap,
-            mac=r.mac,
-            gateway=r.gateway,
-            uid=r.uid,
+            tap=net.tap if net else None,
+            mac=net.mac if net else None,
+            gateway=net.gateway if net else None,
+            uid=r.jail.uid if r.jail else None,
             error=self.error,
             updated_at=self.updated_at,
-            network_mode=r.network_mode,
-            host_ip=r.host_ip,
+            network_mode=net.mode if net else None,
+            host_ip=net.host_ip if net else None,
         )

@@ -14,42 +14,22 @@ the ports in force; fcd-net's lease file is what makes them survive restarts.
 
 from __future__ import annotations
 
-import logging
 from typing import Annotated, Literal
 
-import msgspec
 from litestar import Router, delete, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody, QueryParameter
 
-from fcd_common.errors import FailedPrecondition
-from fcd_common.ids import check_vm_id
 from fcd_common.proto import net as pnet
 
 from .flows import Flows
-from .models import VM, PortMapping, VMState
-from .plan import port_mappings, port_specs
+from .models import VM, PortMapping
 
-__all__ = ["net_router", "reconcile"]
-
-log = logging.getLogger("fcd.api.net")
+__all__ = ["net_router"]
 
 
 async def _change_ports(flows: Flows, vm_id: str, add: bool, ports: list[PortMapping]) -> VM:
-    async with flows._locked(check_vm_id(vm_id)):
-        rec = flows.registry.require(vm_id)
-        if rec.state is VMState.CREATING or rec.runtime.ip is None:
-            raise FailedPrecondition(
-                f"VM {vm_id} has no network yet (state {rec.state.value})",
-                details={"state": rec.state.value},
-            )
-        net = flows.helpers.net
-        specs = port_specs(ports)
-        info = await (net.ports_add(vm_id, specs) if add else net.ports_remove(vm_id, specs))
-        runtime = msgspec.structs.replace(rec.runtime, port_mappings=port_mappings(info.ports))
-        rec = flows.registry.update(msgspec.structs.replace(rec, runtime=runtime))
-        log.info("ports of %s: %s", vm_id, [(p.protocol, p.host_port) for p in info.ports])
-        return rec.to_public()
+    return (await flows.change_ports(vm_id, add, ports)).to_public()
 
 
 @post("/v1/vms/{vm_id:str}/ports", status_code=200, summary="Add a port mapping to a VM")
@@ -72,22 +52,12 @@ async def remove_port(
 
 @get("/v1/vms/{vm_id:str}/network/counters", summary="Counters of the VM's interface")
 async def counters(flows: NamedDependency[Flows], vm_id: FromPath[str]) -> pnet.Counters:
-    flows.registry.require(check_vm_id(vm_id))
-    return await flows.helpers.net.counters(vm_id)
-
-
-async def reconcile(flows: Flows) -> pnet.ReconcileReport:
-    """fcd-net tears down what belongs to no VM of the registry (any state)."""
-    live = [r.id for r in flows.registry.list_vms()]
-    report = await flows.helpers.net.reconcile(live)
-    if report.removed:
-        log.warning("network reconcile removed: %s", ", ".join(report.removed))
-    return report
+    return await flows.counters(vm_id)
 
 
 @post("/v1/network/reconcile", status_code=200, summary="Remove network objects of no VM")
 async def reconcile_route(flows: NamedDependency[Flows]) -> pnet.ReconcileReport:
-    return await reconcile(flows)
+    return await flows.reconcile_network()
 
 
 net_router = Router(

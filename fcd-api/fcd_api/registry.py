@@ -22,12 +22,14 @@ import msgspec
 from fcd_common.errors import Conflict, Internal, InvalidArgument, NotFound
 
 from .models import CreateVMRequest, Runtime, VmRecord, VMState, now
+from .registry_migrate import runtime_from_v1
 
 __all__ = ["SCHEMA_VERSION", "Registry", "parse_label_filters"]
 
 log = logging.getLogger("fcd.api.registry")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""2: ``runtime`` embeds the helpers' records (:mod:`fcd_api.registry_migrate`)."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS vms (
@@ -88,6 +90,8 @@ class Registry:
             with _tx(conn):
                 for stmt in filter(None, (s.strip() for s in _SCHEMA.split(";"))):
                     conn.execute(stmt)
+                if version == 1:
+                    _migrate_v1(conn)
                 conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         except BaseException:
             conn.close()
@@ -198,6 +202,16 @@ def _tx(conn: sqlite3.Connection) -> Iterator[None]:
         conn.execute("ROLLBACK")
         raise
     conn.execute("COMMIT")
+
+
+def _migrate_v1(conn: sqlite3.Connection) -> None:
+    rows = conn.execute("SELECT id, spec, runtime FROM vms").fetchall()
+    for vm_id, spec, runtime in rows:
+        old = msgspec.json.decode(str(runtime))
+        new = runtime_from_v1(str(vm_id), old, _spec_dec.decode(str(spec)))
+        conn.execute("UPDATE vms SET runtime = ? WHERE id = ?", (_enc.encode(new).decode(), vm_id))
+    if rows:
+        log.info("registry: %d VM record(s) migrated to schema 2", len(rows))
 
 
 def _row(rec: VmRecord) -> tuple[object, ...]:

@@ -11,18 +11,18 @@ from __future__ import annotations
 import asyncio
 import logging
 
+import msgspec
 from litestar import Controller, Router, delete, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody
 
 from fcd_common.proto import storage as ps
-from fcd_common.rpc import Done
+from fcd_common.rpc import RpcClient
 
-from .clients import StorageClient
 from .flows import Flows
 from .models import now
 from .registry import Registry
-from .storage_models import ReclaimResult, TemplateBuildRequest, TemplateImportRequest
+from .storage_models import StorageReclaimReport
 
 __all__ = ["reclaim", "reclaim_at_start", "storage_router"]
 
@@ -32,15 +32,13 @@ LONG_TIMEOUT_S = 1800.0
 """Imports and builds copy or format whole images."""
 
 
-async def reclaim(registry: Registry, storage: StorageClient) -> ReclaimResult:
+async def reclaim(registry: Registry, storage: RpcClient) -> StorageReclaimReport:
     as_of = now()
     live = [r.id for r in registry.list_vms()]
-    res = await storage.call(
-        ps.Reclaim(live_vm_ids=live, as_of=as_of), ps.ReclaimResult, timeout=LONG_TIMEOUT_S
-    )
+    res = await storage.call(ps.Reclaim(live_vm_ids=live, as_of=as_of), timeout=LONG_TIMEOUT_S)
     if res.removed:
         log.warning("storage reclaim removed %s", ", ".join(res.removed))
-    return ReclaimResult(removed=res.removed, live_vms=len(live))
+    return StorageReclaimReport(removed=res.removed, live_vms=len(live))
 
 
 class TemplateController(Controller):
@@ -49,46 +47,32 @@ class TemplateController(Controller):
 
     @get("/", summary="List templates (with the VMs and snapshots using each)")
     async def list_templates(self, flows: NamedDependency[Flows]) -> list[ps.TemplateInfo]:
-        res = await flows.helpers.storage.call(ps.TemplateList(), ps.TemplateInfoList)
+        res = await flows.helpers.storage.call(ps.TemplateList())
         return res.items
 
     @get("/{name:str}", summary="Inspect a template")
     async def get_template(
         self, flows: NamedDependency[Flows], name: FromPath[str]
     ) -> ps.TemplateInfo:
-        return await flows.helpers.storage.call(ps.TemplateGet(name=name), ps.TemplateInfo)
+        return await flows.helpers.storage.call(ps.TemplateGet(name=name))
 
     @post("/", status_code=201, summary="Import a kernel and a rootfs image (sha256 verified)")
     async def import_template(
-        self, flows: NamedDependency[Flows], data: JSONBody[TemplateImportRequest]
+        self, flows: NamedDependency[Flows], data: JSONBody[ps.TemplateSource]
     ) -> ps.TemplateInfo:
-        req = ps.TemplateImport(
-            name=data.name,
-            kernel_path=data.kernel_path,
-            rootfs_path=data.rootfs_path,
-            kernel_args=data.kernel_args,
-            kernel_sha256=data.kernel_sha256,
-            rootfs_sha256=data.rootfs_sha256,
-        )
-        return await flows.helpers.storage.call(req, ps.TemplateInfo, timeout=LONG_TIMEOUT_S)
+        req = ps.TemplateImport(**msgspec.structs.asdict(data))
+        return await flows.helpers.storage.call(req, timeout=LONG_TIMEOUT_S)
 
     @post("/build", status_code=201, summary="Build a template's rootfs from a directory tree")
     async def build_template(
-        self, flows: NamedDependency[Flows], data: JSONBody[TemplateBuildRequest]
+        self, flows: NamedDependency[Flows], data: JSONBody[ps.TemplateTree]
     ) -> ps.TemplateInfo:
-        req = ps.TemplateBuild(
-            name=data.name,
-            kernel_path=data.kernel_path,
-            source_dir=data.source_dir,
-            size_mib=data.size_mib,
-            kernel_args=data.kernel_args,
-            kernel_sha256=data.kernel_sha256,
-        )
-        return await flows.helpers.storage.call(req, ps.TemplateInfo, timeout=LONG_TIMEOUT_S)
+        req = ps.TemplateBuild(**msgspec.structs.asdict(data))
+        return await flows.helpers.storage.call(req, timeout=LONG_TIMEOUT_S)
 
     @delete("/{name:str}", status_code=204, summary="Delete a template nobody uses")
     async def delete_template(self, flows: NamedDependency[Flows], name: FromPath[str]) -> None:
-        await flows.helpers.storage.call(ps.TemplateDelete(name=name), Done)
+        await flows.helpers.storage.call(ps.TemplateDelete(name=name))
 
 
 class SnapshotController(Controller):
@@ -97,18 +81,18 @@ class SnapshotController(Controller):
 
     @get("/", summary="List snapshot files (with the VMs restored from each)")
     async def list_snapshots(self, flows: NamedDependency[Flows]) -> list[ps.SnapshotInfo]:
-        res = await flows.helpers.storage.call(ps.SnapshotList(), ps.SnapshotInfoList)
+        res = await flows.helpers.storage.call(ps.SnapshotList())
         return res.items
 
     @get("/{name:str}", summary="Inspect a snapshot")
     async def get_snapshot(
         self, flows: NamedDependency[Flows], name: FromPath[str]
     ) -> ps.SnapshotInfo:
-        return await flows.helpers.storage.call(ps.SnapshotGet(name=name), ps.SnapshotInfo)
+        return await flows.helpers.storage.call(ps.SnapshotGet(name=name))
 
     @delete("/{name:str}", status_code=204, summary="Delete a snapshot no VM uses")
     async def delete_snapshot(self, flows: NamedDependency[Flows], name: FromPath[str]) -> None:
-        await flows.helpers.storage.call(ps.SnapshotDelete(name=name), Done)
+        await flows.helpers.storage.call(ps.SnapshotDelete(name=name))
 
 
 @post(
@@ -117,7 +101,7 @@ class SnapshotController(Controller):
     tags=["storage"],
     summary="Remove partial files and disks no live VM owns",
 )
-async def reclaim_storage(flows: NamedDependency[Flows]) -> ReclaimResult:
+async def reclaim_storage(flows: NamedDependency[Flows]) -> StorageReclaimReport:
     return await reclaim(flows.registry, flows.helpers.storage)
 
 
@@ -129,7 +113,7 @@ storage_router = Router(
 _background: set[asyncio.Task[None]] = set()
 
 
-def reclaim_at_start(registry: Registry, storage: StorageClient) -> None:
+def reclaim_at_start(registry: Registry, storage: RpcClient) -> None:
     """Run reclaim once in the background; a helper that is not up yet is only logged."""
 
     async def run() -> None:

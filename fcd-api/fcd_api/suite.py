@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import pwd
 import shutil
 import signal
 import socket
@@ -193,6 +194,9 @@ parent_cgroup = "{self.parent_cgroup}"
 
 [limits]
 shutdown_grace_s = 5.0
+
+[security]
+api_user = "{pwd.getpwuid(os.getuid()).pw_name}"
 """
         self.config_path.write_text(text)
         cfg = self.cfg  # validates

@@ -47,9 +47,7 @@ async def build(ctx: runtime.Context) -> runtime.Service:
         executor.shutdown(wait=False)
         raise
     svc = NetService(core, executor)
-    return await serve_rpc(
-        ctx, "net", PROTOCOL, svc.handlers(), status=svc.status, on_close=svc.close
-    )
+    return await serve_rpc(ctx, "net", PROTOCOL, svc, status=svc.status, on_close=svc.close)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -31,7 +31,7 @@ from fcd_common.proto.net import (
     NetInfoList,
     NetMode,
     PolicySpec,
-    PortSpec,
+    PortMapping,
     ReconcileReport,
 )
 
@@ -109,7 +109,7 @@ class NetCore:
         uid: int,
         gid: int,
         *,
-        ports: Sequence[PortSpec] = (),
+        ports: Sequence[PortMapping] = (),
         pol: PolicySpec | None = None,
         mode: NetMode | None = None,
     ) -> NetInfo:
@@ -251,7 +251,7 @@ class NetCore:
             raise NotFound(f"no network lease for VM {vm_id}")
         return lease
 
-    def _swap_ports(self, old: Lease, ports: list[PortSpec]) -> NetInfo:
+    def _swap_ports(self, old: Lease, ports: list[PortMapping]) -> NetInfo:
         new = msgspec.structs.replace(old, ports=ports)
         self.store.put(new)
         try:
@@ -267,13 +267,13 @@ class NetCore:
         )
         return plan.net_info(self.net, new)
 
-    def ports_add(self, vm_id: str, ports: Sequence[PortSpec]) -> NetInfo:
+    def ports_add(self, vm_id: str, ports: Sequence[PortMapping]) -> NetInfo:
         """Add mappings (all or nothing); a host port in use anywhere is a Conflict."""
         lease = self._require(vm_id)
         added = policy.check_ports(self.net, ports, self.store.used_ports())
         return self._swap_ports(lease, list(lease.ports) + added)
 
-    def ports_remove(self, vm_id: str, ports: Sequence[PortSpec]) -> NetInfo:
+    def ports_remove(self, vm_id: str, ports: Sequence[PortMapping]) -> NetInfo:
         """Remove mappings by protocol and host port; absent ones are ignored."""
         lease = self._require(vm_id)
         keep = [p for p in lease.ports if not any(policy.same_mapping(p, q) for q in ports)]

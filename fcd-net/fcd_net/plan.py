@@ -12,19 +12,18 @@ import ipaddress
 import socket
 from collections.abc import Iterable
 
-import msgspec
-
 from fcd_common import ids
 from fcd_common.config import JailConfig, NetworkConfig
 from fcd_common.errors import InvalidArgument, ResourceExhausted
-from fcd_common.proto.net import NetInfo, NetMode, PolicySpec, PortSpec
+from fcd_common.proto.net import NetInfo, NetMode, PolicySpec, PortMapping
+from fcd_common.schema import Record
 
 NETNS_DIR = ids.NETNS_DIR
 NETNS_VETH = "eth0"
 """Name of the VM side of the veth pair inside a VM namespace."""
 
 
-class Lease(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+class Lease(Record):
     """One VM's network identity, as persisted in ``leases/<vm_id>.json``.
 
     Bridge mode: ``ip`` is unique and the TAP sits on the bridge. netns mode:
@@ -39,7 +38,7 @@ class Lease(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     mac: str
     uid: int
     gid: int
-    ports: list[PortSpec] = []
+    ports: list[PortMapping] = []
     policy: PolicySpec = PolicySpec()
     mode: NetMode = "bridge"
     netns: str | None = None

@@ -15,7 +15,7 @@ import msgspec
 
 from fcd_common.config import NetworkConfig
 from fcd_common.errors import Conflict, InvalidArgument, ResourceExhausted
-from fcd_common.proto.net import PolicySpec, PortSpec, RuleSpec
+from fcd_common.proto.net import PolicySpec, PortMapping, RuleSpec
 
 PRIVATE = (
     "0.0.0.0/8",
@@ -35,10 +35,10 @@ reserved. The host's own addresses are handled separately (input chain)."""
 
 def check_ports(
     net: NetworkConfig,
-    wanted: Sequence[PortSpec],
+    wanted: Sequence[PortMapping],
     taken: Iterable[tuple[str, int]],
     field: str = "ports",
-) -> list[PortSpec]:
+) -> list[PortMapping]:
     """Mappings with every host port allocated; refuses bad or conflicting ones.
 
     ``taken`` is (protocol, host_port) of every mapping already in force. An
@@ -46,7 +46,7 @@ def check_ports(
     Conflict: HTTP 409); ``host_port: 0`` gets the lowest free one.
     """
     used = set(taken)
-    explicit: list[tuple[int, PortSpec]] = []
+    explicit: list[tuple[int, PortMapping]] = []
     for i, p in enumerate(wanted):
         if p.host_port == 0:
             continue
@@ -64,7 +64,7 @@ def check_ports(
             )
         used.add(key)
         explicit.append((i, p))
-    out: list[PortSpec] = []
+    out: list[PortMapping] = []
     for i, p in enumerate(wanted):
         if p.host_port != 0:
             out.append(p)
@@ -106,6 +106,6 @@ def check_policy(policy: PolicySpec | None) -> PolicySpec:
     )
 
 
-def same_mapping(a: PortSpec, b: PortSpec) -> bool:
+def same_mapping(a: PortMapping, b: PortMapping) -> bool:
     """Mappings are identified by host port and protocol."""
     return (a.protocol, a.host_port) == (b.protocol, b.host_port)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -28,7 +28,7 @@ from fcd_common.proto.net import (
     NetTeardown,
     ReconcileReport,
 )
-from fcd_common.rpc import Done, Handler, Peer, Request
+from fcd_common.rpc import Done, Peer, handles
 
 from .core import FirewallApi, LinksApi, NamespacesApi, NetCore
 
@@ -46,43 +46,39 @@ class NetService:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, functools.partial(fn, *args))
 
+    @handles(NetSetup)
     async def on_setup(self, req: NetSetup, _peer: Peer) -> NetInfo:
         setup = functools.partial(self.core.setup, ports=req.ports, pol=req.policy, mode=req.mode)
         return await self._run(setup, req.vm_id, req.uid, req.gid)
 
+    @handles(NetTeardown)
     async def on_teardown(self, req: NetTeardown, _peer: Peer) -> Done:
         await self._run(self.core.teardown, req.vm_id)
         return Done()
 
+    @handles(NetGet)
     async def on_get(self, req: NetGet, _peer: Peer) -> NetInfo:
         return await self._run(self.core.get, req.vm_id)
 
+    @handles(NetList)
     async def on_list(self, _req: NetList, _peer: Peer) -> NetInfoList:
         return await self._run(self.core.list)
 
+    @handles(NetPortsAdd)
     async def on_ports_add(self, req: NetPortsAdd, _peer: Peer) -> NetInfo:
         return await self._run(self.core.ports_add, req.vm_id, req.ports)
 
+    @handles(NetPortsRemove)
     async def on_ports_remove(self, req: NetPortsRemove, _peer: Peer) -> NetInfo:
         return await self._run(self.core.ports_remove, req.vm_id, req.ports)
 
+    @handles(NetCounters)
     async def on_counters(self, req: NetCounters, _peer: Peer) -> Counters:
         return await self._run(self.core.counters, req.vm_id)
 
+    @handles(NetReconcile)
     async def on_reconcile(self, req: NetReconcile, _peer: Peer) -> ReconcileReport:
         return await self._run(self.core.reconcile, req.live)
-
-    def handlers(self) -> Mapping[type[Request], Handler]:
-        return {
-            NetSetup: self.on_setup,
-            NetTeardown: self.on_teardown,
-            NetGet: self.on_get,
-            NetList: self.on_list,
-            NetPortsAdd: self.on_ports_add,
-            NetPortsRemove: self.on_ports_remove,
-            NetCounters: self.on_counters,
-            NetReconcile: self.on_reconcile,
-        }
 
     def status(self) -> str:
         return self.core.status()

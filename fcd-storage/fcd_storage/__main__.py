@@ -42,7 +42,7 @@ async def serve(ctx: runtime.Context) -> RpcService:
     if removed:
         log.info("reclaimed %d partial entries", len(removed))
     svc = StorageService(store)
-    return await serve_rpc(ctx, "storage", PROTOCOL, svc.handlers(), status=svc.status)
+    return await serve_rpc(ctx, "storage", PROTOCOL, svc, status=svc.status)
 
 
 def import_command(args: argparse.Namespace) -> int:

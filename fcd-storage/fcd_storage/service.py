@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 
 from fcd_common.ids import check_name, check_vm_id
 from fcd_common.proto import storage as proto
-from fcd_common.rpc import Done, Handler, Peer, Request
+from fcd_common.rpc import Done, Peer, handles
 
 from . import reclaim, snapshots, templates
 from .store import Store
@@ -95,25 +95,7 @@ class StorageService:
         templates, disks = self.store.counts()
         return f"{templates} templates, {disks} disks"
 
-    def handlers(self) -> dict[type[Request], Handler]:
-        return {
-            proto.TemplateImport: self.template_import,
-            proto.TemplateGet: self.template_get,
-            proto.TemplateList: self.template_list,
-            proto.Provision: self.provision,
-            proto.Release: self.release,
-            proto.DiskGet: self.disk_get,
-            proto.DiskList: self.disk_list,
-            proto.TemplateBuild: self.template_build,
-            proto.TemplateDelete: self.template_delete,
-            proto.Reclaim: self.reclaim,
-            proto.SnapshotPrepare: self.snapshot_prepare,
-            proto.SnapshotCommit: self.snapshot_commit,
-            proto.SnapshotGet: self.snapshot_get,
-            proto.SnapshotList: self.snapshot_list,
-            proto.SnapshotDelete: self.snapshot_delete,
-        }
-
+    @handles(proto.TemplateImport)
     async def template_import(self, req: proto.TemplateImport, _peer: Peer) -> proto.TemplateInfo:
         name = check_name(req.name)
         async with self._using(f"template:{name}"):
@@ -128,6 +110,7 @@ class StorageService:
             )
         return m.info(self.store.layout)
 
+    @handles(proto.TemplateBuild)
     async def template_build(self, req: proto.TemplateBuild, _peer: Peer) -> proto.TemplateInfo:
         name = check_name(req.name)
         async with self._using(f"template:{name}"):
@@ -145,12 +128,14 @@ class StorageService:
             )
         return m.info(self.store.layout)
 
+    @handles(proto.TemplateDelete)
     async def template_delete(self, req: proto.TemplateDelete, _peer: Peer) -> Done:
         name = check_name(req.name)
         async with self.catalog.exclusive():
             await asyncio.to_thread(templates.delete_template, self.store, name)
         return Done()
 
+    @handles(proto.TemplateGet)
     async def template_get(self, req: proto.TemplateGet, _peer: Peer) -> proto.TemplateInfo:
         def get() -> proto.TemplateInfo:
             m = self.store.template(req.name)
@@ -158,6 +143,7 @@ class StorageService:
 
         return await asyncio.to_thread(get)
 
+    @handles(proto.TemplateList)
     async def template_list(self, _req: proto.TemplateList, _peer: Peer) -> proto.TemplateInfoList:
         def items() -> list[proto.TemplateInfo]:
             used = templates.users(self.store)
@@ -165,6 +151,7 @@ class StorageService:
 
         return proto.TemplateInfoList(items=await asyncio.to_thread(items))
 
+    @handles(proto.Provision)
     async def provision(self, req: proto.Provision, _peer: Peer) -> proto.DiskInfo:
         vm_id = check_vm_id(req.vm_id)
         async with self._using(f"disk:{vm_id}"):
@@ -178,12 +165,14 @@ class StorageService:
             )
         return m.info(self.store.layout)
 
+    @handles(proto.Release)
     async def release(self, req: proto.Release, _peer: Peer) -> Done:
         vm_id = check_vm_id(req.vm_id)
         async with self._using(f"disk:{vm_id}"):
             await asyncio.to_thread(self.store.release, vm_id)
         return Done()
 
+    @handles(proto.Reclaim)
     async def reclaim(self, req: proto.Reclaim, _peer: Peer) -> proto.ReclaimResult:
         live = [check_vm_id(v) for v in req.live_vm_ids]
         async with self.catalog.exclusive():
@@ -196,21 +185,25 @@ class StorageService:
         m = snapshots.get(self.store, name)
         return m.info(self.store.layout, snapshots.users(self.store).get(m.name))
 
+    @handles(proto.SnapshotPrepare)
     async def snapshot_prepare(self, req: proto.SnapshotPrepare, _peer: Peer) -> proto.SnapshotInfo:
         name, vm_id = check_name(req.name), check_vm_id(req.vm_id)
         async with self._using(f"snapshot:{name}"), self.locks.hold(f"disk:{vm_id}"):
             await asyncio.to_thread(snapshots.prepare, self.store, name, vm_id)
             return await asyncio.to_thread(self._snapshot_info, name)
 
+    @handles(proto.SnapshotCommit)
     async def snapshot_commit(self, req: proto.SnapshotCommit, _peer: Peer) -> proto.SnapshotInfo:
         name = check_name(req.name)
         async with self._using(f"snapshot:{name}"):
             await asyncio.to_thread(snapshots.commit, self.store, name)
             return await asyncio.to_thread(self._snapshot_info, name)
 
+    @handles(proto.SnapshotGet)
     async def snapshot_get(self, req: proto.SnapshotGet, _peer: Peer) -> proto.SnapshotInfo:
         return await asyncio.to_thread(self._snapshot_info, check_name(req.name))
 
+    @handles(proto.SnapshotList)
     async def snapshot_list(self, _req: proto.SnapshotList, _peer: Peer) -> proto.SnapshotInfoList:
         def items() -> list[proto.SnapshotInfo]:
             used = snapshots.users(self.store)
@@ -219,16 +212,19 @@ class StorageService:
 
         return proto.SnapshotInfoList(items=await asyncio.to_thread(items))
 
+    @handles(proto.SnapshotDelete)
     async def snapshot_delete(self, req: proto.SnapshotDelete, _peer: Peer) -> Done:
         name = check_name(req.name)
         async with self.catalog.exclusive():
             await asyncio.to_thread(snapshots.delete, self.store, name)
         return Done()
 
+    @handles(proto.DiskGet)
     async def disk_get(self, req: proto.DiskGet, _peer: Peer) -> proto.DiskInfo:
         m = await asyncio.to_thread(self.store.disk, req.vm_id)
         return m.info(self.store.layout)
 
+    @handles(proto.DiskList)
     async def disk_list(self, _req: proto.DiskList, _peer: Peer) -> proto.DiskInfoList:
         items = await asyncio.to_thread(self.store.disks)
         return proto.DiskInfoList(items=[m.info(self.store.layout) for m in items])

@@ -11,7 +11,6 @@ from collections.abc import Sequence
 
 from fcd_common import runtime
 from fcd_common.proto import vmm as proto
-from fcd_common.rpc import Handler, Request
 from fcd_common.service import serve_rpc
 
 from .manager import VmManager
@@ -22,18 +21,8 @@ async def build(ctx: runtime.Context) -> runtime.Service:
     set_child_subreaper()
     manager = VmManager(ctx.cfg)
     manager.start()
-    handlers: dict[type[Request], Handler] = {
-        proto.AllocateJail: manager.allocate_jail,
-        proto.Launch: manager.launch,
-        proto.Pause: manager.pause,
-        proto.Resume: manager.resume,
-        proto.Stop: manager.stop,
-        proto.ReleaseJail: manager.release_jail,
-        proto.Status: manager.status,
-        proto.ListVms: manager.list_vms,
-    }
     return await serve_rpc(
-        ctx, "vmm", proto.PROTOCOL, handlers, status=manager.status_line, on_close=manager.close
+        ctx, "vmm", proto.PROTOCOL, manager, status=manager.status_line, on_close=manager.close
     )
 
 

@@ -19,13 +19,13 @@ from fcd_common import storelayout
 from fcd_common.config import Config
 from fcd_common.errors import InvalidArgument
 from fcd_common.ids import check_vm_id, netns_path, netns_tap, tap_name
+from fcd_common.proto.storage import DriveInfo
 from fcd_common.proto.vmm import Launch
+from fcd_common.types import KERNEL_ARGS_MAX, KERNEL_ARGS_PATTERN, fullmatch
 
-from .jail import DriveSpec, LaunchSpec
+from .jail import LaunchSpec
 
-_MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
-_KERNEL_ARGS = re.compile(r"^[\x20-\x7e]*$")
-KERNEL_ARGS_MAX = 1024
+_MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}\Z")
 
 
 def _bad(field: str, message: str) -> InvalidArgument:
@@ -94,7 +94,7 @@ def check_addresses(ip: str, gateway: str, prefix_len: int) -> None:
 def check_kernel_args(args: str) -> str:
     if len(args) > KERNEL_ARGS_MAX:
         raise _bad("kernel_args", f"longer than {KERNEL_ARGS_MAX} characters")
-    if not _KERNEL_ARGS.fullmatch(args):
+    if not fullmatch(KERNEL_ARGS_PATTERN, args):
         raise _bad("kernel_args", "only printable ASCII is allowed (no control characters)")
     return args
 
@@ -111,23 +111,24 @@ def check_storage_path(path: str, storage_root: str, field: str) -> str:
     return path
 
 
-def check_drives(req: Launch, vm_id: str, cfg: Config) -> tuple[DriveSpec, ...]:
+def check_drives(req: Launch, vm_id: str, cfg: Config) -> None:
     """Extra drives: each is this VM's own data drive named by its id, or a template's
     rootfs attached read-only. Nothing else of the store (another VM's disk, a
     snapshot, a template kernel) is ever accepted."""
-    if len(req.drives) > cfg.limits.max_drives:
-        raise _bad("drives", f"{len(req.drives)} drives, at most {cfg.limits.max_drives}")
+    drives = req.disk.drives
+    if len(drives) > cfg.limits.max_drives:
+        raise _bad("drives", f"{len(drives)} drives, at most {cfg.limits.max_drives}")
     storage = str(cfg.state("storage"))
     lay = storelayout.layout(cfg)
-    out: list[DriveSpec] = []
-    for i, d in enumerate(req.drives):
+    seen: list[DriveInfo] = []
+    for i, d in enumerate(drives):
         field = f"drives[{i}]"
-        if not storelayout.is_drive_name(d.drive_id):
-            raise _bad(f"{field}.drive_id", f"{d.drive_id!r} is not a drive name")
-        if d.drive_id in {o.drive_id for o in out}:
-            raise _bad(f"{field}.drive_id", f"{d.drive_id!r} is used twice")
+        if not storelayout.is_drive_name(d.name):
+            raise _bad(f"{field}.drive_id", f"{d.name!r} is not a drive name")
+        if d.name in {o.name for o in seen}:
+            raise _bad(f"{field}.drive_id", f"{d.name!r} is used twice")
         check_storage_path(d.path, storage, f"{field}.path")
-        if lay.drive_of(vm_id, d.path) == d.drive_id:
+        if lay.drive_of(vm_id, d.path) == d.name:
             pass
         elif storelayout.is_template_rootfs(cfg, d.path):
             if not d.read_only:
@@ -135,41 +136,33 @@ def check_drives(req: Launch, vm_id: str, cfg: Config) -> tuple[DriveSpec, ...]:
         else:
             raise _bad(
                 f"{field}.path",
-                f"{d.path} is neither drive {d.drive_id!r} of VM {vm_id} nor a template image",
+                f"{d.path} is neither drive {d.name!r} of VM {vm_id} nor a template image",
             )
-        out.append(DriveSpec(d.drive_id, d.path, d.read_only))
-    return tuple(out)
+        seen.append(d)
 
 
 def check_launch(req: Launch, cfg: Config) -> LaunchSpec:
     """Everything about a Launch that needs no filesystem access."""
     vm_id = check_vm_id(req.vm_id)
+    disk, net = req.disk, req.net
+    if disk.vm_id != vm_id or net.vm_id != vm_id:
+        raise _bad("vm_id", f"the disk ({disk.vm_id}) and network ({net.vm_id}) are not {vm_id}'s")
     check_limits(req.vcpu_count, req.mem_size_mib, cfg)
     storage = str(cfg.state("storage"))
-    check_storage_path(req.kernel_path, storage, "kernel_path")
-    check_storage_path(req.rootfs_path, storage, "rootfs_path")
+    check_storage_path(disk.kernel_path, storage, "kernel_path")
+    check_storage_path(disk.rootfs_path, storage, "rootfs_path")
     # Not just "inside the store": the kernel must be a template's kernel and the
     # disk this VM's own disk, so no caller can boot VM a on VM b's disk.
-    if not storelayout.is_template_kernel(cfg, req.kernel_path):
-        raise _bad("kernel_path", f"{req.kernel_path} is not a template kernel")
-    if not storelayout.is_vm_disk(cfg, vm_id, req.rootfs_path):
-        raise _bad("rootfs_path", f"{req.rootfs_path} is not the disk of VM {vm_id}")
-    check_addresses(req.ip, req.gateway, req.prefix_len)
-    return LaunchSpec(
-        vm_id=vm_id,
-        vcpu_count=req.vcpu_count,
-        mem_size_mib=req.mem_size_mib,
-        kernel_path=req.kernel_path,
-        rootfs_path=req.rootfs_path,
-        kernel_args=check_kernel_args(req.kernel_args),
-        tap=check_tap(req.tap, vm_id, cfg, check_netns(req.netns, vm_id, cfg)),
-        mac=check_mac(req.mac),
-        ip=req.ip,
-        gateway=req.gateway,
-        prefix_len=req.prefix_len,
-        drives=check_drives(req, vm_id, cfg),
-        netns=check_netns(req.netns, vm_id, cfg),
-    )
+    if not storelayout.is_template_kernel(cfg, disk.kernel_path):
+        raise _bad("kernel_path", f"{disk.kernel_path} is not a template kernel")
+    if not storelayout.is_vm_disk(cfg, vm_id, disk.rootfs_path):
+        raise _bad("rootfs_path", f"{disk.rootfs_path} is not the disk of VM {vm_id}")
+    check_addresses(net.ip, net.gateway, net.prefix_len)
+    check_kernel_args(req.kernel_args)
+    check_mac(net.mac)
+    check_drives(req, vm_id, cfg)
+    netns = check_netns(net.netns, vm_id, cfg)
+    return LaunchSpec(req=req, tap=check_tap(net.tap, vm_id, cfg, netns), netns=netns)
 
 
 @dataclass

@@ -28,6 +28,8 @@ from typing import Any, Literal
 from fcd_common.config import Config
 from fcd_common.errors import InvalidArgument
 from fcd_common.ids import check_vm_id
+from fcd_common.proto.storage import DriveInfo
+from fcd_common.proto.vmm import Launch
 
 API_SOCK = "/run/firecracker.socket"
 KERNEL = "vmlinux"
@@ -189,40 +191,30 @@ def jailer_argv(
 
 @dataclass(frozen=True)
 class LaunchSpec:
-    """A Launch request after every re-check (see :mod:`fcd_vmm.checks`)."""
+    """A Launch after every re-check (see :mod:`fcd_vmm.checks`): the request as sent,
+    and the names fcd-vmm derives from the VM id itself (the request's must equal them)."""
 
-    vm_id: str
-    vcpu_count: int
-    mem_size_mib: int
-    kernel_path: str
-    rootfs_path: str
-    kernel_args: str
+    req: Launch
     tap: str
-    mac: str
-    ip: str
-    gateway: str
-    prefix_len: int
-    drives: tuple[DriveSpec, ...] = ()
     netns: str | None = None
 
+    @property
+    def vm_id(self) -> str:
+        return self.req.vm_id
 
-@dataclass(frozen=True)
-class DriveSpec:
-    """A checked extra drive: linked into the jail as ``drive-<id>.ext4``."""
-
-    drive_id: str
-    path: str
-    read_only: bool
+    @property
+    def drives(self) -> list[DriveInfo]:
+        return self.req.disk.drives
 
 
 def drive_file(drive_id: str) -> str:
     return f"drive-{check_resource_id(drive_id)}.ext4"
 
 
-def drive_body(drive: DriveSpec) -> dict[str, Any]:
+def drive_body(drive: DriveInfo) -> dict[str, Any]:
     return {
-        "drive_id": check_resource_id(drive.drive_id),
-        "path_on_host": "/" + drive_file(drive.drive_id),
+        "drive_id": check_resource_id(drive.name),
+        "path_on_host": "/" + drive_file(drive.name),
         "is_root_device": False,
         "is_read_only": drive.read_only,
     }
@@ -238,9 +230,10 @@ def ip_arg(ip: str, gateway: str, prefix_len: int, device: str = IFACE_ID) -> st
 
 
 def boot_args(spec: LaunchSpec) -> str:
-    parts = [BASE_BOOT_ARGS, ip_arg(spec.ip, spec.gateway, spec.prefix_len)]
-    if spec.kernel_args.strip():
-        parts.append(" ".join(spec.kernel_args.split()))
+    net, kernel_args = spec.req.net, spec.req.kernel_args
+    parts = [BASE_BOOT_ARGS, ip_arg(net.ip, net.gateway, net.prefix_len)]
+    if kernel_args.strip():
+        parts.append(" ".join(kernel_args.split()))
     args = " ".join(parts)
     if len(args.encode()) > CMDLINE_MAX:
         raise InvalidArgument(
@@ -267,7 +260,7 @@ def metrics_body() -> dict[str, Any]:
 
 
 def machine_config_body(spec: LaunchSpec) -> dict[str, Any]:
-    return {"vcpu_count": spec.vcpu_count, "mem_size_mib": spec.mem_size_mib}
+    return {"vcpu_count": spec.req.vcpu_count, "mem_size_mib": spec.req.mem_size_mib}
 
 
 def boot_source_body(spec: LaunchSpec) -> dict[str, Any]:
@@ -287,7 +280,7 @@ def network_body(spec: LaunchSpec) -> dict[str, Any]:
     return {
         "iface_id": check_resource_id(IFACE_ID),
         "host_dev_name": spec.tap,
-        "guest_mac": spec.mac,
+        "guest_mac": spec.req.net.mac,
     }
 
 
@@ -299,7 +292,7 @@ def configure_calls(spec: LaunchSpec) -> list[ApiCall]:
         ApiCall("PUT", "/machine-config", machine_config_body(spec)),
         ApiCall("PUT", "/boot-source", boot_source_body(spec)),
         ApiCall("PUT", f"/drives/{ROOT_DRIVE_ID}", root_drive_body()),
-        *(ApiCall("PUT", f"/drives/{d.drive_id}", drive_body(d)) for d in spec.drives),
+        *(ApiCall("PUT", f"/drives/{d.name}", drive_body(d)) for d in spec.drives),
         ApiCall("PUT", f"/network-interfaces/{IFACE_ID}", network_body(spec)),
         ApiCall("PUT", "/actions", {"action_type": "InstanceStart"}),
     ]

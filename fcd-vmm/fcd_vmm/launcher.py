@@ -146,15 +146,15 @@ async def launch(
     vm_id = spec.vm_id
     paths = jail_paths(cfg, vm_id)
     storage = str(cfg.state("storage"))
-    kernel = open_storage_file(spec.kernel_path, storage, "kernel_path")
+    kernel = open_storage_file(spec.req.disk.kernel_path, storage, "kernel_path")
     watch: PidWatch | None = None
     try:
-        rootfs = open_storage_file(spec.rootfs_path, storage, "rootfs_path")
+        rootfs = open_storage_file(spec.req.disk.rootfs_path, storage, "rootfs_path")
         drives: list[tuple[str, StorageFile, bool]] = []
         try:
             for i, d in enumerate(spec.drives):
                 f = open_storage_file(d.path, storage, f"drives[{i}].path")
-                drives.append((d.drive_id, f, d.read_only))
+                drives.append((d.name, f, d.read_only))
             await asyncio.to_thread(
                 functools.partial(
                     jailfs.prepare_jail, paths, uid, gid, kernel, rootfs, drives=drives
@@ -169,8 +169,8 @@ async def launch(
         settings = cgroup_settings(
             cgroup_version,
             controllers,
-            spec.vcpu_count,
-            spec.mem_size_mib,
+            spec.req.vcpu_count,
+            spec.req.mem_size_mib,
             cfg.limits.mem_overhead_mib,
         )
         argv = jailer_argv(
@@ -204,8 +204,8 @@ async def launch(
                     raise
         log.info(
             "booted: %d vCPU, %d MiB, pid %d, uid %d",
-            spec.vcpu_count,
-            spec.mem_size_mib,
+            spec.req.vcpu_count,
+            spec.req.mem_size_mib,
             watch.pid,
             uid,
             extra=logs.vm(vm_id),

@@ -1,15 +1,7 @@
 """fcd-vmm's state and RPC handlers: one record and at most one live process per VM.
 
-Replies (the ``result_type`` a caller passes to ``RpcClient.call``):
-
-    AllocateJail -> JailInfo          Launch  -> VmProcess      Pause/Resume -> VmProcess
-    Stop         -> StopResult        Status  -> VmProcess      ListVms      -> VmProcessList
-    ReleaseJail  -> VmProcess (state "absent")
-
-``VmProcess.state``: ``running``/``paused``/``not_started`` as Firecracker
-reports them (``GET /``), ``exited`` once the process is gone (after Stop, or
-if it ended by itself), ``not_started`` too for a jail that was never
-launched, ``absent`` for a VM without a jail.
+Each handler is marked with the request it answers (``@handles``); the reply
+types are the ones the requests in :mod:`fcd_common.proto.vmm` name.
 """
 
 from __future__ import annotations
@@ -39,7 +31,7 @@ from fcd_common.proto.vmm import (
     VmProcess,
     VmProcessList,
 )
-from fcd_common.rpc import Peer
+from fcd_common.rpc import Peer, handles
 
 from . import cgroups, fclog, launcher
 from .checks import check_launch
@@ -186,6 +178,7 @@ class VmManager:
         )
 
     # --- handlers ----------------------------------------------------------------------
+    @handles(AllocateJail)
     async def allocate_jail(self, req: AllocateJail, _peer: Peer) -> JailInfo:
         async with self._locks[req.vm_id]:
             rec = self.pool.allocate(req.vm_id)
@@ -196,6 +189,7 @@ class VmManager:
             chroot_dir=str(jail_paths(self.cfg, rec.vm_id).root),
         )
 
+    @handles(Launch)
     async def launch(self, req: Launch, _peer: Peer) -> VmProcess:
         spec = check_launch(req, self.cfg)
         async with self._locks[spec.vm_id]:
@@ -238,12 +232,15 @@ class VmManager:
             log.info("%s", "paused" if paused else "resumed", extra=logs.vm(vm_id))
             return await self._process(vm_id)
 
+    @handles(Pause)
     async def pause(self, req: Pause, _peer: Peer) -> VmProcess:
         return await self._set_paused(req.vm_id, True)
 
+    @handles(Resume)
     async def resume(self, req: Resume, _peer: Peer) -> VmProcess:
         return await self._set_paused(req.vm_id, False)
 
+    @handles(Stop)
     async def stop(self, req: Stop, _peer: Peer) -> StopResult:
         timeout = req.timeout_s or self.cfg.limits.stop_timeout_s
         async with self._locks[req.vm_id]:
@@ -283,6 +280,7 @@ class VmManager:
             return False
         return await watch.wait(timeout)
 
+    @handles(ReleaseJail)
     async def release_jail(self, req: ReleaseJail, _peer: Peer) -> VmProcess:
         vm_id = check_vm_id(req.vm_id)
         async with self._locks[vm_id]:
@@ -294,9 +292,11 @@ class VmManager:
         self._locks.pop(vm_id, None)
         return VmProcess(vm_id=vm_id, state="absent")
 
+    @handles(Status)
     async def status(self, req: Status, _peer: Peer) -> VmProcess:
         return await self._process(check_vm_id(req.vm_id))
 
+    @handles(ListVms)
     async def list_vms(self, _req: ListVms, _peer: Peer) -> VmProcessList:
         items = await asyncio.gather(*(self._process(r.vm_id) for r in self.pool))
         return VmProcessList(items=sorted(items, key=lambda p: p.vm_id))

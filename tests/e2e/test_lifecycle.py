@@ -190,8 +190,7 @@ def test_launch_failure_undoes_everything(tmp_path: Path) -> None:
             await client.call(
                 sp.TemplateImport(
                     name="broken", kernel_path=str(bad_kernel), rootfs_path=str(rootfs)
-                ),
-                sp.TemplateInfo,
+                )
             )
             await client.close()
 

@@ -22,22 +22,28 @@ import pytest
 
 from fcd_api.suite import SuiteError, spawn, terminate
 from fcd_common import config, ids
-from fcd_common.errors import Conflict, InvalidArgument, NotFound, ResourceExhausted
-from fcd_common.proto.common import Ping, Pong
+from fcd_common.errors import (
+    Conflict,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    ResourceExhausted,
+)
+from fcd_common.proto.common import Ping
 from fcd_common.proto.net import (
     PROTOCOL,
     NetGet,
     NetInfo,
-    NetInfoList,
     NetList,
+    NetReconcile,
     NetSetup,
     NetTeardown,
 )
-from fcd_common.rpc import Done, Request, RpcClient
+from fcd_common.rpc import Done, Reply, Request, RpcClient
 
 pytestmark = pytest.mark.root
 
-T = TypeVar("T")
+R = TypeVar("R", bound=Reply)
 UID = 900_123
 GID = 900_124
 
@@ -72,11 +78,11 @@ class NetDaemon:
             terminate(self.proc, 15)
         self.proc = None
 
-    def call(self, req: Request, result: type[T]) -> T:
-        async def go() -> T:
+    def call(self, req: Request[R]) -> R:
+        async def go() -> R:
             client = RpcClient(self.cfg.socket("net"), PROTOCOL, timeout=20)
             try:
-                return await client.call(req, result)
+                return await client.call(req)
             finally:
                 await client.close()
 
@@ -146,7 +152,7 @@ uid_max = 900999
 
 
 def setup(d: NetDaemon, vm_id: str, uid: int = UID, gid: int = GID) -> NetInfo:
-    return d.call(NetSetup(vm_id=vm_id, uid=uid, gid=gid), NetInfo)
+    return d.call(NetSetup(vm_id=vm_id, uid=uid, gid=gid))
 
 
 def test_start_builds_bridge_and_tables(daemon: NetDaemon) -> None:
@@ -157,8 +163,18 @@ def test_start_builds_bridge_and_tables(daemon: NetDaemon) -> None:
     ).items()
     tables = {(o["table"]["family"], o["table"]["name"]) for o in daemon.ruleset() if "table" in o}
     assert tables == {("inet", "fcd"), ("bridge", "fcd")}
-    pong = daemon.call(Ping(), Pong)
+    pong = daemon.call(Ping())
     assert pong.status == "0 leases, bridge fcbr0 up"
+
+
+def test_reconcile_is_for_fcd_api_only(daemon: NetDaemon) -> None:
+    """root is an ADMIN peer here (api_user is "fcd"): reads pass, the registry owner's
+    destructive reconcile does not -- the contract's access rule, enforced by fcd-net."""
+    daemon.call(NetSetup(vm_id="vm-a", uid=UID, gid=GID))
+    assert [x.vm_id for x in daemon.call(NetList()).items] == ["vm-a"]
+    with pytest.raises(PermissionDenied, match=r"net\.reconcile may not be called"):
+        daemon.call(NetReconcile(live=[]))
+    assert [x.vm_id for x in daemon.call(NetList()).items] == ["vm-a"]
 
 
 def test_setup_creates_owned_tap_on_bridge_with_identity(daemon: NetDaemon) -> None:
@@ -191,8 +207,8 @@ def test_setup_creates_owned_tap_on_bridge_with_identity(daemon: NetDaemon) -> N
     assert daemon.ns_sh("cat", f"/sys/class/net/{tap}/owner").strip() == str(UID + 1)
     assert daemon.taps() == [tap]
     assert daemon.elements("vm_ip4") == [[tap, info.mac, info.ip]]
-    assert daemon.call(NetGet(vm_id="vm-a"), NetInfo) == fixed
-    assert daemon.call(NetList(), NetInfoList).items == [fixed]
+    assert daemon.call(NetGet(vm_id="vm-a")) == fixed
+    assert daemon.call(NetList()).items == [fixed]
     # a TAP deleted behind our back is recreated
     sh("ip", "-n", daemon.ns, "link", "del", tap)
     assert setup(daemon, "vm-a", UID + 1, GID + 1) == fixed
@@ -202,16 +218,16 @@ def test_setup_creates_owned_tap_on_bridge_with_identity(daemon: NetDaemon) -> N
 def test_teardown_removes_exactly_that_vm(daemon: NetDaemon) -> None:
     a, b = setup(daemon, "vm-a"), setup(daemon, "vm-b")
     assert a.ip != b.ip
-    assert daemon.call(NetTeardown(vm_id="vm-a"), Done) == Done()
+    assert daemon.call(NetTeardown(vm_id="vm-a")) == Done()
     assert daemon.taps() == [b.tap]
     assert daemon.elements("vm_ip4") == [[b.tap, b.mac, b.ip]]
     assert daemon.elements("vm_arp") == [[b.tap, b.mac, b.mac, b.ip]]
     with pytest.raises(NotFound):
-        daemon.call(NetGet(vm_id="vm-a"), NetInfo)
+        daemon.call(NetGet(vm_id="vm-a"))
     # idempotent, and unknown VMs are not an error
-    assert daemon.call(NetTeardown(vm_id="vm-a"), Done) == Done()
-    assert daemon.call(NetTeardown(vm_id="never"), Done) == Done()
-    assert [x.vm_id for x in daemon.call(NetList(), NetInfoList).items] == ["vm-b"]
+    assert daemon.call(NetTeardown(vm_id="vm-a")) == Done()
+    assert daemon.call(NetTeardown(vm_id="never")) == Done()
+    assert [x.vm_id for x in daemon.call(NetList()).items] == ["vm-b"]
     leases = "".join(p.read_text() for p in (daemon.cfg.state("net") / "leases").glob("*.json"))
     assert a.ip not in leases and b.ip in leases
 
@@ -224,7 +240,7 @@ def test_leases_survive_restart_and_ruleset_is_repaired(daemon: NetDaemon) -> No
     daemon.ns_sh("nft", "flush", "ruleset")
     daemon.start()
     assert daemon.elements("vm_ip4") == [[a.tap, a.mac, a.ip]]
-    assert daemon.call(NetGet(vm_id="vm-a"), NetInfo) == a
+    assert daemon.call(NetGet(vm_id="vm-a")) == a
     assert setup(daemon, "vm-a") == a
     b = setup(daemon, "vm-b")
     assert b.ip != a.ip
@@ -233,7 +249,7 @@ def test_leases_survive_restart_and_ruleset_is_repaired(daemon: NetDaemon) -> No
     daemon.start()
     rules = [o for o in daemon.ruleset() if "rule" in o]
     assert len(rules) == n_rules
-    assert daemon.call(Ping(), Pong).status == "2 leases, bridge fcbr0 up"
+    assert daemon.call(Ping()).status == "2 leases, bridge fcbr0 up"
 
 
 def test_owner_outside_jail_pool_is_refused(daemon: NetDaemon) -> None:
@@ -244,7 +260,7 @@ def test_owner_outside_jail_pool_is_refused(daemon: NetDaemon) -> None:
         setup(daemon, "vm-a", gid=1000)
     assert e.value.details == {"field": "gid"}
     assert daemon.taps() == []
-    assert daemon.call(NetList(), NetInfoList).items == []
+    assert daemon.call(NetList()).items == []
 
 
 def test_concurrent_setups_get_distinct_addresses_until_the_pool_is_exhausted(
@@ -255,10 +271,7 @@ def test_concurrent_setups_get_distinct_addresses_until_the_pool_is_exhausted(
         try:
             return list(
                 await asyncio.gather(
-                    *(
-                        client.call(NetSetup(vm_id=f"vm-{i}", uid=UID, gid=GID), NetInfo)
-                        for i in range(5)
-                    )
+                    *(client.call(NetSetup(vm_id=f"vm-{i}", uid=UID, gid=GID)) for i in range(5))
                 )
             )
         finally:
@@ -276,8 +289,8 @@ def test_an_interface_that_is_not_a_tap_is_not_taken_over(daemon: NetDaemon) -> 
     sh("ip", "-n", daemon.ns, "link", "add", tap, "type", "bridge")
     with pytest.raises(Conflict):
         setup(daemon, "vm-a")
-    assert daemon.call(NetList(), NetInfoList).items == []
-    assert daemon.call(NetTeardown(vm_id="vm-a"), Done) == Done()
+    assert daemon.call(NetList()).items == []
+    assert daemon.call(NetTeardown(vm_id="vm-a")) == Done()
     assert daemon.link(tap) is not None  # not ours: left alone
 
 

@@ -23,10 +23,8 @@ import pytest
 
 from fcd_common.errors import Conflict, InvalidArgument
 from fcd_common.proto.net import (
-    Counters,
     NetCounters,
     NetInfo,
-    NetInfoList,
     NetList,
     NetPortsAdd,
     NetPortsRemove,
@@ -34,8 +32,7 @@ from fcd_common.proto.net import (
     NetSetup,
     NetTeardown,
     PolicySpec,
-    PortSpec,
-    ReconcileReport,
+    PortMapping,
     RuleSpec,
 )
 from fcd_common.rpc import Done
@@ -77,6 +74,9 @@ veth_subnet = "10.214.0.0/24"
 [jail]
 uid_min = 900000
 uid_max = 900999
+
+[security]
+api_user = "root"  # the test plays fcd-api (reconcile is fcd-api's call only)
 """)
         for ns in (self.host, self.inet):
             sh("ip", "netns", "add", ns)
@@ -172,7 +172,7 @@ uid_max = 900999
         return g
 
     def setup(self, vm_id: str, **kw: object) -> NetInfo:
-        return self.daemon.call(NetSetup(vm_id=vm_id, uid=UID, gid=UID, **kw), NetInfo)  # type: ignore[arg-type]
+        return self.daemon.call(NetSetup(vm_id=vm_id, uid=UID, gid=UID, **kw))  # type: ignore[arg-type]
 
     def leftovers(self) -> list[str]:
         """Everything of fcd-net's that is still there besides bridge and tables."""
@@ -240,7 +240,7 @@ def test_guest_reaches_gateway_and_internet_but_not_private_ranges_or_the_host(l
     lab.serve(lab.host, 53, "dns")  # a documented gateway service
     assert lab.ok(g, "udp-call", a.gateway, "53") == f"dns:{a.ip}"
     lab.fails(g, "tcp-call", a.gateway, "53")  # only udp/53 is listed
-    c = lab.daemon.call(NetCounters(vm_id="vm-a"), Counters)
+    c = lab.daemon.call(NetCounters(vm_id="vm-a"))
     assert c.iface == a.tap and c.rx_packets > 5 and c.tx_packets > 5 and c.rx_bytes > 300
 
 
@@ -279,8 +279,8 @@ def test_port_mappings_from_outside_from_the_host_and_on_a_running_vm(lab: Lab) 
     a = lab.setup(
         "vm-a",
         ports=[
-            PortSpec(host_port=0, guest_port=8000),
-            PortSpec(host_port=20050, guest_port=8000, protocol="udp"),
+            PortMapping(host_port=0, guest_port=8000),
+            PortMapping(host_port=20050, guest_port=8000, protocol="udp"),
         ],
     )
     assert [(p.host_port, p.protocol) for p in a.ports] == [(20000, "tcp"), (20050, "udp")]
@@ -296,25 +296,25 @@ def test_port_mappings_from_outside_from_the_host_and_on_a_running_vm(lab: Lab) 
 
     # conflicts and the range are enforced, whoever asks
     with pytest.raises(Conflict) as e:
-        lab.setup("vm-b", ports=[PortSpec(host_port=20000, guest_port=22)])
+        lab.setup("vm-b", ports=[PortMapping(host_port=20000, guest_port=22)])
     assert e.value.details["field"] == "ports[0].host_port"
     with pytest.raises(InvalidArgument):
-        lab.setup("vm-b", ports=[PortSpec(host_port=80, guest_port=22)])
-    assert [x.vm_id for x in lab.daemon.call(NetList(), NetInfoList).items] == ["vm-a"]
+        lab.setup("vm-b", ports=[PortMapping(host_port=80, guest_port=22)])
+    assert [x.vm_id for x in lab.daemon.call(NetList()).items] == ["vm-a"]
 
     # add and remove on the running VM
     lab.serve(g, 9000, "guest9")
     info = lab.daemon.call(
-        NetPortsAdd(vm_id="vm-a", ports=[PortSpec(host_port=20007, guest_port=9000)]), NetInfo
+        NetPortsAdd(vm_id="vm-a", ports=[PortMapping(host_port=20007, guest_port=9000)])
     )
     assert [p.host_port for p in info.ports] == [20000, 20050, 20007]
     assert lab.ok(lab.inet, "tcp-call", HOST_UP, "20007") == f"guest9:{INET}"
     with pytest.raises(Conflict):
         lab.daemon.call(
-            NetPortsAdd(vm_id="vm-a", ports=[PortSpec(host_port=20007, guest_port=1)]), NetInfo
+            NetPortsAdd(vm_id="vm-a", ports=[PortMapping(host_port=20007, guest_port=1)])
         )
     lab.daemon.call(
-        NetPortsRemove(vm_id="vm-a", ports=[PortSpec(host_port=20000, guest_port=1)]), NetInfo
+        NetPortsRemove(vm_id="vm-a", ports=[PortMapping(host_port=20000, guest_port=1)])
     )
     lab.fails(lab.inet, "tcp-call", HOST_UP, "20000")
 
@@ -363,8 +363,8 @@ def test_forged_source_ip_or_mac_is_dropped(lab: Lab) -> None:
 
 
 def test_netns_mode_two_clones_with_the_same_tap_ip_and_mac(lab: Lab) -> None:
-    a = lab.setup("vm-a", mode="netns", ports=[PortSpec(host_port=20010, guest_port=8000)])
-    b = lab.setup("vm-b", mode="netns", ports=[PortSpec(host_port=20011, guest_port=8000)])
+    a = lab.setup("vm-a", mode="netns", ports=[PortMapping(host_port=20010, guest_port=8000)])
+    b = lab.setup("vm-b", mode="netns", ports=[PortMapping(host_port=20011, guest_port=8000)])
     assert (a.tap, a.ip, a.mac) == (b.tap, b.ip, b.mac)
     assert a.netns != b.netns and a.host_ip != b.host_ip
     ga, gb = lab.guest(a), lab.guest(b)
@@ -384,7 +384,7 @@ def test_netns_mode_two_clones_with_the_same_tap_ip_and_mac(lab: Lab) -> None:
     # forged source inside the namespace is dropped
     lab.ns(ga, "ip", "addr", "add", "172.31.255.3/32", "dev", "eth0")
     lab.fails(ga, "udp-call", INET, "8080", "172.31.255.3")
-    c = lab.daemon.call(NetCounters(vm_id="vm-b"), Counters)
+    c = lab.daemon.call(NetCounters(vm_id="vm-b"))
     assert c.iface.startswith("fv") and c.rx_packets > 3
 
 
@@ -394,24 +394,24 @@ def test_netns_mode_two_clones_with_the_same_tap_ip_and_mac(lab: Lab) -> None:
 def test_teardown_and_reconciliation_leave_nothing(lab: Lab) -> None:
     lab.setup(
         "vm-a",
-        ports=[PortSpec(host_port=0, guest_port=80)],
+        ports=[PortMapping(host_port=0, guest_port=80)],
         policy=PolicySpec(peers=True, deny=[RuleSpec(cidr="1.1.1.1")]),
     )
-    lab.setup("vm-b", mode="netns", ports=[PortSpec(host_port=0, guest_port=80)])
+    lab.setup("vm-b", mode="netns", ports=[PortMapping(host_port=0, guest_port=80)])
     lab.setup("vm-c", policy=PolicySpec(network=False))
     assert lab.leftovers()
     for vm in ("vm-a", "vm-b", "vm-c"):
-        assert lab.daemon.call(NetTeardown(vm_id=vm), Done) == Done()
+        assert lab.daemon.call(NetTeardown(vm_id=vm)) == Done()
     assert lab.leftovers() == []
 
     # orphans: a lease fcd-api no longer knows, a TAP, a veth and a namespace nobody owns
     lab.setup("vm-live")
-    lab.setup("vm-dead", mode="netns", ports=[PortSpec(host_port=0, guest_port=80)])
+    lab.setup("vm-dead", mode="netns", ports=[PortMapping(host_port=0, guest_port=80)])
     lab.ns(lab.host, "ip", "tuntap", "add", "fcorphan", "mode", "tap")
     lab.ns(lab.host, "ip", "link", "add", "fvorphan", "type", "veth", "peer", "name", "xx0")
     sh("ip", "netns", "add", f"{lab.netns_prefix}orphan")
     lab.ns(lab.host, "ip", "link", "add", "keepme", "type", "bridge")  # not ours
-    rep = lab.daemon.call(NetReconcile(live=["vm-live"]), ReconcileReport)
+    rep = lab.daemon.call(NetReconcile(live=["vm-live"]))
     assert sorted(rep.removed) == sorted(
         [
             "lease vm-dead",
@@ -420,13 +420,13 @@ def test_teardown_and_reconciliation_leave_nothing(lab: Lab) -> None:
             f"netns {lab.netns_prefix}orphan",
         ]
     )
-    assert [x.vm_id for x in lab.daemon.call(NetList(), NetInfoList).items] == ["vm-live"]
+    assert [x.vm_id for x in lab.daemon.call(NetList()).items] == ["vm-live"]
     assert "keepme" in lab.ns(lab.host, "ip", "-o", "link", "show")
     # at start too: an orphan TAP left by a crash is removed
     lab.daemon.stop()
     lab.ns(lab.host, "ip", "tuntap", "add", "fccrashed", "mode", "tap")
     lab.daemon.start()
     assert [t for t in lab.daemon.taps() if t != "fccrashed"] == lab.daemon.taps()
-    rep = lab.daemon.call(NetReconcile(live=[]), ReconcileReport)
+    rep = lab.daemon.call(NetReconcile(live=[]))
     assert rep.removed == ["lease vm-live"]
     assert lab.leftovers() == []

@@ -23,7 +23,7 @@ import pytest
 from fcd_common import config
 from fcd_common.config import SecurityConfig
 from fcd_common.errors import FcdError
-from fcd_common.proto.storage import PROTOCOL, DiskInfo, DiskInfoList, DiskList, Provision
+from fcd_common.proto.storage import PROTOCOL, DiskInfo, DiskList, Provision
 from fcd_common.rpc import RpcClient
 from fcd_storage.store import Store
 from tests.integration.test_storage_reflink import loop_fs, sha, used_bytes
@@ -123,7 +123,7 @@ def test_kill_9_mid_clone_leaves_nothing_partial(tmp_path: Path) -> None:
             async def call() -> None:
                 c = RpcClient(cfg.socket("storage"), PROTOCOL, timeout=120)
                 try:
-                    await c.call(Provision(vm_id="vm-1", template="big"), DiskInfo)
+                    await c.call(Provision(vm_id="vm-1", template="big"))
                 finally:
                     await c.close()
 
@@ -158,7 +158,7 @@ def test_kill_9_mid_clone_leaves_nothing_partial(tmp_path: Path) -> None:
             async def disks() -> list[DiskInfo]:
                 c = RpcClient(cfg.socket("storage"), PROTOCOL, timeout=30)
                 try:
-                    return (await c.call(DiskList(), DiskInfoList)).items
+                    return (await c.call(DiskList())).items
                 finally:
                     await c.close()
 

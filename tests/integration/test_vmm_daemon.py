@@ -30,7 +30,6 @@ from fcd_common.errors import FailedPrecondition, FirecrackerError
 from fcd_common.proto.vmm import (
     PROTOCOL,
     AllocateJail,
-    JailInfo,
     Launch,
     ListVms,
     Pause,
@@ -38,20 +37,19 @@ from fcd_common.proto.vmm import (
     Resume,
     Status,
     Stop,
-    StopResult,
-    VmProcess,
-    VmProcessList,
 )
-from fcd_common.rpc import Request, RpcClient
+from fcd_common.rpc import Reply, Request, RpcClient
 from fcd_vmm import cgroups
 from fcd_vmm.fcclient import FirecrackerClient
+
+from ..launches import make_launch
 
 pytestmark = pytest.mark.root
 
 REPO = Path(__file__).resolve().parents[2]
 FAKES = REPO / "tests" / "fakes"
 FCD_VMM = REPO / ".venv" / "bin" / "fcd-vmm"
-T = TypeVar("T")
+R = TypeVar("R", bound=Reply)
 
 
 def _binaries() -> tuple[str, str] | None:
@@ -101,11 +99,11 @@ class Env:
             terminate(self.proc, 20)
         self.proc = None
 
-    def call(self, req: Request, result: type[T], timeout: float = 30) -> T:
-        async def go() -> T:
+    def call(self, req: Request[R], timeout: float = 30) -> R:
+        async def go() -> R:
             client = RpcClient(self.cfg.socket("vmm"), PROTOCOL, timeout=timeout)
             try:
-                return await client.call(req, result)
+                return await client.call(req)
             finally:
                 await client.close()
 
@@ -152,7 +150,7 @@ class Env:
             "prefix_len": 16,
         }
         args.update(kw)
-        return Launch(**args)
+        return make_launch(**args)
 
     def cgroup_dirs(self, vm_id: str) -> list[Path]:
         dirs = cgroups.vm_cgroup_dirs(cgroups.read_mounts(), self.cfg.jail.parent_cgroup, vm_id)
@@ -262,17 +260,17 @@ def zombies_of(pid: int) -> list[int]:
 def test_lifecycle_allocate_launch_pause_resume_stop_relaunch_release(env: Env) -> None:
     env.start()
     vm_id = f"t-{secrets.token_hex(3)}"
-    jail = env.call(AllocateJail(vm_id=vm_id), JailInfo)
-    assert env.call(AllocateJail(vm_id=vm_id), JailInfo) == jail  # idempotent
+    jail = env.call(AllocateJail(vm_id=vm_id))
+    assert env.call(AllocateJail(vm_id=vm_id)) == jail  # idempotent
     uid = jail.uid
     assert env.cfg.jail.uid_min <= uid <= env.cfg.jail.uid_max and jail.gid == uid
     root = Path(env.cfg.paths.chroot_base) / Path(env.cfg.jail.firecracker).name / vm_id / "root"
     assert jail.chroot_dir == str(root)
-    before = env.call(Status(vm_id=vm_id), VmProcess)
+    before = env.call(Status(vm_id=vm_id))
     assert before.state == "not_started" and before.pid is None
     tap = env.make_tap(vm_id, uid)
 
-    vm = env.call(env.launch_req(vm_id, tap), VmProcess)
+    vm = env.call(env.launch_req(vm_id, tap))
     assert vm.state == "running", env.log.read_text()
     assert vm.pid is not None and alive(vm.pid)
     pid = vm.pid
@@ -283,42 +281,42 @@ def test_lifecycle_allocate_launch_pause_resume_stop_relaunch_release(env: Env) 
     assert info["state"] == "Running" and info["id"] == vm_id
     assert os.stat(root / "rootfs.ext4").st_uid == uid
     assert (root / "vmlinux").stat().st_ino == Path(
-        env.launch_req(vm_id, tap).kernel_path
+        env.launch_req(vm_id, tap).disk.kernel_path
     ).stat().st_ino
     assert env.cgroup_dirs(vm_id), "the jailer made no cgroup for the VM"
 
-    assert env.call(Pause(vm_id=vm_id), VmProcess).state == "paused"
+    assert env.call(Pause(vm_id=vm_id)).state == "paused"
     assert fc_get(vm.api_socket)["state"] == "Paused"
-    assert env.call(Resume(vm_id=vm_id), VmProcess).state == "running"
-    listed = env.call(ListVms(), VmProcessList)
+    assert env.call(Resume(vm_id=vm_id)).state == "running"
+    listed = env.call(ListVms())
     assert [(p.vm_id, p.state, p.pid) for p in listed.items] == [(vm_id, "running", pid)]
 
-    stopped = env.call(Stop(vm_id=vm_id), StopResult)
+    stopped = env.call(Stop(vm_id=vm_id))
     assert stopped.vm_id == vm_id
     if not os.environ.get("FCD_FIRECRACKER"):
         assert stopped.graceful  # the double exits on Ctrl-Alt-Del like a reboot=k guest
     assert not alive(pid)
     assert not root.exists()
     assert env.cgroup_dirs(vm_id) == []
-    after = env.call(Status(vm_id=vm_id), VmProcess)
+    after = env.call(Status(vm_id=vm_id))
     assert after.state == "exited" and after.pid is None and after.uid == uid
     with pytest.raises(FailedPrecondition):
-        env.call(Pause(vm_id=vm_id), VmProcess)
+        env.call(Pause(vm_id=vm_id))
 
     # start again: a fresh jail on the same disk, same uid
-    again = env.call(env.launch_req(vm_id, tap), VmProcess)
+    again = env.call(env.launch_req(vm_id, tap))
     assert again.state == "running" and again.pid not in (None, pid)
     assert again.uid == uid and proc_uid(again.pid or 0) == uid
 
-    gone = env.call(ReleaseJail(vm_id=vm_id), VmProcess)
+    gone = env.call(ReleaseJail(vm_id=vm_id))
     assert gone.state == "absent"
     assert again.pid is not None and not alive(again.pid)
     assert not root.parent.exists()
     assert env.cgroup_dirs(vm_id) == []
-    assert env.call(Status(vm_id=vm_id), VmProcess).state == "absent"
+    assert env.call(Status(vm_id=vm_id)).state == "absent"
     assert not (env.cfg.state("vmm") / "vms" / f"{vm_id}.json").exists()
-    assert env.call(ReleaseJail(vm_id=vm_id), VmProcess).state == "absent"  # idempotent
-    assert env.call(ListVms(), VmProcessList).items == []
+    assert env.call(ReleaseJail(vm_id=vm_id)).state == "absent"  # idempotent
+    assert env.call(ListVms()).items == []
     assert env.proc is not None
     assert zombies_of(env.proc.pid) == []  # the subreaper reaped the jailer's forks and VMs
     # the storage files are untouched apart from the disk's owner
@@ -330,45 +328,45 @@ def test_lifecycle_allocate_launch_pause_resume_stop_relaunch_release(env: Env) 
 def test_failed_launch_leaves_nothing_behind(env: Env) -> None:
     env.start()
     vm_id = f"t-{secrets.token_hex(3)}"
-    jail = env.call(AllocateJail(vm_id=vm_id), JailInfo)
+    jail = env.call(AllocateJail(vm_id=vm_id))
     tap = ids.tap_name(vm_id, env.cfg.network.tap_prefix)  # never created: the PUT must fail
     with pytest.raises(FirecrackerError) as ei:
-        env.call(env.launch_req(vm_id, tap), VmProcess)
+        env.call(env.launch_req(vm_id, tap))
     assert "network-interfaces" in ei.value.message
     root = Path(jail.chroot_dir)
     assert not root.parent.exists()
     assert env.cgroup_dirs(vm_id) == []
-    st = env.call(Status(vm_id=vm_id), VmProcess)
+    st = env.call(Status(vm_id=vm_id))
     assert st.pid is None and st.uid == jail.uid  # the jail uid is kept for a retry
     env.make_tap(vm_id, jail.uid)
-    ok = env.call(env.launch_req(vm_id, tap), VmProcess)
+    ok = env.call(env.launch_req(vm_id, tap))
     assert ok.state == "running"
-    env.call(ReleaseJail(vm_id=vm_id), VmProcess)
+    env.call(ReleaseJail(vm_id=vm_id))
 
 
 @needs_doubles
 def test_daemon_restart_readopts_running_vm(env: Env) -> None:
     env.start()
     vm_id = f"t-{secrets.token_hex(3)}"
-    jail = env.call(AllocateJail(vm_id=vm_id), JailInfo)
+    jail = env.call(AllocateJail(vm_id=vm_id))
     tap = env.make_tap(vm_id, jail.uid)
-    vm = env.call(env.launch_req(vm_id, tap), VmProcess)
+    vm = env.call(env.launch_req(vm_id, tap))
     assert vm.pid is not None
     env.stop()
     assert alive(vm.pid), "a VM must outlive its daemon"
     env.start()
-    st = env.call(Status(vm_id=vm_id), VmProcess)
+    st = env.call(Status(vm_id=vm_id))
     assert (st.state, st.pid, st.uid) == ("running", vm.pid, jail.uid)
-    assert env.call(Pause(vm_id=vm_id), VmProcess).state == "paused"
+    assert env.call(Pause(vm_id=vm_id)).state == "paused"
     # a crash between boot and recording the pid: the jailer's pid file still finds it
     env.stop()
     record = env.cfg.state("vmm") / "vms" / f"{vm_id}.json"
     data = json.loads(record.read_text())
     record.write_text(json.dumps({**data, "pid": None, "state": "allocated"}))
     env.start()
-    st = env.call(Status(vm_id=vm_id), VmProcess)
+    st = env.call(Status(vm_id=vm_id))
     assert (st.state, st.pid) == ("paused", vm.pid)
     assert json.loads(record.read_text())["pid"] == vm.pid
-    env.call(ReleaseJail(vm_id=vm_id), VmProcess)
+    env.call(ReleaseJail(vm_id=vm_id))
     assert not alive(vm.pid)
     assert not Path(jail.chroot_dir).parent.exists()

@@ -22,7 +22,7 @@ import httpx
 import msgspec
 
 from fcd_api.app import create_asgi
-from fcd_api.clients import Helpers, NetClient, StorageClient, VmmClient
+from fcd_api.clients import Helpers
 from fcd_api.flows import Flows
 from fcd_api.registry import Registry
 from fcd_common.config import LimitsConfig
@@ -30,7 +30,16 @@ from fcd_common.errors import Conflict, FcdError, NotFound
 from fcd_common.proto import net as pnet
 from fcd_common.proto import storage as pstorage
 from fcd_common.proto import vmm as pvmm
-from fcd_common.rpc import Done, Peer, Protocol, Request, RpcClient, RpcServer, bind_unix
+from fcd_common.rpc import (
+    ANY_CALLER,
+    Done,
+    Peer,
+    Protocol,
+    Request,
+    RpcClient,
+    RpcServer,
+    bind_unix,
+)
 
 TEMPLATE = pstorage.TemplateInfo(
     name="base",
@@ -99,10 +108,10 @@ class FakeHelpers:
         self.procs.pop(req.vm_id, None)
         return pvmm.StopResult(vm_id=req.vm_id, graceful=True)
 
-    async def release_jail(self, req: pvmm.ReleaseJail) -> Done:
+    async def release_jail(self, req: pvmm.ReleaseJail) -> pvmm.VmProcess:
         self.procs.pop(req.vm_id, None)
         self.jails.pop(req.vm_id, None)
-        return Done()
+        return pvmm.VmProcess(vm_id=req.vm_id, state="absent")
 
     async def status(self, req: pvmm.Status) -> pvmm.VmProcess:
         return self.procs.get(req.vm_id) or pvmm.VmProcess(vm_id=req.vm_id, state="absent")
@@ -204,7 +213,7 @@ class FakeHelpers:
     async def net_list(self, req: pnet.NetList) -> pnet.NetInfoList:
         return pnet.NetInfoList(items=list(self.nets.values()))
 
-    def _ports(self, vm_id: str, ports: list[pnet.PortSpec]) -> list[pnet.PortSpec]:
+    def _ports(self, vm_id: str, ports: list[pnet.PortMapping]) -> list[pnet.PortMapping]:
         taken = {(p.protocol, p.host_port) for n in self.nets.values() for p in n.ports}
         out = []
         for p in ports:
@@ -266,7 +275,7 @@ class FakeHelpers:
 
         return handler
 
-    def tables(self) -> dict[str, tuple[Protocol, dict[type[Request], Any]]]:
+    def tables(self) -> dict[str, tuple[Protocol, dict[type[Request[Any]], Any]]]:
         from fcd_common.proto.common import Ping, Pong
 
         async def ping(req: Ping) -> Pong:
@@ -346,14 +355,15 @@ async def api_harness(
     clients: dict[str, RpcClient] = {}
     try:
         for name, (proto, table) in fakes.tables().items():
-            server = RpcServer(proto, table, allowed_uids=frozenset({os.getuid()}))
+            server = RpcServer(proto, table, peers={os.getuid(): ANY_CALLER})
             await server.start(bind_unix(base / f"{name}.sock"))
             servers.append(server)
             clients[name] = RpcClient(base / f"{name}.sock", proto, timeout=5.0)
         helpers = Helpers(
-            net=NetClient(clients["net"]),
-            storage=StorageClient(clients["storage"]),
-            vmm=VmmClient(clients["vmm"], stop_timeout_s=1.0),
+            net=clients["net"],
+            storage=clients["storage"],
+            vmm=clients["vmm"],
+            stop_timeout_s=1.0,
         )
         registry = Registry.open((db_dir or base) / "registry.db")
         flows = Flows(registry, helpers, limits or LimitsConfig())

@@ -71,13 +71,14 @@ def test_happy_path() -> None:
         ]
         launch = h.fakes.launches[-1]
         assert launch.kernel_args == "console=ttyS0 reboot=k quiet"
-        assert (launch.tap, launch.ip, launch.gateway, launch.prefix_len) == (
+        net = launch.net
+        assert (net.tap, net.ip, net.gateway, net.prefix_len) == (
             h.fakes.nets["vm1"].tap,
             "172.30.0.2",
             "172.30.0.1",
             24,
         )
-        assert launch.rootfs_path == "/store/disks/vm1/rootfs.ext4"
+        assert launch.disk.rootfs_path == "/store/disks/vm1/rootfs.ext4"
         assert (launch.vcpu_count, launch.mem_size_mib) == (2, 256)
 
         assert (await c.get("/v1/vms/vm1")).json() == vm
@@ -99,8 +100,9 @@ def test_happy_path() -> None:
         r = await c.post("/v1/vms/vm1/start")
         assert r.status_code == 200 and r.json()["state"] == "running"
         assert r.json()["stopped_at"] is None
-        assert h.fakes.launches[-1].tap == launch.tap and h.fakes.launches[-1].ip == launch.ip
-        assert h.fakes.launches[-1].rootfs_path == launch.rootfs_path
+        again = h.fakes.launches[-1]
+        assert again.net.tap == launch.net.tap and again.net.ip == launch.net.ip
+        assert again.disk.rootfs_path == launch.disk.rootfs_path
         await c.post("/v1/vms/vm1/stop")
 
         h.fakes.calls.clear()
@@ -392,9 +394,14 @@ def test_combined_kernel_args_limit_checked_before_allocating() -> None:
 def test_launch_request_needs_every_runtime_field() -> None:
     from fcd_api.models import CreateVMRequest, Runtime, VmRecord, VMState
     from fcd_api.plan import launch_request
+    from tests.launches import make_launch
 
     spec = CreateVMRequest(id="a", template="base", vcpu_count=2, kernel_args="quiet")
-    rt = Runtime(
+    flat = make_launch(
+        vm_id="a",
+        vcpu_count=1,
+        mem_size_mib=128,
+        kernel_args="",
         kernel_path="/k",
         rootfs_path="/r",
         tap="fcx",
@@ -402,13 +409,13 @@ def test_launch_request_needs_every_runtime_field() -> None:
         ip="10.0.0.2",
         gateway="10.0.0.1",
         prefix_len=24,
-        template_kernel_args="console=ttyS0",
     )
+    rt = Runtime(disk=flat.disk, net=flat.net, template_kernel_args="console=ttyS0")
     rec = VmRecord(
         id="a", spec=spec, state=VMState.STOPPED, runtime=rt, created_at="t", updated_at="t"
     )
     req = launch_request(rec)
-    assert (req.vcpu_count, req.kernel_args, req.tap, req.prefix_len) == (
+    assert (req.vcpu_count, req.kernel_args, req.net.tap, req.net.prefix_len) == (
         2,
         "console=ttyS0 quiet",
         "fcx",

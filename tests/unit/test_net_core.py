@@ -12,7 +12,7 @@ import pytest
 from fcd_common import ids
 from fcd_common.config import Config, JailConfig, NetworkConfig, PathsConfig
 from fcd_common.errors import Conflict, Internal, InvalidArgument, NotFound, ResourceExhausted
-from fcd_common.proto.net import PortSpec
+from fcd_common.proto.net import PortMapping
 from fcd_net.leases import LeaseStore
 from fcd_net.links import Link
 from fcd_net.plan import Lease
@@ -69,7 +69,7 @@ class FakeLinks:
 class FakeFirewall:
     def __init__(self) -> None:
         self.identities: set[str] = set()
-        self.ports: dict[str, list[PortSpec]] = {}
+        self.ports: dict[str, list[PortMapping]] = {}
         self.fail = False
 
     def ensure_base(self, leases: Sequence[Lease]) -> None:

@@ -12,7 +12,7 @@ import pytest
 from fcd_common import ids
 from fcd_common.config import JailConfig, NetworkConfig
 from fcd_common.errors import Internal, InvalidArgument, ResourceExhausted
-from fcd_common.proto.net import PolicySpec, PortSpec, RuleSpec
+from fcd_common.proto.net import PolicySpec, PortMapping, RuleSpec
 from fcd_net import leases, plan, ruleset
 from fcd_net.leases import LeaseStore
 from fcd_net.plan import Lease
@@ -258,7 +258,7 @@ def test_one_vm_is_a_constant_number_of_commands_in_one_transaction() -> None:
 def test_policy_and_ports_become_elements_and_one_chain() -> None:
     a = msgspec.structs.replace(
         lease("vm-a", "10.213.0.2"),
-        ports=[PortSpec(host_port=20001, guest_port=80)],
+        ports=[PortMapping(host_port=20001, guest_port=80)],
         policy=PolicySpec(
             peers=True,
             internet=False,

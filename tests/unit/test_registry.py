@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from pathlib import Path
 
@@ -11,6 +12,9 @@ import pytest
 from fcd_api.models import CreateVMRequest, Runtime, VmRecord, VMState, now
 from fcd_api.registry import SCHEMA_VERSION, Registry, parse_label_filters
 from fcd_common.errors import Conflict, Internal, InvalidArgument, NotFound
+from fcd_common.proto.common import PortMapping
+from fcd_common.proto.net import NetInfo
+from fcd_common.proto.vmm import JailInfo
 
 
 def rec(vm_id: str, state: VMState = VMState.RUNNING, **labels: str) -> VmRecord:
@@ -38,11 +42,12 @@ def test_crud(reg: Registry) -> None:
     assert reg.get("a") == r
     with pytest.raises(Conflict):
         reg.insert(r)
-    rt = Runtime(uid=900000, gid=900000, ip="172.30.0.2", tap="fcabc", pid=12)
+    jail = JailInfo(vm_id="a", uid=900000, gid=900000, chroot_dir="/srv/jailer/a/root")
+    rt = Runtime(jail=jail, net=_net("a"), pid=12)
     updated = reg.update(msgspec.structs.replace(r, state=VMState.RUNNING, runtime=rt))
     got = reg.require("a")
     assert got == updated
-    assert got.state is VMState.RUNNING and got.runtime.ip == "172.30.0.2"
+    assert got.state is VMState.RUNNING and got.runtime.net == _net("a")
     assert got.spec.labels == {"team": "x"}
     assert reg.delete("a") is True
     assert reg.delete("a") is False
@@ -116,3 +121,69 @@ def test_failed_transaction_rolls_back(reg: Registry) -> None:
     # the connection is usable and not stuck inside a transaction
     reg.insert(rec("b"))
     assert reg.count() == 2
+
+
+def _net(vm_id: str) -> NetInfo:
+    return NetInfo(
+        vm_id=vm_id,
+        tap="fcabc",
+        mac="06:00:ac:1e:00:02",
+        ip="172.30.0.2",
+        gateway="172.30.0.1",
+        prefix_len=24,
+        bridge="fcbr0",
+        uid=900000,
+        gid=900000,
+        ports=[PortMapping(host_port=20000, guest_port=80)],
+    )
+
+
+def test_schema_1_rows_are_migrated_not_lost(tmp_path: Path) -> None:
+    """A registry written by schema 1 (flat runtime) opens with every VM intact."""
+    db = tmp_path / "old.db"
+    conn = sqlite3.connect(db)
+    conn.executescript(
+        "CREATE TABLE vms (id TEXT PRIMARY KEY, spec TEXT NOT NULL, state TEXT NOT NULL,"
+        " runtime TEXT NOT NULL DEFAULT '{}', error TEXT, created_at TEXT NOT NULL,"
+        " started_at TEXT, stopped_at TEXT, updated_at TEXT NOT NULL); PRAGMA user_version=1;"
+    )
+    old_runtime = {
+        "uid": 900000,
+        "gid": 900000,
+        "chroot_dir": "/srv/jailer/a/root",
+        "tap": "fcabc",
+        "mac": "06:00:ac:1e:00:02",
+        "ip": "172.30.0.2",
+        "gateway": "172.30.0.1",
+        "prefix_len": 24,
+        "bridge": "fcbr0",
+        "kernel_path": "/s/templates/base/vmlinux",
+        "rootfs_path": "/s/disks/a/rootfs.ext4",
+        "disk_method": "reflink",
+        "template_kernel_args": "console=ttyS0",
+        "pid": 12,
+        "drives": [{"name": "data", "path": "/s/disks/a/drive-data.ext4", "read_only": False}],
+        "port_mappings": [{"host_port": 20000, "guest_port": 80, "protocol": "tcp"}],
+        "network_mode": "bridge",
+    }
+    conn.execute(
+        "INSERT INTO vms VALUES (?, ?, ?, ?, NULL, 't', NULL, NULL, 't')",
+        ("a", '{"id":"a","template":"base"}', "running", json.dumps(old_runtime)),
+    )
+    conn.execute("INSERT INTO vms VALUES ('b', '{\"template\":\"base\"}', 'error', '{}',"
+                 " 'x', 't', NULL, NULL, 't')")  # fmt: skip
+    conn.commit()
+    conn.close()
+    reg = Registry.open(db)
+    try:
+        assert reg.schema_version == SCHEMA_VERSION
+        a = reg.require("a")
+        assert a.runtime.net == _net("a")
+        assert a.runtime.jail is not None and a.runtime.jail.chroot_dir == "/srv/jailer/a/root"
+        assert a.runtime.disk is not None and a.runtime.disk.method == "reflink"
+        assert [d.name for d in a.runtime.disk.drives] == ["data"]
+        assert (a.runtime.pid, a.runtime.template_kernel_args) == (12, "console=ttyS0")
+        assert a.to_public().ip_address == "172.30.0.2"
+        assert reg.require("b").runtime == Runtime()
+    finally:
+        reg.close()

@@ -19,7 +19,9 @@ from fcd_common.errors import (
     Unavailable,
 )
 from fcd_common.rpc import (
+    ANY_CALLER,
     MAX_FRAME,
+    Caller,
     FrameDecoder,
     Peer,
     Protocol,
@@ -32,24 +34,32 @@ from fcd_common.rpc import (
 from fcd_common.rpc.codec import Call, decode_envelope, frame
 
 
-class Echo(Request, tag="t.echo"):
-    text: str
-    delay: float = 0.0
-
-
-class Missing(Request, tag="t.missing"):
-    key: str
-
-
-class Crash(Request, tag="t.crash"):
-    pass
-
-
 class EchoReply(Reply):
     text: str
 
 
-PROTO = Protocol("test", [Echo, Missing, Crash])
+class Echo(Request[EchoReply], tag="t.echo"):
+    text: str
+    delay: float = 0.0
+
+
+class Missing(Request[EchoReply], tag="t.missing"):
+    key: str
+
+
+class Crash(Request[EchoReply], tag="t.crash"):
+    pass
+
+
+class ApiOnly(Request[EchoReply], tag="t.api_only"):
+    access = Caller.API
+
+
+class Stranger(Request[EchoReply], tag="t.stranger"):
+    pass
+
+
+PROTO = Protocol("test", [Echo, Missing, Crash, ApiOnly])
 
 
 async def echo(req: Echo, peer: Peer) -> EchoReply:
@@ -65,7 +75,11 @@ async def crash(req: Crash, peer: Peer) -> EchoReply:
     raise RuntimeError("boom")
 
 
-HANDLERS = {Echo: echo, Missing: missing, Crash: crash}
+async def api_only(req: ApiOnly, peer: Peer) -> EchoReply:
+    return EchoReply(text="api")
+
+
+HANDLERS = {Echo: echo, Missing: missing, Crash: crash, ApiOnly: api_only}
 
 
 def test_frame_decoder_splits_and_joins() -> None:
@@ -111,8 +125,11 @@ def sock_path(tmp_path: Path) -> Path:
     return tmp_path / "t.sock"
 
 
-async def _serve(path: Path, uids: frozenset[int] | None = None) -> RpcServer:
-    server = RpcServer(PROTO, HANDLERS, allowed_uids=uids or frozenset({os.geteuid()}))
+async def _serve(
+    path: Path, uids: frozenset[int] | None = None, caller: Caller = ANY_CALLER
+) -> RpcServer:
+    peers = dict.fromkeys(uids or {os.geteuid()}, caller)
+    server = RpcServer(PROTO, HANDLERS, peers=peers)
     await server.start(bind_unix(path))
     return server
 
@@ -121,24 +138,22 @@ def test_calls_concurrent_typed_errors(sock_path: Path) -> None:
     async def main() -> None:
         server = await _serve(sock_path)
         client = RpcClient(sock_path, PROTO, timeout=5)
-        slow = asyncio.create_task(client.call(Echo(text="slow", delay=0.3), EchoReply))
-        fast = await client.call(Echo(text="fast"), EchoReply)
+        slow = asyncio.create_task(client.call(Echo(text="slow", delay=0.3)))
+        fast = await client.call(Echo(text="fast"))
         assert fast.text == "fast" and not slow.done()  # not head-of-line blocked
         assert (await slow).text == "slow"
-        results = await asyncio.gather(
-            *(client.call(Echo(text=str(i)), EchoReply) for i in range(200))
-        )
+        results = await asyncio.gather(*(client.call(Echo(text=str(i))) for i in range(200)))
         assert [r.text for r in results] == [str(i) for i in range(200)]
         with pytest.raises(NotFound) as ei:
-            await client.call(Missing(key="k"), EchoReply)
+            await client.call(Missing(key="k"))
         assert ei.value.details == {"key": "k"}
         with pytest.raises(Exception) as ei2:
-            await client.call(Crash(), EchoReply)
+            await client.call(Crash())
         assert getattr(ei2.value, "code", None) == "internal"
         with pytest.raises(DeadlineExceeded):
-            await client.call(Echo(text="x", delay=2), EchoReply, timeout=0.1)
+            await client.call(Echo(text="x", delay=2), timeout=0.1)
         # the connection survives a timeout
-        assert (await client.call(Echo(text="again"), EchoReply)).text == "again"
+        assert (await client.call(Echo(text="again"))).text == "again"
         await client.close()
         await server.close(1)
 
@@ -150,7 +165,7 @@ def test_peer_not_allowed_is_refused(sock_path: Path) -> None:
         server = await _serve(sock_path, frozenset({os.geteuid() + 12345}))
         client = RpcClient(sock_path, PROTO, timeout=5)
         with pytest.raises(PermissionDenied):
-            await client.call(Echo(text="x"), EchoReply)
+            await client.call(Echo(text="x"))
         await client.close()
         await server.close(1)
 
@@ -176,7 +191,7 @@ def test_garbage_and_oversized_frames_do_not_kill_server(sock_path: Path) -> Non
             assert getattr(env, "code", None) == "protocol_error"
             s.close()
         client = RpcClient(sock_path, PROTO, timeout=5)
-        assert (await client.call(Echo(text="alive"), EchoReply)).text == "alive"
+        assert (await client.call(Echo(text="alive"))).text == "alive"
         await client.close()
         await server.close(1)
 
@@ -187,6 +202,48 @@ def test_no_server_is_unavailable(sock_path: Path) -> None:
     async def main() -> None:
         client = RpcClient(sock_path, PROTO, timeout=1)
         with pytest.raises(Unavailable):
-            await client.call(Echo(text="x"), EchoReply)
+            await client.call(Echo(text="x"))
 
     asyncio.run(main())
+
+
+def test_access_rule_is_enforced_per_request(sock_path: Path) -> None:
+    """An ADMIN peer (root's tools) may call what is open to it, not an API-only request."""
+
+    async def main() -> None:
+        server = await _serve(sock_path, caller=Caller.ADMIN)
+        client = RpcClient(sock_path, PROTO, timeout=5)
+        assert (await client.call(Echo(text="ok"))).text == "ok"
+        with pytest.raises(PermissionDenied, match=r"t\.api_only may not be called"):
+            await client.call(ApiOnly())
+        assert (await client.call(Echo(text="still"))).text == "still"  # connection kept
+        await client.close()
+        await server.close(1)
+        server = await _serve(sock_path, caller=Caller.API)
+        client = RpcClient(sock_path, PROTO, timeout=5)
+        assert (await client.call(ApiOnly())).text == "api"
+        await client.close()
+        await server.close(1)
+
+    asyncio.run(main())
+
+
+def test_client_refuses_a_request_of_another_protocol(sock_path: Path) -> None:
+    async def main() -> None:
+        client = RpcClient(sock_path, PROTO, timeout=1)
+        with pytest.raises(ProtocolError, match="not a test request"):
+            await client.call(Stranger())
+
+    asyncio.run(main())
+
+
+def test_request_must_name_its_reply_and_table_must_match() -> None:
+    class _NoReply(Request, tag="t.noreply"):  # type: ignore[type-arg]
+        pass
+
+    with pytest.raises(TypeError, match="does not name its reply"):
+        Protocol("bad", [Echo, _NoReply])
+
+    with pytest.raises(ValueError, match=r"no handler for \['ApiOnly'\]"):
+        RpcServer(PROTO, {Echo: echo, Missing: missing, Crash: crash}, peers={0: ANY_CALLER})
+    assert Echo.reply is EchoReply and Echo.access == ANY_CALLER and ApiOnly.access == Caller.API

@@ -61,7 +61,7 @@ def _ping(path: Path) -> Pong:
     async def go() -> Pong:
         client = RpcClient(path, PROTOCOL, timeout=10)
         try:
-            return await client.call(Ping(), Pong)
+            return await client.call(Ping())
         finally:
             await client.close()
 

@@ -9,14 +9,10 @@ from pathlib import Path
 import pytest
 
 from fcd_common.errors import InvalidArgument
-from fcd_common.proto.vmm import LaunchDrive
 from fcd_vmm import checks, jail, jailfs
 
+from ..launches import drive
 from .test_vmm_plan import VM, launch_req, make_cfg
-
-
-def drive(path: str, drive_id: str = "data", read_only: bool = False) -> LaunchDrive:
-    return LaunchDrive(drive_id=drive_id, path=path, read_only=read_only)
 
 
 def test_drives_accepted_and_configured(tmp_path: Path) -> None:
@@ -27,7 +23,7 @@ def test_drives_accepted_and_configured(tmp_path: Path) -> None:
         drive(f"{st}/templates/t1/rootfs.ext4", "shared", read_only=True),
     ]
     spec = checks.check_launch(launch_req(cfg, drives=drives), cfg)
-    assert [d.drive_id for d in spec.drives] == ["data", "shared"]
+    assert [d.name for d in spec.drives] == ["data", "shared"]
     calls = jail.configure_calls(spec)
     paths = [c.path for c in calls]
     assert paths.index("/drives/data") == paths.index("/drives/rootfs") + 1

@@ -25,6 +25,8 @@ from fcd_vmm.fcclient import FirecrackerClient, fault_text
 from fcd_vmm.procs import Aborted, wait_for_path
 from fcd_vmm.uidpool import UidPool, pick_uid
 
+from ..launches import make_launch
+
 VM = "vm-1"
 
 
@@ -60,7 +62,7 @@ def launch_req(cfg: config.Config, **kw: object) -> Launch:
         "prefix_len": 16,
     }
     base.update(kw)
-    return Launch(**base)  # type: ignore[arg-type]
+    return make_launch(**base)
 
 
 # --- uid pool ------------------------------------------------------------------------------

@@ -1,23 +1,29 @@
-"""Messages every helper answers."""
+"""Messages every helper answers, and records more than one contract uses."""
 
 from __future__ import annotations
 
-from typing import Annotated
-
-import msgspec
-
 from ..rpc import Reply, Request
-
-Uid = Annotated[int, msgspec.Meta(ge=0, le=2**32 - 2)]
-MiB = Annotated[int, msgspec.Meta(ge=1)]
-
-
-class Ping(Request, tag="ping", frozen=True):
-    pass
+from ..schema import Record
+from ..types import HostPort, Port, PortProtocol
 
 
-class Pong(Reply, frozen=True):
+class Pong(Reply):
     daemon: str
     version: str
     pid: int
     status: str
+
+
+class Ping(Request[Pong], tag="ping"):
+    pass
+
+
+class PortMapping(Record):
+    """One port mapping: ``protocol`` traffic to the host's ``host_port`` goes to the guest.
+
+    The API's body, fcd-net's request and lease, and the VM as returned all use this.
+    """
+
+    host_port: HostPort
+    guest_port: Port
+    protocol: PortProtocol = "tcp"

@@ -6,38 +6,44 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from ..ids import VmId
-from ..rpc import Protocol, Reply, Request
-from .common import Ping, Uid
+from ..rpc import Caller, Done, Protocol, Reply, Request
+from ..schema import Record
+from ..types import Cidr, NetMode, Port, Uid, VmId
+from .common import Ping, PortMapping
 
-Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
-HostPort = Annotated[int, msgspec.Meta(ge=0, le=65535)]
-"""0 asks fcd-net to pick a free port from its range."""
-NetMode = Literal["bridge", "netns"]
+__all__ = [
+    "PROTOCOL",
+    "Counters",
+    "NetCounters",
+    "NetGet",
+    "NetInfo",
+    "NetInfoList",
+    "NetList",
+    "NetMode",
+    "NetPortsAdd",
+    "NetPortsRemove",
+    "NetReconcile",
+    "NetSetup",
+    "NetTeardown",
+    "PolicySpec",
+    "PortMapping",
+    "ReconcileReport",
+    "RuleSpec",
+]
+
+Ports = Annotated[list[PortMapping], msgspec.Meta(max_length=64)]
 
 
-class _Spec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    pass
-
-
-class PortSpec(_Spec, frozen=True):
-    """One port mapping: ``protocol`` traffic to the host's ``host_port`` goes to the guest."""
-
-    host_port: HostPort
-    guest_port: Port
-    protocol: Literal["tcp", "udp"] = "tcp"
-
-
-class RuleSpec(_Spec, frozen=True):
+class RuleSpec(Record):
     """Destinations a guest may (or may not) reach: a CIDR, optionally a protocol and ports."""
 
-    cidr: Annotated[str, msgspec.Meta(max_length=18)]
+    cidr: Cidr
     protocol: Literal["any", "tcp", "udp", "icmp"] = "any"
     ports: Annotated[list[Port], msgspec.Meta(max_length=32)] = []
     """Destination ports (tcp/udp only); empty means all."""
 
 
-class PolicySpec(_Spec, frozen=True):
+class PolicySpec(Record):
     """A VM's network policy; the defaults are the safe ones."""
 
     network: bool = True
@@ -53,38 +59,13 @@ class PolicySpec(_Spec, frozen=True):
     """Checked first: deny beats allow."""
 
 
-class NetSetup(Request, tag="net.setup", frozen=True):
-    """Give a VM its address, TAP (owned by the jail uid/gid) and firewall identity.
-
-    Idempotent: repeating it for the same VM returns the same lease.
-    """
-
-    vm_id: VmId
-    uid: Uid
-    gid: Uid
-    ports: Annotated[list[PortSpec], msgspec.Meta(max_length=64)] = []
-    policy: PolicySpec | None = None
-    """None: the default policy. Both are applied on the first setup only; a repeated
-    setup returns the existing lease unchanged."""
-    mode: NetMode | None = None
-    """None: the configured default (``network.mode``)."""
+# --- replies --------------------------------------------------------------------------
 
 
-class NetTeardown(Request, tag="net.teardown", frozen=True):
-    """Remove exactly this VM's TAP and rules and release its address. Idempotent."""
+class NetInfo(Reply):
+    """A VM's network as fcd-net leased it. fcd-api keeps it in the registry as it came and
+    hands it on, embedded, to fcd-vmm's Launch (which re-checks what it uses)."""
 
-    vm_id: VmId
-
-
-class NetGet(Request, tag="net.get", frozen=True):
-    vm_id: VmId
-
-
-class NetList(Request, tag="net.list", frozen=True):
-    pass
-
-
-class NetInfo(Reply, frozen=True):
     vm_id: str
     tap: str
     mac: str
@@ -94,7 +75,7 @@ class NetInfo(Reply, frozen=True):
     bridge: str
     uid: int
     gid: int
-    ports: list[PortSpec] = []
+    ports: list[PortMapping] = []
     """The mappings in force, with every host port allocated."""
     policy: PolicySpec = PolicySpec()
     mode: NetMode = "bridge"
@@ -104,29 +85,11 @@ class NetInfo(Reply, frozen=True):
     """The VM's address as seen from the host (netns mode: its veth; else ``ip``)."""
 
 
-class NetInfoList(Reply, frozen=True):
+class NetInfoList(Reply):
     items: list[NetInfo]
 
 
-class NetPortsAdd(Request, tag="net.ports_add", frozen=True):
-    """Add port mappings to a VM (running or not); all or nothing. Returns the VM's info."""
-
-    vm_id: VmId
-    ports: Annotated[list[PortSpec], msgspec.Meta(min_length=1, max_length=64)]
-
-
-class NetPortsRemove(Request, tag="net.ports_remove", frozen=True):
-    """Remove mappings by host port and protocol (``guest_port`` is not compared)."""
-
-    vm_id: VmId
-    ports: Annotated[list[PortSpec], msgspec.Meta(min_length=1, max_length=64)]
-
-
-class NetCounters(Request, tag="net.counters", frozen=True):
-    vm_id: VmId
-
-
-class Counters(Reply, frozen=True):
+class Counters(Reply):
     """Kernel counters of the VM's host-side interface (TAP; veth in netns mode).
 
     rx is what the host received from the guest, tx what it sent to the guest.
@@ -142,19 +105,73 @@ class Counters(Reply, frozen=True):
     tx_dropped: int
 
 
-class NetReconcile(Request, tag="net.reconcile", frozen=True):
+class ReconcileReport(Reply):
+    removed: list[str]
+    """What was removed, e.g. ``"tap fcabc"``, ``"lease vm-1"``, ``"netns fcvm-x"``."""
+
+
+# --- requests -------------------------------------------------------------------------
+
+
+class NetSetup(Request[NetInfo], tag="net.setup"):
+    """Give a VM its address, TAP (owned by the jail uid/gid) and firewall identity.
+
+    Idempotent: repeating it for the same VM returns the same lease.
+    """
+
+    vm_id: VmId
+    uid: Uid
+    gid: Uid
+    ports: Ports = []
+    policy: PolicySpec | None = None
+    """None: the default policy. Both are applied on the first setup only; a repeated
+    setup returns the existing lease unchanged."""
+    mode: NetMode | None = None
+    """None: the configured default (``network.mode``)."""
+
+
+class NetTeardown(Request[Done], tag="net.teardown"):
+    """Remove exactly this VM's TAP and rules and release its address. Idempotent."""
+
+    vm_id: VmId
+
+
+class NetGet(Request[NetInfo], tag="net.get"):
+    vm_id: VmId
+
+
+class NetList(Request[NetInfoList], tag="net.list"):
+    pass
+
+
+class NetPortsAdd(Request[NetInfo], tag="net.ports_add"):
+    """Add port mappings to a VM (running or not); all or nothing. Returns the VM's info."""
+
+    vm_id: VmId
+    ports: Annotated[list[PortMapping], msgspec.Meta(min_length=1, max_length=64)]
+
+
+class NetPortsRemove(Request[NetInfo], tag="net.ports_remove"):
+    """Remove mappings by host port and protocol (``guest_port`` is not compared)."""
+
+    vm_id: VmId
+    ports: Annotated[list[PortMapping], msgspec.Meta(min_length=1, max_length=64)]
+
+
+class NetCounters(Request[Counters], tag="net.counters"):
+    vm_id: VmId
+
+
+class NetReconcile(Request[ReconcileReport], tag="net.reconcile"):
     """Remove every fcd-net object no live VM owns.
 
     ``live`` (from fcd-api's registry): leases of other VMs are torn down too;
-    None keeps every lease and removes only objects without one.
+    None keeps every lease and removes only objects without one. fcd-api only:
+    the registry is what says which VMs are live.
     """
 
+    access = Caller.API
     live: Annotated[list[VmId], msgspec.Meta(max_length=100_000)] | None = None
-
-
-class ReconcileReport(Reply, frozen=True):
-    removed: list[str]
-    """What was removed, e.g. ``"tap fcabc"``, ``"lease vm-1"``, ``"netns fcvm-x"``."""
 
 
 PROTOCOL = Protocol(

@@ -13,30 +13,70 @@ cannot be resynchronised after one, so the transport closes the connection.
 
 from __future__ import annotations
 
+import enum
 import struct
+import typing
 from collections.abc import Iterable
-from typing import Any, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 import msgspec
 
 from ..errors import FcdError, ProtocolError, from_code
+from ..schema import Record
 
 MAX_FRAME = 1 << 20
 _HEADER = struct.Struct(">I")
 
-T = TypeVar("T")
+
+class Caller(enum.Flag):
+    """Who a peer is, decided from its ``SO_PEERCRED`` uid by the server."""
+
+    API = enum.auto()
+    """The fcd-api user: the owner of the registry, the helpers' one real client."""
+    ADMIN = enum.auto()
+    """root: an operator's tools and the tests (and fcd-api itself when it runs as root)."""
 
 
-class Request(msgspec.Struct, tag_field="t", kw_only=True, frozen=True, forbid_unknown_fields=True):
-    """Base of every RPC request; subclasses set ``tag="daemon.method"``."""
+ANY_CALLER = Caller.API | Caller.ADMIN
 
 
-class Reply(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+class Reply(Record):
     """Base of every RPC result."""
 
 
-class Done(Reply, frozen=True):
+class Done(Reply):
     """Result of a call that returns nothing but success."""
+
+
+R = TypeVar("R", bound=Reply)
+
+
+class Request(Record, Generic[R], tag_field="t"):
+    """Base of every RPC request: ``class Foo(Request[FooReply], tag="daemon.foo")``.
+
+    The type parameter is the contract: :attr:`reply` is read from it when the
+    class is made, the client decodes the answer as that type, and mypy checks
+    that ``await client.call(Foo(...))`` is used as a ``FooReply`` and that the
+    helper's handler returns one. :attr:`access` says which callers the server
+    lets through (the socket's peer check comes first).
+    """
+
+    reply: ClassVar[type[Reply]]
+    access: ClassVar[Caller] = ANY_CALLER
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for base in cls.__dict__.get("__orig_bases__", ()):
+            if typing.get_origin(base) is Request:
+                (reply,) = typing.get_args(base)
+                if not (isinstance(reply, type) and issubclass(reply, Reply)):
+                    raise TypeError(f"{cls.__name__}: Request[...] needs a Reply subclass")
+                cls.reply = reply
+
+    @classmethod
+    def method(cls) -> str:
+        """The wire tag, e.g. ``"net.setup"``."""
+        return str(cls.__struct_config__.tag)
 
 
 class Call(msgspec.Struct, tag="call", tag_field="k", frozen=True):
@@ -99,35 +139,47 @@ class FrameDecoder:
 
 
 class Protocol:
-    """One daemon's method set: the union of its request Structs, decoded by tag."""
+    """One daemon's method set: the union of its request Structs, decoded by tag,
+    and each request's reply type, decoded by a decoder built once."""
 
-    def __init__(self, name: str, requests: Iterable[type[Request]]) -> None:
+    def __init__(self, name: str, requests: Iterable[type[Request[Any]]]) -> None:
         self.name = name
         self.requests = tuple(requests)
         if not self.requests:
             raise ValueError("a protocol needs at least one request type")
+        for r in self.requests:
+            if not hasattr(r, "reply"):
+                raise TypeError(f"{r.__name__} does not name its reply: use Request[Reply]")
         union: Any = self.requests[0]
         for r in self.requests[1:]:
             union = union | r
         self._request_decoder: msgspec.msgpack.Decoder[Any] = msgspec.msgpack.Decoder(union)
+        self._reply_decoders: dict[type[Request[Any]], msgspec.msgpack.Decoder[Any]] = {
+            r: msgspec.msgpack.Decoder(r.reply) for r in self.requests
+        }
 
     # --- client side -------------------------------------------------------------
-    @staticmethod
-    def encode_call(call_id: int, request: Request) -> bytes:
+    def encode_call(self, call_id: int, request: Request[Any]) -> bytes:
+        if type(request) not in self._reply_decoders:
+            raise ProtocolError(f"{type(request).__name__} is not a {self.name} request")
         body = msgspec.Raw(_encoder.encode(request))
         return frame(_encoder.encode(Call(call_id, body)))
 
-    @staticmethod
-    def decode_result(body: msgspec.Raw, result_type: type[T]) -> T:
+    def decode_reply(self, request: Request[R], body: msgspec.Raw) -> R:
+        """The reply to ``request``, as the type its class names."""
+        decoder = self._reply_decoders.get(type(request))
+        if decoder is None:
+            raise ProtocolError(f"{type(request).__name__} is not a {self.name} request")
         try:
-            return msgspec.msgpack.decode(body, type=result_type)
+            result: R = decoder.decode(body)
         except msgspec.DecodeError as e:  # ValidationError is a DecodeError
-            raise ProtocolError(f"malformed {result_type.__name__} reply: {e}") from None
+            raise ProtocolError(f"malformed {type(request).reply.__name__} reply: {e}") from None
+        return result
 
     # --- server side -------------------------------------------------------------
-    def decode_request(self, body: msgspec.Raw) -> Request:
+    def decode_request(self, body: msgspec.Raw) -> Request[Any]:
         try:
-            req: Request = self._request_decoder.decode(body)
+            req: Request[Any] = self._request_decoder.decode(body)
         except msgspec.ValidationError as e:
             raise ProtocolError(f"invalid request: {e}") from None
         except msgspec.DecodeError as e:
@@ -135,7 +187,7 @@ class Protocol:
         return req
 
     @staticmethod
-    def encode_result(call_id: int, result: msgspec.Struct) -> bytes:
+    def encode_result(call_id: int, result: Reply) -> bytes:
         return frame(_encoder.encode(Result(call_id, msgspec.Raw(_encoder.encode(result)))))
 
     @staticmethod

@@ -1,13 +1,16 @@
 """Thin asyncio server and client over Unix sockets for the sans-IO codec.
 
-Server: checks the peer's uid with ``SO_PEERCRED`` against an allow-list
-before reading a byte, runs each call in its own task (so one slow call does
-not block the connection) and answers every failure with a coded error.
+Server: checks the peer's uid with ``SO_PEERCRED`` against its table of
+callers before reading a byte, checks each request's ``access`` rule against
+what that peer is (:class:`~fcd_common.rpc.codec.Caller`), runs each call in
+its own task (so one slow call does not block the connection) and answers
+every failure with a coded error.
 Nothing a peer sends can crash the daemon: a malformed or unknown call gets
 an error reply, an oversized frame closes that one connection.
 
 Client: one connection, many concurrent calls matched by id, a timeout per
-call, errors re-raised as the typed :mod:`fcd_common.errors` exceptions.
+call, errors re-raised as the typed :mod:`fcd_common.errors` exceptions;
+``call(req)`` returns the reply type ``req`` names.
 """
 
 from __future__ import annotations
@@ -24,8 +27,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-import msgspec
-
 from ..errors import (
     DeadlineExceeded,
     FcdError,
@@ -34,11 +35,21 @@ from ..errors import (
     ProtocolError,
     Unavailable,
 )
-from .codec import Call, Failure, FrameDecoder, Protocol, Request, Result, decode_envelope
+from .codec import (
+    Call,
+    Caller,
+    Failure,
+    FrameDecoder,
+    Protocol,
+    Reply,
+    Request,
+    Result,
+    decode_envelope,
+)
 
 log = logging.getLogger("fcd.rpc")
 
-T = TypeVar("T")
+R = TypeVar("R", bound=Reply)
 _READ_SIZE = 65536
 
 
@@ -55,7 +66,18 @@ def peer_credentials(sock: socket.socket) -> Peer:
     return Peer(pid, uid, gid)
 
 
-Handler = Callable[[Any, Peer], Awaitable[msgspec.Struct]]
+Handler = Callable[[Any, Peer], Awaitable[Reply]]
+
+
+def check_table(protocol: Protocol, table: Mapping[type[Request[Any]], Handler]) -> None:
+    """A server's table must answer every request of its Protocol and nothing else."""
+    missing = set(protocol.requests) - set(table)
+    extra = set(table) - set(protocol.requests)
+    if missing or extra:
+        raise ValueError(
+            f"{protocol.name}: no handler for {sorted(t.__name__ for t in missing)};"
+            f" not in the protocol: {sorted(t.__name__ for t in extra)}"
+        )
 
 
 class RpcServer:
@@ -64,17 +86,16 @@ class RpcServer:
     def __init__(
         self,
         protocol: Protocol,
-        handlers: Mapping[type[Request], Handler],
+        handlers: Mapping[type[Request[Any]], Handler],
         *,
-        allowed_uids: frozenset[int],
+        peers: Mapping[int, Caller],
         max_inflight_per_conn: int = 64,
     ) -> None:
-        missing = set(protocol.requests) - set(handlers)
-        if missing:
-            raise ValueError(f"no handler for {sorted(t.__name__ for t in missing)}")
+        check_table(protocol, handlers)
         self.protocol = protocol
         self.handlers = dict(handlers)
-        self.allowed_uids = allowed_uids
+        self.peers = dict(peers)
+        """uid -> what that peer is; any other uid is refused at connect."""
         self._sem_size = max_inflight_per_conn
         self._server: asyncio.AbstractServer | None = None
         self._conns: set[asyncio.Task[None]] = set()
@@ -85,10 +106,6 @@ class RpcServer:
         self._server = await asyncio.start_unix_server(
             self._on_connect, sock=sock, limit=_READ_SIZE
         )
-
-    @property
-    def busy(self) -> int:
-        return len(self._calls)
 
     async def close(self, grace: float) -> None:
         """Stop accepting, give running calls ``grace`` seconds, then cancel the rest."""
@@ -121,7 +138,8 @@ class RpcServer:
     async def _serve_conn(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         sock: socket.socket = writer.get_extra_info("socket")
         peer = peer_credentials(sock)
-        if peer.uid not in self.allowed_uids:
+        caller = self.peers.get(peer.uid)
+        if caller is None:
             log.warning(
                 "refused %s connection from uid %d pid %d",
                 self.protocol.name,
@@ -160,16 +178,24 @@ class RpcServer:
                     )
                     continue
                 await sem.acquire()
-                t = asyncio.create_task(self._run_call(env, peer, writer))
+                t = asyncio.create_task(self._run_call(env, peer, caller, writer))
                 self._calls.add(t)
                 t.add_done_callback(self._calls.discard)
                 t.add_done_callback(lambda _t: sem.release())
             with contextlib.suppress(ConnectionError):
                 await writer.drain()
 
-    async def _run_call(self, call: Call, peer: Peer, writer: asyncio.StreamWriter) -> None:
+    async def _run_call(
+        self, call: Call, peer: Peer, caller: Caller, writer: asyncio.StreamWriter
+    ) -> None:
         try:
             req = self.protocol.decode_request(call.body)
+            if not type(req).access & caller:
+                raise PermissionDenied(
+                    f"{type(req).method()} may not be called by uid {peer.uid}"
+                    f" ({caller.name}); it is for {type(req).access.name}",
+                    details={"method": type(req).method(), "uid": peer.uid},
+                )
             result = await self.handlers[type(req)](req, peer)
             out = self.protocol.encode_result(call.id, result)
         except FcdError as e:
@@ -246,15 +272,15 @@ class RpcClient:
                     fut.set_exception(error)
             self._pending.clear()
 
-    async def call(
-        self, request: Request, result_type: type[T], *, timeout: float | None = None
-    ) -> T:
-        writer = await self._connect()
+    async def call(self, request: Request[R], *, timeout: float | None = None) -> R:
+        """Send ``request`` and return its reply, decoded as the type the request names."""
         call_id = next(self._ids)
+        data = self.protocol.encode_call(call_id, request)  # ProtocolError: not ours
+        writer = await self._connect()
         fut: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
         self._pending[call_id] = fut
         try:
-            writer.write(self.protocol.encode_call(call_id, request))
+            writer.write(data)
             await writer.drain()
         except (OSError, RuntimeError) as e:
             self._pending.pop(call_id, None)
@@ -267,7 +293,7 @@ class RpcClient:
             raise DeadlineExceeded(
                 f"{self.protocol.name} did not answer {type(request).__name__} within {limit:g}s"
             ) from None
-        return self.protocol.decode_result(res.body, result_type)
+        return self.protocol.decode_reply(request, res.body)
 
     async def close(self) -> None:
         if self._writer is not None:
