@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
 from e2e.harness import api, running_suite  # noqa: E402
-from fcd_api import devup  # noqa: E402
+from fcd_dev import devup  # noqa: E402
 
 
 def summary(name: str, xs: list[float]) -> str:

@@ -1,4 +1,4 @@
-"""Helpers for tests that run the four real daemons (fcd_api.suite.Suite) in a private netns."""
+"""Helpers for tests that run the four real daemons (fcd_dev.suite.Suite) in a private netns."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 
-from fcd_api import suite as suite_mod
+from fcd_dev import suite as suite_mod
 
 
 def sh(*cmd: str, check: bool = True) -> str:

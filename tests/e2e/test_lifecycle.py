@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from fcd_api import devup
 from fcd_common import ids
+from fcd_dev import devup
 
 from .harness import (
     api,

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from fcd_api import devup
+from fcd_dev import devup
 
 from .harness import api, in_ns, nft_ruleset, running_suite
 

@@ -20,7 +20,6 @@ from typing import Any, TypeVar
 
 import pytest
 
-from fcd_api.suite import SuiteError, spawn, terminate
 from fcd_common import config, ids
 from fcd_common.errors import (
     Conflict,
@@ -40,6 +39,7 @@ from fcd_common.proto.net import (
     NetTeardown,
 )
 from fcd_common.rpc import Done, Reply, Request, RpcClient
+from fcd_dev.suite import SuiteError, spawn, terminate
 
 pytestmark = pytest.mark.root
 

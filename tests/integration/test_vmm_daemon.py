@@ -24,7 +24,6 @@ from typing import Any, TypeVar
 
 import pytest
 
-from fcd_api.suite import SuiteError, spawn, terminate
 from fcd_common import config, ids
 from fcd_common.errors import FailedPrecondition, FirecrackerError
 from fcd_common.proto.vmm import (
@@ -39,6 +38,7 @@ from fcd_common.proto.vmm import (
     Stop,
 )
 from fcd_common.rpc import Reply, Request, RpcClient
+from fcd_dev.suite import SuiteError, spawn, terminate
 from fcd_vmm import cgroups
 from fcd_vmm.fcclient import FirecrackerClient
 

@@ -43,7 +43,7 @@ def _out(line: str = "") -> None:
 
 
 def _guest_module() -> ModuleType:
-    path = suite_mod.FAKES / "guest_kernel.py"
+    path = suite_mod.fake("guest_kernel.py")
     spec = importlib.util.spec_from_file_location("fcd_guest_kernel", path)
     if spec is None or spec.loader is None:
         raise suite_mod.SuiteError(f"cannot load {path}")

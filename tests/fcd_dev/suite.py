@@ -34,8 +34,8 @@ from fcd_common import config as config_mod
 
 Daemon = Literal["net", "storage", "vmm", "api"]
 ORDER: tuple[Daemon, ...] = ("net", "storage", "vmm", "api")
-REPO = Path(__file__).resolve().parents[2]
-FAKES = REPO / "tests" / "fakes"
+FAKES = Path(__file__).resolve().parent.parent / "fakes"
+"""The Firecracker/jailer test doubles: ``tests/fakes/`` beside this package in a checkout."""
 
 
 class SuiteError(RuntimeError):
@@ -177,28 +177,28 @@ class Suite:
     def write_config(self) -> config_mod.Config:
         self.base.mkdir(parents=True, exist_ok=True)
         os.chmod(self.base, 0o755)
-        text = f"""\
-[paths]
-state_dir = "{self.base}/state"
-run_dir = "{self.base}/run"
-chroot_base = "{self.base}/jail"
-
-[network]
-subnet = "{self.subnet}"
-netns_prefix = "{self.vm_netns_prefix}"
-
-[jail]
-firecracker = "{self.firecracker}"
-jailer = "{self.jailer}"
-parent_cgroup = "{self.parent_cgroup}"
-
-[limits]
-shutdown_grace_s = 5.0
-
-[security]
-api_user = "{pwd.getpwuid(os.getuid()).pw_name}"
-"""
-        self.config_path.write_text(text)
+        try:
+            generated = config_mod.Config(
+                paths=config_mod.PathsConfig(
+                    state_dir=str(self.base / "state"),
+                    run_dir=str(self.base / "run"),
+                    chroot_base=str(self.base / "jail"),
+                ),
+                network=config_mod.NetworkConfig(
+                    subnet=self.subnet, netns_prefix=self.vm_netns_prefix
+                ),
+                jail=config_mod.JailConfig(
+                    firecracker=self.firecracker,
+                    jailer=self.jailer,
+                    parent_cgroup=self.parent_cgroup,
+                ),
+                limits=config_mod.LimitsConfig(shutdown_grace_s=5.0),
+                # fcd-api runs as this user here: the helpers must know it is fcd-api
+                security=config_mod.SecurityConfig(api_user=pwd.getpwuid(os.getuid()).pw_name),
+            )
+        except ValueError as e:  # a __post_init__ check; the type constraints run in decode
+            raise config_mod.ConfigError(f"{self.config_path}: {e}") from None
+        self.config_path.write_text(config_mod.render(generated))
         cfg = self.cfg  # validates
         for d in (cfg.paths.state_dir, cfg.paths.run_dir, cfg.paths.chroot_base):
             Path(d).mkdir(parents=True, exist_ok=True)
@@ -261,12 +261,20 @@ api_user = "{pwd.getpwuid(os.getuid()).pw_name}"
             netns_remove(self.netns)
 
 
+def fake(name: str) -> Path:
+    """``tests/fakes/<name>``, or a SuiteError saying why it is missing."""
+    path = FAKES / name
+    if not path.exists():
+        raise SuiteError(
+            f"test double {path} not found: fcd_dev runs the Firecracker/jailer doubles "
+            "from tests/fakes/ of a source checkout (install it with `pip install -e .`)"
+        )
+    return path
+
+
 def test_double_paths() -> tuple[str, str]:
     """The Firecracker and jailer test doubles shipped in the repository's tests/fakes."""
-    fc, jl = FAKES / "firecracker", FAKES / "jailer"
-    if not (fc.exists() and jl.exists()):
-        raise SuiteError(f"test doubles not found under {FAKES} (needs a source checkout)")
-    return str(fc), str(jl)
+    return str(fake("firecracker")), str(fake("jailer"))
 
 
 def remove_parent_cgroups(parent: str) -> list[str]:
