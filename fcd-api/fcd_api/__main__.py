@@ -19,8 +19,8 @@ from fcd_common.rpc import bind_unix
 from . import states
 from .app import create_asgi
 from .clients import Helpers
-from .flows import Flows
 from .registry import Registry
+from .service import Flows
 from .storage_routes import reclaim_at_start
 
 log = logging.getLogger("fcd.api")

@@ -25,10 +25,10 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from fcd_common.errors import HTTP_STATUS, FcdError
 from fcd_common.version import version
 
-from .flows import Flows, request_id
 from .models import VM, CreateVMRequest, ErrorBody, ErrorDetail, VersionInfo, VMState
 from .net_routes import net_router
 from .registry import parse_label_filters
+from .service import Flows, request_id
 from .storage_routes import storage_router
 
 __all__ = ["RequestIdMiddleware", "build_app", "create_asgi", "version"]

@@ -3,7 +3,7 @@
 The public ``VM`` keeps the seed's ``VMInstance`` field names. Constraints
 that do not depend on the configuration live in the types, so a bad body is
 rejected by the decoder with the path of the field; limits that come from the
-configuration (``limits.max_vcpu`` ...) are checked in :mod:`fcd_api.flows`.
+configuration (``limits.max_vcpu`` ...) are checked in :mod:`fcd_api.service`.
 """
 
 from __future__ import annotations

@@ -22,8 +22,8 @@ from litestar.params import FromPath, JSONBody, QueryParameter
 
 from fcd_common.proto import net as pnet
 
-from .flows import Flows
 from .models import VM, PortMapping
+from .service import Flows
 
 __all__ = ["net_router"]
 

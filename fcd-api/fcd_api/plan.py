@@ -1,6 +1,6 @@
 """Deciding, for the flows: pure functions from a spec and the helpers' answers.
 
-Nothing here does I/O; :mod:`fcd_api.flows` calls these and applies the result.
+Nothing here does I/O; :mod:`fcd_api.service` calls these and applies the result.
 """
 
 from __future__ import annotations

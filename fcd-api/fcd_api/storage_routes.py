@@ -19,9 +19,9 @@ from litestar.params import FromPath, JSONBody
 from fcd_common.proto import storage as ps
 from fcd_common.rpc import RpcClient
 
-from .flows import Flows
 from .models import now
 from .registry import Registry
+from .service import Flows
 from .storage_models import StorageReclaimReport
 
 __all__ = ["reclaim", "reclaim_at_start", "storage_router"]

@@ -1,1 +1,9 @@
-"""fcd-net: the network helper (CAP_NET_ADMIN): bridge, TAPs, address pool, nftables."""
+"""fcd-net: the network helper (CAP_NET_ADMIN): bridge, TAPs, address pool, nftables.
+
+Skeleton: ``plan`` (pure: leases, names, addresses) with ``ruleset``,
+``vm_rules`` and ``ns_rules`` (pure nftables plans), ``checks`` (pure
+re-validation of ports and policies), the adapters ``links``, ``netns``,
+``firewall``/``nftjson``, ``leases``, ``reconcile``; ``core`` (the service's
+synchronous logic, on one worker thread), ``service`` (the ``@handles`` RPC
+handlers), ``__main__`` (composition root).
+"""

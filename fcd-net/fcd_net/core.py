@@ -35,7 +35,7 @@ from fcd_common.proto.net import (
     ReconcileReport,
 )
 
-from . import plan, policy, reconcile
+from . import checks, plan, reconcile
 from .leases import LeaseStore
 from .links import Link
 from .plan import Lease
@@ -121,8 +121,8 @@ class NetCore:
             lease = msgspec.structs.replace(old, uid=uid, gid=gid)
         else:
             mode = mode or self.net.mode
-            pol = policy.check_policy(pol)
-            allocated = policy.check_ports(self.net, ports, self.store.used_ports())
+            pol = checks.check_policy(pol)
+            allocated = checks.check_ports(self.net, ports, self.store.used_ports())
             used = self.store.used_ips()
             if mode == "netns":
                 self._need_namespaces()
@@ -270,13 +270,13 @@ class NetCore:
     def ports_add(self, vm_id: str, ports: Sequence[PortMapping]) -> NetInfo:
         """Add mappings (all or nothing); a host port in use anywhere is a Conflict."""
         lease = self._require(vm_id)
-        added = policy.check_ports(self.net, ports, self.store.used_ports())
+        added = checks.check_ports(self.net, ports, self.store.used_ports())
         return self._swap_ports(lease, list(lease.ports) + added)
 
     def ports_remove(self, vm_id: str, ports: Sequence[PortMapping]) -> NetInfo:
         """Remove mappings by protocol and host port; absent ones are ignored."""
         lease = self._require(vm_id)
-        keep = [p for p in lease.ports if not any(policy.same_mapping(p, q) for q in ports)]
+        keep = [p for p in lease.ports if not any(checks.same_mapping(p, q) for q in ports)]
         if len(keep) == len(lease.ports):
             return plan.net_info(self.net, lease)
         return self._swap_ports(lease, keep)

@@ -16,7 +16,7 @@ mode); a VM's *address* is its pool IP (bridge) or the VM end of its veth
 * sets ``vm_addrs`` (every VM), ``peer_ok`` (VMs that allow VM-to-VM),
   ``isolated`` ("no network" VMs), ``gw_addrs`` (the gateway addresses
   guests see: the bridge's and every veth's host end), ``private`` (interval
-  set, :data:`fcd_net.policy.PRIVATE`), ``gw_services`` (proto . port from
+  set, :data:`fcd_net.checks.PRIVATE`), ``gw_services`` (proto . port from
   ``network.gateway_services``); maps ``port_addr``/``port_port`` (proto .
   host port : VM address / guest port) and ``vm_egress`` (VM address : jump
   to its chain).
@@ -69,6 +69,7 @@ from collections.abc import Sequence
 from fcd_common.config import NetworkConfig
 
 from . import vm_rules
+from .checks import PRIVATE
 from .nftjson import (
     ACCEPT,
     DROP,
@@ -89,7 +90,6 @@ from .nftjson import (
     set_decl,
 )
 from .plan import Lease
-from .policy import PRIVATE
 
 __all__ = ["Json", "base_ruleset", "bridge_table", "inet_table"]
 

@@ -13,13 +13,13 @@ from fcd_common import runtime
 from fcd_common.proto import vmm as proto
 from fcd_common.service import serve_rpc
 
-from .manager import VmManager
 from .procs import set_child_subreaper
+from .service import VmmService
 
 
 async def build(ctx: runtime.Context) -> runtime.Service:
     set_child_subreaper()
-    manager = VmManager(ctx.cfg)
+    manager = VmmService(ctx.cfg)
     manager.start()
     return await serve_rpc(
         ctx, "vmm", proto.PROTOCOL, manager, status=manager.status_line, on_close=manager.close

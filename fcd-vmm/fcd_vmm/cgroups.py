@@ -21,7 +21,7 @@ from pathlib import Path
 from fcd_common import logs
 from fcd_common.errors import FailedPrecondition
 
-from .jail import CgroupVersion
+from .plan import CgroupVersion
 
 log = logging.getLogger("fcd.vmm.cgroups")
 

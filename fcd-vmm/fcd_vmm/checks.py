@@ -23,7 +23,7 @@ from fcd_common.proto.storage import DriveInfo
 from fcd_common.proto.vmm import Launch
 from fcd_common.types import KERNEL_ARGS_MAX, KERNEL_ARGS_PATTERN, fullmatch
 
-from .jail import LaunchSpec
+from .plan import LaunchSpec
 
 _MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}\Z")
 

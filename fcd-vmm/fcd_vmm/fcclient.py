@@ -24,7 +24,7 @@ import httpx
 
 from fcd_common.errors import DeadlineExceeded, FirecrackerError, Unavailable
 
-from .jail import ApiCall
+from .plan import ApiCall
 
 DEFAULT_TIMEOUT = 10.0
 SUN_PATH_MAX = 108

@@ -24,7 +24,7 @@ from fcd_common import logs
 
 from . import fclog
 from .checks import StorageFile
-from .jail import JailPaths
+from .plan import JailPaths
 
 log = logging.getLogger("fcd.vmm.jailfs")
 

@@ -31,7 +31,7 @@ from fcd_common.errors import DeadlineExceeded, FcdError, FirecrackerError, Inte
 from . import cgroups, fclog, jailfs
 from .checks import StorageFile, open_storage_file
 from .fcclient import FirecrackerClient
-from .jail import (
+from .plan import (
     CgroupVersion,
     JailPaths,
     LaunchSpec,

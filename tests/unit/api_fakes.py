@@ -23,8 +23,8 @@ import msgspec
 
 from fcd_api.app import create_asgi
 from fcd_api.clients import Helpers
-from fcd_api.flows import Flows
 from fcd_api.registry import Registry
+from fcd_api.service import Flows
 from fcd_common.config import LimitsConfig
 from fcd_common.errors import Conflict, FcdError, NotFound
 from fcd_common.proto import net as pnet

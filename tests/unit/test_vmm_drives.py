@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from fcd_common.errors import InvalidArgument
-from fcd_vmm import checks, jail, jailfs
+from fcd_vmm import checks, jailfs, plan
 
 from ..launches import drive
 from .test_vmm_plan import VM, launch_req, make_cfg
@@ -24,7 +24,7 @@ def test_drives_accepted_and_configured(tmp_path: Path) -> None:
     ]
     spec = checks.check_launch(launch_req(cfg, drives=drives), cfg)
     assert [d.name for d in spec.drives] == ["data", "shared"]
-    calls = jail.configure_calls(spec)
+    calls = plan.configure_calls(spec)
     paths = [c.path for c in calls]
     assert paths.index("/drives/data") == paths.index("/drives/rootfs") + 1
     body = {c.path: c.body for c in calls}
@@ -88,7 +88,7 @@ def test_prepare_jail_links_drives(tmp_path: Path) -> None:
     files["shared"].chmod(0o644)
     opened = {k: checks.open_storage_file(str(p), str(st), k) for k, p in files.items()}
     try:
-        paths = jail.jail_paths(cfg, VM)
+        paths = plan.jail_paths(cfg, VM)
         jailfs.prepare_jail(
             paths,
             900_001,

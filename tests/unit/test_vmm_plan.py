@@ -20,7 +20,7 @@ from fcd_common.errors import (
 )
 from fcd_common.ids import tap_name
 from fcd_common.proto.vmm import Launch
-from fcd_vmm import cgroups, checks, jail
+from fcd_vmm import cgroups, checks, plan
 from fcd_vmm.fcclient import FirecrackerClient, fault_text
 from fcd_vmm.procs import Aborted, wait_for_path
 from fcd_vmm.uidpool import UidPool, pick_uid
@@ -171,7 +171,7 @@ def test_pool_refuses_bad_ids(tmp_path: Path) -> None:
 
 def test_jail_paths(tmp_path: Path) -> None:
     cfg = make_cfg(tmp_path)
-    p = jail.jail_paths(cfg, VM)
+    p = plan.jail_paths(cfg, VM)
     root = tmp_path / "jail" / "firecracker" / VM / "root"
     assert p.jail_dir == root.parent
     assert p.root == root
@@ -180,7 +180,7 @@ def test_jail_paths(tmp_path: Path) -> None:
     assert (p.kernel, p.rootfs) == (root / "vmlinux", root / "rootfs.ext4")
     assert (p.log_file, p.metrics_file) == (root / "firecracker.log", root / "metrics.json")
     with pytest.raises(InvalidArgument):
-        jail.jail_paths(cfg, "../../etc")
+        plan.jail_paths(cfg, "../../etc")
 
 
 def test_jail_paths_follow_the_exec_basename(tmp_path: Path) -> None:
@@ -188,26 +188,26 @@ def test_jail_paths_follow_the_exec_basename(tmp_path: Path) -> None:
     cfg = msgspec.structs.replace(
         cfg, jail=msgspec.structs.replace(cfg.jail, firecracker="/x/firecracker-v1.7.0")
     )
-    p = jail.jail_paths(cfg, VM)
+    p = plan.jail_paths(cfg, VM)
     assert p.root == tmp_path / "jail" / "firecracker-v1.7.0" / VM / "root"
     assert p.pid_file.name == "firecracker-v1.7.0.pid"
 
 
 def test_cgroup_settings_v1_and_v2() -> None:
-    v1 = jail.cgroup_settings(1, frozenset({"cpu", "memory", "pids"}), 2, 256, 64)
+    v1 = plan.cgroup_settings(1, frozenset({"cpu", "memory", "pids"}), 2, 256, 64)
     assert v1 == [
         ("cpu.shares", "2048"),
         ("memory.limit_in_bytes", str(320 * 1024 * 1024)),
-        ("pids.max", str(jail.PIDS_MAX)),
+        ("pids.max", str(plan.PIDS_MAX)),
     ]
-    v2 = jail.cgroup_settings(2, frozenset({"cpu", "memory"}), 4, 128, 0)
+    v2 = plan.cgroup_settings(2, frozenset({"cpu", "memory"}), 4, 128, 0)
     assert v2 == [("cpu.weight", "400"), ("memory.max", str(128 << 20))]
-    assert jail.cgroup_settings(2, frozenset({"hugetlb"}), 1, 128, 0) == []
+    assert plan.cgroup_settings(2, frozenset({"hugetlb"}), 1, 128, 0) == []
 
 
 def test_jailer_argv(tmp_path: Path) -> None:
     cfg = make_cfg(tmp_path)
-    argv = jail.jailer_argv(
+    argv = plan.jailer_argv(
         cfg,
         vm_id=VM,
         uid=900_003,
@@ -243,28 +243,28 @@ def test_jailer_argv(tmp_path: Path) -> None:
     ]
     after = argv[argv.index("--") + 1 :]
     assert "--id" not in after  # the jailer passes --id itself
-    no_ns = jail.jailer_argv(
+    no_ns = plan.jailer_argv(
         make_cfg(tmp_path, new_pid_ns=False), vm_id=VM, uid=1, gid=1, cgroup_version=2, cgroups=[]
     )
     assert "--new-pid-ns" not in no_ns and "--cgroup" not in no_ns
     assert no_ns[no_ns.index("--cgroup-version") + 1] == "2"
 
 
-def spec_for(cfg: config.Config, **kw: object) -> jail.LaunchSpec:
+def spec_for(cfg: config.Config, **kw: object) -> plan.LaunchSpec:
     return checks.check_launch(launch_req(cfg, **kw), cfg)
 
 
 def test_boot_args_carry_ip_argument(tmp_path: Path) -> None:
     cfg = make_cfg(tmp_path)
-    assert jail.netmask(16) == "255.255.0.0"
-    assert jail.netmask(24) == "255.255.255.0"
-    assert jail.boot_args(spec_for(cfg)) == (
+    assert plan.netmask(16) == "255.255.0.0"
+    assert plan.netmask(24) == "255.255.255.0"
+    assert plan.boot_args(spec_for(cfg)) == (
         "console=ttyS0 reboot=k panic=1 pci=off "
         "ip=172.30.0.2::172.30.0.1:255.255.0.0::eth0:off "
         "quiet init=/sbin/init"
     )
-    assert jail.boot_args(spec_for(cfg, kernel_args="")).endswith("eth0:off")
-    assert "  " not in jail.boot_args(spec_for(cfg, kernel_args="  a   b "))
+    assert plan.boot_args(spec_for(cfg, kernel_args="")).endswith("eth0:off")
+    assert "  " not in plan.boot_args(spec_for(cfg, kernel_args="  a   b "))
 
 
 # Field sets from Firecracker's OpenAPI spec (FIRECRACKER.md §1); bodies reject unknown fields.
@@ -306,7 +306,7 @@ FC_FIELDS = {
 def test_configure_calls_order_and_bodies(tmp_path: Path) -> None:
     cfg = make_cfg(tmp_path)
     spec = spec_for(cfg)
-    calls = jail.configure_calls(spec)
+    calls = plan.configure_calls(spec)
     assert [(c.method, c.path) for c in calls] == [
         ("PUT", "/logger"),
         ("PUT", "/metrics"),
@@ -326,7 +326,7 @@ def test_configure_calls_order_and_bodies(tmp_path: Path) -> None:
     assert bodies["/machine-config"] == {"vcpu_count": 2, "mem_size_mib": 256}
     assert bodies["/boot-source"] == {
         "kernel_image_path": "/vmlinux",
-        "boot_args": jail.boot_args(spec),
+        "boot_args": plan.boot_args(spec),
     }
     assert bodies["/drives/rootfs"] == {
         "drive_id": "rootfs",
@@ -343,17 +343,17 @@ def test_configure_calls_order_and_bodies(tmp_path: Path) -> None:
     for c in calls:
         assert c.body is not None
         assert set(c.body) <= FC_FIELDS[c.path], c.path
-    assert jail.vm_state_body(True) == {"state": "Paused"}
-    assert jail.vm_state_body(False) == {"state": "Resumed"}
-    assert jail.CTRL_ALT_DEL.body == {"action_type": "SendCtrlAltDel"}
+    assert plan.vm_state_body(True) == {"state": "Paused"}
+    assert plan.vm_state_body(False) == {"state": "Resumed"}
+    assert plan.CTRL_ALT_DEL.body == {"action_type": "SendCtrlAltDel"}
 
 
 def test_resource_ids() -> None:
-    assert jail.check_resource_id("rootfs") == "rootfs"
-    assert jail.check_resource_id("eth_0") == "eth_0"
+    assert plan.check_resource_id("rootfs") == "rootfs"
+    assert plan.check_resource_id("eth_0") == "eth_0"
     for bad in ("eth-0", "", "a/b", "a b"):
         with pytest.raises(InvalidArgument):
-            jail.check_resource_id(bad)
+            plan.check_resource_id(bad)
 
 
 # --- argument re-checks ----------------------------------------------------------------------

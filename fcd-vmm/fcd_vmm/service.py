@@ -36,8 +36,8 @@ from fcd_common.rpc import Peer, handles
 from . import cgroups, fclog, launcher
 from .checks import check_launch
 from .fcclient import FirecrackerClient
-from .jail import CTRL_ALT_DEL, FC_STATES, CgroupVersion, jail_paths, vm_state_body
 from .jailfs import read_pid_file
+from .plan import CTRL_ALT_DEL, FC_STATES, CgroupVersion, jail_paths, vm_state_body
 from .procs import PidWatch, proc_uid, reap_orphans, same_root
 from .uidpool import UidPool, VmRecord
 
@@ -47,7 +47,7 @@ STATUS_TIMEOUT_S = 2.0
 API_TIMEOUT_S = 10.0
 
 
-class VmManager:
+class VmmService:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
         self.pool = UidPool(
