@@ -64,7 +64,7 @@ CLEAN = {
 }
 
 
-def test_create_pause_resume_stop_start_delete(tmp_path: Path) -> None:
+def test_create_pause_resume_stop_start_delete(tmp_path: Path) -> None:  # noqa: PLR0915 -- one VM's whole life, checked step by step against the kernel
     with running_suite(tmp_path) as suite, api(suite) as c:
         cfg = suite.cfg
         devup.import_demo_template(suite, "tiny")

@@ -128,7 +128,7 @@ def delete_all(suite: suite_mod.Suite) -> None:
         fcctl(suite, "rm", "--force", vm["id"])
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915 -- a linear script: set up, demo, tear down
     p = argparse.ArgumentParser(prog="fcd", description="fcd development supervisor")
     sub = p.add_subparsers(dest="cmd", required=True)
     up = sub.add_parser("up", help="run the four daemons in the foreground with a dev config")

@@ -138,7 +138,7 @@ def remove_cgroups(parent: str, instance_id: str) -> None:
 
 
 @pytest.mark.root
-def test_jailed_double_daemonized_in_pid_ns(
+def test_jailed_double_daemonized_in_pid_ns(  # noqa: PLR0915 -- one jail's whole layout, checked in one place
     tmp_path: Path, base: Path, netns: str, jail_uid: int
 ) -> None:
     instance_id = f"vm-{secrets.token_hex(3)}"

@@ -105,7 +105,7 @@ def start_daemon(cfg_path: Path, notify_path: Path) -> subprocess.Popen[bytes]:
     return proc
 
 
-def test_kill_9_mid_clone_leaves_nothing_partial(tmp_path: Path) -> None:
+def test_kill_9_mid_clone_leaves_nothing_partial(tmp_path: Path) -> None:  # noqa: PLR0915 -- kill mid-clone, restart, check: one scenario
     with loop_fs(tmp_path, "ext4") as mnt:
         cfg = make_config(mnt, security=SecurityConfig(api_user="root"))
         cfg_path = tmp_path / "fcd.toml"

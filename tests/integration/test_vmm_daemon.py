@@ -257,7 +257,7 @@ def zombies_of(pid: int) -> list[int]:
 
 
 @needs_doubles
-def test_lifecycle_allocate_launch_pause_resume_stop_relaunch_release(env: Env) -> None:
+def test_lifecycle_allocate_launch_pause_resume_stop_relaunch_release(env: Env) -> None:  # noqa: PLR0915 -- one VM's whole life, checked step by step
     env.start()
     vm_id = f"t-{secrets.token_hex(3)}"
     jail = env.call(AllocateJail(vm_id=vm_id))

@@ -132,7 +132,7 @@ def _enter_cgroups(dirs: Sequence[Path]) -> None:
 
 
 @contextlib.contextmanager
-def booted(
+def booted(  # noqa: PLR0915 -- boot, wait, tear down a container: one sequence
     *,
     binds_ro: Sequence[Path] = (),
     binds: Sequence[str] = ("/dev/kvm", "/dev/userfaultfd"),

@@ -247,18 +247,7 @@ class RpcClient:
                 if not data:
                     break
                 for payload in decoder.feed(data):
-                    env = decode_envelope(payload)
-                    if isinstance(env, Failure) and env.id == 0:
-                        # connection-level refusal (permission, bad frame): fail everything
-                        error = env.to_exception()
-                        raise error
-                    fut = self._pending.pop(env.id, None)
-                    if fut is None or fut.done():
-                        continue  # late reply to a call that timed out
-                    if isinstance(env, Result):
-                        fut.set_result(env)
-                    elif isinstance(env, Failure):
-                        fut.set_exception(env.to_exception())
+                    self._deliver(decode_envelope(payload))
         except FcdError as e:
             error = e
         except (OSError, asyncio.IncompleteReadError) as e:
@@ -271,6 +260,19 @@ class RpcClient:
                 if not fut.done():
                     fut.set_exception(error)
             self._pending.clear()
+
+    def _deliver(self, env: Call | Result | Failure) -> None:
+        """Complete the pending call ``env`` answers; FcdError for a connection-level
+        refusal (permission, bad frame), which fails every call on the connection."""
+        if isinstance(env, Failure) and env.id == 0:
+            raise env.to_exception()
+        fut = self._pending.pop(env.id, None)
+        if fut is None or fut.done():
+            return  # late reply to a call that timed out
+        if isinstance(env, Result):
+            fut.set_result(env)
+        elif isinstance(env, Failure):
+            fut.set_exception(env.to_exception())
 
     async def call(self, request: Request[R], *, timeout: float | None = None) -> R:
         """Send ``request`` and return its reply, decoded as the type the request names."""
