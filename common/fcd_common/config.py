@@ -50,24 +50,24 @@ class PathsConfig(_Section, frozen=True):
 
 
 class NetworkConfig(_Section, frozen=True):
-    bridge: Annotated[str, msgspec.Meta(pattern=r"^[a-zA-Z0-9_-]{1,15}$")] = "fcbr0"
+    bridge: Annotated[str, msgspec.Meta(pattern=r"^[a-zA-Z0-9_-]{1,15}\Z")] = "fcbr0"
     subnet: str = "172.30.0.0/16"
     """Guest pool; the first host address is the gateway on the bridge."""
-    tap_prefix: Annotated[str, msgspec.Meta(pattern=r"^[a-z]{1,4}$")] = "fc"
-    nft_table: Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_]{0,31}$")] = "fcd"
+    tap_prefix: Annotated[str, msgspec.Meta(pattern=r"^[a-z]{1,4}\Z")] = "fc"
+    nft_table: Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_]{0,31}\Z")] = "fcd"
     masquerade: bool = True
     port_min: Annotated[int, msgspec.Meta(ge=1, le=65535)] = 20000
     port_max: Annotated[int, msgspec.Meta(ge=1, le=65535)] = 29999
     """Host ports of port mappings come from [port_min, port_max] (``host_port: 0``
     picks a free one); a host port outside the range is refused."""
-    gateway_services: list[Annotated[str, msgspec.Meta(pattern=r"^(tcp|udp)/[0-9]{1,5}$")]] = []
+    gateway_services: list[Annotated[str, msgspec.Meta(pattern=r"^(tcp|udp)/[0-9]{1,5}\Z")]] = []
     """Host services a guest may reach on its gateway address ("udp/53", ...);
     ICMP echo to the gateway is always allowed, every other packet to the host dropped."""
     mode: Literal["bridge", "netns"] = "bridge"
     """Default network mode of a VM (a VM may ask for the other one)."""
-    netns_prefix: Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9]{0,5}-$")] = "fcvm-"
+    netns_prefix: Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9]{0,5}-\Z")] = "fcvm-"
     """netns mode: per-VM namespaces are /run/netns/<prefix><digest of the id>."""
-    veth_prefix: Annotated[str, msgspec.Meta(pattern=r"^[a-z]{1,4}$")] = "fv"
+    veth_prefix: Annotated[str, msgspec.Meta(pattern=r"^[a-z]{1,4}\Z")] = "fv"
     veth_subnet: str = "172.29.0.0/16"
     """netns mode: each VM's veth pair gets a /31 from here (host side even, VM side odd)."""
     netns_subnet: str = "172.31.255.0/30"
@@ -113,7 +113,7 @@ class JailConfig(_Section, frozen=True):
     uid_max: Annotated[int, msgspec.Meta(ge=1000, le=2**31)] = 965_535
     """Each VM gets uid = gid from [uid_min, uid_max]; nothing else may use that range."""
     cgroup_version: Literal["auto", "1", "2"] = "auto"
-    parent_cgroup: Annotated[str, msgspec.Meta(pattern=r"^[a-zA-Z0-9_-]+$")] = "fcd"
+    parent_cgroup: Annotated[str, msgspec.Meta(pattern=r"^[a-zA-Z0-9_-]+\Z")] = "fcd"
     new_pid_ns: bool = True
     """Run Firecracker as init of its own pid namespace (jailer --new-pid-ns)."""
 

@@ -35,7 +35,7 @@ __all__ = ["RequestIdMiddleware", "build_app", "create_asgi", "version"]
 
 log = logging.getLogger("fcd.api.http")
 
-_RID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_RID_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _FIELD_RE = re.compile(r"at `\$\.?([^`]*)`")
 _NAMED_FIELD_RE = re.compile(r"(?:unknown|missing required) field `([^`]*)`")
 _PARAM_ALIASES = {"vm_state": "state", "data": ""}

@@ -47,7 +47,7 @@ PIDS_MAX = 256
 CgroupVersion = Literal[1, 2]
 Method = Literal["PUT", "PATCH", "GET"]
 
-_RESOURCE_ID = re.compile(r"^[A-Za-z0-9_]+$")
+_RESOURCE_ID = re.compile(r"[A-Za-z0-9_]+")
 
 
 def check_resource_id(value: str) -> str:

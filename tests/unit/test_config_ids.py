@@ -5,9 +5,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import msgspec
 import pytest
 
-from fcd_common import config, ids
+from fcd_common import config, ids, types
 from fcd_common.errors import InvalidArgument
 
 
@@ -108,3 +109,22 @@ def test_new_ids_are_valid() -> None:
 def test_guest_mac_from_ip() -> None:
     assert ids.guest_mac("172.30.0.2") == "06:00:ac:1e:00:02"
     assert ids.guest_mac("10.0.0.255") == "06:00:0a:00:00:ff"
+
+
+@pytest.mark.parametrize(
+    ("typ", "good"),
+    [
+        (types.VmId, "vm-1"),
+        (types.Name, "base.v1"),
+        (types.DriveName, "data"),
+        (types.Sha256, "0" * 64),
+        (types.KernelArgs, "quiet"),
+    ],
+)
+def test_shared_types_refuse_a_trailing_newline(typ: object, good: str) -> None:
+    """msgspec matches with re.search, where ``$`` also matches before a final newline."""
+    assert msgspec.json.decode(msgspec.json.encode(good), type=typ) == good
+    with pytest.raises(msgspec.ValidationError):
+        msgspec.json.decode(msgspec.json.encode(good + "\n"), type=typ)
+    assert types.fullmatch(types.VM_ID_PATTERN, "vm-1")
+    assert not types.fullmatch(types.VM_ID_PATTERN, "vm-1\n")
