@@ -26,20 +26,20 @@ import json
 import os
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 
-from . import storage_cli
+from . import storage_cli, tables
+from .storage_cli import Handler, Request, show
+from .tables import Column
 
-__all__ = ["build_parser", "diagnose", "main", "render_detail", "render_table"]
+__all__ = ["COMMANDS", "build_parser", "diagnose", "main", "render_detail", "render_table"]
 
 DEFAULT_SOCKET = "/run/fcd/api.sock"
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
-
-COLUMNS = ("ID", "STATE", "TEMPLATE", "VCPUS", "MEM", "IP", "PID", "AGE")
 
 
 class CliError(Exception):
@@ -69,6 +69,12 @@ def parse_labels(items: Sequence[str]) -> dict[str, str]:
     return out
 
 
+def _label_arg(item: str) -> str:
+    """argparse ``type`` for ``--label``: a bad ``k=v`` is a usage error (exit 2)."""
+    parse_labels([item])
+    return item
+
+
 def _age(ts: str | None, now: datetime) -> str:
     if not ts:
         return "-"
@@ -83,41 +89,43 @@ def _age(ts: str | None, now: datetime) -> str:
     return f"{secs}s"
 
 
-def _row(vm: dict[str, Any], now: datetime) -> tuple[str, ...]:
-    cfg = vm.get("config") or {}
-    state = str(vm.get("state", "?"))
+def _vm_columns(now: datetime) -> tuple[Column[dict[str, Any]], ...]:
+    """The ``fcctl ls`` columns; AGE is counted back from ``now``."""
+
+    def cfg(vm: dict[str, Any]) -> dict[str, Any]:
+        return vm.get("config") or {}
+
     return (
-        str(vm.get("id", "?")),
-        state,
-        str(cfg.get("template", "-")),
-        str(cfg.get("vcpu_count", "-")),
-        f"{cfg['mem_size_mib']}MiB" if cfg.get("mem_size_mib") else "-",
-        str(vm.get("ip_address") or "-"),
-        str(vm.get("pid") or "-"),
-        _age(vm.get("created_at"), now),
+        Column("ID", lambda vm: vm.get("id", "?")),
+        Column("STATE", lambda vm: vm.get("state", "?")),
+        Column("TEMPLATE", lambda vm: cfg(vm).get("template", "-")),
+        Column("VCPUS", lambda vm: cfg(vm).get("vcpu_count", "-")),
+        Column("MEM", lambda vm: f"{m}MiB" if (m := cfg(vm).get("mem_size_mib")) else "-"),
+        Column("IP", lambda vm: vm.get("ip_address") or "-"),
+        Column("PID", lambda vm: vm.get("pid") or "-"),
+        Column("AGE", lambda vm: _age(vm.get("created_at"), now)),
     )
+
+
+COLUMNS = tuple(c.header for c in _vm_columns(datetime.now(UTC)))
 
 
 def render_table(vms: Sequence[dict[str, Any]], *, now: datetime | None = None) -> str:
     """VMs as an aligned table (a header line even when empty)."""
-    now = now or datetime.now(UTC)
-    rows = [COLUMNS, *(_row(vm, now) for vm in vms)]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(COLUMNS))]
-    return "\n".join(
-        "  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in rows
-    )
+    return tables.render_table(_vm_columns(now or datetime.now(UTC)), vms)
 
 
 def render_detail(vm: dict[str, Any]) -> str:
     """One VM as ``key: value`` lines (nested config flattened)."""
-    lines: list[tuple[str, str]] = []
+    return tables.render_detail(_vm_pairs(vm))
+
+
+def _vm_pairs(vm: dict[str, Any]) -> Iterator[tuple[str, str]]:
     for key, value in vm.items():
         if isinstance(value, dict) and key == "config":
-            lines.extend((f"config.{k}", _fmt(v)) for k, v in value.items())
+            yield from ((f"config.{k}", _fmt(v)) for k, v in value.items())
         else:
-            lines.append((key, _fmt(value)))
-    width = max(len(k) for k, _ in lines) + 1
-    return "\n".join(f"{(k + ':').ljust(width)} {v}" for k, v in lines)
+            yield key, _fmt(value)
 
 
 def _fmt(value: Any) -> str:
@@ -182,11 +190,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--disk", type=int, metavar="MiB", help="root disk size in MiB")
     c.add_argument("--kernel-args", help="appended to the template's kernel arguments")
     c.add_argument("--sandbox-id")
-    c.add_argument("--label", "-l", action="append", default=[], metavar="K=V")
+    c.add_argument("--label", "-l", action="append", default=[], metavar="K=V", type=_label_arg)
 
     ls = sub.add_parser("ls", aliases=["list"], parents=[out], help="list VMs")
     ls.add_argument("--state")
-    ls.add_argument("--label", "-l", action="append", default=[], metavar="K=V")
+    ls.add_argument("--label", "-l", action="append", default=[], metavar="K=V", type=_label_arg)
 
     g = sub.add_parser("get", aliases=["inspect"], parents=[out], help="show one VM")
     g.add_argument("id")
@@ -206,6 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="NAME=MiB|NAME=ro:TEMPLATE",
+        type=storage_cli.drive_arg,
         help="extra drive: a blank ext4 of MiB, or a template's image read-only",
     )
     storage_cli.add_parsers(sub, out)
@@ -264,54 +273,72 @@ class Api:
         return r.json()
 
 
+def _one_vm(vm: dict[str, Any]) -> str:
+    return render_table([vm])
+
+
+def _create(args: argparse.Namespace, request: Request, as_json: bool) -> str:
+    return show(request("POST", "/v1/vms", json=create_body(args)), as_json, _one_vm)
+
+
+def _list(args: argparse.Namespace, request: Request, as_json: bool) -> str:
+    params: list[tuple[str, str]] = [("label", item) for item in args.label]
+    if args.state:
+        params.append(("state", args.state))
+    return show(request("GET", "/v1/vms", params=params), as_json, render_table)
+
+
+def _get(args: argparse.Namespace, request: Request, as_json: bool) -> str:
+    return show(request("GET", f"/v1/vms/{args.id}"), as_json, render_detail)
+
+
+def _transition(args: argparse.Namespace, request: Request, as_json: bool) -> str:
+    return show(request("POST", f"/v1/vms/{args.id}/{args.cmd}"), as_json, _one_vm)
+
+
+def _delete(args: argparse.Namespace, request: Request, as_json: bool) -> str:
+    params = [("force", "true")] if args.force else []
+    request("DELETE", f"/v1/vms/{args.id}", params=params)
+    return json.dumps({"id": args.id, "deleted": True}) if as_json else str(args.id)
+
+
+# Every name and alias build_parser() accepts, and what it runs.
+COMMANDS: dict[str, Handler] = {
+    "create": _create,
+    "ls": _list,
+    "list": _list,
+    "get": _get,
+    "inspect": _get,
+    "start": _transition,
+    "stop": _transition,
+    "pause": _transition,
+    "resume": _transition,
+    "rm": _delete,
+    "delete": _delete,
+    **storage_cli.COMMANDS,
+}
+
+
 def run(args: argparse.Namespace, api: Api) -> str:
-    output = getattr(args, "output", "table")
-    cmd = args.cmd
-    if cmd == "create":
-        vm = api.request("POST", "/v1/vms", json=create_body(args))
-        return json.dumps(vm, indent=2) if output == "json" else render_table([vm])
-    if cmd in ("ls", "list"):
-        params: list[tuple[str, str]] = [("label", item) for item in args.label]
-        if args.state:
-            params.append(("state", args.state))
-        vms = api.request("GET", "/v1/vms", params=params)
-        return json.dumps(vms, indent=2) if output == "json" else render_table(vms)
-    if cmd in ("get", "inspect"):
-        vm = api.request("GET", f"/v1/vms/{args.id}")
-        return json.dumps(vm, indent=2) if output == "json" else render_detail(vm)
-    if cmd in ("start", "stop", "pause", "resume"):
-        vm = api.request("POST", f"/v1/vms/{args.id}/{cmd}")
-        return json.dumps(vm, indent=2) if output == "json" else render_table([vm])
-    if cmd in ("rm", "delete"):
-        params = [("force", "true")] if args.force else []
-        api.request("DELETE", f"/v1/vms/{args.id}", params=params)
-        return json.dumps({"id": args.id, "deleted": True}) if output == "json" else args.id
-    if cmd in storage_cli.COMMANDS:
-        return storage_cli.run(args, api.request, output)
-    raise CliError(f"unknown command {cmd}")
+    handler = COMMANDS.get(args.cmd)
+    if handler is None:
+        raise CliError(f"unknown command {args.cmd}")
+    return handler(args, api.request, getattr(args, "output", "table") == "json")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        if args.cmd == "create":
-            create_body(args)  # label syntax errors are usage errors
-        elif args.cmd in ("ls", "list"):
-            parse_labels(args.label)
-    except argparse.ArgumentTypeError as e:
-        parser.error(str(e))
+    args = build_parser().parse_args(argv)  # bad labels and drives exit 2 here
     api = Api(args.socket or default_socket(), args.timeout)
     try:
         text = run(args, api)
     except CliError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {tables.escape(str(e))}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         return 130
     finally:
         api.close()
-    print(text)
+    print(tables.escape_lines(text))
     return EXIT_OK
 
 

@@ -8,11 +8,31 @@ import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
-__all__ = ["COMMANDS", "add_parsers", "parse_drives", "render_templates", "run"]
+from . import tables
+from .tables import Column
 
-COMMANDS = ("templates", "snapshots", "reclaim")
+__all__ = [
+    "COMMANDS",
+    "Handler",
+    "Request",
+    "add_parsers",
+    "drive_arg",
+    "parse_drives",
+    "render_snapshots",
+    "render_templates",
+    "run",
+    "show",
+]
 
 Request = Callable[..., Any]
+"""``Api.request``: (method, url, **httpx kwargs) -> the decoded JSON body, or None."""
+Handler = Callable[[argparse.Namespace, Request, bool], str]
+"""One fcctl (sub)command: (parsed args, request, as_json) -> the text to print."""
+
+
+def show(value: Any, as_json: bool, render: Callable[[Any], str]) -> str:
+    """An API result as indented JSON (``-o json``) or rendered for a person."""
+    return json.dumps(value, indent=2) if as_json else render(value)
 
 
 def parse_drives(items: Sequence[str]) -> list[dict[str, Any]]:
@@ -29,6 +49,12 @@ def parse_drives(items: Sequence[str]) -> list[dict[str, Any]]:
         else:
             raise argparse.ArgumentTypeError(f"drive {item!r}: size must be a number of MiB")
     return out
+
+
+def drive_arg(item: str) -> str:
+    """argparse ``type`` for ``--drive``: a bad drive is a usage error (exit 2)."""
+    parse_drives([item])
+    return item
 
 
 def add_parsers(sub: Any, out: argparse.ArgumentParser) -> None:
@@ -63,97 +89,136 @@ def _abs(path: str) -> str:
     return os.path.abspath(path)
 
 
+def _mib(size: Any) -> str:
+    return f"{int(size or 0) >> 20}MiB"
+
+
+TEMPLATE_COLUMNS: tuple[Column[dict[str, Any]], ...] = (
+    Column("NAME", lambda t: t.get("name")),
+    Column("SOURCE", lambda t: t.get("source", "import")),
+    Column("ROOTFS", lambda t: _mib(t.get("rootfs_size"))),
+    Column("KERNEL ARGS", lambda t: t.get("kernel_args") or "-"),
+    Column("USED BY", lambda t: len(t.get("used_by") or [])),
+    Column("CREATED", lambda t: t.get("created_at", "-")),
+)
+SNAPSHOT_COLUMNS: tuple[Column[dict[str, Any]], ...] = (
+    Column("NAME", lambda s: s.get("name")),
+    Column("STATE", lambda s: s.get("state")),
+    Column("VM", lambda s: s.get("vm_id")),
+    Column("TEMPLATE", lambda s: s.get("template")),
+    Column("MEMORY", lambda s: _mib(s.get("memory_size"))),
+    Column("USED BY", lambda s: len(s.get("used_by") or [])),
+)
+
+
 def render_templates(items: Sequence[dict[str, Any]]) -> str:
-    rows = [("NAME", "SOURCE", "ROOTFS", "KERNEL ARGS", "USED BY", "CREATED")]
-    for t in items:
-        rows.append(
-            (
-                str(t.get("name")),
-                str(t.get("source", "import")),
-                f"{int(t.get('rootfs_size', 0)) >> 20}MiB",
-                str(t.get("kernel_args") or "-"),
-                str(len(t.get("used_by") or [])),
-                str(t.get("created_at", "-")),
-            )
-        )
-    return _table(rows)
+    return tables.render_table(TEMPLATE_COLUMNS, items)
 
 
 def render_snapshots(items: Sequence[dict[str, Any]]) -> str:
-    rows = [("NAME", "STATE", "VM", "TEMPLATE", "MEMORY", "USED BY")]
-    for s in items:
-        rows.append(
-            (
-                str(s.get("name")),
-                str(s.get("state")),
-                str(s.get("vm_id")),
-                str(s.get("template")),
-                f"{int(s.get('memory_size', 0)) >> 20}MiB",
-                str(len(s.get("used_by") or [])),
-            )
-        )
-    return _table(rows)
+    return tables.render_table(SNAPSHOT_COLUMNS, items)
 
 
-def _table(rows: Sequence[tuple[str, ...]]) -> str:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join(
-        "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows
+def render_detail(obj: dict[str, Any]) -> str:
+    """A template or snapshot as ``key: value`` lines (lists comma-joined)."""
+    return tables.render_detail(
+        (k, ", ".join(map(str, v)) if isinstance(v, list) else v) for k, v in obj.items()
     )
 
 
-def _detail(obj: dict[str, Any]) -> str:
-    width = max(len(k) for k in obj) + 1
-    return "\n".join(
-        f"{(k + ':').ljust(width)} {', '.join(v) if isinstance(v, list) else v}"
-        for k, v in obj.items()
-    )
+def _reclaim(args: argparse.Namespace, request: Request, as_json: bool) -> str:
+    res = request("POST", "/v1/storage/reclaim")
+    return json.dumps(res, indent=2) if as_json else "\n".join(res["removed"]) or "(nothing)"
+
+
+def _snapshots_ls(args: argparse.Namespace, request: Request, as_json: bool) -> str:
+    return show(request("GET", "/v1/snapshots"), as_json, render_snapshots)
+
+
+def _snapshots_get(args: argparse.Namespace, request: Request, as_json: bool) -> str:
+    return show(request("GET", f"/v1/snapshots/{args.name}"), as_json, render_detail)
+
+
+def _snapshots_rm(args: argparse.Namespace, request: Request, as_json: bool) -> str:
+    request("DELETE", f"/v1/snapshots/{args.name}")
+    return str(args.name)
+
+
+def _templates_ls(args: argparse.Namespace, request: Request, as_json: bool) -> str:
+    return show(request("GET", "/v1/templates"), as_json, render_templates)
+
+
+def _templates_get(args: argparse.Namespace, request: Request, as_json: bool) -> str:
+    return show(request("GET", f"/v1/templates/{args.name}"), as_json, render_detail)
+
+
+def _templates_rm(args: argparse.Namespace, request: Request, as_json: bool) -> str:
+    request("DELETE", f"/v1/templates/{args.name}")
+    return str(args.name)
+
+
+def _one_template(t: dict[str, Any]) -> str:
+    return render_templates([t])
+
+
+def _templates_import(args: argparse.Namespace, request: Request, as_json: bool) -> str:
+    body: dict[str, Any] = {
+        "name": args.name,
+        "kernel_path": _abs(args.kernel),
+        "rootfs_path": _abs(args.rootfs),
+        "kernel_args": args.kernel_args,
+    }
+    if args.sha256:
+        body["rootfs_sha256"] = args.sha256.lower()
+    if args.kernel_sha256:
+        body["kernel_sha256"] = args.kernel_sha256.lower()
+    return show(request("POST", "/v1/templates", json=body), as_json, _one_template)
+
+
+def _templates_build(args: argparse.Namespace, request: Request, as_json: bool) -> str:
+    body: dict[str, Any] = {
+        "name": args.name,
+        "kernel_path": _abs(args.kernel),
+        "source_dir": _abs(args.source_dir),
+        "kernel_args": args.kernel_args,
+    }
+    if args.size:
+        body["size_mib"] = args.size
+    return show(request("POST", "/v1/templates/build", json=body), as_json, _one_template)
+
+
+# ``fcctl templates ACTION`` and ``fcctl snapshots ACTION``: every name and alias add_parsers()
+# declares, and what it runs.
+TEMPLATE_ACTIONS: dict[str, Handler] = {
+    "ls": _templates_ls,
+    "list": _templates_ls,
+    "get": _templates_get,
+    "rm": _templates_rm,
+    "import": _templates_import,
+    "build": _templates_build,
+}
+SNAPSHOT_ACTIONS: dict[str, Handler] = {
+    "ls": _snapshots_ls,
+    "list": _snapshots_ls,
+    "get": _snapshots_get,
+    "rm": _snapshots_rm,
+}
+
+
+def _templates(args: argparse.Namespace, request: Request, as_json: bool) -> str:
+    return TEMPLATE_ACTIONS[args.tcmd](args, request, as_json)
+
+
+def _snapshots(args: argparse.Namespace, request: Request, as_json: bool) -> str:
+    return SNAPSHOT_ACTIONS[args.scmd](args, request, as_json)
+
+
+COMMANDS: dict[str, Handler] = {
+    "templates": _templates,
+    "snapshots": _snapshots,
+    "reclaim": _reclaim,
+}
 
 
 def run(args: argparse.Namespace, request: Request, output: str) -> str:
-    as_json = output == "json"
-    if args.cmd == "reclaim":
-        res = request("POST", "/v1/storage/reclaim")
-        return json.dumps(res, indent=2) if as_json else "\n".join(res["removed"]) or "(nothing)"
-    if args.cmd == "snapshots":
-        if args.scmd in ("ls", "list"):
-            items = request("GET", "/v1/snapshots")
-            return json.dumps(items, indent=2) if as_json else render_snapshots(items)
-        if args.scmd == "get":
-            s = request("GET", f"/v1/snapshots/{args.name}")
-            return json.dumps(s, indent=2) if as_json else _detail(s)
-        request("DELETE", f"/v1/snapshots/{args.name}")
-        return str(args.name)
-    tcmd = args.tcmd
-    if tcmd in ("ls", "list"):
-        items = request("GET", "/v1/templates")
-        return json.dumps(items, indent=2) if as_json else render_templates(items)
-    if tcmd == "get":
-        t = request("GET", f"/v1/templates/{args.name}")
-        return json.dumps(t, indent=2) if as_json else _detail(t)
-    if tcmd == "rm":
-        request("DELETE", f"/v1/templates/{args.name}")
-        return str(args.name)
-    if tcmd == "import":
-        body: dict[str, Any] = {
-            "name": args.name,
-            "kernel_path": _abs(args.kernel),
-            "rootfs_path": _abs(args.rootfs),
-            "kernel_args": args.kernel_args,
-        }
-        if args.sha256:
-            body["rootfs_sha256"] = args.sha256.lower()
-        if args.kernel_sha256:
-            body["kernel_sha256"] = args.kernel_sha256.lower()
-        t = request("POST", "/v1/templates", json=body)
-    else:
-        body = {
-            "name": args.name,
-            "kernel_path": _abs(args.kernel),
-            "source_dir": _abs(args.source_dir),
-            "kernel_args": args.kernel_args,
-        }
-        if args.size:
-            body["size_mib"] = args.size
-        t = request("POST", "/v1/templates/build", json=body)
-    return json.dumps(t, indent=2) if as_json else render_templates([t])
+    return COMMANDS[args.cmd](args, request, output == "json")

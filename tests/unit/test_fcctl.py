@@ -6,6 +6,7 @@ thread) over the in-memory fake helpers.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import os
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from fcd_api import cli
+from fcd_api import cli, storage_cli, tables
 from fcd_api.__main__ import start_http
 from fcd_api.app import create_asgi
 from fcd_common.rpc import bind_unix
@@ -249,3 +250,87 @@ def test_commands_against_live_api(live_api: str, capsys: pytest.CaptureFixture[
     assert rc == 1 and "running" in err
     rc, out, _ = fcctl("-o", "json", "rm", "vm2", "--force")
     assert rc == 0 and json.loads(out) == {"id": "vm2", "deleted": True}
+
+
+def test_escape_keeps_printable_text_and_escapes_the_rest() -> None:
+    assert tables.escape("plain ascii, été, 日本") == "plain ascii, été, 日本"
+    assert tables.escape("\x1b[31mred\x1b[0m") == "\\x1b[31mred\\x1b[0m"
+    assert tables.escape("a\nb\tc\rd\x7f\x00") == "a\\nb\\tc\\rd\\x7f\\x00"
+    assert tables.escape("\u202eevil\u200b") == "\\u202eevil\\u200b"  # bidi override, zero width
+    assert tables.escape_lines("one\x1b\ntwo") == "one\\x1b\ntwo"
+
+
+HOSTILE = "\x1b[2J\x1b]0;pwned\x07"
+
+
+def test_renderers_escape_control_characters() -> None:
+    vm = {**VM, "id": "vm" + HOSTILE, "labels": {"k": HOSTILE}}
+    vm["config"] = {**VM["config"], "kernel_args": "quiet\nroot=/dev/evil"}
+    outputs = [
+        cli.render_table([vm, VM]),
+        cli.render_detail(vm),
+        storage_cli.render_templates([{"name": "t", "kernel_args": HOSTILE}]),
+        storage_cli.render_snapshots([{"name": "s", "vm_id": HOSTILE}]),
+        storage_cli.render_detail({"name": "s", "used_by": [HOSTILE]}),
+    ]
+    for text in outputs:
+        assert all(line.isprintable() for line in text.splitlines()), text
+        assert "\\x1b[2J\\x1b]0;pwned\\x07" in text
+    table = outputs[0].splitlines()
+    assert len(table) == 3  # no value added a line
+    assert table[0].index("STATE") == table[1].index("running") == table[2].index("running")
+    assert "config.kernel_args: quiet\\nroot=/dev/evil" in outputs[1].replace("  ", "")
+
+
+def test_main_prints_nothing_raw(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every command's output and the error line, from an API that returns control characters."""
+
+    class HostileApi:
+        def __init__(self, path: str, timeout: float) -> None:
+            pass
+
+        def close(self) -> None:
+            pass
+
+        def request(self, method: str, url: str, **_kw: object) -> object:
+            if url.endswith("/fail"):
+                raise cli.CliError(f"not_found: no VM {HOSTILE}")
+            item = {**VM, "name": HOSTILE, "id": HOSTILE, "used_by": [HOSTILE]}
+            if method == "POST" and url == "/v1/storage/reclaim":
+                return {"removed": [HOSTILE, "disk:x"], "live_vms": 0}
+            return [item] if url in ("/v1/vms", "/v1/templates", "/v1/snapshots") else item
+
+    monkeypatch.setattr(cli, "Api", HostileApi)
+    for argv in (
+        ["ls"],
+        ["get", "x"],
+        ["pause", "x"],
+        ["rm", HOSTILE],
+        ["templates", "ls"],
+        ["templates", "get", "t"],
+        ["snapshots", "get", "s"],
+        ["snapshots", "rm", HOSTILE],
+        ["reclaim"],
+        ["get", "fail"],
+        ["-o", "json", "get", "x"],
+    ):
+        rc = cli.main(["--socket", "/nonexistent.sock", *argv])
+        out = capsys.readouterr()
+        assert rc == (1 if argv[-1] == "fail" else 0), argv
+        assert "\x1b" not in out.out + out.err and "\x07" not in out.out + out.err, argv
+        assert ("\\x1b[2J" in out.out + out.err) or ("\\u001b[2J" in out.out), (argv, out)
+
+
+def _choices(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    (sub,) = (a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return dict(sub.choices)
+
+
+def test_every_command_has_a_handler() -> None:
+    """The dispatch tables and the parser name the same commands, aliases included."""
+    top = _choices(cli.build_parser())
+    assert set(top) == set(cli.COMMANDS)
+    assert set(_choices(top["templates"])) == set(storage_cli.TEMPLATE_ACTIONS)
+    assert set(_choices(top["snapshots"])) == set(storage_cli.SNAPSHOT_ACTIONS)
