@@ -39,7 +39,7 @@ from .fcclient import FirecrackerClient
 from .jailfs import read_pid_file
 from .plan import CTRL_ALT_DEL, FC_STATES, CgroupVersion, jail_paths, vm_state_body
 from .procs import PidWatch, proc_uid, reap_orphans, same_root
-from .uidpool import UidPool, VmRecord
+from .uidpool import JailRecord, UidPool
 
 log = logging.getLogger("fcd.vmm")
 
@@ -113,7 +113,7 @@ class VmmService:
         return f"{running} VMs running"
 
     # --- bookkeeping -------------------------------------------------------------------
-    def _watch(self, rec: VmRecord, watch: PidWatch) -> None:
+    def _watch(self, rec: JailRecord, watch: PidWatch) -> None:
         self.watches[rec.vm_id] = watch
 
         def exited(_f: asyncio.Future[None]) -> None:
@@ -132,13 +132,13 @@ class VmmService:
 
         watch.exited.add_done_callback(exited)
 
-    def _mark_exited(self, rec: VmRecord, code: int | None) -> None:
+    def _mark_exited(self, rec: JailRecord, code: int | None) -> None:
         rec.pid = None
         rec.state = "exited"
         rec.exit_code = code
         self.pool.save(rec)
 
-    def _require(self, vm_id: str) -> VmRecord:
+    def _require(self, vm_id: str) -> JailRecord:
         rec = self.pool.get(check_vm_id(vm_id))
         if rec is None:
             raise FailedPrecondition(f"VM {vm_id} has no jail (AllocateJail first)")

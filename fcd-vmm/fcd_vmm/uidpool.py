@@ -28,7 +28,7 @@ log = logging.getLogger("fcd.vmm.uidpool")
 RecordState = Literal["allocated", "running", "exited"]
 
 
-class VmRecord(msgspec.Struct, kw_only=True, forbid_unknown_fields=False):
+class JailRecord(msgspec.Struct, kw_only=True, forbid_unknown_fields=False):
     """What fcd-vmm remembers about one VM across restarts."""
 
     vm_id: str
@@ -42,7 +42,7 @@ class VmRecord(msgspec.Struct, kw_only=True, forbid_unknown_fields=False):
 
 
 _encoder = msgspec.json.Encoder()
-_decoder = msgspec.json.Decoder(VmRecord)
+_decoder = msgspec.json.Decoder(JailRecord)
 
 
 def pick_uid(used: Iterable[int], lo: int, hi: int, start: int | None = None) -> int | None:
@@ -72,11 +72,11 @@ class UidPool:
         self.uid_min = uid_min
         self.uid_max = uid_max
         self.max_vms = max_vms
-        self._records: dict[str, VmRecord] = {}
+        self._records: dict[str, JailRecord] = {}
         self._next: int | None = None
 
     # --- persistence -----------------------------------------------------------------
-    def load(self) -> list[VmRecord]:
+    def load(self) -> list[JailRecord]:
         """(Re)read every record file; returns the records kept."""
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._records.clear()
@@ -114,7 +114,7 @@ class UidPool:
             self._records[vm_id] = rec
         return list(self._records.values())
 
-    def save(self, rec: VmRecord) -> None:
+    def save(self, rec: JailRecord) -> None:
         if self._records.get(rec.vm_id) is not rec:
             raise Internal(f"saving a record that is not in the pool: {rec.vm_id}")
         write_atomic(self._path(rec.vm_id), _encoder.encode(rec))
@@ -123,10 +123,10 @@ class UidPool:
         return self.dir / f"{check_vm_id(vm_id)}.json"
 
     # --- queries ---------------------------------------------------------------------
-    def get(self, vm_id: str) -> VmRecord | None:
+    def get(self, vm_id: str) -> JailRecord | None:
         return self._records.get(vm_id)
 
-    def __iter__(self) -> Iterator[VmRecord]:
+    def __iter__(self) -> Iterator[JailRecord]:
         return iter(list(self._records.values()))
 
     def __len__(self) -> int:
@@ -139,7 +139,7 @@ class UidPool:
         return None
 
     # --- changes ---------------------------------------------------------------------
-    def allocate(self, vm_id: str) -> VmRecord:
+    def allocate(self, vm_id: str) -> JailRecord:
         """The VM's record, creating it with a fresh uid if needed (idempotent)."""
         check_vm_id(vm_id)
         rec = self._records.get(vm_id)
@@ -152,7 +152,7 @@ class UidPool:
         )
         if uid is None:
             raise ResourceExhausted(f"uid pool [{self.uid_min}, {self.uid_max}] is exhausted")
-        rec = VmRecord(vm_id=vm_id, uid=uid, gid=uid)
+        rec = JailRecord(vm_id=vm_id, uid=uid, gid=uid)
         self._records[vm_id] = rec
         try:
             self.save(rec)
@@ -163,7 +163,7 @@ class UidPool:
         log.info("allocated uid/gid %d", uid, extra=logs.vm(vm_id))
         return rec
 
-    def release(self, vm_id: str) -> VmRecord | None:
+    def release(self, vm_id: str) -> JailRecord | None:
         """Forget the VM and free its uid (idempotent); returns the old record."""
         rec = self._records.pop(check_vm_id(vm_id), None)
         with contextlib.suppress(FileNotFoundError):
