@@ -1,13 +1,16 @@
 """The suite under a real systemd: nspawn on a tmpfs overlay of / (see nspawn.py, SYSTEMD.md).
 
 One container per module: ``systemd/install`` (the documented command) inside
-it, ``systemctl start fcd.target``, then the checks in order — units active,
+it, ``systemctl start fcd.target``, then the checks — units active,
 capabilities and seccomp as the units say, API socket access by group, a VM
 created through the API with the Firecracker test double and followed with
 ``journalctl FCD_VM_ID=``, restart of fcd-vmm with the VM kept, watchdog,
-SIGKILL recovery, SIGSYS from the seccomp filter, and the VM deleted; last,
-netns mode through the opt-in drop-in (``systemd/install --netns-mode``).
-Everything booted is torn down by ``nspawn.booted`` even when a check fails.
+SIGKILL recovery, SIGSYS from the seccomp filter, the VM deleted, and netns
+mode through the opt-in drop-in (``systemd/install --netns-mode``).
+The checks share the container but not an order: each one that needs a VM gets
+it from the ``vm`` fixture (which makes one when there is none), and none
+assumes which other VMs exist. Everything booted is torn down by
+``nspawn.booted`` even when a check fails.
 """
 
 from __future__ import annotations
@@ -92,9 +95,31 @@ def suite() -> Iterator[Suite]:
         c.run("runuser", "-u", "fcd-storage", "--", str(VENV / "bin/fcd-storage"), "import",
               "--name", "demo", "--kernel", f"{SRC}/vmlinux",
               "--rootfs", f"{SRC}/rootfs.ext4")  # fmt: skip
-        yield Suite(c)
+        s = Suite(c)
+        yield s
+        if "vm" in s.state:  # the shared VM: deleted so the container powers off cleanly
+            s.fcctl("rm", "--force", s.state["vm"]["id"], check=False)
         t1 = time.monotonic()
     REPORT.append(f"booted-systemd checks: {t1 - t0:.1f}s; teardown {time.monotonic() - t1:.1f}s")
+
+
+def _create_vm(suite: Suite) -> dict[str, Any]:
+    vm: dict[str, Any] = suite.fcctl("create", "--template", "demo", "--vcpus", "1", "--mem", "128")
+    return vm
+
+
+def _vm_ids(suite: Suite) -> list[str]:
+    return sorted(v["id"] for v in suite.fcctl("ls"))
+
+
+@pytest.fixture
+def vm(suite: Suite) -> dict[str, Any]:
+    """The module's shared running VM: made by the first check that needs it, and made
+    again if a check deleted it (``test_vm_deleted_through_the_api`` does)."""
+    if "vm" not in suite.state or suite.state["vm"]["id"] not in _vm_ids(suite):
+        suite.state["vm"] = _create_vm(suite)
+    shared: dict[str, Any] = suite.state["vm"]
+    return shared
 
 
 def test_every_unit_active(suite: Suite) -> None:
@@ -130,21 +155,25 @@ def test_capabilities_and_seccomp_as_the_unit_says(suite: Suite) -> None:
 
 
 def test_api_socket_only_for_fcd_users(suite: Suite) -> None:
-    assert suite.fcctl("ls") == []
+    assert isinstance(suite.fcctl("ls"), list)
     cp = suite.fcctl("ls", user=OTHER, check=False)
     assert cp.returncode != 0
     assert "ermission denied" in cp.stderr or "EACCES" in cp.stderr, cp.stderr
 
 
 def test_vm_created_through_the_api(suite: Suite) -> None:
-    vm = suite.fcctl("create", "--template", "demo", "--vcpus", "1", "--mem", "128")
+    vm = _create_vm(suite)
     assert vm["state"] == "running" and vm["pid"]
-    suite.state["vm"] = vm
     assert suite.alive(vm["pid"])
+    assert vm["id"] in _vm_ids(suite)
+    if "vm" in suite.state:
+        suite.fcctl("rm", "--force", vm["id"])
+    else:
+        suite.state["vm"] = vm  # the checks after this one share it (see the vm fixture)
 
 
-def test_journal_follows_the_vm_across_daemons(suite: Suite) -> None:
-    vm_id = suite.state["vm"]["id"]
+def test_journal_follows_the_vm_across_daemons(suite: Suite, vm: dict[str, Any]) -> None:
+    vm_id = vm["id"]
     entries = suite.journal(f"FCD_VM_ID={vm_id}")
     daemons = {e.get("FCD_DAEMON") for e in entries}
     assert {"fcd-api", "fcd-net", "fcd-vmm"} <= daemons, daemons
@@ -158,15 +187,15 @@ def test_journal_follows_the_vm_across_daemons(suite: Suite) -> None:
     )
 
 
-def test_vmm_restart_keeps_the_vm(suite: Suite) -> None:
-    vm = suite.state["vm"]
+def test_vmm_restart_keeps_the_vm(suite: Suite, vm: dict[str, Any]) -> None:
+    running = sum(1 for v in suite.fcctl("ls") if v["state"] in ("running", "paused"))
     old = suite.c.main_pid("fcd-vmm")
     suite.c.systemctl("restart", "fcd-vmm")
     new = suite.wait_active("fcd-vmm", not_pid=old)
     assert suite.alive(vm["pid"])
     got = suite.fcctl("get", vm["id"])
     assert (got["state"], got["pid"]) == ("running", vm["pid"])
-    assert "1 VMs running" in suite.c.show("fcd-vmm", "StatusText")["StatusText"]
+    assert f"{running} VMs running" in suite.c.show("fcd-vmm", "StatusText")["StatusText"]
     # the new instance forwards Firecracker's log again
     suite.fcctl("pause", vm["id"])
     suite.fcctl("resume", vm["id"])
@@ -192,20 +221,24 @@ def test_watchdog_restarts_a_stuck_daemon(suite: Suite) -> None:
 
 
 @pytest.mark.parametrize("daemon", DAEMONS)
-def test_sigkill_is_restarted_and_the_suite_serves(suite: Suite, daemon: str) -> None:
-    vm = suite.state["vm"]
+def test_sigkill_is_restarted_and_the_suite_serves(
+    suite: Suite, vm: dict[str, Any], daemon: str
+) -> None:
+    vms = _vm_ids(suite)
     old = suite.wait_active(daemon)
     before = int(suite.c.show(daemon, "NRestarts")["NRestarts"])
     suite.c.run("kill", "-KILL", str(old))
     suite.wait_active(daemon, not_pid=old)
     assert int(suite.c.show(daemon, "NRestarts")["NRestarts"]) == before + 1
     assert suite.alive(vm["pid"])
-    assert [v["id"] for v in suite.fcctl("ls")] == [vm["id"]]
+    assert _vm_ids(suite) == vms  # none lost, none doubled
     assert suite.fcctl("get", vm["id"])["state"] == "running"
 
 
 @pytest.mark.parametrize("daemon", DAEMONS)
-def test_forbidden_syscall_is_killed_with_sigsys(suite: Suite, daemon: str) -> None:
+def test_forbidden_syscall_is_killed_with_sigsys(
+    suite: Suite, vm: dict[str, Any], daemon: str
+) -> None:
     # The unit's own sandbox and filter, with the daemon's interpreter making one
     # call outside it: reboot(2) (@reboot). Unfiltered it would fail EPERM/EINVAL.
     probe = "import ctypes; ctypes.CDLL(None).syscall(169, 0, 0, 0, 0); print('not killed')"
@@ -228,15 +261,17 @@ def test_forbidden_syscall_is_killed_with_sigsys(suite: Suite, daemon: str) -> N
         suite.c.systemctl("reset-failed", daemon, check=False)
         suite.c.systemctl("start", daemon)
         suite.wait_active(daemon)
-    assert suite.alive(suite.state["vm"]["pid"])
+    assert suite.alive(vm["pid"])
 
 
-def test_vm_deleted_through_the_api(suite: Suite) -> None:
-    vm = suite.state["vm"]
+def test_vm_deleted_through_the_api(suite: Suite, vm: dict[str, Any]) -> None:
+    others = [i for i in _vm_ids(suite) if i != vm["id"]]
     suite.fcctl("rm", "--force", vm["id"])
-    assert suite.fcctl("ls") == []
+    del suite.state["vm"]  # the next check that needs one gets a new VM from the fixture
+    assert _vm_ids(suite) == others
     suite.c.wait_for("firecracker gone", lambda: not suite.alive(vm["pid"]), 10)
-    assert suite.c.run("ls", "/var/lib/fcd/jailer/firecracker").stdout.strip() == ""
+    jails = suite.c.run("ls", "/var/lib/fcd/jailer/firecracker").stdout.split()
+    assert sorted(jails) == others, jails  # this VM's chroot gone, the others' kept
 
 
 def test_netns_mode_with_the_opt_in_dropin(suite: Suite) -> None:
@@ -256,7 +291,7 @@ def test_netns_mode_with_the_opt_in_dropin(suite: Suite) -> None:
         assert mnt[0] == mnt[1], mnt
         st = suite.status(pid)
         assert int(st["CapEff"], 16) == cap_mask("cap_net_admin cap_sys_admin"), st["CapEff"]
-        vm = suite.fcctl("create", "--template", "demo", "--vcpus", "1", "--mem", "128")
+        vm = _create_vm(suite)
         assert vm["state"] == "running" and suite.alive(vm["pid"])
         path = netns_path(vm["id"], NetworkConfig().netns_prefix)
         ns_inode = c.run("stat", "-L", "-c", "%i", path).stdout.strip()
@@ -268,7 +303,7 @@ def test_netns_mode_with_the_opt_in_dropin(suite: Suite) -> None:
         suite.fcctl("rm", "--force", vm["id"])
         c.wait_for("firecracker gone", lambda: not suite.alive(vm["pid"]), 10)
         assert c.run("test", "-e", path, check=False).returncode != 0, f"{path} left behind"
-        assert suite.fcctl("ls") == []
+        assert vm["id"] not in _vm_ids(suite)
         vm = {}
     finally:
         if vm:
