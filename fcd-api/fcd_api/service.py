@@ -4,13 +4,14 @@ Every flow holds the VM's lock (operations on one VM serialize; different VMs
 run concurrently), checks the transition in :mod:`fcd_api.states`, writes the
 transient state, calls the helpers, and writes the final state.
 
-Create keeps an undo stack: a failure runs the undos of the steps already
-done in reverse (``net.teardown``, ``storage.release``, ``vmm.release``) and
-removes the row; if an undo itself fails the row stays in ``error`` with both
-failures in its ``error`` field, so a later (forced) delete can finish the
-job. The client always gets the original error with its stable code. A step
-that failed or timed out may still have left something behind on the helper
-side, so its undo runs too: every undo is idempotent.
+Create keeps an undo stack (:class:`fcd_common.undo.Undo`): a failure runs
+the undos of the steps already done in reverse (``net.teardown``,
+``storage.release``, ``vmm.release``) and removes the row; if an undo itself
+fails the row stays in ``error`` with both failures in its ``error`` field, so
+a later (forced) delete can finish the job. The client always gets the
+original error with its stable code. A step that failed or timed out may
+still have left something behind on the helper side, so its undo runs too:
+every undo is idempotent.
 """
 
 from __future__ import annotations
@@ -18,9 +19,8 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
-import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import msgspec
@@ -35,9 +35,11 @@ from fcd_common.errors import (
     ResourceExhausted,
 )
 from fcd_common.ids import check_vm_id, new_vm_id
+from fcd_common.locks import KeyedLocks
 from fcd_common.proto import net as pnet
 from fcd_common.proto import storage as pstorage
 from fcd_common.proto import vmm as pvmm
+from fcd_common.undo import Undo
 
 from . import states
 from .clients import Helpers
@@ -53,7 +55,7 @@ log = logging.getLogger("fcd.api.flows")
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("fcd_request_id", default="-")
 """The X-Request-Id of the HTTP request being served (set by the app's middleware)."""
 
-Undo = tuple[str, Callable[[], Awaitable[None]]]
+Step = tuple[str, Callable[[], Awaitable[None]]]
 
 
 def _extra(vm_id: str) -> dict[str, Any]:
@@ -73,15 +75,7 @@ class Flows:
         self.registry = registry
         self.helpers = helpers
         self.limits = limits
-        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
-
-    @asynccontextmanager
-    async def _locked(self, vm_id: str) -> AsyncIterator[None]:
-        lock = self._locks.get(vm_id)
-        if lock is None:
-            lock = self._locks[vm_id] = asyncio.Lock()
-        async with lock:
-            yield
+        self._locks = KeyedLocks()
 
     def _set(self, rec: VmRecord, state: VMState | None = None, **changes: Any) -> VmRecord:
         """Write ``rec`` with a new state (checked against states.EDGES) and other fields."""
@@ -132,7 +126,7 @@ class Flows:
         vm_id = req.id or new_vm_id()
         spec = msgspec.structs.replace(req, id=vm_id)
         check_limits(spec, self.limits)
-        async with self._locked(vm_id):
+        async with self._locks.hold(vm_id):
             existing = self.registry.get(vm_id)
             if existing is not None:
                 if existing.spec == spec:
@@ -153,7 +147,7 @@ class Flows:
             states.move(None, VMState.CREATING)
             self.registry.insert(rec)
             log.info("creating from template %s", spec.template, extra=_extra(vm_id))
-            undo: list[Undo] = []
+            undo = Undo()
             try:
                 rec = await self._create_steps(rec, undo)
             except BaseException as exc:
@@ -162,15 +156,16 @@ class Flows:
                 if err is exc or not isinstance(exc, Exception):
                     raise
                 raise err from exc
+            undo.commit()
             return rec, True
 
-    async def _create_steps(self, rec: VmRecord, undo: list[Undo]) -> VmRecord:
+    async def _create_steps(self, rec: VmRecord, undo: Undo) -> VmRecord:
         h, vm_id, spec = self.helpers, rec.id, rec.spec
         # unknown template: nothing to undo
         template = await h.storage.call(pstorage.TemplateGet(name=spec.template))
         check_kernel_args(template.kernel_args, spec.kernel_args)
 
-        undo.append(("vmm.release", lambda: self._release_jail(vm_id)))
+        undo.push("vmm.release", lambda: self._release_jail(vm_id))
         jail = await h.vmm.call(pvmm.AllocateJail(vm_id=vm_id))
         rt = msgspec.structs.replace(
             rec.runtime, jail=jail, template_kernel_args=template.kernel_args
@@ -178,8 +173,8 @@ class Flows:
         rec = self._set(rec, runtime=rt)
 
         # Storage and network need only the jail's uid/gid: run them together.
-        undo.append(("storage.release", lambda: self._release_disk(vm_id)))
-        undo.append(("net.teardown", lambda: self._teardown_net(vm_id)))
+        undo.push("storage.release", lambda: self._release_disk(vm_id))
+        undo.push("net.teardown", lambda: self._teardown_net(vm_id))
         provision = pstorage.Provision(
             vm_id=vm_id,
             template=spec.template,
@@ -227,7 +222,7 @@ class Flows:
     async def _release_disk(self, vm_id: str) -> None:
         await self.helpers.storage.call(pstorage.Release(vm_id=vm_id))
 
-    async def _rollback(self, rec: VmRecord, undo: list[Undo], err: FcdError) -> None:
+    async def _rollback(self, rec: VmRecord, undo: Undo, err: FcdError) -> None:
         vm_id = rec.id
         log.error(
             "create failed: %s: %s; undoing %d step(s)",
@@ -237,13 +232,10 @@ class Flows:
             extra=_extra(vm_id),
         )
         failures: list[str] = []
-        for name, fn in reversed(undo):
-            try:
-                await fn()
-            except Exception as e:
-                u = _as_fcd(e)
-                failures.append(f"{name}: {u.code}: {u.message}")
-                log.error("undo %s failed: %s", name, u.message, extra=_extra(vm_id))
+        for failed in await undo.rollback():
+            u = _as_fcd(failed.error)
+            failures.append(f"{failed.name}: {u.code}: {u.message}")
+            log.error("undo %s failed: %s", failed.name, u.message, extra=_extra(vm_id))
         if not failures:
             self.registry.delete(vm_id)
             return
@@ -264,7 +256,7 @@ class Flows:
         """One transition from the table, under the VM's lock: enter the transient
         state, run the helper ``call`` (a failure leaves the VM in ``error``), then
         write the final state with the record changes ``call`` returned."""
-        async with self._locked(check_vm_id(vm_id)):
+        async with self._locks.hold(check_vm_id(vm_id)):
             rec = self.registry.require(vm_id)
             step = states.check(action, rec.state)
             assert step.to is not None
@@ -318,11 +310,11 @@ class Flows:
         helper fails the VM is left in ``error`` (so the delete can be retried)
         and the error is returned.
         """
-        async with self._locked(check_vm_id(vm_id)):
+        async with self._locks.hold(check_vm_id(vm_id)):
             rec = self.registry.require(vm_id)
             states.check(Action.DELETE, rec.state, force=force)
             log.info("deleting (from %s, force=%s)", rec.state.value, force, extra=_extra(vm_id))
-            steps: list[Undo] = [
+            steps: list[Step] = [
                 ("vmm.release", lambda: self._release_jail(vm_id)),
                 ("net.teardown", lambda: self._teardown_net(vm_id)),
                 ("storage.release", lambda: self._release_disk(vm_id)),
@@ -337,7 +329,7 @@ class Flows:
     async def change_ports(self, vm_id: str, add: bool, ports: list[PortMapping]) -> VmRecord:
         """Add or remove port mappings (all or nothing) on a VM in any state but
         ``creating``; the registry keeps the mappings fcd-net reports in force."""
-        async with self._locked(check_vm_id(vm_id)):
+        async with self._locks.hold(check_vm_id(vm_id)):
             rec = self.registry.require(vm_id)
             if rec.state is VMState.CREATING or rec.runtime.net is None:
                 raise FailedPrecondition(

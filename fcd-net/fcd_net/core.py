@@ -8,7 +8,9 @@ a lock. The appliers are passed in, so the logic is unit-tested with fakes.
 Order of a setup: validate, decide (lease, ports, policy), persist the lease
 (the intent), then create the TAP (bridge mode) or the namespace (netns
 mode), then add the VM to nftables in one transaction. If a step fails the
-steps already done are undone in reverse and a new lease is released. A
+undo stack (:class:`fcd_common.undo.SyncUndo`) removes the kernel objects
+this setup created, then the VM's rules, then releases a new lease (or puts
+back the old one). A
 teardown removes the kernel objects first and releases the lease last, so an
 address or host port is never reusable while rules for it still exist.
 """
@@ -17,7 +19,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Protocol
 
 import msgspec
@@ -34,6 +36,7 @@ from fcd_common.proto.net import (
     PortMapping,
     ReconcileReport,
 )
+from fcd_common.undo import SyncUndo
 
 from . import checks, plan, reconcile
 from .leases import LeaseStore
@@ -143,15 +146,21 @@ class NetCore:
                 raise Conflict(f"interface {lease.tap} exists and is not a TAP ({link.kind})")
 
         self.store.put(lease)
-        created = False
+        undo = SyncUndo()
+        if old is None:
+            undo.push("release lease", lambda: self.store.remove(lease.vm_id))
+            # Pushed before the kernel objects, so it runs after them.
+            undo.push("remove nft rules", lambda: self.firewall.remove_vm(lease))
+        else:
+            undo.push("restore lease", lambda: self.store.put(old))
         try:
             if lease.mode == "netns":
-                created = True
+                undo.push("remove kernel objects", lambda: self._remove_objects(lease))
                 self._need_namespaces().build(lease)
             else:
                 if link is None:
                     self.links.create_tap(lease.tap, uid, gid)
-                    created = True
+                    undo.push("remove kernel objects", lambda: self._remove_objects(lease))
                 elif (link.owner, link.group) != (uid, gid):
                     log.info(
                         "re-owning TAP %s: %s:%s -> %d:%d",
@@ -167,8 +176,16 @@ class NetCore:
             self.firewall.add_vm(lease)
         except BaseException as e:
             log.warning("setup of %s failed, undoing: %s", vm_id, e, extra=logs.vm(vm_id))
-            self._undo_setup(lease, old, created)
+            for failed in undo.rollback():
+                log.error(
+                    "undo of %s: %s failed: %s",
+                    vm_id,
+                    failed.name,
+                    failed.error,
+                    extra=logs.vm(vm_id),
+                )
             raise
+        undo.commit()
         log.info(
             "VM %s: %s %s on %s (%s), TAP owner %d:%d, %d port(s)",
             vm_id,
@@ -198,23 +215,6 @@ class NetCore:
                 link = self.links.get(lease.tap)
                 if link is not None and link.is_tap:
                     self.links.delete(lease.tap)
-
-    def _undo_setup(self, lease: Lease, old: Lease | None, created: bool) -> None:
-        steps: list[tuple[str, Callable[[], object]]] = []
-        if created:
-            steps.append(("remove kernel objects", lambda: self._remove_objects(lease)))
-        if old is None:
-            steps.append(("remove nft rules", lambda: self.firewall.remove_vm(lease)))
-            steps.append(("release lease", lambda: self.store.remove(lease.vm_id)))
-        else:
-            steps.append(("restore lease", lambda: self.store.put(old)))
-        for what, step in steps:
-            try:
-                step()
-            except Exception as e:
-                log.error(
-                    "undo of %s: %s failed: %s", lease.vm_id, what, e, extra=logs.vm(lease.vm_id)
-                )
 
     def teardown(self, vm_id: str) -> None:
         ids.check_vm_id(vm_id)

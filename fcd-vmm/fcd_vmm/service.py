@@ -9,13 +9,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import defaultdict
 from pathlib import Path
 
 from fcd_common import logs
 from fcd_common.config import Config
 from fcd_common.errors import Conflict, FailedPrecondition, FcdError, Internal
 from fcd_common.ids import check_vm_id
+from fcd_common.locks import KeyedLocks
 from fcd_common.proto.vmm import (
     AllocateJail,
     JailInfo,
@@ -54,7 +54,7 @@ class VmmService:
             cfg.state("vmm"), cfg.jail.uid_min, cfg.jail.uid_max, cfg.limits.max_vms
         )
         self.watches: dict[str, PidWatch] = {}
-        self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._locks = KeyedLocks()
         self._cgroup: tuple[CgroupVersion, frozenset[str]] | None = None
 
     # --- start-up ----------------------------------------------------------------------
@@ -180,7 +180,7 @@ class VmmService:
     # --- handlers ----------------------------------------------------------------------
     @handles(AllocateJail)
     async def allocate_jail(self, req: AllocateJail, _peer: Peer) -> JailInfo:
-        async with self._locks[req.vm_id]:
+        async with self._locks.hold(req.vm_id):
             rec = self.pool.allocate(req.vm_id)
         return JailInfo(
             vm_id=rec.vm_id,
@@ -192,7 +192,7 @@ class VmmService:
     @handles(Launch)
     async def launch(self, req: Launch, _peer: Peer) -> VmProcess:
         spec = check_launch(req, self.cfg)
-        async with self._locks[spec.vm_id]:
+        async with self._locks.hold(spec.vm_id):
             rec = self._require(spec.vm_id)
             live = self._live(spec.vm_id)
             if live is not None:
@@ -222,7 +222,7 @@ class VmmService:
             return await self._process(spec.vm_id)
 
     async def _set_paused(self, vm_id: str, paused: bool) -> VmProcess:
-        async with self._locks[vm_id]:
+        async with self._locks.hold(vm_id):
             self._require(vm_id)
             if self._live(vm_id) is None:
                 raise FailedPrecondition(f"VM {vm_id} is not running")
@@ -243,7 +243,7 @@ class VmmService:
     @handles(Stop)
     async def stop(self, req: Stop, _peer: Peer) -> StopResult:
         timeout = req.timeout_s or self.cfg.limits.stop_timeout_s
-        async with self._locks[req.vm_id]:
+        async with self._locks.hold(req.vm_id):
             rec = self._require(req.vm_id)
             vm = logs.vm(req.vm_id)
             watch = self._live(req.vm_id)
@@ -283,13 +283,12 @@ class VmmService:
     @handles(ReleaseJail)
     async def release_jail(self, req: ReleaseJail, _peer: Peer) -> VmProcess:
         vm_id = check_vm_id(req.vm_id)
-        async with self._locks[vm_id]:
+        async with self._locks.hold(vm_id):
             old = self.watches.pop(vm_id, None)
             problems = await launcher.teardown(self.cfg, vm_id, old)
             if problems:
                 raise Internal(f"cannot release VM {vm_id}: {'; '.join(problems)}")
             self.pool.release(vm_id)
-        self._locks.pop(vm_id, None)
         return VmProcess(vm_id=vm_id, state="absent")
 
     @handles(Status)
