@@ -106,6 +106,42 @@ class NetCore:
             log.warning("removed at start, owned by no lease: %s", ", ".join(report.removed))
 
     # --- setup / teardown --------------------------------------------------------
+    def _new_lease(
+        self,
+        vm_id: str,
+        uid: int,
+        gid: int,
+        *,
+        ports: Sequence[PortMapping],
+        pol: PolicySpec | None,
+        mode: NetMode | None,
+    ) -> Lease:
+        """Decide a first setup's lease: checked ports and policy, a free address."""
+        mode = mode or self.net.mode
+        pol = checks.check_policy(pol)
+        allocated = checks.check_ports(self.net, ports, self.store.used_ports())
+        used = self.store.used_ips()
+        if mode == "netns":
+            self._need_namespaces()
+            lease = plan.new_netns_lease(self.net, vm_id, uid, gid, used)
+        else:
+            lease = plan.new_lease(self.net, vm_id, uid, gid, used)
+        return msgspec.structs.replace(lease, ports=allocated, policy=pol)
+
+    def _own_tap(self, lease: Lease) -> Link | None:
+        """Bridge mode: the lease's TAP if it exists already; Conflict if another VM's
+        lease holds the name or the interface is not a TAP."""
+        holder = self.store.by_tap(lease.tap)
+        if holder is not None and holder.vm_id != lease.vm_id:
+            raise Conflict(
+                f"TAP name {lease.tap} is already held by VM {holder.vm_id}",
+                details={"field": "vm_id"},
+            )
+        link = self.links.get(lease.tap)
+        if link is not None and not link.is_tap:
+            raise Conflict(f"interface {lease.tap} exists and is not a TAP ({link.kind})")
+        return link
+
     def setup(
         self,
         vm_id: str,
@@ -123,27 +159,8 @@ class NetCore:
             # Idempotent: the first setup decided mode, ports and policy.
             lease = msgspec.structs.replace(old, uid=uid, gid=gid)
         else:
-            mode = mode or self.net.mode
-            pol = checks.check_policy(pol)
-            allocated = checks.check_ports(self.net, ports, self.store.used_ports())
-            used = self.store.used_ips()
-            if mode == "netns":
-                self._need_namespaces()
-                lease = plan.new_netns_lease(self.net, vm_id, uid, gid, used)
-            else:
-                lease = plan.new_lease(self.net, vm_id, uid, gid, used)
-            lease = msgspec.structs.replace(lease, ports=allocated, policy=pol)
-        link = None
-        if lease.mode == "bridge":
-            holder = self.store.by_tap(lease.tap)
-            if holder is not None and holder.vm_id != vm_id:
-                raise Conflict(
-                    f"TAP name {lease.tap} is already held by VM {holder.vm_id}",
-                    details={"field": "vm_id"},
-                )
-            link = self.links.get(lease.tap)
-            if link is not None and not link.is_tap:
-                raise Conflict(f"interface {lease.tap} exists and is not a TAP ({link.kind})")
+            lease = self._new_lease(vm_id, uid, gid, ports=ports, pol=pol, mode=mode)
+        link = self._own_tap(lease) if lease.mode == "bridge" else None
 
         self.store.put(lease)
         undo = SyncUndo()
