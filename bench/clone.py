@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests.loopfs import loop_fs, used_bytes
 
 from fcd_common.storelayout import StoreLayout
+from fcd_storage import disks, templates
 from fcd_storage.store import Store
 
 MiB = 1 << 20
@@ -52,13 +53,13 @@ def measure(fstype: str, sizes: list[int], base: Path) -> dict[int, tuple[str, f
         for size in sizes:
             name = f"t{size // MiB}"
             src = image(mnt / f"{name}.img", size)
-            store.import_template(name, str(kernel), str(src))
+            templates.import_template(store, name, str(kernel), str(src))
             src.unlink()
             os.sync()
             time.sleep(0.5)  # let the filesystem settle the freed blocks
             before = used_bytes(mnt)
             t0 = time.perf_counter()
-            d = store.provision(f"vm-{name}", name)
+            d = disks.provision(store, f"vm-{name}", name)
             elapsed = time.perf_counter() - t0
             out[size] = (d.method, elapsed, used_bytes(mnt) - before)
     return out

@@ -30,6 +30,7 @@ __all__ = [
     "KERNEL",
     "ROOTFS",
     "SNAPSHOT_MANIFEST",
+    "SNAPSHOT_PENDING",
     "TEMPLATE_MANIFEST",
     "StoreLayout",
     "check_drive_name",
@@ -53,6 +54,7 @@ SNAPSHOT_STATE = "vmstate"
 SNAPSHOT_MEMORY = "memory"
 SNAPSHOT_DISK = "rootfs.ext4"
 SNAPSHOT_MANIFEST = "snapshot.json"
+SNAPSHOT_PENDING = "pending.json"  # a snapshot between prepare and commit
 
 # Extra drive names (types.DRIVE_NAME_PATTERN) double as Firecracker drive ids
 # (``[A-Za-z0-9_]+``); ``rootfs`` is the root drive's.

@@ -13,6 +13,7 @@ from fcd_common.errors import FcdError
 from fcd_common.proto.storage import PROTOCOL
 from fcd_common.service import RpcService, serve_rpc
 
+from . import templates
 from .manifest import encode
 from .service import StorageService
 from .store import Store
@@ -55,7 +56,7 @@ def import_command(args: argparse.Namespace) -> int:
     store = Store.from_config(cfg)
     try:
         store.ensure_dirs()
-        m = store.import_template(args.name, args.kernel, args.rootfs, args.kernel_args)
+        m = templates.import_template(store, args.name, args.kernel, args.rootfs, args.kernel_args)
     except FcdError as e:
         sys.stderr.write(f"{NAME} import: {e.code}: {e.message}\n")
         return 1

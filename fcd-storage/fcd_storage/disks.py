@@ -13,7 +13,6 @@ import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from fcd_common import logs
 from fcd_common.atomicfile import fsync_dir
@@ -26,9 +25,7 @@ from . import drives as drives_mod
 from . import extfs, fileio, plan, snapshots
 from .fileio import owned_fd
 from .manifest import MANIFEST_MODE, DiskManifest, Method, encode, now_rfc3339
-
-if TYPE_CHECKING:
-    from .store import Store
+from .store import Store
 
 log = logging.getLogger("fcd.storage")
 
@@ -40,9 +37,9 @@ def provision(
     store: Store,
     vm_id: str,
     template: str,
-    *,
     disk_size_mib: int | None = None,
     drives: Sequence[DriveSpec] = (),
+    *,
     snapshot: str | None = None,
 ) -> DiskManifest:
     """The VM's root disk (from the template, or from ``snapshot``'s disk) and drives."""

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from fcd_common import logs
 from fcd_common.ids import check_vm_id
 
-from . import plan, snapshots
+from . import disks, plan, snapshots
 from .store import Store
 
 log = logging.getLogger("fcd.storage")
@@ -27,7 +27,7 @@ def reclaim_unowned(store: Store, live_vm_ids: Iterable[str], as_of: str) -> lis
     plan.parse_time(as_of)
     removed = [f"partial:{p.name}" for p in store.reclaim(keep_pending=True)]
     for vm_id in plan.disks_to_reclaim(store.disks(), live, as_of):
-        if store.release(vm_id):
+        if disks.release(store, vm_id):
             log.warning("reclaimed the disk of a VM fcd-api does not know", extra=logs.vm(vm_id))
             removed.append(f"disk:{vm_id}")
     for name in snapshots.pending_to_reclaim(store, live, as_of):

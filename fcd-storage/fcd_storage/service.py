@@ -18,7 +18,7 @@ from fcd_common.locks import KeyedLocks, SharedLock
 from fcd_common.proto import storage as proto
 from fcd_common.rpc import Done, Peer, handles
 
-from . import reclaim, snapshots, templates
+from . import disks, reclaim, snapshots, templates
 from .store import Store
 
 
@@ -42,13 +42,16 @@ class StorageService:
         name = check_name(req.name)
         async with self._using(f"template:{name}"):
             m = await asyncio.to_thread(
-                self.store.import_template,
-                name,
-                req.kernel_path,
-                req.rootfs_path,
-                req.kernel_args,
-                kernel_sha256=req.kernel_sha256,
-                rootfs_sha256=req.rootfs_sha256,
+                functools.partial(
+                    templates.import_template,
+                    self.store,
+                    name,
+                    req.kernel_path,
+                    req.rootfs_path,
+                    req.kernel_args,
+                    kernel_sha256=req.kernel_sha256,
+                    rootfs_sha256=req.rootfs_sha256,
+                )
             )
         return m.info(self.store.layout)
 
@@ -98,12 +101,15 @@ class StorageService:
         vm_id = check_vm_id(req.vm_id)
         async with self._using(f"disk:{vm_id}"):
             m = await asyncio.to_thread(
-                self.store.provision,
-                vm_id,
-                req.template,
-                req.disk_size_mib,
-                req.drives,
-                req.snapshot,
+                functools.partial(
+                    disks.provision,
+                    self.store,
+                    vm_id,
+                    req.template,
+                    req.disk_size_mib,
+                    req.drives,
+                    snapshot=req.snapshot,
+                )
             )
         return m.info(self.store.layout)
 
@@ -111,7 +117,7 @@ class StorageService:
     async def release(self, req: proto.Release, _peer: Peer) -> Done:
         vm_id = check_vm_id(req.vm_id)
         async with self._using(f"disk:{vm_id}"):
-            await asyncio.to_thread(self.store.release, vm_id)
+            await asyncio.to_thread(disks.release, self.store, vm_id)
         return Done()
 
     @handles(proto.Reclaim)

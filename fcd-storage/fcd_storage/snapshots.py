@@ -13,7 +13,7 @@ Two steps, because Firecracker writes the state and memory files itself:
    them) and writes ``snapshot.json`` last.
 
 A snapshot without ``snapshot.json`` is pending: reclaimed at start and, on
-request, when its VM is gone. A restore is :meth:`Store.provision` with
+request, when its VM is gone. A restore is :func:`fcd_storage.disks.provision` with
 ``snapshot=``: the new VM's disk is its own reflink of the snapshot's disk; the
 memory file is shared read-only, so a snapshot cannot be deleted while a VM
 restored from it exists (:mod:`fcd_storage.refs`).
@@ -25,24 +25,20 @@ import contextlib
 import logging
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import msgspec
 
 from fcd_common.atomicfile import fsync_dir
 from fcd_common.errors import Conflict, FailedPrecondition, FcdError, Internal, NotFound
 from fcd_common.ids import check_name, check_vm_id, is_vm_id
-from fcd_common.storelayout import SNAPSHOT_MANIFEST
+from fcd_common.storelayout import SNAPSHOT_MANIFEST, SNAPSHOT_PENDING
 
 from . import fileio, plan, refs
 from .manifest import SnapshotManifest, encode, load, now_rfc3339
-
-if TYPE_CHECKING:
-    from .store import Store
+from .store import Store
 
 log = logging.getLogger("fcd.storage")
 
-PENDING = "pending.json"
 SNAPSHOT_FILE_MODE = 0o660  # while Firecracker writes them (through fcd-vmm's link)
 SHARED_MODE = 0o444  # once committed: read by every VM restored from the snapshot
 DIR_MODE = 0o755
@@ -61,7 +57,7 @@ def find(store: Store, name: str) -> SnapshotManifest | None:
     ready = _load(d / SNAPSHOT_MANIFEST, "snapshot")
     if ready is not None:
         return ready
-    return _load(d / PENDING, "pending snapshot")
+    return _load(d / SNAPSHOT_PENDING, "pending snapshot")
 
 
 def get(store: Store, name: str) -> SnapshotManifest:
@@ -116,7 +112,7 @@ def prepare(store: Store, name: str, vm_id: str) -> SnapshotManifest:
     try:
         for leaf in (lay.snapshot_state(name).name, lay.snapshot_memory(name).name):
             os.close(fileio.create_file(staging / leaf, SNAPSHOT_FILE_MODE))
-        fileio.write_file(staging / PENDING, encode(m), 0o644)
+        fileio.write_file(staging / SNAPSHOT_PENDING, encode(m), 0o644)
         os.chmod(staging, DIR_MODE)
         store.adopt(staging)
         fsync_dir(staging)
@@ -179,7 +175,7 @@ def commit(store: Store, name: str) -> SnapshotManifest:
     fileio.remove_tree(mtmp)
     fileio.write_file(mtmp, encode(m), 0o644)
     os.rename(mtmp, d / SNAPSHOT_MANIFEST)
-    fileio.remove_tree(d / PENDING)
+    fileio.remove_tree(d / SNAPSHOT_PENDING)
     fsync_dir(d)
     log.info("committed snapshot %s of %s (%d bytes of memory)", name, m.vm_id, m.memory_size)
     return m

@@ -1,14 +1,18 @@
 """The store: templates and per-VM disks on the filesystem (synchronous, thread-safe per key).
 
-This is the facade the service and tools hold: it owns the layout and the
-limits, start-up (directories, reclaim of partial entries) and the reads of
-manifests. The operations live in modules named for what they do
+This is the catalog: it owns the layout and the limits, start-up
+(directories, reclaim of partial entries), the reads and lists of manifests,
+and the two primitives every operation shares (removing a published entry,
+handing new files to the store's owner). It imports none of the operations.
+The operations live in modules named for what they do
 (:mod:`~fcd_storage.templates`, :mod:`~fcd_storage.disks`,
-:mod:`~fcd_storage.snapshots`); each validates its names, asks ``plan`` what to
-do, and does it with ``fileio``: build everything in a staging directory under
-``tmp/``, manifest last, then rename the directory into place. A failure at any
-point removes the staging directory, so nothing half-made is ever visible; a
-crash leaves only ``tmp/`` entries, which :meth:`Store.reclaim` removes at start.
+:mod:`~fcd_storage.snapshots`, :mod:`~fcd_storage.reclaim`), each taking the
+``Store`` as its first argument; the service and tools call them directly.
+Each validates its names, asks ``plan`` what to do, and does it with
+``fileio``: build everything in a staging directory under ``tmp/``, manifest
+last, then rename the directory into place. A failure at any point removes the
+staging directory, so nothing half-made is ever visible; a crash leaves only
+``tmp/`` entries, which :meth:`Store.reclaim` removes at start.
 
 Callers serialize operations on the same template name or VM id.
 """
@@ -18,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -27,18 +30,16 @@ import msgspec
 from fcd_common.config import Config
 from fcd_common.errors import Internal, NotFound
 from fcd_common.ids import check_name, check_vm_id, is_vm_id
-from fcd_common.proto.storage import DriveSpec
 from fcd_common.storelayout import (
     DISK_MANIFEST,
     SNAPSHOT_MANIFEST,
+    SNAPSHOT_PENDING,
     TEMPLATE_MANIFEST,
     StoreLayout,
 )
 from fcd_common.storelayout import layout as layout_of
 
-from . import disks as disks_mod
-from . import fileio, snapshots
-from . import templates as templates_mod
+from . import fileio
 from .manifest import DiskManifest, TemplateManifest, load
 
 log = logging.getLogger("fcd.storage")
@@ -110,7 +111,7 @@ class Store:
                 else:
                     partial = not (entry / manifest).is_file()
                     if keep_pending and parent == lay.snapshots:
-                        partial = partial and not (entry / snapshots.PENDING).is_file()
+                        partial = partial and not (entry / SNAPSHOT_PENDING).is_file()
                 if partial:
                     fileio.remove_tree(entry)
                     removed.append(entry)
@@ -138,27 +139,6 @@ class Store:
                 out.append(self.template(entry.name))
         return sorted(out, key=lambda m: m.name)
 
-    def import_template(
-        self,
-        name: str,
-        kernel_path: str,
-        rootfs_path: str,
-        kernel_args: str = "",
-        *,
-        kernel_sha256: str | None = None,
-        rootfs_sha256: str | None = None,
-    ) -> TemplateManifest:
-        """See :func:`fcd_storage.templates.import_template`."""
-        return templates_mod.import_template(
-            self,
-            name,
-            kernel_path,
-            rootfs_path,
-            kernel_args,
-            kernel_sha256=kernel_sha256,
-            rootfs_sha256=rootfs_sha256,
-        )
-
     # -- disks ------------------------------------------------------------------
 
     def disk(self, vm_id: str) -> DiskManifest:
@@ -174,28 +154,6 @@ class Store:
                 with contextlib.suppress(NotFound, Internal):
                     out.append(self.disk(entry.name))
         return sorted(out, key=lambda m: m.vm_id)
-
-    def provision(
-        self,
-        vm_id: str,
-        template: str,
-        disk_size_mib: int | None = None,
-        drives: Sequence[DriveSpec] = (),
-        snapshot: str | None = None,
-    ) -> DiskManifest:
-        """See :func:`fcd_storage.disks.provision`."""
-        return disks_mod.provision(
-            self,
-            vm_id,
-            template,
-            disk_size_mib=disk_size_mib,
-            drives=drives,
-            snapshot=snapshot,
-        )
-
-    def release(self, vm_id: str) -> bool:
-        """See :func:`fcd_storage.disks.release`."""
-        return disks_mod.release(self, vm_id)
 
     def remove_entry(self, final: Path, prefix: str) -> bool:
         """Remove a published directory; False if there was none.

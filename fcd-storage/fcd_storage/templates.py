@@ -16,7 +16,6 @@ import errno
 import logging
 import os
 import stat
-from typing import TYPE_CHECKING
 
 from fcd_common.atomicfile import fsync_dir
 from fcd_common.errors import Conflict, InvalidArgument, NotFound
@@ -26,9 +25,7 @@ from fcd_common.storelayout import KERNEL, ROOTFS, TEMPLATE_MANIFEST
 from . import extfs, fileio, plan, refs, snapshots
 from .fileio import copy_into, owned_fd
 from .manifest import MANIFEST_MODE, TemplateManifest, encode, now_rfc3339
-
-if TYPE_CHECKING:
-    from .store import Store
+from .store import Store
 
 log = logging.getLogger("fcd.storage")
 

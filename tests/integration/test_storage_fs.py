@@ -25,6 +25,7 @@ from fcd_common.config import SecurityConfig
 from fcd_common.errors import FcdError
 from fcd_common.proto.storage import PROTOCOL, DiskInfo, DiskList, Provision
 from fcd_common.rpc import RpcClient
+from fcd_storage import disks, templates
 from fcd_storage.store import Store
 from tests.integration.test_storage_reflink import loop_fs, sha, used_bytes
 from tests.unit.storage_helpers import MiB, kernel_file, make_config, make_store
@@ -50,12 +51,12 @@ def test_xfs_clone_time_and_space_do_not_grow_with_size(tmp_path: Path) -> None:
         kernel = kernel_file(mnt / "vmlinux")
         for name, size in (("small", 64 * MiB), ("large", 1024 * MiB)):
             img = filled_image(mnt / f"{name}.img", size)
-            store.import_template(name, str(kernel), str(img))
+            templates.import_template(store, name, str(kernel), str(img))
         results = {}
         for name in ("small", "large"):
             before = used_bytes(mnt)
             t0 = time.perf_counter()
-            d = store.provision(f"vm-{name}", name)
+            d = disks.provision(store, f"vm-{name}", name)
             elapsed = time.perf_counter() - t0
             grown = used_bytes(mnt) - before
             results[name] = (elapsed, grown)
@@ -77,9 +78,9 @@ def test_ext4_fallback_is_an_identical_sparse_copy(tmp_path: Path) -> None:
             for off in (0, 200 * MiB, 511 * MiB):
                 f.seek(off)
                 f.write(os.urandom(MiB))
-        store.import_template("t", str(kernel_file(mnt / "vmlinux")), str(img))
+        templates.import_template(store, "t", str(kernel_file(mnt / "vmlinux")), str(img))
         before = used_bytes(mnt)
-        d = store.provision("vm-1", "t")
+        d = disks.provision(store, "vm-1", "t")
         grown = used_bytes(mnt) - before
         disk = store.layout.disk_rootfs("vm-1")
         assert d.method == "copy"
@@ -113,7 +114,7 @@ def test_kill_9_mid_clone_leaves_nothing_partial(tmp_path: Path) -> None:  # noq
         store = Store.from_config(cfg)
         store.ensure_dirs()
         img = filled_image(mnt / "big.img", 768 * MiB)  # a copy on ext4: long enough to hit
-        store.import_template("big", str(kernel_file(mnt / "vmlinux")), str(img))
+        templates.import_template(store, "big", str(kernel_file(mnt / "vmlinux")), str(img))
         img.unlink()
         lay = store.layout
         proc = start_daemon(cfg_path, tmp_path / "notify")

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from fcd_storage import disks as disks_mod
+from fcd_storage import templates
 from fcd_storage.store import Store
 from tests.loopfs import MKFS, used_bytes
 from tests.loopfs import loop_fs as _loop_fs
@@ -39,7 +41,7 @@ def template_with_data(store: Store, src: Path, data_mib: int) -> Path:
         f.truncate(256 * MiB)
         for _ in range(data_mib):
             f.write(os.urandom(MiB))
-    store.import_template("base", str(kernel_file(src / "vmlinux")), str(image))
+    templates.import_template(store, "base", str(kernel_file(src / "vmlinux")), str(image))
     return image
 
 
@@ -56,7 +58,7 @@ def test_xfs_provision_is_a_reflink(tmp_path: Path) -> None:
         store = make_store(mnt)
         image = template_with_data(store, tmp_path / "src", 64)
         before = used_bytes(mnt)
-        disks = [store.provision(f"vm-{i}", "base") for i in range(4)]
+        disks = [disks_mod.provision(store, f"vm-{i}", "base") for i in range(4)]
         grown = used_bytes(mnt) - before
         assert [d.method for d in disks] == ["reflink"] * 4
         assert grown < 8 * MiB, f"4 clones of 64 MiB data used {grown // MiB} MiB"
@@ -67,7 +69,7 @@ def test_xfs_provision_is_a_reflink(tmp_path: Path) -> None:
             f.write(b"guest wrote here")
         assert store.template("base").rootfs_sha256 == sha(store.layout.template_rootfs("base"))
         for i in range(4):
-            assert store.release(f"vm-{i}")
+            assert disks_mod.release(store, f"vm-{i}")
         assert list(store.layout.tmp.iterdir()) == []
 
 
@@ -77,9 +79,9 @@ def test_xfs_reflink_then_ext4_resize(tmp_path: Path) -> None:
     with loop_fs(tmp_path, "xfs") as mnt:
         store = make_store(mnt)
         image = mkfs_ext4(tmp_path / "rootfs.ext4", 64)
-        store.import_template("base", str(kernel_file(tmp_path / "vmlinux")), str(image))
+        templates.import_template(store, "base", str(kernel_file(tmp_path / "vmlinux")), str(image))
         template_sha = sha(store.layout.template_rootfs("base"))
-        d = store.provision("vm-1", "base", 256)
+        d = disks_mod.provision(store, "vm-1", "base", 256)
         assert d.method == "reflink" and d.resized
         assert ext4_size(store.layout.disk_rootfs("vm-1")) == 256 * MiB
         assert sha(store.layout.template_rootfs("base")) == template_sha
@@ -91,12 +93,12 @@ def test_ext4_provision_is_a_sparse_copy(tmp_path: Path) -> None:
         store = make_store(mnt)
         image = template_with_data(store, tmp_path / "src", 32)
         before = used_bytes(mnt)
-        d = store.provision("vm-1", "base")
+        d = disks_mod.provision(store, "vm-1", "base")
         grown = used_bytes(mnt) - before
         assert d.method == "copy"
         assert 32 * MiB <= grown < 40 * MiB  # the data, not the 256 MiB of holes
         assert sha(store.layout.disk_rootfs("vm-1")) == sha(image)
-        assert store.release("vm-1")
+        assert disks_mod.release(store, "vm-1")
 
 
 UNPRIVILEGED = 65534  # nobody
@@ -107,6 +109,8 @@ def as_nobody(store_root: Path, code: str) -> str:
         "import sys\n"
         "from pathlib import Path\n"
         "from fcd_common.storelayout import StoreLayout\n"
+        "from fcd_storage import disks as disks_mod\n"
+        "from fcd_storage import templates\n"
         "from fcd_storage.store import Store\n"
         f"store = Store(StoreLayout(Path({str(store_root)!r})), max_disk_mib=1024)\n" + code
     )
@@ -142,8 +146,8 @@ def test_unprivileged_store_survives_jail_chown() -> None:
         out = as_nobody(
             root,
             "store.ensure_dirs()\n"
-            f"store.import_template('base', {str(kernel)!r}, {str(image)!r})\n"
-            "print(store.provision('vm-1', 'base').method)\n",
+            f"templates.import_template(store, 'base', {str(kernel)!r}, {str(image)!r})\n"
+            "print(disks_mod.provision(store, 'vm-1', 'base').method)\n",
         )
         assert out.strip() in ("copy", "reflink")
         disk = root / "disks/vm-1/rootfs.ext4"
@@ -154,7 +158,11 @@ def test_unprivileged_store_survives_jail_chown() -> None:
         os.link(disk, jail / "rootfs.ext4")
         os.chown(jail / "rootfs.ext4", 900_001, 900_001)
         os.link(root / "templates/base/vmlinux", jail / "vmlinux")
-        as_nobody(root, "assert store.release('vm-1')\nassert not store.release('vm-1')\n")
+        as_nobody(
+            root,
+            "assert disks_mod.release(store, 'vm-1')\n"
+            "assert not disks_mod.release(store, 'vm-1')\n",
+        )
         assert not (root / "disks/vm-1").exists()
         assert (jail / "rootfs.ext4").stat().st_uid == 900_001
         assert list((root / "tmp").iterdir()) == []

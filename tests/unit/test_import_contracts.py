@@ -31,17 +31,9 @@ DEV_TOOLING = "fcd_dev"
 NOT_FOR_PRODUCTION = (DEV_TOOLING, "tests", "fakes")
 
 # Elementary cycles that exist today, each written from its smallest module name.
-# Being removed by issue #8, deliverable 6 (fcd_storage.store <-> disks/templates/snapshots);
-# delete entries as they go. Nothing may be added here: a new cycle fails the test.
-KNOWN_CYCLES: frozenset[tuple[str, ...]] = frozenset(
-    {
-        ("fcd_storage.disks", "fcd_storage.snapshots", "fcd_storage.store"),
-        ("fcd_storage.disks", "fcd_storage.store"),
-        ("fcd_storage.snapshots", "fcd_storage.store"),
-        ("fcd_storage.snapshots", "fcd_storage.store", "fcd_storage.templates"),
-        ("fcd_storage.store", "fcd_storage.templates"),
-    }
-)
+# Empty since issue #8, deliverable 6 (fcd_storage.store no longer imports the operation
+# modules). Nothing may be added here: a new cycle fails the test.
+KNOWN_CYCLES: frozenset[tuple[str, ...]] = frozenset()
 
 
 @dataclass(frozen=True)

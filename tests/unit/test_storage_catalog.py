@@ -18,7 +18,7 @@ from fcd_common.errors import (
     ResourceExhausted,
 )
 from fcd_common.proto.storage import DriveSpec
-from fcd_storage import plan, reclaim, refs, snapshots, templates
+from fcd_storage import disks, plan, reclaim, refs, snapshots, templates
 from fcd_storage.manifest import DiskManifest, DriveRecord, SnapshotManifest, now_rfc3339
 from fcd_storage.store import Store
 
@@ -60,7 +60,7 @@ def debugfs_cat(image: Path, path: str) -> str:
 
 def imported(store: Store, tmp_path: Path, kernel: Path, name: str = "base") -> None:
     img = sparse_image(tmp_path / f"{name}.img", 32 * MiB)
-    store.import_template(name, str(kernel), str(img))
+    templates.import_template(store, name, str(kernel), str(img))
 
 
 # --- import with sha256 ----------------------------------------------------------------
@@ -70,10 +70,10 @@ def test_import_verifies_expected_sha256(store: Store, tmp_path: Path, kernel: P
     img = sparse_image(tmp_path / "r.img", 8 * MiB)
     good = hashlib.sha256(img.read_bytes()).hexdigest()
     with pytest.raises(InvalidArgument) as e:
-        store.import_template("t", str(kernel), str(img), rootfs_sha256="0" * 64)
+        templates.import_template(store, "t", str(kernel), str(img), rootfs_sha256="0" * 64)
     assert e.value.details["field"] == "rootfs_sha256"
     assert store.templates() == [] and list(store.layout.tmp.iterdir()) == []
-    m = store.import_template("t", str(kernel), str(img), rootfs_sha256=good)
+    m = templates.import_template(store, "t", str(kernel), str(img), rootfs_sha256=good)
     assert m.rootfs_sha256 == good
 
 
@@ -150,7 +150,7 @@ def test_build_geometry() -> None:
 def test_data_and_shared_drives(store: Store, tmp_path: Path, kernel: Path) -> None:
     imported(store, tmp_path, kernel)
     drives = [DriveSpec(name="data", size_mib=16), DriveSpec(name="ro", template="base")]
-    d = store.provision("vm-1", "base", None, drives)
+    d = disks.provision(store, "vm-1", "base", None, drives)
     info = d.info(store.layout)
     data = Path(info.drives[0].path)
     assert data == store.layout.data_drive("vm-1", "data")
@@ -159,10 +159,10 @@ def test_data_and_shared_drives(store: Store, tmp_path: Path, kernel: Path) -> N
         store.layout.template_rootfs("base")
     )
     # idempotent with the same drives, conflict with others
-    assert store.provision("vm-1", "base", None, drives) == d
+    assert disks.provision(store, "vm-1", "base", None, drives) == d
     with pytest.raises(Conflict):
-        store.provision("vm-1", "base", None, drives[:1])
-    assert store.release("vm-1") and not data.exists()
+        disks.provision(store, "vm-1", "base", None, drives[:1])
+    assert disks.release(store, "vm-1") and not data.exists()
 
 
 def test_drive_validation(store: Store, tmp_path: Path, kernel: Path) -> None:
@@ -176,9 +176,9 @@ def test_drive_validation(store: Store, tmp_path: Path, kernel: Path) -> None:
     ]
     for drives in bad:
         with pytest.raises(InvalidArgument):
-            store.provision("vm-1", "base", None, drives)
+            disks.provision(store, "vm-1", "base", None, drives)
     with pytest.raises(NotFound):
-        store.provision("vm-1", "base", None, [DriveSpec(name="a", template="nope")])
+        disks.provision(store, "vm-1", "base", None, [DriveSpec(name="a", template="nope")])
     assert store.disks() == [] and list(store.layout.tmp.iterdir()) == []
 
 
@@ -186,11 +186,11 @@ def test_quota_and_space_refused_before_writing(tmp_path: Path, kernel: Path) ->
     store = Store(make_store(tmp_path).layout, max_disk_mib=1 << 20, max_vm_disk_mib=64)
     imported(store, tmp_path, kernel)
     with pytest.raises(ResourceExhausted) as e:
-        store.provision("vm-1", "base", None, [DriveSpec(name="d", size_mib=40)])
+        disks.provision(store, "vm-1", "base", None, [DriveSpec(name="d", size_mib=40)])
     assert e.value.details["quota_mib"] == 64
     big = Store(store.layout, max_disk_mib=1 << 30, max_vm_disk_mib=1 << 30)
     with pytest.raises(ResourceExhausted) as e:  # 512 TiB: no filesystem here has that
-        big.provision("vm-1", "base", None, [DriveSpec(name="d", size_mib=1 << 29)])
+        disks.provision(big, "vm-1", "base", None, [DriveSpec(name="d", size_mib=1 << 29)])
     assert "free" in e.value.message
     assert store.disks() == [] and list(store.layout.tmp.iterdir()) == []
     assert not store.layout.disk_dir("vm-1").exists()
@@ -202,12 +202,12 @@ def test_quota_and_space_refused_before_writing(tmp_path: Path, kernel: Path) ->
 def test_template_delete_refused_while_used(store: Store, tmp_path: Path, kernel: Path) -> None:
     imported(store, tmp_path, kernel)
     imported(store, tmp_path, kernel, "other")
-    store.provision("vm-1", "base", None, [DriveSpec(name="ro", template="other")])
+    disks.provision(store, "vm-1", "base", None, [DriveSpec(name="ro", template="other")])
     for name in ("base", "other"):
         with pytest.raises(Conflict) as e:
             templates.delete_template(store, name)
         assert e.value.details["used_by"] == ["vm:vm-1"]
-    store.release("vm-1")
+    disks.release(store, "vm-1")
     templates.delete_template(store, "other")
     templates.delete_template(store, "base")
     assert store.templates() == [] and list(store.layout.tmp.iterdir()) == []
@@ -243,13 +243,13 @@ def fill(store: Store, name: str) -> None:
 
 def test_snapshot_lifecycle(store: Store, tmp_path: Path, kernel: Path) -> None:
     imported(store, tmp_path, kernel)
-    store.provision("vm-1", "base")
+    disks.provision(store, "vm-1", "base")
     p = snapshots.prepare(store, "s1", "vm-1")
     assert not p.ready
     with pytest.raises(FailedPrecondition):
         snapshots.commit(store, "s1")  # the VM has not written the files yet
     with pytest.raises(FailedPrecondition):
-        store.provision("vm-2", "base", snapshot="s1")  # pending
+        disks.provision(store, "vm-2", "base", snapshot="s1")  # pending
     fill(store, "s1")
     m = snapshots.commit(store, "s1")
     assert m.ready and m.memory_size == 4096 and m.disk_size == 32 * MiB
@@ -258,22 +258,22 @@ def test_snapshot_lifecycle(store: Store, tmp_path: Path, kernel: Path) -> None:
     with pytest.raises(Conflict):
         snapshots.prepare(store, "s1", "vm-1")
     # restore: its own disk, made from the snapshot's
-    r = store.provision("vm-2", "base", snapshot="s1")
+    r = disks.provision(store, "vm-2", "base", snapshot="s1")
     assert r.snapshot == "s1"
     disk2 = store.layout.disk_rootfs("vm-2")
     assert disk2.read_bytes() == store.layout.snapshot_disk("s1").read_bytes()
     assert disk2.stat().st_ino != store.layout.snapshot_disk("s1").stat().st_ino
     with pytest.raises(InvalidArgument):
         imported(store, tmp_path, kernel, "other")
-        store.provision("vm-3", "other", snapshot="s1")
+        disks.provision(store, "vm-3", "other", snapshot="s1")
     # references: the template is kept by the snapshot, the snapshot by vm-2
-    store.release("vm-1")
+    disks.release(store, "vm-1")
     with pytest.raises(Conflict):
         templates.delete_template(store, "base")
     with pytest.raises(Conflict) as e:
         snapshots.delete(store, "s1")
     assert e.value.details["used_by"] == ["vm:vm-2"]
-    store.release("vm-2")
+    disks.release(store, "vm-2")
     snapshots.delete(store, "s1")
     templates.delete_template(store, "base")
     assert list(store.layout.snapshots.iterdir()) == []
@@ -294,7 +294,7 @@ def test_snapshot_names_validated(store: Store) -> None:
 def test_reclaim_on_request(store: Store, tmp_path: Path, kernel: Path) -> None:
     imported(store, tmp_path, kernel)
     for vm in ("vm-live", "vm-gone", "vm-new"):
-        store.provision(vm, "base")
+        disks.provision(store, vm, "base")
     snapshots.prepare(store, "pending-live", "vm-live")
     snapshots.prepare(store, "pending-gone", "vm-gone")
     (store.layout.tmp / "junk").mkdir()
@@ -302,8 +302,8 @@ def test_reclaim_on_request(store: Store, tmp_path: Path, kernel: Path) -> None:
     time.sleep(3)  # manifests keep whole seconds; the slack is 2 s
     as_of = now_rfc3339()
     time.sleep(3)
-    store.release("vm-new")
-    store.provision("vm-new", "base")  # created after as_of: spared
+    disks.release(store, "vm-new")
+    disks.provision(store, "vm-new", "base")  # created after as_of: spared
     removed = reclaim.reclaim_unowned(store, ["vm-live"], as_of)
     assert sorted(removed) == [
         "disk:vm-gone",

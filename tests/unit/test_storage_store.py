@@ -12,7 +12,7 @@ import msgspec
 import pytest
 
 from fcd_common.errors import Conflict, Internal, InvalidArgument, NotFound, ResourceExhausted
-from fcd_storage import extfs, fileio
+from fcd_storage import disks, extfs, fileio, templates
 from fcd_storage.manifest import TemplateManifest
 from fcd_storage.store import Store
 
@@ -41,7 +41,7 @@ def leftovers(store: Store) -> list[Path]:
 
 def test_import_writes_files_and_manifest(store: Store, sources: tuple[Path, Path]) -> None:
     kernel, rootfs = sources
-    m = store.import_template("base", str(kernel), str(rootfs), "console=ttyS0 reboot=k")
+    m = templates.import_template(store, "base", str(kernel), str(rootfs), "console=ttyS0 reboot=k")
     lay = store.layout
     assert m.kernel_sha256 == sha(kernel) and m.rootfs_sha256 == sha(rootfs)
     assert (m.kernel_size, m.rootfs_size) == (kernel.stat().st_size, 64 * MiB)
@@ -65,16 +65,16 @@ def test_import_writes_files_and_manifest(store: Store, sources: tuple[Path, Pat
 
 def test_import_is_idempotent_and_conflicts(store: Store, sources: tuple[Path, Path]) -> None:
     kernel, rootfs = sources
-    first = store.import_template("base", str(kernel), str(rootfs))
-    again = store.import_template("base", str(kernel), str(rootfs))
+    first = templates.import_template(store, "base", str(kernel), str(rootfs))
+    again = templates.import_template(store, "base", str(kernel), str(rootfs))
     assert again == first  # same created_at: nothing rewritten
     with pytest.raises(Conflict):
-        store.import_template("base", str(kernel), str(rootfs), "other args")
+        templates.import_template(store, "base", str(kernel), str(rootfs), "other args")
     with rootfs.open("r+b") as f:
         f.seek(MiB)
         f.write(b"changed")
     with pytest.raises(Conflict):
-        store.import_template("base", str(kernel), str(rootfs))
+        templates.import_template(store, "base", str(kernel), str(rootfs))
     assert store.template("base") == first
     assert leftovers(store) == []
 
@@ -83,7 +83,7 @@ def test_import_is_idempotent_and_conflicts(store: Store, sources: tuple[Path, P
 def test_import_refuses_bad_names(store: Store, sources: tuple[Path, Path], name: str) -> None:
     kernel, rootfs = sources
     with pytest.raises(InvalidArgument):
-        store.import_template(name, str(kernel), str(rootfs))
+        templates.import_template(store, name, str(kernel), str(rootfs))
     assert list(store.layout.templates.iterdir()) == []
 
 
@@ -105,7 +105,7 @@ def test_import_refuses_bad_sources(
     ]
     for path, msg in cases:
         with pytest.raises(InvalidArgument, match=msg) as e:
-            store.import_template("base", path, str(rootfs))
+            templates.import_template(store, "base", path, str(rootfs))
         assert e.value.details == {"field": "kernel_path"}
     assert list(store.layout.templates.iterdir()) == []
     assert leftovers(store) == []
@@ -113,8 +113,8 @@ def test_import_refuses_bad_sources(
 
 def test_provision_copy_is_sparse_and_identical(store: Store, sources: tuple[Path, Path]) -> None:
     kernel, rootfs = sources
-    store.import_template("base", str(kernel), str(rootfs))
-    d = store.provision("vm-1", "base")
+    templates.import_template(store, "base", str(kernel), str(rootfs))
+    d = disks.provision(store, "vm-1", "base")
     lay = store.layout
     disk = lay.disk_rootfs("vm-1")
     # tmp_path is ext4/overlay here; on a reflink filesystem method would be "reflink"
@@ -137,31 +137,31 @@ def test_provision_copy_is_sparse_and_identical(store: Store, sources: tuple[Pat
 
 def test_provision_idempotent_and_conflicts(store: Store, sources: tuple[Path, Path]) -> None:
     kernel, rootfs = sources
-    store.import_template("base", str(kernel), str(rootfs))
-    store.import_template("other", str(kernel), str(rootfs), "x")
-    d = store.provision("vm-1", "base")
-    assert store.provision("vm-1", "base") == d
-    assert store.provision("vm-1", "base", 64) == d
+    templates.import_template(store, "base", str(kernel), str(rootfs))
+    templates.import_template(store, "other", str(kernel), str(rootfs), "x")
+    d = disks.provision(store, "vm-1", "base")
+    assert disks.provision(store, "vm-1", "base") == d
+    assert disks.provision(store, "vm-1", "base", 64) == d
     with pytest.raises(Conflict, match="template"):
-        store.provision("vm-1", "other")
+        disks.provision(store, "vm-1", "other")
     with pytest.raises(Conflict):
-        store.provision("vm-1", "base", 65)
+        disks.provision(store, "vm-1", "base", 65)
     with pytest.raises(NotFound):
-        store.provision("vm-2", "missing")
+        disks.provision(store, "vm-2", "missing")
     with pytest.raises(InvalidArgument, match="smaller"):
-        store.provision("vm-2", "base", 63)
+        disks.provision(store, "vm-2", "base", 63)
     with pytest.raises(InvalidArgument):
-        store.provision("../vm", "base")
+        disks.provision(store, "../vm", "base")
     with pytest.raises(InvalidArgument):
-        store.provision("vm-2", "../base")
+        disks.provision(store, "vm-2", "../base")
     assert [m.vm_id for m in store.disks()] == ["vm-1"]
     assert leftovers(store) == []
 
 
 def test_provision_grows_a_raw_image(store: Store, sources: tuple[Path, Path]) -> None:
     kernel, rootfs = sources
-    store.import_template("base", str(kernel), str(rootfs))
-    d = store.provision("vm-1", "base", 100)
+    templates.import_template(store, "base", str(kernel), str(rootfs))
+    d = disks.provision(store, "vm-1", "base", 100)
     assert d.size_bytes == 100 * MiB and not d.resized  # not ext4: extended only
     disk = store.layout.disk_rootfs("vm-1")
     assert disk.stat().st_size == 100 * MiB
@@ -170,39 +170,39 @@ def test_provision_grows_a_raw_image(store: Store, sources: tuple[Path, Path]) -
 
 def test_release_is_idempotent(store: Store, sources: tuple[Path, Path]) -> None:
     kernel, rootfs = sources
-    store.import_template("base", str(kernel), str(rootfs))
-    store.provision("vm-1", "base")
-    assert store.release("vm-1") is True
+    templates.import_template(store, "base", str(kernel), str(rootfs))
+    disks.provision(store, "vm-1", "base")
+    assert disks.release(store, "vm-1") is True
     assert not store.layout.disk_dir("vm-1").exists()
-    assert store.release("vm-1") is False
+    assert disks.release(store, "vm-1") is False
     with pytest.raises(NotFound):
         store.disk("vm-1")
     assert store.counts() == (1, 0)
     assert leftovers(store) == []
     # the template is untouched and can be provisioned again
-    assert store.provision("vm-1", "base").vm_id == "vm-1"
+    assert disks.provision(store, "vm-1", "base").vm_id == "vm-1"
 
 
 def test_release_even_when_the_disk_was_chowned_away(
     store: Store, sources: tuple[Path, Path]
 ) -> None:
     kernel, rootfs = sources
-    store.import_template("base", str(kernel), str(rootfs))
-    store.provision("vm-1", "base")
+    templates.import_template(store, "base", str(kernel), str(rootfs))
+    disks.provision(store, "vm-1", "base")
     disk = store.layout.disk_rootfs("vm-1")
     os.link(disk, store.layout.root / "jail-link")  # what fcd-vmm does
     if os.geteuid() == 0:
         os.chown(disk, 900_001, 900_001)
-    assert store.release("vm-1") is True
+    assert disks.release(store, "vm-1") is True
     assert (store.layout.root / "jail-link").exists()  # the jail's link is fcd-vmm's to remove
 
 
 def test_free_space_refusal_leaves_nothing(store: Store, sources: tuple[Path, Path]) -> None:
     kernel, rootfs = sources
-    store.import_template("base", str(kernel), str(rootfs))
+    templates.import_template(store, "base", str(kernel), str(rootfs))
     free = fileio.free_bytes(store.layout.tmp)
     with pytest.raises(ResourceExhausted, match="not enough space"):
-        store.provision("vm-1", "base", 2 * free // MiB)
+        disks.provision(store, "vm-1", "base", 2 * free // MiB)
     assert not store.layout.disk_dir("vm-1").exists()
     assert leftovers(store) == []
 
@@ -211,7 +211,7 @@ def test_failure_midway_leaves_nothing(
     store: Store, sources: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     kernel, rootfs = sources
-    store.import_template("base", str(kernel), str(rootfs))
+    templates.import_template(store, "base", str(kernel), str(rootfs))
 
     def boom(_fd: int, _dst: int) -> None:
         raise OSError(5, "Input/output error")
@@ -219,7 +219,7 @@ def test_failure_midway_leaves_nothing(
     monkeypatch.setattr(fileio, "reflink", lambda _s, _d: False)
     monkeypatch.setattr(fileio, "copy_sparse", boom)
     with pytest.raises(OSError):
-        store.provision("vm-1", "base")
+        disks.provision(store, "vm-1", "base")
     assert not store.layout.disk_dir("vm-1").exists()
     assert leftovers(store) == []
 
@@ -227,8 +227,8 @@ def test_failure_midway_leaves_nothing(
 def test_reclaim_removes_partials_only(store: Store, sources: tuple[Path, Path]) -> None:
     kernel, rootfs = sources
     lay = store.layout
-    store.import_template("base", str(kernel), str(rootfs))
-    store.provision("vm-1", "base")
+    templates.import_template(store, "base", str(kernel), str(rootfs))
+    disks.provision(store, "vm-1", "base")
     (lay.tmp / "tpl-x-123").mkdir()
     (lay.tmp / "tpl-x-123" / "rootfs.ext4").write_bytes(b"partial")
     (lay.tmp / "stray").write_bytes(b"x")
@@ -244,7 +244,7 @@ def test_reclaim_removes_partials_only(store: Store, sources: tuple[Path, Path])
 
 def test_corrupt_manifest_is_internal(store: Store, sources: tuple[Path, Path]) -> None:
     kernel, rootfs = sources
-    store.import_template("base", str(kernel), str(rootfs))
+    templates.import_template(store, "base", str(kernel), str(rootfs))
     manifest = store.layout.template_manifest("base")
     manifest.chmod(0o644)
     manifest.unlink()
@@ -261,8 +261,8 @@ def test_provision_resizes_ext4(store: Store, tmp_path: Path) -> None:
     (content / "hello").write_text("hello from the template\n")
     image = mkfs_ext4(tmp_path / "rootfs.ext4", 32, content)
     kernel = kernel_file(tmp_path / "vmlinux")
-    store.import_template("base", str(kernel), str(image))
-    d = store.provision("vm-1", "base", 96)
+    templates.import_template(store, "base", str(kernel), str(image))
+    d = disks.provision(store, "vm-1", "base", 96)
     disk = store.layout.disk_rootfs("vm-1")
     assert d.resized and d.size_bytes == 96 * MiB
     assert disk.stat().st_size == 96 * MiB
@@ -277,7 +277,7 @@ def test_provision_resizes_ext4(store: Store, tmp_path: Path) -> None:
         )
         assert out.stdout == b"hello from the template\n"
     # same size as the image: no resize
-    assert not store.provision("vm-2", "base").resized
+    assert not disks.provision(store, "vm-2", "base").resized
 
 
 def test_failed_resize_leaves_nothing(
@@ -286,13 +286,13 @@ def test_failed_resize_leaves_nothing(
     if not have("mkfs.ext4"):
         pytest.skip("mkfs.ext4 not installed")
     image = mkfs_ext4(tmp_path / "rootfs.ext4", 16)
-    store.import_template("base", str(kernel_file(tmp_path / "vmlinux")), str(image))
+    templates.import_template(store, "base", str(kernel_file(tmp_path / "vmlinux")), str(image))
 
     def fail(_image: Path) -> None:
         raise Internal("resize2fs failed")
 
     monkeypatch.setattr(extfs, "grow", fail)
     with pytest.raises(Internal):
-        store.provision("vm-1", "base", 32)
+        disks.provision(store, "vm-1", "base", 32)
     assert not store.layout.disk_dir("vm-1").exists()
     assert leftovers(store) == []
