@@ -74,11 +74,6 @@ def tap_name(vm_id: str, prefix: str = TAP_PREFIX) -> str:
     return name
 
 
-def jail_id(vm_id: str) -> str:
-    """The jailer's ``--id``: the VM id itself (our rule is a subset of the jailer's)."""
-    return check_vm_id(vm_id)
-
-
 def guest_mac(ip: str) -> str:
     """Locally administered unicast MAC derived from the guest IPv4 address.
 

@@ -137,9 +137,6 @@ class StoreLayout:
     def snapshot_disk(self, name: str) -> Path:
         return self.snapshot_dir(name) / SNAPSHOT_DISK
 
-    def snapshot_manifest(self, name: str) -> Path:
-        return self.snapshot_dir(name) / SNAPSHOT_MANIFEST
-
     # -- lexical checks -------------------------------------------------------
 
     def contains(self, path: str | os.PathLike[str]) -> bool:

@@ -100,11 +100,6 @@ def allocate_ip(net: NetworkConfig, used: Iterable[str]) -> ipaddress.IPv4Addres
     )
 
 
-def pool_size(net: NetworkConfig) -> int:
-    """Number of guest addresses in the pool (hosts minus the gateway)."""
-    return max(0, net.network.num_addresses - 3)
-
-
 def new_lease(net: NetworkConfig, vm_id: str, uid: int, gid: int, used: Iterable[str]) -> Lease:
     ip = str(allocate_ip(net, used))
     return Lease(

@@ -101,11 +101,6 @@ class DiskManifest(msgspec.Struct, kw_only=True, frozen=True):
     snapshot: str | None = None
     """The snapshot this disk was restored from (it shares that snapshot's memory file)."""
 
-    @property
-    def data_bytes(self) -> int:
-        """What counts against the VM's disk quota: root disk and own data drives."""
-        return self.size_bytes + sum(d.size_bytes for d in self.drives if not d.read_only)
-
     def info(self, lay: StoreLayout) -> DiskInfo:
         return DiskInfo(
             vm_id=self.vm_id,

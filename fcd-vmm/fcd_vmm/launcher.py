@@ -19,10 +19,8 @@ import asyncio
 import contextlib
 import functools
 import logging
-import os
 import signal
 import tempfile
-from pathlib import Path
 
 from fcd_common import logs
 from fcd_common.config import Config
@@ -221,13 +219,3 @@ async def launch(
         if isinstance(e, OSError):
             raise Internal(f"launch failed: {e}") from e
         raise
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return Path(f"/proc/{pid}").exists()

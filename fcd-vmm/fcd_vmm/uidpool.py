@@ -132,12 +132,6 @@ class UidPool:
     def __len__(self) -> int:
         return len(self._records)
 
-    def owner_of(self, uid: int) -> str | None:
-        for rec in self._records.values():
-            if rec.uid == uid:
-                return rec.vm_id
-        return None
-
     # --- changes ---------------------------------------------------------------------
     def allocate(self, vm_id: str) -> JailRecord:
         """The VM's record, creating it with a fresh uid if needed (idempotent)."""
