@@ -12,7 +12,13 @@ from typing import Literal, TypeVar
 
 import msgspec
 
-from fcd_common.proto.storage import DiskInfo, DriveInfo, SnapshotInfo, TemplateInfo
+from fcd_common.proto.storage import (
+    DiskInfo,
+    DriveInfo,
+    SnapshotInfo,
+    SnapshotOrigin,
+    TemplateInfo,
+)
 from fcd_common.storelayout import StoreLayout
 
 Method = Literal["reflink", "copy"]
@@ -126,6 +132,8 @@ class SnapshotManifest(msgspec.Struct, kw_only=True, frozen=True):
     disk_size: int = 0
     ready: bool = True
     format: int = 1
+    origin: SnapshotOrigin | None = None
+    """What a restore needs (fcd-api's record, given at commit)."""
 
     def info(self, lay: StoreLayout, used_by: list[str] | None = None) -> SnapshotInfo:
         return SnapshotInfo(
@@ -141,6 +149,7 @@ class SnapshotManifest(msgspec.Struct, kw_only=True, frozen=True):
             disk_size=self.disk_size,
             created_at=self.created_at,
             used_by=list(used_by or []),
+            origin=self.origin,
         )
 
 

@@ -144,7 +144,7 @@ class StorageService:
     async def snapshot_commit(self, req: proto.SnapshotCommit, _peer: Peer) -> proto.SnapshotInfo:
         name = check_name(req.name)
         async with self._using(f"snapshot:{name}"):
-            await asyncio.to_thread(snapshots.commit, self.store, name)
+            await asyncio.to_thread(snapshots.commit, self.store, name, req.origin)
             return await asyncio.to_thread(self._snapshot_info, name)
 
     @handles(proto.SnapshotGet)

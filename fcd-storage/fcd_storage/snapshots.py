@@ -31,6 +31,7 @@ import msgspec
 from fcd_common.atomicfile import fsync_dir
 from fcd_common.errors import Conflict, FailedPrecondition, FcdError, Internal, NotFound
 from fcd_common.ids import check_name, check_vm_id, is_vm_id
+from fcd_common.proto.storage import SnapshotOrigin
 from fcd_common.storelayout import SNAPSHOT_MANIFEST, SNAPSHOT_PENDING
 
 from . import fileio, plan, refs
@@ -124,7 +125,7 @@ def prepare(store: Store, name: str, vm_id: str) -> SnapshotManifest:
     return m
 
 
-def commit(store: Store, name: str) -> SnapshotManifest:
+def commit(store: Store, name: str, origin: SnapshotOrigin | None = None) -> SnapshotManifest:
     lay = store.layout
     pending = get(store, name)
     if pending.ready:
@@ -169,6 +170,7 @@ def commit(store: Store, name: str) -> SnapshotManifest:
         memory_size=sizes[lay.snapshot_memory(name).name],
         disk_size=disk_size,
         created_at=now_rfc3339(),
+        origin=origin,
     )
     d = lay.snapshot_dir(name)
     mtmp = d / (SNAPSHOT_MANIFEST + ".tmp")

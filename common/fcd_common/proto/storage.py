@@ -6,8 +6,18 @@ from typing import Literal
 
 from ..rpc import Caller, Done, Protocol, Reply, Request
 from ..schema import Record
-from ..types import DriveName, KernelArgs, MiB, Name, Sha256, SourcePath, VmId
-from .common import Ping
+from ..types import (
+    DriveName,
+    KernelArgs,
+    MiB,
+    Name,
+    NetMode,
+    Sha256,
+    SourcePath,
+    VcpuCount,
+    VmId,
+)
+from .common import Ping, PortMapping
 
 # --- records and replies --------------------------------------------------------------
 
@@ -68,6 +78,31 @@ class ReclaimResult(Reply):
     removed: list[str]
 
 
+class SnapshotOrigin(Record):
+    """What a restore needs and checks, recorded by fcd-api when it commits a snapshot
+    (fcd-storage keeps it in ``snapshot.json`` and does not interpret it)."""
+
+    vm_id: VmId
+    type: Literal["full", "diff"] = "full"
+    parent: Name | None = None
+    """diff: the snapshot whose memory this one's dirty pages were layered onto."""
+    vcpu_count: VcpuCount
+    mem_size_mib: MiB
+    template: Name
+    kernel_args: KernelArgs = ""
+    """The whole command line the guest booted with (template + request)."""
+    network_mode: NetMode
+    guest_ip: str
+    guest_mac: str
+    tap: str
+    port_mappings: list[PortMapping] = []
+    track_dirty_pages: bool = False
+    firecracker_version: str
+    snapshot_version: str
+    """Firecracker's snapshot format (``--snapshot-version``): a restore needs the same
+    major and a minor no newer than the binary's."""
+
+
 class SnapshotInfo(Reply):
     name: str
     vm_id: str
@@ -81,6 +116,7 @@ class SnapshotInfo(Reply):
     disk_size: int = 0
     created_at: str = ""
     used_by: list[str] = []
+    origin: SnapshotOrigin | None = None
 
 
 class SnapshotInfoList(Reply):
@@ -195,9 +231,11 @@ class SnapshotPrepare(Request[SnapshotInfo], tag="storage.snapshot_prepare"):
 
 
 class SnapshotCommit(Request[SnapshotInfo], tag="storage.snapshot_commit"):
-    """With the VM paused and its files written: clone its disk, write the manifest."""
+    """With the VM paused and its files written: clone its disk, write the manifest
+    (with ``origin``, what a restore of it needs)."""
 
     name: Name
+    origin: SnapshotOrigin | None = None
 
 
 class SnapshotGet(Request[SnapshotInfo], tag="storage.snapshot_get"):

@@ -7,12 +7,26 @@ from typing import Annotated, Literal
 import msgspec
 
 from ..rpc import Protocol, Reply, Request
-from ..types import KernelArgs, MiB, VcpuCount, VmId
+from ..schema import Record
+from ..types import KernelArgs, MiB, Name, VcpuCount, VmId
 from .common import Ping
 from .net import NetInfo
 from .storage import DiskInfo
 
 ProcState = Literal["not_started", "running", "paused", "exited", "absent"]
+SnapshotType = Literal["full", "diff"]
+
+
+class SnapshotFiles(Record):
+    """A snapshot's state and memory files in fcd-storage's snapshot entry ``name``.
+
+    fcd-vmm re-checks that the paths are exactly that entry's files (pending for a
+    create, ready for a restore) and links them into the jail itself.
+    """
+
+    name: Name
+    state_path: str
+    memory_path: str
 
 
 # --- replies --------------------------------------------------------------------------
@@ -51,6 +65,24 @@ class VmProcessList(Reply):
     items: list[VmProcess]
 
 
+class VmmInfo(Reply):
+    """The Firecracker binary fcd-vmm launches: ``--version`` and ``--snapshot-version``
+    (a snapshot loads only into the same major snapshot format, minor not newer)."""
+
+    firecracker_version: str
+    snapshot_version: str
+
+
+class SnapshotTaken(Reply):
+    vm_id: str
+    type: SnapshotType
+    state_size: int
+    memory_size: int
+    firecracker_version: str
+    snapshot_version: str
+    took_ms: float
+
+
 # --- requests -------------------------------------------------------------------------
 
 
@@ -76,6 +108,14 @@ class Launch(Request[VmProcess], tag="vmm.launch"):
     kernel_args: KernelArgs
     disk: DiskInfo
     net: NetInfo
+    track_dirty_pages: bool = False
+    """Needed for diff snapshots (Firecracker v1.7 refuses a Diff without it)."""
+    restore: SnapshotFiles | None = None
+    """Start from this (ready) snapshot instead of booting: ``PUT /snapshot/load`` is
+    the first configuration call of the fresh Firecracker; the VM's disk and TAP are
+    at the paths and names the snapshot was taken with (netns mode for clones)."""
+    resume: bool = True
+    """With ``restore``: running (True) or paused (False) once loaded."""
 
 
 class Pause(Request[VmProcess], tag="vmm.pause"):
@@ -108,7 +148,37 @@ class ListVms(Request[VmProcessList], tag="vmm.list"):
     pass
 
 
+class Info(Request[VmmInfo], tag="vmm.info"):
+    pass
+
+
+class SnapshotCreate(Request[SnapshotTaken], tag="vmm.snapshot_create"):
+    """Have the paused VM's Firecracker write ``files`` (a pending snapshot of fcd-storage).
+
+    fcd-vmm links the two files into the jail, lends them to the jail uid while
+    Firecracker writes them (``PUT /snapshot/create``), then hands them back to
+    their owner and removes the links. The VM stays paused. ``diff`` needs a VM
+    launched with ``track_dirty_pages``.
+    """
+
+    vm_id: VmId
+    files: SnapshotFiles
+    type: SnapshotType = "full"
+
+
 PROTOCOL = Protocol(
     "fcd-vmm",
-    [Ping, AllocateJail, Launch, Pause, Resume, Stop, ReleaseJail, Status, ListVms],
+    [
+        Ping,
+        AllocateJail,
+        Launch,
+        Pause,
+        Resume,
+        Stop,
+        ReleaseJail,
+        Status,
+        ListVms,
+        Info,
+        SnapshotCreate,
+    ],
 )
