@@ -29,6 +29,7 @@ from .models import VM, CreateVMRequest, ErrorBody, ErrorDetail, VersionInfo, VM
 from .net_routes import net_router
 from .registry import parse_label_filters
 from .service import Flows, request_id
+from .snapshot_routes import snapshot_router
 from .storage_routes import storage_router
 
 __all__ = ["RequestIdMiddleware", "build_app", "create_asgi", "version"]
@@ -170,7 +171,15 @@ def build_app(flows: NamedDependency[Flows], *, debug: bool = False) -> Litestar
         return flows
 
     return Litestar(
-        route_handlers=[VMController, ping, get_version, openapi_json, storage_router, net_router],
+        route_handlers=[
+            VMController,
+            ping,
+            get_version,
+            openapi_json,
+            storage_router,
+            net_router,
+            snapshot_router,
+        ],
         dependencies={"flows": Provide(provide_flows)},
         exception_handlers={
             FcdError: _on_fcd_error,

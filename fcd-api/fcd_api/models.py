@@ -91,6 +91,8 @@ class CreateVMRequest(Record):
     annotations: dict[AnnotationKey, AnnotationValue] = {}
     drives: list[DriveSpec] = []
     """Extra drives (data or shared read-only), attached after the root disk."""
+    track_dirty_pages: bool = False
+    """Let Firecracker track dirty pages, so the VM can take diff snapshots."""
 
 
 class VMConfig(Record):
@@ -128,6 +130,8 @@ class VM(Record):
     network_mode: str | None = None
     host_ip: str | None = None
     """The VM's unique address on the host (netns mode: its veth; else ``ip_address``)."""
+    restored_from: str | None = None
+    """The snapshot this VM was restored from (its first start)."""
 
 
 class ErrorDetail(Record):
@@ -154,6 +158,8 @@ class Runtime(Record):
     net: NetInfo | None = None
     template_kernel_args: str | None = None
     pid: int | None = None
+    restored_from: str | None = None
+    """The snapshot the VM was created from (None: booted from its template)."""
 
 
 class VmRecord(Record):
@@ -201,4 +207,5 @@ class VmRecord(Record):
             updated_at=self.updated_at,
             network_mode=net.mode if net else None,
             host_ip=net.host_ip if net else None,
+            restored_from=r.restored_from,
         )

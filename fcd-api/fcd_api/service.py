@@ -44,7 +44,13 @@ from fcd_common.undo import Undo
 from . import states
 from .clients import Helpers
 from .models import CreateVMRequest, PortMapping, VmRecord, VMState, now
-from .plan import check_kernel_args, check_limits, launch_request
+from .plan import (
+    Restore,
+    check_kernel_args,
+    check_limits,
+    check_same_guest_network,
+    launch_request,
+)
 from .registry import Registry
 from .states import Action
 
@@ -75,9 +81,9 @@ class Flows:
         self.registry = registry
         self.helpers = helpers
         self.limits = limits
-        self._locks = KeyedLocks()
+        self.locks = KeyedLocks()
 
-    def _set(self, rec: VmRecord, state: VMState | None = None, **changes: Any) -> VmRecord:
+    def write(self, rec: VmRecord, state: VMState | None = None, **changes: Any) -> VmRecord:
         """Write ``rec`` with a new state (checked against states.EDGES) and other fields."""
         if state is not None and state is not rec.state:
             states.move(rec.state, state)
@@ -86,7 +92,7 @@ class Flows:
         return self.registry.update(msgspec.structs.replace(rec, **changes))
 
     @contextmanager
-    def _guard(self, rec: VmRecord, what: str) -> Iterator[None]:
+    def guard(self, rec: VmRecord, what: str) -> Iterator[None]:
         """A helper call that fails leaves the VM in ``error``; the error goes to the client."""
         try:
             yield
@@ -103,7 +109,7 @@ class Flows:
         err = _as_fcd(exc)
         log.error("%s failed: %s: %s", what, err.code, err.message, extra=_extra(rec.id))
         current = self.registry.get(rec.id) or rec
-        self._set(current, VMState.ERROR, error=f"{what} failed: {err.code}: {err.message}")
+        self.write(current, VMState.ERROR, error=f"{what} failed: {err.code}: {err.message}")
         return err
 
     # --- reads -----------------------------------------------------------------
@@ -121,12 +127,15 @@ class Flows:
         return f"{total} VMs ({counts.get(VMState.RUNNING, 0)} running)"
 
     # --- create ----------------------------------------------------------------
-    async def create(self, req: CreateVMRequest) -> tuple[VmRecord, bool]:
-        """Create and boot a VM; return (record, created). Idempotent per id."""
+    async def create(
+        self, req: CreateVMRequest, source: Restore | None = None
+    ) -> tuple[VmRecord, bool]:
+        """Create and boot a VM (or, with ``source``, start it from a snapshot); return
+        (record, created). Idempotent per id: the same spec returns the existing VM."""
         vm_id = req.id or new_vm_id()
         spec = msgspec.structs.replace(req, id=vm_id)
         check_limits(spec, self.limits)
-        async with self._locks.hold(vm_id):
+        async with self.locks.hold(vm_id):
             existing = self.registry.get(vm_id)
             if existing is not None:
                 if existing.spec == spec:
@@ -146,10 +155,11 @@ class Flows:
             )
             states.move(None, VMState.CREATING)
             self.registry.insert(rec)
-            log.info("creating from template %s", spec.template, extra=_extra(vm_id))
+            what = f"snapshot {source.files.name}" if source else f"template {spec.template}"
+            log.info("creating from %s", what, extra=_extra(vm_id))
             undo = Undo()
             try:
-                rec = await self._create_steps(rec, undo)
+                rec = await self._create_steps(rec, undo, source)
             except BaseException as exc:
                 err = _as_fcd(exc)
                 await asyncio.shield(self._rollback(rec, undo, err))
@@ -159,18 +169,25 @@ class Flows:
             undo.commit()
             return rec, True
 
-    async def _create_steps(self, rec: VmRecord, undo: Undo) -> VmRecord:
+    async def _create_steps(self, rec: VmRecord, undo: Undo, source: Restore | None) -> VmRecord:
         h, vm_id, spec = self.helpers, rec.id, rec.spec
-        # unknown template: nothing to undo
-        template = await h.storage.call(pstorage.TemplateGet(name=spec.template))
-        check_kernel_args(template.kernel_args, spec.kernel_args)
+        if source is None:
+            # unknown template: nothing to undo
+            template = await h.storage.call(pstorage.TemplateGet(name=spec.template))
+            check_kernel_args(template.kernel_args, spec.kernel_args)
+            base_args = template.kernel_args
+        else:
+            base_args = source.origin.kernel_args
 
         undo.push("vmm.release", lambda: self._release_jail(vm_id))
         jail = await h.vmm.call(pvmm.AllocateJail(vm_id=vm_id))
         rt = msgspec.structs.replace(
-            rec.runtime, jail=jail, template_kernel_args=template.kernel_args
+            rec.runtime,
+            jail=jail,
+            template_kernel_args=base_args,
+            restored_from=source.files.name if source else None,
         )
-        rec = self._set(rec, runtime=rt)
+        rec = self.write(rec, runtime=rt)
 
         # Storage and network need only the jail's uid/gid: run them together.
         undo.push("storage.release", lambda: self._release_disk(vm_id))
@@ -180,6 +197,7 @@ class Flows:
             template=spec.template,
             disk_size_mib=spec.disk_size_mib,
             drives=list(spec.drives),
+            snapshot=source.files.name if source else None,
         )
         setup = pnet.NetSetup(
             vm_id=vm_id,
@@ -198,18 +216,24 @@ class Flows:
             raise disk
         if isinstance(net, BaseException):
             raise net
+        if source is not None:
+            check_same_guest_network(source.origin, net)
         rt = msgspec.structs.replace(rec.runtime, disk=disk, net=net)
-        rec = self._set(rec, VMState.STARTING, runtime=rt)
+        rec = self.write(rec, VMState.STARTING, runtime=rt)
 
-        proc = await h.vmm.call(launch_request(rec))
-        rec = self._set(
+        if source is None:
+            proc = await h.vmm.call(launch_request(rec))
+        else:
+            proc = await h.vmm.call(launch_request(rec, source.files, resume=source.resume))
+        final = VMState.PAUSED if proc.state == "paused" else VMState.RUNNING
+        rec = self.write(
             rec,
-            VMState.RUNNING,
+            final,
             runtime=msgspec.structs.replace(rec.runtime, pid=proc.pid),
             started_at=now(),
             error=None,
         )
-        log.info("running (pid %s, ip %s)", proc.pid, net.ip, extra=_extra(vm_id))
+        log.info("%s (pid %s, ip %s)", final.value, proc.pid, net.ip, extra=_extra(vm_id))
         return rec
 
     # --- the undo/delete steps (each idempotent) ----------------------------------
@@ -240,7 +264,7 @@ class Flows:
             self.registry.delete(vm_id)
             return
         current = self.registry.get(vm_id) or rec
-        self._set(
+        self.write(
             current,
             VMState.ERROR,
             error=f"create failed: {err.code}: {err.message}; undo failed: {'; '.join(failures)}",
@@ -256,15 +280,15 @@ class Flows:
         """One transition from the table, under the VM's lock: enter the transient
         state, run the helper ``call`` (a failure leaves the VM in ``error``), then
         write the final state with the record changes ``call`` returned."""
-        async with self._locks.hold(check_vm_id(vm_id)):
+        async with self.locks.hold(check_vm_id(vm_id)):
             rec = self.registry.require(vm_id)
             step = states.check(action, rec.state)
             assert step.to is not None
             if step.via is not None:
-                rec = self._set(rec, step.via)
-            with self._guard(rec, action.value):
+                rec = self.write(rec, step.via)
+            with self.guard(rec, action.value):
                 changes = await call(rec)
-            return self._set(rec, step.to, **changes)
+            return self.write(rec, step.to, **changes)
 
     async def start(self, vm_id: str) -> VmRecord:
         """stopped -> starting -> running: a fresh jailer + Firecracker on the same disk/TAP/IP."""
@@ -310,7 +334,7 @@ class Flows:
         helper fails the VM is left in ``error`` (so the delete can be retried)
         and the error is returned.
         """
-        async with self._locks.hold(check_vm_id(vm_id)):
+        async with self.locks.hold(check_vm_id(vm_id)):
             rec = self.registry.require(vm_id)
             states.check(Action.DELETE, rec.state, force=force)
             log.info("deleting (from %s, force=%s)", rec.state.value, force, extra=_extra(vm_id))
@@ -320,7 +344,7 @@ class Flows:
                 ("storage.release", lambda: self._release_disk(vm_id)),
             ]
             for name, fn in steps:
-                with self._guard(rec, f"delete ({name})"):
+                with self.guard(rec, f"delete ({name})"):
                     await fn()
             self.registry.delete(vm_id)
             log.info("deleted", extra=_extra(vm_id))
@@ -329,7 +353,7 @@ class Flows:
     async def change_ports(self, vm_id: str, add: bool, ports: list[PortMapping]) -> VmRecord:
         """Add or remove port mappings (all or nothing) on a VM in any state but
         ``creating``; the registry keeps the mappings fcd-net reports in force."""
-        async with self._locks.hold(check_vm_id(vm_id)):
+        async with self.locks.hold(check_vm_id(vm_id)):
             rec = self.registry.require(vm_id)
             if rec.state is VMState.CREATING or rec.runtime.net is None:
                 raise FailedPrecondition(
@@ -342,7 +366,7 @@ class Flows:
             else:
                 req = pnet.NetPortsRemove(vm_id=vm_id, ports=ports)
             net = await self.helpers.net.call(req)
-            rec = self._set(rec, runtime=msgspec.structs.replace(rec.runtime, net=net))
+            rec = self.write(rec, runtime=msgspec.structs.replace(rec.runtime, net=net))
             ports_now = [(p.protocol, p.host_port) for p in net.ports]
             log.info("ports: %s", ports_now, extra=_extra(vm_id))
             return rec

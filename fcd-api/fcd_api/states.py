@@ -56,6 +56,7 @@ EDGES: frozenset[tuple[VMState | None, VMState]] = frozenset(
         (None, S.CREATING),
         (S.CREATING, S.STARTING),
         (S.STARTING, S.RUNNING),
+        (S.STARTING, S.PAUSED),  # restored from a snapshot without resuming
         (S.STOPPED, S.STARTING),
         (S.RUNNING, S.PAUSING),
         (S.PAUSING, S.PAUSED),

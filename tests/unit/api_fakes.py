@@ -26,7 +26,7 @@ from fcd_api.clients import Helpers
 from fcd_api.registry import Registry
 from fcd_api.service import Flows
 from fcd_common.config import LimitsConfig
-from fcd_common.errors import Conflict, FcdError, NotFound
+from fcd_common.errors import Conflict, FailedPrecondition, FcdError, NotFound
 from fcd_common.proto import net as pnet
 from fcd_common.proto import storage as pstorage
 from fcd_common.proto import vmm as pvmm
@@ -54,6 +54,9 @@ TEMPLATE = pstorage.TemplateInfo(
 )
 
 
+FIRECRACKER_V1_7 = pvmm.VmmInfo(firecracker_version="1.7.0", snapshot_version="1.0.0")
+
+
 @dataclass
 class FakeHelpers:
     calls: list[tuple[str, str]] = field(default_factory=list)
@@ -66,6 +69,8 @@ class FakeHelpers:
     nets: dict[str, pnet.NetInfo] = field(default_factory=dict)
     procs: dict[str, pvmm.VmProcess] = field(default_factory=dict)
     launches: list[pvmm.Launch] = field(default_factory=list)
+    snapshots: dict[str, pstorage.SnapshotInfo] = field(default_factory=dict)
+    info: pvmm.VmmInfo = FIRECRACKER_V1_7
     _next_uid: int = 900_000
     _next_ip: int = 2
 
@@ -90,7 +95,8 @@ class FakeHelpers:
         if req.vm_id not in self.jails:
             raise NotFound(f"no jail for {req.vm_id}")
         self.launches.append(req)
-        proc = pvmm.VmProcess(vm_id=req.vm_id, state="running", pid=4242 + len(self.launches))
+        state: pvmm.ProcState = "paused" if req.restore and not req.resume else "running"
+        proc = pvmm.VmProcess(vm_id=req.vm_id, state=state, pid=4242 + len(self.launches))
         self.procs[req.vm_id] = proc
         return proc
 
@@ -178,30 +184,97 @@ class FakeHelpers:
             del self.disks[v]
         return pstorage.ReclaimResult(removed=[f"disk:{v}" for v in gone])
 
-    async def snapshot_missing(self, req: Any) -> pstorage.SnapshotInfo:
-        raise NotFound(f"snapshot {req.name!r} not found", details={"field": "snapshot"})
+    def _snapshot(self, name: str) -> pstorage.SnapshotInfo:
+        if name not in self.snapshots:
+            raise NotFound(f"snapshot {name!r} not found", details={"field": "snapshot"})
+        return self.snapshots[name]
+
+    async def snapshot_prepare(self, req: pstorage.SnapshotPrepare) -> pstorage.SnapshotInfo:
+        if req.name in self.snapshots:
+            raise Conflict(f"snapshot {req.name!r} already exists", details={"field": "name"})
+        base = f"/store/snapshots/{req.name}"
+        self.snapshots[req.name] = pstorage.SnapshotInfo(
+            name=req.name,
+            vm_id=req.vm_id,
+            template=self.disks[req.vm_id].template,
+            state="pending",
+            state_path=f"{base}/vmstate",
+            memory_path=f"{base}/memory",
+            disk_path=f"{base}/rootfs.ext4",
+        )
+        return self.snapshots[req.name]
+
+    async def snapshot_commit(self, req: pstorage.SnapshotCommit) -> pstorage.SnapshotInfo:
+        snap = msgspec.structs.replace(
+            self._snapshot(req.name), state="ready", memory_size=128 << 20, origin=req.origin
+        )
+        self.snapshots[req.name] = snap
+        return snap
+
+    async def snapshot_get(self, req: pstorage.SnapshotGet) -> pstorage.SnapshotInfo:
+        return self._snapshot(req.name)
+
+    async def snapshot_delete(self, req: pstorage.SnapshotDelete) -> Done:
+        self._snapshot(req.name)
+        del self.snapshots[req.name]
+        return Done()
 
     async def snapshot_list(self, req: pstorage.SnapshotList) -> pstorage.SnapshotInfoList:
-        return pstorage.SnapshotInfoList(items=[])
+        return pstorage.SnapshotInfoList(items=list(self.snapshots.values()))
+
+    async def vmm_info(self, req: pvmm.Info) -> pvmm.VmmInfo:
+        return self.info
+
+    async def snapshot_create(self, req: pvmm.SnapshotCreate) -> pvmm.SnapshotTaken:
+        if self.procs[req.vm_id].state != "paused":
+            raise FailedPrecondition(f"VM {req.vm_id} is not paused")
+        return pvmm.SnapshotTaken(
+            vm_id=req.vm_id,
+            type=req.type,
+            state_size=4096,
+            memory_size=128 << 20,
+            firecracker_version=self.info.firecracker_version,
+            snapshot_version=self.info.snapshot_version,
+            took_ms=1.0,
+        )
 
     # --- net ---------------------------------------------------------------------
     async def net_setup(self, req: pnet.NetSetup) -> pnet.NetInfo:
-        if req.vm_id not in self.nets:
-            ip = f"172.30.0.{self._next_ip}"
-            self._next_ip += 1
-            self.nets[req.vm_id] = pnet.NetInfo(
+        if req.vm_id in self.nets:
+            return self.nets[req.vm_id]
+        ports = self._ports(req.vm_id, list(req.ports))
+        if req.mode == "netns":  # every VM namespace holds the same guest network
+            info = pnet.NetInfo(
+                vm_id=req.vm_id,
+                tap="fctap0",
+                mac="06:00:0a:c8:00:02",
+                ip="10.200.0.2",
+                gateway="10.200.0.1",
+                prefix_len=30,
+                bridge="",
+                uid=req.uid,
+                gid=req.gid,
+                ports=ports,
+                mode="netns",
+                netns=f"/run/netns/fcvm-{req.vm_id[:13]}",
+                host_ip=f"10.201.0.{self._next_ip}",
+            )
+        else:
+            info = pnet.NetInfo(
                 vm_id=req.vm_id,
                 tap=f"fc{req.vm_id[:13]}",
                 mac="06:00:ac:1e:00:02",
-                ip=ip,
+                ip=f"172.30.0.{self._next_ip}",
                 gateway="172.30.0.1",
                 prefix_len=24,
                 bridge="fcbr0",
                 uid=req.uid,
                 gid=req.gid,
-                ports=self._ports(req.vm_id, list(req.ports)),
+                ports=ports,
             )
-        return self.nets[req.vm_id]
+        self._next_ip += 1
+        self.nets[req.vm_id] = info
+        return info
 
     async def net_teardown(self, req: pnet.NetTeardown) -> Done:
         self.nets.pop(req.vm_id, None)
@@ -295,6 +368,8 @@ class FakeHelpers:
                     pvmm.ReleaseJail: w(self.release_jail),
                     pvmm.Status: w(self.status),
                     pvmm.ListVms: w(self.list_vms),
+                    pvmm.Info: w(self.vmm_info),
+                    pvmm.SnapshotCreate: w(self.snapshot_create),
                 },
             ),
             "storage": (
@@ -311,10 +386,10 @@ class FakeHelpers:
                     pstorage.TemplateBuild: w(self.template_build),
                     pstorage.TemplateDelete: w(self.template_delete),
                     pstorage.Reclaim: w(self.reclaim),
-                    pstorage.SnapshotPrepare: w(self.snapshot_missing),
-                    pstorage.SnapshotCommit: w(self.snapshot_missing),
-                    pstorage.SnapshotGet: w(self.snapshot_missing),
-                    pstorage.SnapshotDelete: w(self.snapshot_missing),
+                    pstorage.SnapshotPrepare: w(self.snapshot_prepare),
+                    pstorage.SnapshotCommit: w(self.snapshot_commit),
+                    pstorage.SnapshotGet: w(self.snapshot_get),
+                    pstorage.SnapshotDelete: w(self.snapshot_delete),
                     pstorage.SnapshotList: w(self.snapshot_list),
                 },
             ),

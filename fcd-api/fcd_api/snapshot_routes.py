@@ -1,0 +1,42 @@
+"""``POST /v1/vms/{id}/snapshots`` and ``POST /v1/snapshots/{name}/restore``
+(the flows are :mod:`fcd_api.snapshot_flows`; listing, inspecting and deleting
+snapshot files are fcd-storage's routes in :mod:`fcd_api.storage_routes`)."""
+
+from __future__ import annotations
+
+from litestar import Response, Router, post
+from litestar.di import NamedDependency
+from litestar.params import FromPath, JSONBody
+
+from fcd_common.proto import storage as ps
+
+from .models import VM
+from .service import Flows
+from .snapshot_flows import SnapshotFlows
+from .snapshot_models import RestoreRequest, SnapshotRequest
+
+__all__ = ["snapshot_router"]
+
+
+@post("/v1/vms/{vm_id:str}/snapshots", status_code=201, summary="Snapshot a VM")
+async def take_snapshot(
+    flows: NamedDependency[Flows], vm_id: FromPath[str], data: JSONBody[SnapshotRequest]
+) -> ps.SnapshotInfo:
+    return await SnapshotFlows(flows).take(vm_id, data)
+
+
+@post(
+    "/v1/snapshots/{name:str}/restore",
+    status_code=201,
+    summary="Restore a new VM from a snapshot (200 if it already exists with this spec)",
+)
+async def restore_snapshot(
+    flows: NamedDependency[Flows], name: FromPath[str], data: JSONBody[RestoreRequest]
+) -> Response[VM]:
+    rec, created = await SnapshotFlows(flows).restore(name, data)
+    return Response(rec.to_public(), status_code=201 if created else 200)
+
+
+snapshot_router = Router(
+    path="/", route_handlers=[take_snapshot, restore_snapshot], tags=["snapshots"]
+)
