@@ -9,7 +9,9 @@
     fcctl templates ls | get NAME | rm NAME
     fcctl templates import NAME --kernel PATH --rootfs PATH [--kernel-args A] [--sha256 HEX]
     fcctl templates build NAME --kernel PATH --from DIR [--size MiB] [--kernel-args A]
-    fcctl snapshots ls | get NAME | rm NAME
+    fcctl snapshot create VM NAME [--type full|diff] [--then resume|pause|stop]
+    fcctl snapshot ls | get NAME | rm NAME   (or: snapshots)
+    fcctl restore NAME [--id ID] [--label k=v]... [--port HOST:GUEST[/udp]]... [--paused]
     fcctl reclaim
 
 The socket is ``--socket``, else ``$FCD_SOCKET``, else the configured
@@ -32,7 +34,7 @@ from typing import Any
 
 import httpx
 
-from . import storage_cli, tables
+from . import snapshot_cli, storage_cli, tables
 from .storage_cli import Handler, Request, show
 from .tables import Column
 
@@ -218,6 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="extra drive: a blank ext4 of MiB, or a template's image read-only",
     )
     storage_cli.add_parsers(sub, out)
+    snapshot_cli.add_parsers(sub, out, _label_arg)
     return p
 
 
@@ -281,6 +284,11 @@ def _create(args: argparse.Namespace, request: Request, as_json: bool) -> str:
     return show(request("POST", "/v1/vms", json=create_body(args)), as_json, _one_vm)
 
 
+def _restore(args: argparse.Namespace, request: Request, as_json: bool) -> str:
+    body = snapshot_cli.restore_body(args, parse_labels(args.label))
+    return show(request("POST", f"/v1/snapshots/{args.name}/restore", json=body), as_json, _one_vm)
+
+
 def _list(args: argparse.Namespace, request: Request, as_json: bool) -> str:
     params: list[tuple[str, str]] = [("label", item) for item in args.label]
     if args.state:
@@ -315,7 +323,9 @@ COMMANDS: dict[str, Handler] = {
     "resume": _transition,
     "rm": _delete,
     "delete": _delete,
+    "restore": _restore,
     **storage_cli.COMMANDS,
+    **snapshot_cli.COMMANDS,
 }
 
 

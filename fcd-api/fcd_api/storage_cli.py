@@ -1,4 +1,5 @@
-"""fcctl's storage commands: ``templates``, ``snapshots``, ``reclaim``, and ``--drive``."""
+"""fcctl's storage commands: ``templates``, ``reclaim``, and ``--drive`` (snapshots:
+:mod:`fcd_api.snapshot_cli`)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,6 @@ __all__ = [
     "add_parsers",
     "drive_arg",
     "parse_drives",
-    "render_snapshots",
     "render_templates",
     "run",
     "show",
@@ -76,11 +76,6 @@ def add_parsers(sub: Any, out: argparse.ArgumentParser) -> None:
     b.add_argument("--from", dest="source_dir", required=True, metavar="DIR")
     b.add_argument("--size", type=int, metavar="MiB", help="image size (default: tree + headroom)")
     b.add_argument("--kernel-args", default="")
-    s = sub.add_parser("snapshots", parents=[out], help="list or delete snapshot files")
-    ssub = s.add_subparsers(dest="scmd", required=True, metavar="ACTION")
-    ssub.add_parser("ls", aliases=["list"], parents=[out], help="list snapshots")
-    for name in ("get", "rm"):
-        ssub.add_parser(name, parents=[out]).add_argument("name")
     sub.add_parser("reclaim", parents=[out], help="remove partial files and orphan disks")
 
 
@@ -101,22 +96,10 @@ TEMPLATE_COLUMNS: tuple[Column[dict[str, Any]], ...] = (
     Column("USED BY", lambda t: len(t.get("used_by") or [])),
     Column("CREATED", lambda t: t.get("created_at", "-")),
 )
-SNAPSHOT_COLUMNS: tuple[Column[dict[str, Any]], ...] = (
-    Column("NAME", lambda s: s.get("name")),
-    Column("STATE", lambda s: s.get("state")),
-    Column("VM", lambda s: s.get("vm_id")),
-    Column("TEMPLATE", lambda s: s.get("template")),
-    Column("MEMORY", lambda s: _mib(s.get("memory_size"))),
-    Column("USED BY", lambda s: len(s.get("used_by") or [])),
-)
 
 
 def render_templates(items: Sequence[dict[str, Any]]) -> str:
     return tables.render_table(TEMPLATE_COLUMNS, items)
-
-
-def render_snapshots(items: Sequence[dict[str, Any]]) -> str:
-    return tables.render_table(SNAPSHOT_COLUMNS, items)
 
 
 def render_detail(obj: dict[str, Any]) -> str:
@@ -129,19 +112,6 @@ def render_detail(obj: dict[str, Any]) -> str:
 def _reclaim(args: argparse.Namespace, request: Request, as_json: bool) -> str:
     res = request("POST", "/v1/storage/reclaim")
     return json.dumps(res, indent=2) if as_json else "\n".join(res["removed"]) or "(nothing)"
-
-
-def _snapshots_ls(args: argparse.Namespace, request: Request, as_json: bool) -> str:
-    return show(request("GET", "/v1/snapshots"), as_json, render_snapshots)
-
-
-def _snapshots_get(args: argparse.Namespace, request: Request, as_json: bool) -> str:
-    return show(request("GET", f"/v1/snapshots/{args.name}"), as_json, render_detail)
-
-
-def _snapshots_rm(args: argparse.Namespace, request: Request, as_json: bool) -> str:
-    request("DELETE", f"/v1/snapshots/{args.name}")
-    return str(args.name)
 
 
 def _templates_ls(args: argparse.Namespace, request: Request, as_json: bool) -> str:
@@ -187,7 +157,7 @@ def _templates_build(args: argparse.Namespace, request: Request, as_json: bool) 
     return show(request("POST", "/v1/templates/build", json=body), as_json, _one_template)
 
 
-# ``fcctl templates ACTION`` and ``fcctl snapshots ACTION``: every name and alias add_parsers()
+# ``fcctl templates ACTION``: every name and alias add_parsers()
 # declares, and what it runs.
 TEMPLATE_ACTIONS: dict[str, Handler] = {
     "ls": _templates_ls,
@@ -197,25 +167,14 @@ TEMPLATE_ACTIONS: dict[str, Handler] = {
     "import": _templates_import,
     "build": _templates_build,
 }
-SNAPSHOT_ACTIONS: dict[str, Handler] = {
-    "ls": _snapshots_ls,
-    "list": _snapshots_ls,
-    "get": _snapshots_get,
-    "rm": _snapshots_rm,
-}
 
 
 def _templates(args: argparse.Namespace, request: Request, as_json: bool) -> str:
     return TEMPLATE_ACTIONS[args.tcmd](args, request, as_json)
 
 
-def _snapshots(args: argparse.Namespace, request: Request, as_json: bool) -> str:
-    return SNAPSHOT_ACTIONS[args.scmd](args, request, as_json)
-
-
 COMMANDS: dict[str, Handler] = {
     "templates": _templates,
-    "snapshots": _snapshots,
     "reclaim": _reclaim,
 }
 

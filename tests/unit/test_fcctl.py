@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from fcd_api import cli, storage_cli, tables
+from fcd_api import cli, snapshot_cli, storage_cli, tables
 from fcd_api.__main__ import start_http
 from fcd_api.app import create_asgi
 from fcd_common.rpc import bind_unix
@@ -270,7 +270,7 @@ def test_renderers_escape_control_characters() -> None:
         cli.render_table([vm, VM]),
         cli.render_detail(vm),
         storage_cli.render_templates([{"name": "t", "kernel_args": HOSTILE}]),
-        storage_cli.render_snapshots([{"name": "s", "vm_id": HOSTILE}]),
+        snapshot_cli.render_snapshots([{"name": "s", "vm_id": HOSTILE}]),
         storage_cli.render_detail({"name": "s", "used_by": [HOSTILE]}),
     ]
     for text in outputs:
@@ -333,4 +333,4 @@ def test_every_command_has_a_handler() -> None:
     top = _choices(cli.build_parser())
     assert set(top) == set(cli.COMMANDS)
     assert set(_choices(top["templates"])) == set(storage_cli.TEMPLATE_ACTIONS)
-    assert set(_choices(top["snapshots"])) == set(storage_cli.SNAPSHOT_ACTIONS)
+    assert set(_choices(top["snapshots"])) == set(snapshot_cli.ACTIONS)
