@@ -160,6 +160,8 @@ class Runtime(Record):
     pid: int | None = None
     restored_from: str | None = None
     """The snapshot the VM was created from (None: booted from its template)."""
+    last_snapshot: str | None = None
+    """The VM's latest snapshot: the parent of its next diff snapshot."""
 
 
 class VmRecord(Record):

@@ -69,11 +69,15 @@ class SnapshotFlows:
                     f"cannot snapshot a VM that is {rec.state.value}: allowed from running, paused",
                     details={"state": rec.state.value, "action": "snapshot"},
                 )
-            if req.type == "diff" and not rec.spec.track_dirty_pages:
-                raise FailedPrecondition(
-                    "a diff snapshot needs a VM created with track_dirty_pages",
-                    details={"field": "type", "state": rec.state.value},
-                )
+            parent = None
+            if req.type == "diff":
+                parent = rec.runtime.last_snapshot or rec.runtime.restored_from
+                if not rec.spec.track_dirty_pages or parent is None:
+                    raise FailedPrecondition(
+                        "a diff snapshot needs a VM created with track_dirty_pages and an"
+                        " earlier snapshot of it (or one it was restored from) to layer onto",
+                        details={"field": "type", "state": rec.state.value},
+                    )
             was = rec.state
             if was is VMState.RUNNING:
                 rec = f.write(rec, VMState.PAUSING)
@@ -83,23 +87,24 @@ class SnapshotFlows:
             log.info("snapshot %s (%s) of a %s VM", name, req.type, was.value, extra=_extra(vm_id))
             undo = Undo()
             try:
-                snap = await self._take_steps(rec, name, req, undo)
+                snap = await self._take_steps(rec, name, req, undo, parent)
             except BaseException as exc:
                 await asyncio.shield(self._abort(rec, was, undo, exc))
                 raise
             undo.commit()
+            rec = f.write(rec, runtime=msgspec.structs.replace(rec.runtime, last_snapshot=name))
             await self._then(rec, req.then)
             return snap
 
     async def _take_steps(
-        self, rec: VmRecord, name: str, req: SnapshotRequest, undo: Undo
+        self, rec: VmRecord, name: str, req: SnapshotRequest, undo: Undo, parent: str | None
     ) -> pstorage.SnapshotInfo:
         h, vm_id = self.flows.helpers, rec.id
         pending = await h.storage.call(pstorage.SnapshotPrepare(name=name, vm_id=vm_id))
         undo.push("storage.snapshot_delete", lambda: self._delete_snapshot(name))
         files = snapshot_files(pending)
         taken = await h.vmm.call(pvmm.SnapshotCreate(vm_id=vm_id, files=files, type=req.type))
-        origin = snapshot_origin(rec, taken)
+        origin = snapshot_origin(rec, taken, parent)
         snap = await h.storage.call(pstorage.SnapshotCommit(name=name, origin=origin))
         log.info(
             "snapshot %s taken in %.1f ms (%d bytes of memory)",

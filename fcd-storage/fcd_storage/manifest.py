@@ -134,6 +134,8 @@ class SnapshotManifest(msgspec.Struct, kw_only=True, frozen=True):
     format: int = 1
     origin: SnapshotOrigin | None = None
     """What a restore needs (fcd-api's record, given at commit)."""
+    written_bytes: int = 0
+    """Bytes of memory Firecracker wrote (a diff: only the dirty pages)."""
 
     def info(self, lay: StoreLayout, used_by: list[str] | None = None) -> SnapshotInfo:
         return SnapshotInfo(
@@ -150,6 +152,7 @@ class SnapshotManifest(msgspec.Struct, kw_only=True, frozen=True):
             created_at=self.created_at,
             used_by=list(used_by or []),
             origin=self.origin,
+            written_bytes=self.written_bytes,
         )
 
 

@@ -131,6 +131,9 @@ def commit(store: Store, name: str, origin: SnapshotOrigin | None = None) -> Sna
     if pending.ready:
         return pending  # idempotent
     disk = store.disk(pending.vm_id)
+    written = 0
+    if origin is not None and origin.type == "diff":
+        written = _layer_onto_parent(store, name, origin.parent)
     sizes = {}
     for path in (lay.snapshot_state(name), lay.snapshot_memory(name)):
         with _open(path) as fd:
@@ -171,6 +174,7 @@ def commit(store: Store, name: str, origin: SnapshotOrigin | None = None) -> Sna
         disk_size=disk_size,
         created_at=now_rfc3339(),
         origin=origin,
+        written_bytes=written or sizes[lay.snapshot_memory(name).name],
     )
     d = lay.snapshot_dir(name)
     mtmp = d / (SNAPSHOT_MANIFEST + ".tmp")
@@ -181,6 +185,39 @@ def commit(store: Store, name: str, origin: SnapshotOrigin | None = None) -> Sna
     fsync_dir(d)
     log.info("committed snapshot %s of %s (%d bytes of memory)", name, m.vm_id, m.memory_size)
     return m
+
+
+def _layer_onto_parent(store: Store, name: str, parent: str | None) -> int:
+    """Make a diff snapshot's memory restorable on its own: a copy (reflink) of the
+    parent's memory with the diff's data runs (the dirty pages Firecracker wrote;
+    everything else is a hole) written over it at the same offsets. Returns the bytes
+    the diff held. The merged file replaces the diff's under a temporary name."""
+    lay = store.layout
+    if parent is None:
+        raise FailedPrecondition(
+            f"diff snapshot {name!r} names no parent", details={"field": "parent"}
+        )
+    require_ready(store, parent)
+    mem = lay.snapshot_memory(name)
+    tmp = mem.with_name(mem.name + ".merge")
+    fileio.remove_tree(tmp)
+    with _open(mem) as diff, _open(lay.snapshot_memory(parent)) as base:
+        written = fileio.allocated(diff)
+        if os.fstat(diff).st_size != os.fstat(base).st_size:
+            raise FailedPrecondition(
+                f"diff snapshot {name!r} and its parent {parent!r} differ in memory size",
+                details={"field": "parent"},
+            )
+        with fileio.owned_fd(fileio.create_file(tmp, SNAPSHOT_FILE_MODE)) as out:
+            if not fileio.reflink(base, out):
+                free = fileio.free_bytes(lay.tmp)
+                plan.check_space(free, fileio.allocated(base) + plan.RESERVE_BYTES, name)
+                fileio.copy_sparse(base, out)
+            fileio.copy_sparse(diff, out)
+            os.fsync(out)
+    os.rename(tmp, mem)
+    log.info("layered diff snapshot %s (%d bytes) onto %s", name, written, parent)
+    return written
 
 
 def delete(store: Store, name: str) -> None:

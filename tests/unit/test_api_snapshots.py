@@ -184,3 +184,25 @@ def test_snapshot_format_compatibility() -> None:
     assert not snapshot_loadable("8.3.0", "8.2.0")
     assert not snapshot_loadable("1.0.0", "8.0.0")
     assert not snapshot_loadable("garbage", "1.0.0")
+
+
+def test_diff_snapshots_chain_onto_the_last_one() -> None:
+    async def t(h: Harness) -> None:
+        await _source(h, track_dirty_pages=True)
+        assert h.fakes.launches[-1].track_dirty_pages
+        r = await h.client.post("/v1/vms/src/snapshots", json={"name": "d0", "type": "diff"})
+        assert r.status_code == 409  # nothing to layer onto yet
+        assert (await h.client.get("/v1/vms/src")).json()["state"] == "running"
+        await h.client.post("/v1/vms/src/snapshots", json={"name": "f"})
+        r = await h.client.post("/v1/vms/src/snapshots", json={"name": "d1", "type": "diff"})
+        assert r.status_code == 201, r.text
+        assert (r.json()["origin"]["type"], r.json()["origin"]["parent"]) == ("diff", "f")
+        r = await h.client.post("/v1/vms/src/snapshots", json={"name": "d2", "type": "diff"})
+        assert r.json()["origin"]["parent"] == "d1"
+        # a clone of d2 can take diffs on top of the snapshot it came from
+        r = await h.client.post("/v1/snapshots/d2/restore", json={"id": "c"})
+        assert r.status_code == 201 and h.fakes.launches[-1].track_dirty_pages
+        r = await h.client.post("/v1/vms/c/snapshots", json={"name": "c1", "type": "diff"})
+        assert r.json()["origin"]["parent"] == "d2"
+
+    run(t)

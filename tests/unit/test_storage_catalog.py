@@ -17,7 +17,7 @@ from fcd_common.errors import (
     NotFound,
     ResourceExhausted,
 )
-from fcd_common.proto.storage import DriveSpec
+from fcd_common.proto.storage import DriveSpec, SnapshotOrigin
 from fcd_storage import disks, plan, reclaim, refs, snapshots, templates
 from fcd_storage.manifest import DiskManifest, DriveRecord, SnapshotManifest, now_rfc3339
 from fcd_storage.store import Store
@@ -320,3 +320,60 @@ def test_reclaim_on_request(store: Store, tmp_path: Path, kernel: Path) -> None:
         reclaim.reclaim_unowned(store, ["vm-live"], "yesterday")
     with pytest.raises(InvalidArgument):
         reclaim.reclaim_unowned(store, ["../etc"], as_of)
+
+
+def _origin(vm_id: str, kind: str = "full", parent: str | None = None) -> SnapshotOrigin:
+    return SnapshotOrigin(
+        vm_id=vm_id,
+        type=kind,  # type: ignore[arg-type]
+        parent=parent,
+        vcpu_count=1,
+        mem_size_mib=1,
+        template="base",
+        network_mode="netns",
+        guest_ip="10.200.0.2",
+        guest_mac="06:00:0a:c8:00:02",
+        tap="fctap0",
+        firecracker_version="1.7.0",
+        snapshot_version="1.0.0",
+    )
+
+
+def test_diff_snapshot_is_layered_onto_its_parent(
+    store: Store, tmp_path: Path, kernel: Path
+) -> None:
+    """A diff's memory holds only the dirty pages (holes elsewhere); committed, it is the
+    parent's memory with those pages written over it, restorable on its own."""
+    imported(store, tmp_path, kernel)
+    disks.provision(store, "vm-1", "base")
+    page, pages = 4096, 64
+    base = bytes(range(256)) * (page * pages // 256)
+    snapshots.prepare(store, "full", "vm-1")
+    store.layout.snapshot_state("full").write_bytes(b"S" * 100)
+    store.layout.snapshot_memory("full").write_bytes(base)
+    full = snapshots.commit(store, "full", _origin("vm-1"))
+    assert full.written_bytes == len(base) and full.origin == _origin("vm-1")
+
+    snapshots.prepare(store, "d1", "vm-1")
+    store.layout.snapshot_state("d1").write_bytes(b"T" * 100)
+    with open(store.layout.snapshot_memory("d1"), "r+b") as f:  # sparse: 2 dirty pages
+        f.truncate(len(base))
+        for n in (3, 40):
+            f.seek(n * page)
+            f.write(b"\xee" * page)
+    d1 = snapshots.commit(store, "d1", _origin("vm-1", "diff", parent="full"))
+    merged = store.layout.snapshot_memory("d1").read_bytes()
+    want = bytearray(base)
+    for n in (3, 40):
+        want[n * page : (n + 1) * page] = b"\xee" * page
+    assert merged == bytes(want)
+    assert d1.memory_size == len(base) and d1.written_bytes < len(base) // 4
+    assert store.layout.snapshot_memory("full").read_bytes() == base  # parent untouched
+    assert not list(store.layout.snapshot_dir("d1").glob("*.merge"))
+
+    snapshots.prepare(store, "orphan", "vm-1")
+    fill(store, "orphan")
+    with pytest.raises(FailedPrecondition):
+        snapshots.commit(store, "orphan", _origin("vm-1", "diff", parent=None))
+    with pytest.raises(NotFound):
+        snapshots.commit(store, "orphan", _origin("vm-1", "diff", parent="nope"))

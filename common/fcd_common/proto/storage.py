@@ -117,6 +117,9 @@ class SnapshotInfo(Reply):
     created_at: str = ""
     used_by: list[str] = []
     origin: SnapshotOrigin | None = None
+    written_bytes: int = 0
+    """Bytes of memory Firecracker wrote: all of it for a full snapshot, only the dirty
+    pages for a diff (whose ``memory_size`` is the whole, layered file)."""
 
 
 class SnapshotInfoList(Reply):
