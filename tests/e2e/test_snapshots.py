@@ -1,0 +1,134 @@
+"""End to end through the API: snapshot a VM, restore ten clones at once, delete them all.
+
+Four real daemons in a private netns, the jailer and Firecracker doubles (or the
+real binaries when FCD_FIRECRACKER/FCD_JAILER are set). What each clone must
+have is checked where it lives: its own network namespace holding the shared
+TAP name and guest address, its own disk (a separate inode carrying the
+source's marker), its own host port whose SYNs leave on its own TAP only, and
+read access to the shared memory file through an ACL entry, never the world.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fcd_dev import devup
+from fcd_vmm import acl
+
+from .harness import api, in_ns, running_suite, taps
+
+pytestmark = [pytest.mark.root, pytest.mark.e2e]
+
+CLONES = 10
+MARKER = b"fcd-snapshot-marker\n"
+
+
+def _netns_of(pid: int, prefix: str) -> str:
+    ino = os.stat(f"/proc/{pid}/ns/net").st_ino
+    names = [
+        n
+        for n in os.listdir("/run/netns")
+        if n.startswith(prefix) and os.stat(f"/run/netns/{n}").st_ino == ino
+    ]
+    assert len(names) == 1, names
+    return names[0]
+
+
+def _tap_tx(ns: str, tap: str) -> int:
+    link = json.loads(in_ns(ns, "ip", "-s", "-j", "link", "show", tap))[0]
+    return int(link["stats64"]["tx"]["packets"])
+
+
+def _syn(suite_ns: str, port: int) -> None:
+    """A TCP connect from the suite's namespace to a mapped host port (no guest answers)."""
+    code = (
+        "import socket,sys;s=socket.socket();s.settimeout(0.3)\n"
+        f"try: s.connect(('127.0.0.1',{port}))\nexcept OSError: pass"
+    )
+    subprocess.run(["ip", "netns", "exec", suite_ns, "python3", "-c", code], check=False)
+
+
+def _acl_uids(path: Path) -> set[int]:
+    try:
+        raw = os.getxattr(path, "system.posix_acl_access")
+    except OSError:
+        return set()
+    return {e.id for e in acl.decode(raw) if e.tag == acl.USER}
+
+
+def test_snapshot_then_ten_clones_in_their_own_namespaces(tmp_path: Path) -> None:
+    with running_suite(tmp_path) as suite, api(suite) as c:
+        devup.import_demo_template(suite, "demo")
+        src = {"id": "src", "template": "demo", "network_mode": "netns"}
+        r = c.post("/v1/vms", json=src)
+        assert r.status_code == 201, r.text
+        storage = suite.cfg.state("storage")
+        src_disk = storage / "disks" / "src" / "rootfs.ext4"
+        with open(src_disk, "r+b") as f:  # stands in for what the guest wrote
+            f.seek(-4096, os.SEEK_END)
+            f.write(MARKER)
+
+        r = c.post("/v1/vms/src/snapshots", json={"name": "warm"})
+        assert r.status_code == 201, r.text
+        snap = r.json()
+        assert snap["state"] == "ready" and snap["origin"]["network_mode"] == "netns"
+        assert c.get("/v1/vms/src").json()["state"] == "running"
+        memory = Path(snap["memory_path"])
+        assert stat.S_IMODE(memory.stat().st_mode) & 0o077 == 0  # no group/world access
+
+        t0 = time.monotonic()
+        clones: list[dict[str, Any]] = []
+        for i in range(CLONES):
+            body = {"id": f"clone-{i}", "port_mappings": [{"host_port": 0, "guest_port": 8080}]}
+            r = c.post("/v1/snapshots/warm/restore", json=body)
+            assert r.status_code == 201, r.text
+            clones.append(r.json())
+        took = time.monotonic() - t0
+        listed = {v["id"]: v for v in c.get("/v1/vms").json()}
+        assert all(listed[v["id"]]["state"] == "running" for v in clones)
+        assert {v["ip_address"] for v in clones} == {c.get("/v1/vms/src").json()["ip_address"]}
+        assert len({v["host_ip"] for v in clones}) == CLONES
+        ports = [v["port_mappings"][0]["host_port"] for v in clones]
+        assert len(set(ports)) == CLONES
+
+        prefix = suite.vm_netns_prefix
+        namespaces = [_netns_of(v["pid"], prefix) for v in clones]
+        assert len(set(namespaces)) == CLONES
+        inodes = set()
+        for v in clones:
+            disk = storage / "disks" / v["id"] / "rootfs.ext4"
+            with open(disk, "rb") as f:
+                f.seek(-4096, os.SEEK_END)
+                assert f.read(len(MARKER)) == MARKER
+            inodes.add(disk.stat().st_ino)
+        assert len(inodes | {src_disk.stat().st_ino}) == CLONES + 1  # every disk its own
+        clone_uids = {v["uid"] for v in clones}
+        assert clone_uids <= _acl_uids(memory)  # read for the clones' jail uids only
+        assert stat.S_IMODE(memory.stat().st_mode) & 0o077 == 0
+
+        # each clone's host port leads to its own guest interface, and only there
+        for i, (port, ns) in enumerate(zip(ports, namespaces, strict=True)):
+            before = [_tap_tx(n, "fctap0") for n in namespaces]
+            _syn(suite.netns or "", port)
+            after = [_tap_tx(n, "fctap0") for n in namespaces]
+            grew = [j for j in range(CLONES) if after[j] > before[j]]
+            assert grew == [i], (port, ns, before, after)
+
+        r = c.delete("/v1/snapshots/warm")
+        assert r.status_code == 409  # in use by the clones
+        for v in [*clones, {"id": "src"}]:
+            assert c.delete(f"/v1/vms/{v['id']}", params={"force": "true"}).status_code == 204
+        assert [n for n in os.listdir("/run/netns") if n.startswith(prefix)] == []
+        assert taps(suite.netns or "") == []
+        assert _acl_uids(memory) == set()
+        assert c.delete("/v1/snapshots/warm").status_code == 204
+        assert c.get("/v1/snapshots").json() == []
+        print(f"\n{CLONES} clones restored in {took:.2f}s")
