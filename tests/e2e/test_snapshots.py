@@ -64,6 +64,27 @@ def _acl_uids(path: Path) -> set[int]:
     return {e.id for e in acl.decode(raw) if e.tag == acl.USER}
 
 
+def _check_own_disks(storage: Path, src_disk: Path, clones: list[dict[str, Any]]) -> None:
+    inodes = set()
+    for v in clones:
+        disk = storage / "disks" / v["id"] / "rootfs.ext4"
+        with open(disk, "rb") as f:
+            f.seek(-4096, os.SEEK_END)
+            assert f.read(len(MARKER)) == MARKER
+        inodes.add(disk.stat().st_ino)
+    assert len(inodes | {src_disk.stat().st_ino}) == len(clones) + 1  # every disk its own
+
+
+def _check_ports_reach_their_own_tap(suite_ns: str, ports: list[int], nss: list[str]) -> None:
+    """Each clone's host port leads to its own guest interface, and only there."""
+    for i, port in enumerate(ports):
+        before = [_tap_tx(n, "fctap0") for n in nss]
+        _syn(suite_ns, port)
+        after = [_tap_tx(n, "fctap0") for n in nss]
+        grew = [j for j in range(len(nss)) if after[j] > before[j]]
+        assert grew == [i], (port, before, after)
+
+
 def test_snapshot_then_ten_clones_in_their_own_namespaces(tmp_path: Path) -> None:
     with running_suite(tmp_path) as suite, api(suite) as c:
         devup.import_demo_template(suite, "demo")
@@ -102,25 +123,12 @@ def test_snapshot_then_ten_clones_in_their_own_namespaces(tmp_path: Path) -> Non
         prefix = suite.vm_netns_prefix
         namespaces = [_netns_of(v["pid"], prefix) for v in clones]
         assert len(set(namespaces)) == CLONES
-        inodes = set()
-        for v in clones:
-            disk = storage / "disks" / v["id"] / "rootfs.ext4"
-            with open(disk, "rb") as f:
-                f.seek(-4096, os.SEEK_END)
-                assert f.read(len(MARKER)) == MARKER
-            inodes.add(disk.stat().st_ino)
-        assert len(inodes | {src_disk.stat().st_ino}) == CLONES + 1  # every disk its own
+        _check_own_disks(storage, src_disk, clones)
         clone_uids = {v["uid"] for v in clones}
         assert clone_uids <= _acl_uids(memory)  # read for the clones' jail uids only
         assert stat.S_IMODE(memory.stat().st_mode) & 0o077 == 0
 
-        # each clone's host port leads to its own guest interface, and only there
-        for i, (port, ns) in enumerate(zip(ports, namespaces, strict=True)):
-            before = [_tap_tx(n, "fctap0") for n in namespaces]
-            _syn(suite.netns or "", port)
-            after = [_tap_tx(n, "fctap0") for n in namespaces]
-            grew = [j for j in range(CLONES) if after[j] > before[j]]
-            assert grew == [i], (port, ns, before, after)
+        _check_ports_reach_their_own_tap(suite.netns or "", ports, namespaces)
 
         r = c.delete("/v1/snapshots/warm")
         assert r.status_code == 409  # in use by the clones
