@@ -235,9 +235,11 @@ class VmmService:
             if old is not None:
                 old.close()
             version, controllers = self._cgroup
-            fc_version = (await self._vmm_info()).firecracker_version
             restore = spec.req.restore
+            launch_kw: dict[str, str] = {}
             if restore is not None:
+                # a boot does not depend on the version; a load's fields do (plan.py)
+                launch_kw["firecracker_version"] = (await self._vmm_info()).firecracker_version
                 # recorded before the ACL entries exist: release finds them after a crash
                 new = [
                     p for p in (restore.state_path, restore.memory_path) if p not in rec.acl_files
@@ -253,7 +255,7 @@ class VmmService:
                     gid=rec.gid,
                     cgroup_version=version,
                     controllers=controllers,
-                    firecracker_version=fc_version,
+                    **launch_kw,
                 )
             except BaseException:
                 if rec.acl_files:

@@ -547,3 +547,20 @@ def test_failed_restore_is_torn_down_and_leaves_no_acl(env: Env) -> None:
 
 def _fields(files: SnapshotFiles) -> dict[str, str]:
     return {"name": files.name, "state_path": files.state_path, "memory_path": files.memory_path}
+
+
+@needs_doubles
+def test_diff_snapshot_of_a_vm_launched_with_dirty_page_tracking(env: Env) -> None:
+    env.start()
+    owner = env.cfg.jail.uid_max + 1000
+    vm_id = f"t-{secrets.token_hex(3)}"
+    jail = env.call(AllocateJail(vm_id=vm_id))
+    tap = env.make_tap(vm_id, jail.uid)
+    vm = env.call(env.launch_req(vm_id, tap, track_dirty_pages=True))
+    assert fc_get(vm.api_socket or "", "/machine-config")["track_dirty_pages"] is True
+    env.call(Pause(vm_id=vm_id))
+    files = env.pending_snapshot("d1", vm_id, owner)
+    taken = env.call(SnapshotCreate(vm_id=vm_id, files=files, type="diff"))
+    assert taken.type == "diff" and taken.state_size > 0
+    assert Path(files.memory_path).stat().st_uid == owner
+    env.call(ReleaseJail(vm_id=vm_id))
