@@ -9,8 +9,11 @@ Two steps, because Firecracker writes the state and memory files itself:
    inodes back to fcd-storage's user.
 2. :func:`commit` (the VM still paused) clones the VM's root disk into the
    snapshot (reflink, else sparse copy, under a temporary name renamed into
-   place), makes the state and memory files read-only (0444: restored VMs share
-   them) and writes ``snapshot.json`` last.
+   place), makes the state, memory and disk files 0400 and writes
+   ``snapshot.json`` last. Nobody else reads them by mode: fcd-vmm (root) gives
+   each restored VM's jail uid read access to the state and memory inodes with
+   its own POSIX ACL entry while that VM exists; fcd-storage reflinks new disks
+   from the snapshot's disk as its owner.
 
 A snapshot without ``snapshot.json`` is pending: reclaimed at start and, on
 request, when its VM is gone. A restore is :func:`fcd_storage.disks.provision` with
@@ -41,7 +44,7 @@ from .store import Store
 log = logging.getLogger("fcd.storage")
 
 SNAPSHOT_FILE_MODE = 0o660  # while Firecracker writes them (through fcd-vmm's link)
-SHARED_MODE = 0o444  # once committed: read by every VM restored from the snapshot
+SHARED_MODE = 0o400  # once committed: read-only, and not world-readable (see above)
 DIR_MODE = 0o755
 
 

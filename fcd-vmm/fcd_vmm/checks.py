@@ -14,13 +14,14 @@ import os
 import re
 import stat
 from dataclasses import dataclass
+from typing import Literal
 
 from fcd_common import storelayout
 from fcd_common.config import Config
 from fcd_common.errors import InvalidArgument
 from fcd_common.ids import check_vm_id, netns_path, netns_tap, tap_name
 from fcd_common.proto.storage import DriveInfo
-from fcd_common.proto.vmm import Launch
+from fcd_common.proto.vmm import Launch, SnapshotFiles
 from fcd_common.types import KERNEL_ARGS_MAX, KERNEL_ARGS_PATTERN, fullmatch
 
 from .plan import LaunchSpec
@@ -162,6 +163,8 @@ def check_launch(req: Launch, cfg: Config) -> LaunchSpec:
     check_mac(net.mac)
     check_drives(req, vm_id, cfg)
     netns = check_netns(net.netns, vm_id, cfg)
+    if req.restore is not None:
+        check_snapshot_files(req.restore, cfg, "restore")
     return LaunchSpec(req=req, tap=check_tap(net.tap, vm_id, cfg, netns), netns=netns)
 
 
@@ -214,3 +217,54 @@ def open_storage_file(path: str, storage_root: str, field: str) -> StorageFile:
         os.close(fd)
         raise
     return StorageFile(fd, st, path)
+
+
+SnapshotStage = Literal["pending", "ready"]
+
+
+def check_snapshot_files(files: SnapshotFiles, cfg: Config, field: str) -> SnapshotFiles:
+    """Lexical: the two paths are exactly fcd-storage's files of snapshot ``files.name``
+    (nothing else of the store, and no other snapshot's files, is ever accepted)."""
+    lay = storelayout.layout(cfg)
+    try:
+        state, memory = lay.snapshot_state(files.name), lay.snapshot_memory(files.name)
+    except InvalidArgument:
+        raise _bad(f"{field}.name", f"{files.name!r} is not a snapshot name") from None
+    storage = str(cfg.state("storage"))
+    check_storage_path(files.state_path, storage, f"{field}.state_path")
+    check_storage_path(files.memory_path, storage, f"{field}.memory_path")
+    if files.state_path != str(state):
+        raise _bad(
+            f"{field}.state_path", f"{files.state_path} is not the state file of {files.name!r}"
+        )
+    if files.memory_path != str(memory):
+        raise _bad(
+            f"{field}.memory_path",
+            f"{files.memory_path} is not the memory file of {files.name!r}",
+        )
+    return files
+
+
+def check_snapshot_stage(
+    files: SnapshotFiles, cfg: Config, want: SnapshotStage, field: str
+) -> None:
+    """The entry's manifest says ``want``: ``pending.json`` only (being written) or
+    ``snapshot.json`` (committed, read-only). Read without following symlinks."""
+    d = storelayout.layout(cfg).snapshot_dir(files.name)
+
+    def present(leaf: str) -> bool:
+        try:
+            return stat.S_ISREG(os.lstat(d / leaf).st_mode)
+        except FileNotFoundError:
+            return False
+        except OSError as e:
+            raise _bad(field, f"{d / leaf}: {e.strerror}") from None
+
+    ready = present(storelayout.SNAPSHOT_MANIFEST)
+    pending = present(storelayout.SNAPSHOT_PENDING)
+    if want == "ready" and not ready:
+        what = "still pending" if pending else "not a snapshot"
+        raise _bad(field, f"snapshot {files.name!r} is {what}: it cannot be restored")
+    if want == "pending" and (ready or not pending):
+        what = "already committed" if ready else "not a prepared snapshot"
+        raise _bad(field, f"snapshot {files.name!r} is {what}: nothing may write it")

@@ -17,12 +17,14 @@ import logging
 import os
 import shutil
 import stat
+import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from fcd_common import logs
 
-from . import fclog
+from . import acl, fclog
 from .checks import StorageFile
 from .plan import JailPaths
 
@@ -30,6 +32,9 @@ log = logging.getLogger("fcd.vmm.jailfs")
 
 FICLONE = 0x40049409
 MNT_DETACH = 2
+ACL_XATTR = "system.posix_acl_access"
+_acl_lock = threading.Lock()
+"""Serializes read-modify-write of ACLs: restores of one snapshot share its inodes."""
 
 
 def _mkdir(path: Path, mode: int) -> None:
@@ -176,10 +181,12 @@ def prepare_jail(
     rootfs: StorageFile,
     *,
     drives: Sequence[tuple[str, StorageFile, bool]] = (),
+    snapshot: tuple[StorageFile, StorageFile] | None = None,
 ) -> None:
     """Fresh ``<root>`` with the kernel, the disk (owned by uid:gid), the extra
-    drives ``(id, file, read_only)``, and the log and metrics files Firecracker
-    v1.7 needs to exist."""
+    drives ``(id, file, read_only)``, the log and metrics files Firecracker
+    v1.7 needs to exist, and for a restore the snapshot's ``(state, memory)``
+    (see :func:`place_snapshot`)."""
     vm_id = paths.vm_id
     remove_jail_dir(paths)
     base = paths.chroot_base
@@ -208,6 +215,8 @@ def prepare_jail(
             os.chown(paths.drive(drive_id), uid, gid, follow_symlinks=False)
     fclog.make_fifo(paths.log_file, uid, gid)  # forwarded to the journal (fclog.py)
     _create_owned(paths.metrics_file, uid, gid)
+    if snapshot is not None:
+        place_snapshot(paths, snapshot[0], snapshot[1], uid, gid)
 
 
 def _place_read_only(src: StorageFile, dst: Path, vm_id: str, uid: int, gid: int) -> None:
@@ -217,6 +226,123 @@ def _place_read_only(src: StorageFile, dst: Path, vm_id: str, uid: int, gid: int
     if not world_readable:
         os.chown(dst, uid, gid, follow_symlinks=False)
         os.chmod(dst, 0o400, follow_symlinks=False)
+
+
+# --- snapshot files -----------------------------------------------------------------------
+
+
+def read_acl(path: str) -> list[acl.Entry]:
+    """The access ACL of ``path`` (a ``/proc/self/fd/N`` name works, O_PATH fds too);
+    the one equivalent to the mode if the file has none."""
+    try:
+        return acl.decode(os.getxattr(path, ACL_XATTR))
+    except OSError as e:
+        if e.errno != errno.ENODATA:
+            raise
+    return acl.from_mode(os.stat(path).st_mode)
+
+
+def _write_acl(path: str, entries: list[acl.Entry]) -> None:
+    try:
+        os.setxattr(path, ACL_XATTR, acl.encode(entries))
+    except OSError as e:
+        if e.errno == errno.EOPNOTSUPP:
+            raise OSError(e.errno, f"{path}: the filesystem has no POSIX ACLs") from None
+        raise
+
+
+def grant_read(path: str, uid: int) -> None:
+    """Add ``user:<uid>:r--`` to the inode's ACL, keeping every other entry."""
+    with _acl_lock:
+        _write_acl(path, acl.with_user(read_acl(path), uid, acl.READ))
+
+
+def revoke(path: str, uid: int) -> bool:
+    """Remove ``user:<uid>`` from the inode's ACL; False if it had none. The last
+    named entry gone, the ACL collapses back to the plain mode."""
+    with _acl_lock:
+        entries = read_acl(path)
+        if acl.user_perm(entries, uid) is None:
+            return False
+        _write_acl(path, acl.without_user(entries, uid))
+        return True
+
+
+def place_snapshot(
+    paths: JailPaths, state: StorageFile, memory: StorageFile, uid: int, gid: int
+) -> None:
+    """Restore: link the (ready, shared) state and memory files into the jail,
+    owner and mode untouched; the jail uid reads them through its ACL entry.
+
+    On another filesystem than the chroot base a link is impossible: the VM then
+    gets its own copy, owned by it and read-only (slow for a large memory file).
+    """
+    for f, dst in ((state, paths.snapshot_state), (memory, paths.snapshot_memory)):
+        try:
+            _link_fd(f.fd, dst)
+        except OSError as e:
+            if e.errno != errno.EXDEV:
+                raise
+            method = _copy_into(f, dst, paths.vm_id)
+            os.chown(dst, uid, gid, follow_symlinks=False)
+            os.chmod(dst, 0o400, follow_symlinks=False)
+            log.warning(
+                "snapshot file %s is on another filesystem than the chroot base: used a %s",
+                f.path,
+                method,
+                extra=logs.vm(paths.vm_id),
+            )
+            continue
+        grant_read(f.proc_path, uid)
+
+
+@dataclass(frozen=True)
+class Lent:
+    """A snapshot file linked into a jail and chowned to its uid while Firecracker
+    writes it; ``uid``/``gid`` is the owner it goes back to."""
+
+    file: StorageFile
+    link: Path
+    uid: int
+    gid: int
+
+
+def lend_snapshot_files(
+    paths: JailPaths, state: StorageFile, memory: StorageFile, uid: int, gid: int
+) -> list[Lent]:
+    """Link a pending snapshot's two files into the jail and chown them to the jail
+    uid (Firecracker opens them with O_TRUNC). Undone by :func:`return_snapshot_files`,
+    also here if a step fails."""
+    lent: list[Lent] = []
+    try:
+        for f, dst in ((state, paths.snapshot_state), (memory, paths.snapshot_memory)):
+            st = os.stat(f.proc_path)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(dst)  # a leftover of an interrupted snapshot
+            _link_fd(f.fd, dst)  # EXDEV: Firecracker would write a copy, not the store's file
+            lent.append(Lent(f, dst, st.st_uid, st.st_gid))
+            os.chown(f.proc_path, uid, gid)
+    except BaseException:
+        return_snapshot_files(lent)
+        raise
+    return lent
+
+
+def return_snapshot_files(lent: Sequence[Lent]) -> list[str]:
+    """Remove the links and give the inodes back to their owner; the problems, if any."""
+    problems: list[str] = []
+    for item in lent:
+        try:
+            os.unlink(item.link)
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            problems.append(f"{item.link}: {e.strerror}")
+        try:
+            os.chown(item.file.proc_path, item.uid, item.gid)
+        except OSError as e:
+            problems.append(f"chown {item.file.path}: {e.strerror}")
+    return problems
 
 
 def read_pid_file(path: Path) -> int | None:

@@ -24,10 +24,10 @@ import tempfile
 
 from fcd_common import logs
 from fcd_common.config import Config
-from fcd_common.errors import DeadlineExceeded, FcdError, FirecrackerError, Internal
+from fcd_common.errors import DeadlineExceeded, FcdError, FirecrackerError, Internal, Unavailable
 
 from . import cgroups, fclog, jailfs
-from .checks import StorageFile, open_storage_file
+from .checks import StorageFile, check_snapshot_stage, open_storage_file
 from .fcclient import FirecrackerClient
 from .plan import (
     CgroupVersion,
@@ -43,6 +43,35 @@ from .procs import Aborted, PidWatch, proc_uid, reap_orphans, same_root, wait_fo
 log = logging.getLogger("fcd.vmm.launcher")
 
 KILL_WAIT_S = 10.0
+VERSION_TIMEOUT_S = 10.0
+
+
+async def binary_output(argv: list[str]) -> str:
+    """stdout of a short print-and-exit run (``firecracker --version``)."""
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env={},
+            cwd="/",
+            close_fds=True,
+        )
+    except OSError as e:
+        raise Unavailable(f"cannot run {argv[0]}: {e.strerror}") from None
+    try:
+        async with asyncio.timeout(VERSION_TIMEOUT_S):
+            out, err = await proc.communicate()
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        await proc.wait()
+        raise DeadlineExceeded(f"{' '.join(argv)} did not answer in {VERSION_TIMEOUT_S}s") from None
+    if proc.returncode != 0:
+        text = err.decode(errors="replace").strip()[:500]
+        raise Unavailable(f"{' '.join(argv)} exited with status {proc.returncode}: {text}")
+    return out.decode(errors="replace")
 
 
 async def _run_jailer(argv: list[str], vm_id: str) -> None:
@@ -131,6 +160,58 @@ async def _await_process(paths: JailPaths, uid: int) -> PidWatch:
     return watch
 
 
+async def _prepare(
+    cfg: Config, spec: LaunchSpec, paths: JailPaths, kernel: StorageFile, *, uid: int, gid: int
+) -> None:
+    """Open (pinned, re-checked) every file the VM gets and build its chroot with them."""
+    storage = str(cfg.state("storage"))
+    rootfs = open_storage_file(spec.req.disk.rootfs_path, storage, "rootfs_path")
+    drives: list[tuple[str, StorageFile, bool]] = []
+    snapshot: list[StorageFile] = []
+    try:
+        for i, d in enumerate(spec.drives):
+            f = open_storage_file(d.path, storage, f"drives[{i}].path")
+            drives.append((d.name, f, d.read_only))
+        restore = spec.req.restore
+        if restore is not None:
+            snapshot.append(open_storage_file(restore.state_path, storage, "restore.state_path"))
+            snapshot.append(open_storage_file(restore.memory_path, storage, "restore.memory_path"))
+            check_snapshot_stage(restore, cfg, "ready", "restore")
+        await asyncio.to_thread(
+            functools.partial(
+                jailfs.prepare_jail,
+                paths,
+                uid,
+                gid,
+                kernel,
+                rootfs,
+                drives=drives,
+                snapshot=(snapshot[0], snapshot[1]) if snapshot else None,
+            )
+        )
+    finally:
+        rootfs.close()
+        for _, f, _ in drives:
+            f.close()
+        for f in snapshot:
+            f.close()
+
+
+async def _configure(paths: JailPaths, spec: LaunchSpec, firecracker_version: str) -> None:
+    async with FirecrackerClient(paths.api_socket) as fc:
+        await fc.wait_ready()
+        for call in configure_calls(spec, firecracker_version):
+            try:
+                await fc.call(call)
+            except FirecrackerError as e:
+                tail = jailfs.log_tail(paths.log_file)
+                if tail:
+                    e.details = {**(e.details or {}), "log_tail": tail}
+                if call.path == "/snapshot/load":
+                    raise _load_failed(spec, e) from None
+                raise
+
+
 async def launch(
     cfg: Config,
     spec: LaunchSpec,
@@ -139,29 +220,19 @@ async def launch(
     gid: int,
     cgroup_version: CgroupVersion,
     controllers: frozenset[str],
+    firecracker_version: str = "1.7.0",
 ) -> PidWatch:
-    """Start and boot the VM; returns the watch on its Firecracker process."""
+    """Start and boot (or restore) the VM; returns the watch on its Firecracker process.
+
+    A restore's state and memory files get an ACL entry for ``uid`` here; taking
+    it away again (also after a failure) is the caller's, which recorded them.
+    """
     vm_id = spec.vm_id
     paths = jail_paths(cfg, vm_id)
-    storage = str(cfg.state("storage"))
-    kernel = open_storage_file(spec.req.disk.kernel_path, storage, "kernel_path")
+    kernel = open_storage_file(spec.req.disk.kernel_path, str(cfg.state("storage")), "kernel_path")
     watch: PidWatch | None = None
     try:
-        rootfs = open_storage_file(spec.req.disk.rootfs_path, storage, "rootfs_path")
-        drives: list[tuple[str, StorageFile, bool]] = []
-        try:
-            for i, d in enumerate(spec.drives):
-                f = open_storage_file(d.path, storage, f"drives[{i}].path")
-                drives.append((d.name, f, d.read_only))
-            await asyncio.to_thread(
-                functools.partial(
-                    jailfs.prepare_jail, paths, uid, gid, kernel, rootfs, drives=drives
-                )
-            )
-        finally:
-            rootfs.close()
-            for _, f, _ in drives:
-                f.close()
+        await _prepare(cfg, spec, paths, kernel, uid=uid, gid=gid)
         kernel.close()
         fclog.forwarders.start(vm_id, paths.log_file)
         settings = cgroup_settings(
@@ -190,18 +261,10 @@ async def launch(
                 details={"log_tail": jailfs.log_tail(paths.log_file)},
             ) from None
         log.info("firecracker pid %d is up, configuring", watch.pid, extra=logs.vm(vm_id))
-        async with FirecrackerClient(paths.api_socket) as fc:
-            await fc.wait_ready()
-            for call in configure_calls(spec):
-                try:
-                    await fc.call(call)
-                except FirecrackerError as e:
-                    tail = jailfs.log_tail(paths.log_file)
-                    if tail:
-                        e.details = {**(e.details or {}), "log_tail": tail}
-                    raise
+        await _configure(paths, spec, firecracker_version)
         log.info(
-            "booted: %d vCPU, %d MiB, pid %d, uid %d",
+            "%s: %d vCPU, %d MiB, pid %d, uid %d",
+            "booted" if spec.req.restore is None else f"restored {spec.req.restore.name}",
             spec.req.vcpu_count,
             spec.req.mem_size_mib,
             watch.pid,
@@ -219,3 +282,13 @@ async def launch(
         if isinstance(e, OSError):
             raise Internal(f"launch failed: {e}") from e
         raise
+
+
+def _load_failed(spec: LaunchSpec, e: FirecrackerError) -> FirecrackerError:
+    """A failed ``/snapshot/load`` ends the Firecracker process (FIRECRACKER.md §2)."""
+    name = spec.req.restore.name if spec.req.restore is not None else "?"
+    fault = (e.details or {}).get("fault_message", e.message)
+    return FirecrackerError(
+        f"cannot restore snapshot {name!r}: {fault} (Firecracker exits after a failed load)",
+        details={**(e.details or {}), "snapshot": name},
+    )

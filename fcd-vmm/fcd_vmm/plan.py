@@ -14,6 +14,8 @@ Jail layout (FIRECRACKER.md §3, §9), seen from the host::
         drive-<id>.ext4        hard link of each extra drive -> "/drive-<id>.ext4"
         firecracker.log        a FIFO made by us, owned by the jail uid (fclog.py)
         metrics.json           created by us, owned by the jail uid
+        snapshot.vmstate       while a snapshot is taken, or for a restore: hard link
+        snapshot.mem           of the snapshot entry's state / memory file (fcd-storage's)
 """
 
 from __future__ import annotations
@@ -36,6 +38,10 @@ KERNEL = "vmlinux"
 ROOTFS = "rootfs.ext4"
 LOG_FILE = "firecracker.log"
 METRICS_FILE = "metrics.json"
+SNAPSHOT_STATE_FILE = "snapshot.vmstate"
+SNAPSHOT_MEMORY_FILE = "snapshot.mem"
+TRACK_DIRTY_ON_LOAD_SINCE = (1, 13)
+"""``track_dirty_pages`` on ``/snapshot/load``; before it ``enable_diff_snapshots``."""
 ROOT_DRIVE_ID = "rootfs"
 IFACE_ID = "eth0"
 BASE_BOOT_ARGS = "console=ttyS0 reboot=k panic=1 pci=off"
@@ -107,6 +113,14 @@ class JailPaths:
     @property
     def metrics_file(self) -> Path:
         return self.root / METRICS_FILE
+
+    @property
+    def snapshot_state(self) -> Path:
+        return self.root / SNAPSHOT_STATE_FILE
+
+    @property
+    def snapshot_memory(self) -> Path:
+        return self.root / SNAPSHOT_MEMORY_FILE
 
 
 def exec_name(cfg: Config) -> str:
@@ -260,7 +274,13 @@ def metrics_body() -> dict[str, Any]:
 
 
 def machine_config_body(spec: LaunchSpec) -> dict[str, Any]:
-    return {"vcpu_count": spec.req.vcpu_count, "mem_size_mib": spec.req.mem_size_mib}
+    body: dict[str, Any] = {
+        "vcpu_count": spec.req.vcpu_count,
+        "mem_size_mib": spec.req.mem_size_mib,
+    }
+    if spec.req.track_dirty_pages:
+        body["track_dirty_pages"] = True
+    return body
 
 
 def boot_source_body(spec: LaunchSpec) -> dict[str, Any]:
@@ -284,8 +304,43 @@ def network_body(spec: LaunchSpec) -> dict[str, Any]:
     }
 
 
-def configure_calls(spec: LaunchSpec) -> list[ApiCall]:
-    """Every API call from a fresh Firecracker to a booted VM, in order."""
+def snapshot_load_body(spec: LaunchSpec, firecracker_version: str) -> dict[str, Any]:
+    """Load the snapshot linked into the jail; dirty page tracking is not saved in a
+    snapshot, so it is asked again, in the field this Firecracker version knows."""
+    body: dict[str, Any] = {
+        "snapshot_path": "/" + SNAPSHOT_STATE_FILE,
+        "mem_backend": {"backend_type": "File", "backend_path": "/" + SNAPSHOT_MEMORY_FILE},
+        "resume_vm": spec.req.resume,
+    }
+    if spec.req.track_dirty_pages:
+        if version_tuple(firecracker_version) >= TRACK_DIRTY_ON_LOAD_SINCE:
+            body["track_dirty_pages"] = True
+        else:
+            body["enable_diff_snapshots"] = True
+    return body
+
+
+def snapshot_create_body(snapshot_type: Literal["full", "diff"]) -> dict[str, Any]:
+    return {
+        "snapshot_path": "/" + SNAPSHOT_STATE_FILE,
+        "mem_file_path": "/" + SNAPSHOT_MEMORY_FILE,
+        "snapshot_type": "Full" if snapshot_type == "full" else "Diff",
+    }
+
+
+def configure_calls(spec: LaunchSpec, firecracker_version: str = "1.7.0") -> list[ApiCall]:
+    """Every API call from a fresh Firecracker to a booted (or restored) VM, in order.
+
+    A restore configures nothing a snapshot load forbids (FIRECRACKER.md §2): only
+    the logger and metrics sinks (never restored), then the load; the disk and TAP
+    are the ones the snapshot recorded, at the same jail path and name.
+    """
+    if spec.req.restore is not None:
+        return [
+            ApiCall("PUT", "/logger", logger_body()),
+            ApiCall("PUT", "/metrics", metrics_body()),
+            ApiCall("PUT", "/snapshot/load", snapshot_load_body(spec, firecracker_version)),
+        ]
     return [
         ApiCall("PUT", "/logger", logger_body()),
         ApiCall("PUT", "/metrics", metrics_body()),
@@ -296,6 +351,25 @@ def configure_calls(spec: LaunchSpec) -> list[ApiCall]:
         ApiCall("PUT", f"/network-interfaces/{IFACE_ID}", network_body(spec)),
         ApiCall("PUT", "/actions", {"action_type": "InstanceStart"}),
     ]
+
+
+_VERSION = re.compile(r"v?(\d+)\.(\d+)\.(\d+)(?:[-+][0-9A-Za-z.+-]*)?")
+
+
+def parse_version(output: str) -> str:
+    """``Firecracker v1.7.0`` / ``v1.0.0`` (``--version``, ``--snapshot-version``) -> ``1.7.0``."""
+    for word in output.split():
+        m = _VERSION.fullmatch(word)
+        if m is not None:
+            return word.removeprefix("v")
+    raise ValueError(f"no version in {output.strip()[:200]!r}")
+
+
+def version_tuple(version: str) -> tuple[int, int, int]:
+    m = _VERSION.fullmatch(version)
+    if m is None:
+        raise ValueError(f"{version!r} is not a version")
+    return int(m[1]), int(m[2]), int(m[3])
 
 
 def vm_state_body(paused: bool) -> dict[str, Any]:

@@ -8,16 +8,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
+import os
+import time
 from pathlib import Path
 
 from fcd_common import logs
 from fcd_common.config import Config
-from fcd_common.errors import Conflict, FailedPrecondition, FcdError, Internal
+from fcd_common.errors import (
+    Conflict,
+    FailedPrecondition,
+    FcdError,
+    Internal,
+    InvalidArgument,
+    Unavailable,
+)
 from fcd_common.ids import check_vm_id
 from fcd_common.locks import KeyedLocks
 from fcd_common.proto.vmm import (
     AllocateJail,
+    Info,
     JailInfo,
     Launch,
     ListVms,
@@ -25,19 +36,36 @@ from fcd_common.proto.vmm import (
     ProcState,
     ReleaseJail,
     Resume,
+    SnapshotCreate,
+    SnapshotTaken,
     Status,
     Stop,
     StopResult,
+    VmmInfo,
     VmProcess,
     VmProcessList,
 )
 from fcd_common.rpc import Peer, handles
 
-from . import cgroups, fclog, launcher
-from .checks import check_launch
+from . import cgroups, fclog, jailfs, launcher
+from .checks import (
+    StorageFile,
+    check_launch,
+    check_snapshot_files,
+    check_snapshot_stage,
+    open_storage_file,
+)
 from .fcclient import FirecrackerClient
 from .jailfs import read_pid_file
-from .plan import CTRL_ALT_DEL, FC_STATES, CgroupVersion, jail_paths, vm_state_body
+from .plan import (
+    CTRL_ALT_DEL,
+    FC_STATES,
+    CgroupVersion,
+    jail_paths,
+    parse_version,
+    snapshot_create_body,
+    vm_state_body,
+)
 from .procs import PidWatch, proc_uid, reap_orphans, same_root
 from .uidpool import JailRecord, UidPool
 
@@ -45,6 +73,8 @@ log = logging.getLogger("fcd.vmm")
 
 STATUS_TIMEOUT_S = 2.0
 API_TIMEOUT_S = 10.0
+SNAPSHOT_TIMEOUT_S = 600.0
+"""A Full snapshot writes all guest memory (~390 ms for 128 MiB, FIRECRACKER.md §9)."""
 
 
 class VmmService:
@@ -56,6 +86,8 @@ class VmmService:
         self.watches: dict[str, PidWatch] = {}
         self._locks = KeyedLocks()
         self._cgroup: tuple[CgroupVersion, frozenset[str]] | None = None
+        self._info: VmmInfo | None = None
+        self._info_lock = asyncio.Lock()
 
     # --- start-up ----------------------------------------------------------------------
     def start(self) -> None:
@@ -203,14 +235,32 @@ class VmmService:
             if old is not None:
                 old.close()
             version, controllers = self._cgroup
-            watch = await launcher.launch(
-                self.cfg,
-                spec,
-                uid=rec.uid,
-                gid=rec.gid,
-                cgroup_version=version,
-                controllers=controllers,
-            )
+            restore = spec.req.restore
+            launch_kw: dict[str, str] = {}
+            if restore is not None:
+                # a boot does not depend on the version; a load's fields do (plan.py)
+                launch_kw["firecracker_version"] = (await self._vmm_info()).firecracker_version
+                # recorded before the ACL entries exist: release finds them after a crash
+                new = [
+                    p for p in (restore.state_path, restore.memory_path) if p not in rec.acl_files
+                ]
+                if new:
+                    rec.acl_files = [*rec.acl_files, *new]
+                    self.pool.save(rec)
+            try:
+                watch = await launcher.launch(
+                    self.cfg,
+                    spec,
+                    uid=rec.uid,
+                    gid=rec.gid,
+                    cgroup_version=version,
+                    controllers=controllers,
+                    **launch_kw,
+                )
+            except BaseException:
+                if rec.acl_files:
+                    await asyncio.shield(self._revoke_acls(rec))
+                raise
             rec.pid, rec.state, rec.exit_code = watch.pid, "running", None
             self._watch(rec, watch)
             try:
@@ -286,10 +336,147 @@ class VmmService:
         async with self._locks.hold(vm_id):
             old = self.watches.pop(vm_id, None)
             problems = await launcher.teardown(self.cfg, vm_id, old)
+            rec = self.pool.get(vm_id)
+            if rec is not None and rec.acl_files:
+                # before the uid is free: its next holder must not read this snapshot
+                problems += await self._revoke_acls(rec)
             if problems:
                 raise Internal(f"cannot release VM {vm_id}: {'; '.join(problems)}")
             self.pool.release(vm_id)
         return VmProcess(vm_id=vm_id, state="absent")
+
+    async def _revoke_acls(self, rec: JailRecord) -> list[str]:
+        """Take the VM's uid out of the ACL of every snapshot file it was given."""
+        storage = str(self.cfg.state("storage"))
+        kept: list[str] = []
+        problems: list[str] = []
+        for path in rec.acl_files:
+            try:
+                f = open_storage_file(path, storage, "acl")
+            except InvalidArgument as e:  # deleted (or no longer a plain file): nothing to read
+                log.warning("ACL of %s: %s", path, e.message, extra=logs.vm(rec.vm_id))
+                continue
+            try:
+                if await asyncio.to_thread(jailfs.revoke, f.proc_path, rec.uid):
+                    log.info(
+                        "uid %d removed from the ACL of %s", rec.uid, path, extra=logs.vm(rec.vm_id)
+                    )
+            except OSError as e:
+                kept.append(path)
+                problems.append(f"ACL of {path}: {e.strerror or e}")
+            finally:
+                f.close()
+        rec.acl_files = kept
+        if self.pool.get(rec.vm_id) is rec:
+            try:
+                self.pool.save(rec)
+            except OSError as e:
+                problems.append(f"cannot record VM state: {e}")
+        return problems
+
+    # --- snapshots -----------------------------------------------------------------------
+    async def _vmm_info(self) -> VmmInfo:
+        """``--version`` and ``--snapshot-version`` of the configured binary, asked once:
+        it cannot change under a running daemon."""
+        async with self._info_lock:
+            if self._info is None:
+                fc = self.cfg.jail.firecracker
+                try:
+                    version = parse_version(await launcher.binary_output([fc, "--version"]))
+                    snap = parse_version(await launcher.binary_output([fc, "--snapshot-version"]))
+                except ValueError as e:
+                    raise Unavailable(f"{fc}: {e}") from None
+                self._info = VmmInfo(firecracker_version=version, snapshot_version=snap)
+                log.info("firecracker %s, snapshot format %s", version, snap)
+            return self._info
+
+    @handles(Info)
+    async def info(self, _req: Info, _peer: Peer) -> VmmInfo:
+        return await self._vmm_info()
+
+    @handles(SnapshotCreate)
+    async def snapshot_create(self, req: SnapshotCreate, _peer: Peer) -> SnapshotTaken:
+        vm_id = check_vm_id(req.vm_id)
+        files = check_snapshot_files(req.files, self.cfg, "files")
+        info = await self._vmm_info()
+        async with self._locks.hold(vm_id):
+            rec = self._require(vm_id)
+            if self._live(vm_id) is None:
+                raise FailedPrecondition(f"VM {vm_id} is not running")
+            paths = jail_paths(self.cfg, vm_id)
+            async with FirecrackerClient(paths.api_socket, timeout=SNAPSHOT_TIMEOUT_S) as fc:
+                state = (await fc.get("/") or {}).get("state")
+                if state != "Paused":
+                    raise FailedPrecondition(
+                        f"VM {vm_id} is {state or 'in an unknown state'}, not Paused: "
+                        "pause it before taking a snapshot",
+                        details={"state": FC_STATES.get(str(state), state)},
+                    )
+                storage = str(self.cfg.state("storage"))
+                opened: list[StorageFile] = []
+                try:
+                    opened.append(open_storage_file(files.state_path, storage, "files.state_path"))
+                    opened.append(
+                        open_storage_file(files.memory_path, storage, "files.memory_path")
+                    )
+                    check_snapshot_stage(files, self.cfg, "pending", "files")
+                    for f, field in zip(opened, ("state_path", "memory_path"), strict=True):
+                        if f.st.st_nlink != 1:  # another name would be written through too
+                            raise InvalidArgument(
+                                f"files.{field}: {f.path} has {f.st.st_nlink} links",
+                                details={"field": f"files.{field}"},
+                            )
+                    return await self._take_snapshot(
+                        req, uid=rec.uid, gid=rec.gid, files=opened, fc=fc, info=info
+                    )
+                finally:
+                    for f in opened:
+                        f.close()
+
+    async def _take_snapshot(
+        self,
+        req: SnapshotCreate,
+        *,
+        uid: int,
+        gid: int,
+        files: list[StorageFile],
+        fc: FirecrackerClient,
+        info: VmmInfo,
+    ) -> SnapshotTaken:
+        vm = logs.vm(req.vm_id)
+        paths = jail_paths(self.cfg, req.vm_id)
+        state, memory = files
+        lent = await asyncio.to_thread(
+            functools.partial(jailfs.lend_snapshot_files, paths, state, memory, uid, gid)
+        )
+        t0 = time.monotonic()
+        try:
+            await fc.put("/snapshot/create", snapshot_create_body(req.type))
+            took_ms = (time.monotonic() - t0) * 1000
+        finally:
+            problems = await asyncio.shield(asyncio.to_thread(jailfs.return_snapshot_files, lent))
+            if problems:
+                log.error("snapshot files not handed back: %s", "; ".join(problems), extra=vm)
+        if problems:
+            raise Internal(f"snapshot taken, files not handed back: {'; '.join(problems)}")
+        sizes = [os.stat(f.proc_path).st_size for f in files]
+        log.info(
+            "%s snapshot %s taken in %.1f ms (%d bytes of memory)",
+            req.type,
+            req.files.name,
+            took_ms,
+            sizes[1],
+            extra=vm,
+        )
+        return SnapshotTaken(
+            vm_id=req.vm_id,
+            type=req.type,
+            state_size=sizes[0],
+            memory_size=sizes[1],
+            firecracker_version=info.firecracker_version,
+            snapshot_version=info.snapshot_version,
+            took_ms=round(took_ms, 3),
+        )
 
     @handles(Status)
     async def status(self, req: Status, _peer: Peer) -> VmProcess:

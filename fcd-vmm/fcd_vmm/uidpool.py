@@ -39,6 +39,10 @@ class JailRecord(msgspec.Struct, kw_only=True, forbid_unknown_fields=False):
     """allocated: jail reserved, never launched; running: a Firecracker was
     launched (its pid is ``pid``); exited: it is gone (``exit_code`` if known)."""
     exit_code: int | None = None
+    acl_files: list[str] = msgspec.field(default_factory=list)
+    """Snapshot files (of a restore) whose ACL names this VM's uid: recorded before
+    the entry is added, cleared once it is removed, so a crash leaves none behind
+    for the next holder of the uid."""
 
 
 _encoder = msgspec.json.Encoder()

@@ -18,28 +18,32 @@ import signal
 import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 
-from fcd_common import config, ids
-from fcd_common.errors import FailedPrecondition, FirecrackerError
+from fcd_common import config, ids, storelayout
+from fcd_common.errors import FailedPrecondition, FirecrackerError, InvalidArgument
 from fcd_common.proto.vmm import (
     PROTOCOL,
     AllocateJail,
+    Info,
     Launch,
     ListVms,
     Pause,
     ReleaseJail,
     Resume,
+    SnapshotCreate,
+    SnapshotFiles,
     Status,
     Stop,
+    VmmInfo,
 )
 from fcd_common.rpc import Reply, Request, RpcClient
 from fcd_dev.suite import SuiteError, spawn, terminate
-from fcd_vmm import cgroups
+from fcd_vmm import acl, cgroups, jailfs
 from fcd_vmm.fcclient import FirecrackerClient
 
 from ..launches import make_launch
@@ -78,6 +82,7 @@ class Env:
     cfg: config.Config
     cfg_path: Path
     proc: subprocess.Popen[bytes] | None = None
+    vm_namespaces: list[str] = field(default_factory=list)
 
     @property
     def log(self) -> Path:
@@ -133,6 +138,44 @@ class Env:
            "group", str(uid))  # fmt: skip
         sh("ip", "-n", self.ns, "link", "set", tap, "up")
         return tap
+
+    def make_vm_netns(self, vm_id: str, uid: int) -> tuple[str, str]:
+        """netns mode, as fcd-net sets it up: the VM's own namespace holding TAP
+        ``fctap0`` (the same name for every clone of a snapshot)."""
+        name = ids.netns_name(vm_id, self.cfg.network.netns_prefix)
+        tap = ids.netns_tap(self.cfg.network.tap_prefix)
+        sh("ip", "netns", "add", name)
+        self.vm_namespaces.append(name)
+        sh("ip", "-n", name, "tuntap", "add", tap, "mode", "tap", "user", str(uid),
+           "group", str(uid))  # fmt: skip
+        sh("ip", "-n", name, "link", "set", tap, "up")
+        return ids.netns_path(vm_id, self.cfg.network.netns_prefix), tap
+
+    def pending_snapshot(self, name: str, vm_id: str, owner: int) -> SnapshotFiles:
+        """What fcd-storage's SnapshotPrepare publishes: empty state and memory files
+        (0660, its own) and ``pending.json``."""
+        lay = storelayout.layout(self.cfg)
+        d = lay.snapshot_dir(name)
+        d.mkdir(parents=True)
+        for f in (lay.snapshot_state(name), lay.snapshot_memory(name)):
+            f.touch(mode=0o660)
+            os.chmod(f, 0o660)
+            os.chown(f, owner, owner)
+        (d / storelayout.SNAPSHOT_PENDING).write_text(json.dumps({"name": name, "vm_id": vm_id}))
+        return SnapshotFiles(
+            name=name,
+            state_path=str(lay.snapshot_state(name)),
+            memory_path=str(lay.snapshot_memory(name)),
+        )
+
+    def commit_snapshot(self, name: str) -> None:
+        """SnapshotCommit's effect on the two files: 0400, then the manifest."""
+        lay = storelayout.layout(self.cfg)
+        for f in (lay.snapshot_state(name), lay.snapshot_memory(name)):
+            os.chmod(f, 0o400)
+        d = lay.snapshot_dir(name)
+        (d / storelayout.SNAPSHOT_MANIFEST).write_text(json.dumps({"name": name}))
+        (d / storelayout.SNAPSHOT_PENDING).unlink()
 
     def launch_req(self, vm_id: str, tap: str, **kw: Any) -> Launch:
         kernel, disk = self.storage_files(vm_id)
@@ -242,7 +285,8 @@ stop_timeout_s = 5.0
                             d.rmdir()
                 with contextlib.suppress(OSError):
                     top.rmdir()
-        subprocess.run(["ip", "netns", "del", ns], check=False)
+        for name in [ns, *e.vm_namespaces]:
+            subprocess.run(["ip", "netns", "del", name], check=False)
 
 
 def zombies_of(pid: int) -> list[int]:
@@ -370,3 +414,153 @@ def test_daemon_restart_readopts_running_vm(env: Env) -> None:
     env.call(ReleaseJail(vm_id=vm_id))
     assert not alive(vm.pid)
     assert not Path(jail.chroot_dir).parent.exists()
+
+
+def open_fd_inodes(pid: int) -> set[tuple[int, int]]:
+    out = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):
+            st = os.stat(f"/proc/{pid}/fd/{fd}")
+            out.add((st.st_dev, st.st_ino))
+    return out
+
+
+def acl_uids(path: Path) -> list[int]:
+    return [e.id for e in jailfs.read_acl(str(path)) if e.tag == acl.USER]
+
+
+@needs_doubles
+def test_snapshot_create_then_restore_clones_through_the_acl(env: Env) -> None:  # noqa: PLR0915 -- one snapshot's whole life, checked step by step
+    env.start()
+    if not os.environ.get("FCD_FIRECRACKER"):
+        assert env.call(Info()) == VmmInfo(firecracker_version="1.7.0", snapshot_version="1.0.0")
+    owner = env.cfg.jail.uid_max + 1000  # fcd-storage's user: not a jail uid
+    src = f"t-{secrets.token_hex(3)}"
+    jail = env.call(AllocateJail(vm_id=src))
+    netns, tap = env.make_vm_netns(src, jail.uid)
+    vm = env.call(env.launch_req(src, tap, netns=netns))
+    assert vm.state == "running", env.log.read_text()
+    files = env.pending_snapshot("s1", src, owner)
+    state, memory = Path(files.state_path), Path(files.memory_path)
+    root = Path(jail.chroot_dir)
+
+    with pytest.raises(FailedPrecondition, match="Running"):
+        env.call(SnapshotCreate(vm_id=src, files=files))
+    assert env.call(Pause(vm_id=src)).state == "paused"
+    with pytest.raises(InvalidArgument):  # a file of the store that is not this entry's
+        env.call(
+            SnapshotCreate(
+                vm_id=src, files=SnapshotFiles(**{**_fields(files), "memory_path": str(state)})
+            )
+        )
+    taken = env.call(SnapshotCreate(vm_id=src, files=files))
+    assert (taken.vm_id, taken.type) == (src, "full")
+    assert taken.memory_size == 128 << 20 == memory.stat().st_size
+    assert taken.state_size == state.stat().st_size > 0
+    info = env.call(Info())
+    assert (taken.firecracker_version, taken.snapshot_version) == (
+        info.firecracker_version,
+        info.snapshot_version,
+    )
+    assert taken.took_ms >= 0
+    for f in (state, memory):  # handed back: owner again, no link left in the jail
+        st = f.stat()
+        assert (st.st_uid, st.st_gid, st.st_nlink) == (owner, owner, 1)
+    assert not (root / "snapshot.vmstate").exists() and not (root / "snapshot.mem").exists()
+    assert env.call(Status(vm_id=src)).state == "paused"  # the VM stays paused
+
+    # a diff needs dirty page tracking (v1.7): Firecracker's refusal comes back as such
+    with pytest.raises(FirecrackerError, match="dirty page tracking"):
+        env.call(SnapshotCreate(vm_id=src, files=files, type="diff"))
+    assert state.stat().st_uid == owner and not (root / "snapshot.mem").exists()
+
+    clone = f"t-{secrets.token_hex(3)}"
+    cjail = env.call(AllocateJail(vm_id=clone))
+    cnetns, ctap = env.make_vm_netns(clone, cjail.uid)
+    with pytest.raises(InvalidArgument, match="pending"):  # not committed yet
+        env.call(env.launch_req(clone, ctap, netns=cnetns, restore=files))
+    env.commit_snapshot("s1")
+    env.call(ReleaseJail(vm_id=src))
+    with pytest.raises(InvalidArgument):  # a path outside the entry
+        env.call(
+            env.launch_req(
+                clone,
+                ctap,
+                netns=cnetns,
+                restore=SnapshotFiles(
+                    **{
+                        **_fields(files),
+                        "memory_path": env.launch_req(clone, ctap).disk.rootfs_path,
+                    }
+                ),
+            )
+        )
+
+    paused = env.call(env.launch_req(clone, ctap, netns=cnetns, restore=files, resume=False))
+    assert paused.state == "paused", env.log.read_text()
+    assert paused.pid is not None
+    assert fc_get(paused.api_socket or "")["state"] == "Paused"
+    croot = Path(cjail.chroot_dir)
+    assert (croot / "snapshot.mem").stat().st_ino == memory.stat().st_ino
+    st = memory.stat()
+    assert st.st_uid == owner != cjail.uid
+    assert st.st_mode & 0o7 == 0 and st.st_mode & 0o700 == 0o400  # not world-readable
+    assert acl_uids(memory) == [cjail.uid] == acl_uids(state)
+    # its Firecracker (the jail uid) holds the memory file open: it read it via the ACL
+    assert (st.st_dev, st.st_ino) in open_fd_inodes(paused.pid)
+    assert env.call(Resume(vm_id=clone)).state == "running"
+
+    # a second clone shares the same inodes with its own ACL entry
+    clone2 = f"t-{secrets.token_hex(3)}"
+    c2jail = env.call(AllocateJail(vm_id=clone2))
+    c2netns, c2tap = env.make_vm_netns(clone2, c2jail.uid)
+    running = env.call(env.launch_req(clone2, c2tap, netns=c2netns, restore=files))
+    assert running.state == "running", env.log.read_text()
+    assert sorted(acl_uids(memory)) == sorted([cjail.uid, c2jail.uid])
+
+    env.call(ReleaseJail(vm_id=clone))
+    assert acl_uids(memory) == [c2jail.uid] == acl_uids(state)
+    env.call(ReleaseJail(vm_id=clone2))
+    assert acl_uids(memory) == [] == acl_uids(state)
+    assert memory.stat().st_mode & 0o777 == 0o400  # the ACL collapsed back to the mode
+
+
+@needs_doubles
+def test_failed_restore_is_torn_down_and_leaves_no_acl(env: Env) -> None:
+    env.start()
+    owner = env.cfg.jail.uid_max + 1000
+    vm_id = f"t-{secrets.token_hex(3)}"
+    jail = env.call(AllocateJail(vm_id=vm_id))
+    netns, tap = env.make_vm_netns(vm_id, jail.uid)
+    files = env.pending_snapshot("junk", vm_id, owner)
+    Path(files.state_path).write_bytes(b"not a snapshot state file" * 4)
+    env.commit_snapshot("junk")
+    with pytest.raises(FirecrackerError, match="cannot restore snapshot 'junk'") as ei:
+        env.call(env.launch_req(vm_id, tap, netns=netns, restore=files))
+    assert "exits" in ei.value.message
+    assert not Path(jail.chroot_dir).parent.exists()
+    assert acl_uids(Path(files.memory_path)) == [] == acl_uids(Path(files.state_path))
+    st = env.call(Status(vm_id=vm_id))
+    assert st.pid is None
+    env.call(ReleaseJail(vm_id=vm_id))
+
+
+def _fields(files: SnapshotFiles) -> dict[str, str]:
+    return {"name": files.name, "state_path": files.state_path, "memory_path": files.memory_path}
+
+
+@needs_doubles
+def test_diff_snapshot_of_a_vm_launched_with_dirty_page_tracking(env: Env) -> None:
+    env.start()
+    owner = env.cfg.jail.uid_max + 1000
+    vm_id = f"t-{secrets.token_hex(3)}"
+    jail = env.call(AllocateJail(vm_id=vm_id))
+    tap = env.make_tap(vm_id, jail.uid)
+    vm = env.call(env.launch_req(vm_id, tap, track_dirty_pages=True))
+    assert fc_get(vm.api_socket or "", "/machine-config")["track_dirty_pages"] is True
+    env.call(Pause(vm_id=vm_id))
+    files = env.pending_snapshot("d1", vm_id, owner)
+    taken = env.call(SnapshotCreate(vm_id=vm_id, files=files, type="diff"))
+    assert taken.type == "diff" and taken.state_size > 0
+    assert Path(files.memory_path).stat().st_uid == owner
+    env.call(ReleaseJail(vm_id=vm_id))

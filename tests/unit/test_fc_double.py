@@ -632,6 +632,49 @@ def test_snapshot_load_rules(fc: Double, kernel: Path, tmp_path: Path) -> None:
     )
 
 
+BOOT_SPECIFIC = (
+    "Load snapshot error: Loading a microVM snapshot not allowed after configuring "
+    "boot-specific resources."
+)
+LOAD = {
+    "snapshot_path": "/nonexistent.state",
+    "mem_backend": {"backend_type": "File", "backend_path": "/nonexistent.mem"},
+}
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/machine-config", {"vcpu_count": 1, "mem_size_mib": 128}),
+        ("/balloon", {"amount_mib": 1, "deflate_on_oom": False}),
+        ("/entropy", {}),
+    ],
+)
+def test_boot_specific_resources_block_a_load(
+    fc: Double, path: str, body: dict[str, object]
+) -> None:
+    # FIRECRACKER.md §2: what fcd-vmm must never send before /snapshot/load
+    fc.api.ok("PUT", path, body)
+    assert fc.api.call("PUT", "/snapshot/load", LOAD).fault == BOOT_SPECIFIC
+
+
+def test_logger_metrics_and_mmds_data_do_not_block_a_load(fc: Double, tmp_path: Path) -> None:
+    log, metrics = tmp_path / "fc.log", tmp_path / "fc.metrics"
+    log.touch()
+    metrics.touch()
+    fc.api.ok("PUT", "/logger", {"log_path": str(log), "level": "Info", "show_level": True})
+    fc.api.ok("PUT", "/metrics", {"metrics_path": str(metrics)})
+    fc.api.ok("PUT", "/mmds", {"a": 1})
+    # v1.7 knows no track_dirty_pages on load (added in 1.13): a serde error, process lives
+    r = fc.api.call("PUT", "/snapshot/load", {**LOAD, "track_dirty_pages": True})
+    assert r.fault.startswith(PREFIX + "unknown field `track_dirty_pages`")
+    r = fc.api.call("PUT", "/snapshot/load", {**LOAD, "enable_diff_snapshots": True})
+    assert r.fault.startswith("Load snapshot error: Failed to restore from snapshot")
+    assert "Permission denied" not in r.fault and "No such file" in r.fault
+    code, _out, _err = fc.wait()
+    assert code == 1  # a failed load ends the process
+
+
 def test_failed_snapshot_load_answers_then_exits_1(fc: Double, tmp_path: Path) -> None:
     bad = tmp_path / "bad.state"
     bad.write_bytes(b"garbage" * 20)

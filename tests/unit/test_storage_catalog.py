@@ -253,7 +253,12 @@ def test_snapshot_lifecycle(store: Store, tmp_path: Path, kernel: Path) -> None:
     fill(store, "s1")
     m = snapshots.commit(store, "s1")
     assert m.ready and m.memory_size == 4096 and m.disk_size == 32 * MiB
-    assert store.layout.snapshot_memory("s1").stat().st_mode & 0o777 == 0o444
+    for f in (
+        store.layout.snapshot_memory("s1"),
+        store.layout.snapshot_state("s1"),
+        store.layout.snapshot_disk("s1"),
+    ):
+        assert f.stat().st_mode & 0o777 == 0o400, f  # jail uids read through an ACL
     assert snapshots.commit(store, "s1") == m  # idempotent
     with pytest.raises(Conflict):
         snapshots.prepare(store, "s1", "vm-1")

@@ -11,7 +11,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from fcd_common import config
+from fcd_common import config, storelayout
 from fcd_common.errors import (
     FirecrackerError,
     InvalidArgument,
@@ -19,7 +19,7 @@ from fcd_common.errors import (
     Unavailable,
 )
 from fcd_common.ids import tap_name
-from fcd_common.proto.vmm import Launch
+from fcd_common.proto.vmm import Launch, SnapshotFiles
 from fcd_vmm import cgroups, checks, plan
 from fcd_vmm.fcclient import FirecrackerClient, fault_text
 from fcd_vmm.procs import Aborted, wait_for_path
@@ -133,6 +133,7 @@ def test_pool_persists_and_reloads(tmp_path: Path) -> None:
         "pid": 4242,
         "state": "running",
         "exit_code": None,
+        "acl_files": [],
     }
     assert not list((tmp_path / "vms").glob(".*tmp"))  # atomic write left no temp file
     again = UidPool(tmp_path, 100, 109, max_vms=50)
@@ -346,6 +347,126 @@ def test_configure_calls_order_and_bodies(tmp_path: Path) -> None:
     assert plan.vm_state_body(True) == {"state": "Paused"}
     assert plan.vm_state_body(False) == {"state": "Resumed"}
     assert plan.CTRL_ALT_DEL.body == {"action_type": "SendCtrlAltDel"}
+
+
+FC_LOAD_FIELDS_V1_7 = {
+    "snapshot_path",
+    "mem_file_path",
+    "mem_backend",
+    "enable_diff_snapshots",
+    "resume_vm",
+}
+
+
+def snapshot_files(cfg: config.Config, name: str = "s1") -> SnapshotFiles:
+    lay = storelayout.layout(cfg)
+    return SnapshotFiles(
+        name=name,
+        state_path=str(lay.snapshot_state(name)),
+        memory_path=str(lay.snapshot_memory(name)),
+    )
+
+
+def test_configure_calls_for_a_restore_load_and_nothing_boot_specific(tmp_path: Path) -> None:
+    cfg = make_cfg(tmp_path)
+    spec = spec_for(cfg, restore=snapshot_files(cfg))
+    calls = plan.configure_calls(spec, "1.7.0")
+    # FIRECRACKER.md §2: boot-source, drives, network, machine-config... make a load fail
+    assert [(c.method, c.path) for c in calls] == [
+        ("PUT", "/logger"),
+        ("PUT", "/metrics"),
+        ("PUT", "/snapshot/load"),
+    ]
+    assert calls[0].body == plan.logger_body() and calls[1].body == plan.metrics_body()
+    assert calls[2].body == {
+        "snapshot_path": "/snapshot.vmstate",
+        "mem_backend": {"backend_type": "File", "backend_path": "/snapshot.mem"},
+        "resume_vm": True,
+    }
+    paused = plan.configure_calls(spec_for(cfg, restore=snapshot_files(cfg), resume=False))
+    assert paused[-1].body is not None and paused[-1].body["resume_vm"] is False
+
+
+def test_track_dirty_pages_goes_where_the_version_takes_it(tmp_path: Path) -> None:
+    cfg = make_cfg(tmp_path)
+    restore = spec_for(cfg, restore=snapshot_files(cfg), track_dirty_pages=True)
+    old = plan.configure_calls(restore, "1.7.0")[-1].body
+    assert old is not None and old["enable_diff_snapshots"] is True
+    assert "track_dirty_pages" not in old and set(old) <= FC_LOAD_FIELDS_V1_7
+    new = plan.configure_calls(restore, "1.13.0")[-1].body
+    assert new is not None and new["track_dirty_pages"] is True
+    assert "enable_diff_snapshots" not in new  # deprecated from 1.13
+    boot = {c.path: c.body for c in plan.configure_calls(spec_for(cfg, track_dirty_pages=True))}
+    assert boot["/machine-config"] == {
+        "vcpu_count": 2,
+        "mem_size_mib": 256,
+        "track_dirty_pages": True,
+    }
+
+
+def test_snapshot_create_body() -> None:
+    assert plan.snapshot_create_body("full") == {
+        "snapshot_path": "/snapshot.vmstate",
+        "mem_file_path": "/snapshot.mem",
+        "snapshot_type": "Full",
+    }
+    assert plan.snapshot_create_body("diff")["snapshot_type"] == "Diff"
+
+
+def test_parse_version() -> None:
+    assert plan.parse_version("Firecracker v1.7.0\n\n") == "1.7.0"
+    assert plan.parse_version("v1.0.0\n") == "1.0.0"
+    assert plan.parse_version("Firecracker v1.17.0-dev\n") == "1.17.0-dev"
+    assert plan.version_tuple("1.17.0-dev") == (1, 17, 0)
+    assert plan.version_tuple("1.13.0") >= plan.TRACK_DIRTY_ON_LOAD_SINCE > (1, 7, 0)
+    with pytest.raises(ValueError):
+        plan.parse_version("Firecracker\n")
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("name", "s2"),  # the paths are s1's
+        ("state_path", "{storage}/snapshots/s1/memory"),
+        ("memory_path", "{storage}/snapshots/s1/vmstate"),
+        ("memory_path", "{storage}/snapshots/s1/rootfs.ext4"),
+        ("state_path", "{storage}/disks/vm-1/rootfs.ext4"),
+        ("state_path", "/etc/shadow"),
+        ("memory_path", "{storage}/snapshots/s1/../s2/memory"),
+    ],
+)
+def test_check_launch_refuses_restore_paths_outside_the_entry(
+    tmp_path: Path, field: str, value: str
+) -> None:
+    cfg = make_cfg(tmp_path)
+    files = msgspec.structs.replace(
+        snapshot_files(cfg), **{field: value.replace("{storage}", str(cfg.state("storage")))}
+    )
+    with pytest.raises(InvalidArgument) as ei:
+        checks.check_launch(launch_req(cfg, restore=files), cfg)
+    assert ei.value.details["field"].startswith("restore.")
+
+
+def test_snapshot_stage_check(tmp_path: Path) -> None:
+    cfg = make_cfg(tmp_path)
+    files = snapshot_files(cfg)
+    d = storelayout.layout(cfg).snapshot_dir("s1")
+    with pytest.raises(InvalidArgument, match="not a snapshot"):
+        checks.check_snapshot_stage(files, cfg, "ready", "restore")
+    d.mkdir(parents=True)
+    (d / storelayout.SNAPSHOT_PENDING).write_text("{}")
+    checks.check_snapshot_stage(files, cfg, "pending", "files")
+    with pytest.raises(InvalidArgument, match="pending"):
+        checks.check_snapshot_stage(files, cfg, "ready", "restore")
+    (d / storelayout.SNAPSHOT_MANIFEST).symlink_to(d / storelayout.SNAPSHOT_PENDING)
+    with pytest.raises(InvalidArgument, match="pending"):  # a symlink is no manifest
+        checks.check_snapshot_stage(files, cfg, "ready", "restore")
+    (d / storelayout.SNAPSHOT_MANIFEST).unlink()
+    (d / storelayout.SNAPSHOT_MANIFEST).write_text("{}")
+    (d / storelayout.SNAPSHOT_PENDING).unlink()
+    checks.check_snapshot_stage(files, cfg, "ready", "restore")
+    with pytest.raises(InvalidArgument, match="committed"):
+        checks.check_snapshot_stage(files, cfg, "pending", "files")
 
 
 def test_resource_ids() -> None:

@@ -88,6 +88,7 @@ class VmmBase:
         self.mmds_config: dict[str, Any] | None = None
         self.mmds: Any = None
         self.kvm = devices.Kvm()
+        self.mem_fd: int | None = None  # a restored VM's memory file (mapped MAP_PRIVATE)
         self.exit_at: float | None = None  # guest reboot (Ctrl-Alt-Del with reboot=k)
         self.ctrl_alt_del_pending = False
 

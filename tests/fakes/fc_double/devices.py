@@ -197,17 +197,21 @@ def read_snapshot(state_path: str, mem_path: str) -> dict[str, Any]:
             f"version {major}.{minor}.{patch}"
         )
     state: dict[str, Any] = json.loads(body[40 : 40 + length])
+    # Firecracker opens the memory file read-only and maps it MAP_PRIVATE for the VM's
+    # life: the fd is kept (``state["__mem_fd"]``), so the file must stay readable.
     try:
-        size = os.stat(mem_path).st_size
+        fd = os.open(mem_path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as e:
         raise DeviceError(
             f"Failed to restore from snapshot: Failed to load guest memory: "
             f"Error creating guest memory from file: {io_error(e)}"
         ) from e
-    if size < state["machine-config"]["mem_size_mib"] << 20:
+    if os.fstat(fd).st_size < state["machine-config"]["mem_size_mib"] << 20:
+        os.close(fd)
         raise DeviceError(
             "Failed to restore from snapshot: Failed to load guest memory: "
             "Error creating guest memory from file: memory file is smaller "
             "than the guest memory"
         )
+    state["__mem_fd"] = fd
     return state

@@ -98,6 +98,7 @@ class SnapshotHandlers(VmmBase):
         return Reply(204, deprecation=deprecated)
 
     def restore(self, state: dict[str, Any]) -> None:
+        self.mem_fd = state.pop("__mem_fd")
         self.machine = dict(state["machine-config"])
         self.machine["track_dirty_pages"] = False
         self.machine["smt"] = False
