@@ -109,7 +109,7 @@ class Bare:
                 "--",
                 "--api-sock",
                 "/run/firecracker.socket",
-            ],  # fmt: skip
+            ],
             check=True,
         )
         sock = root / "run" / "firecracker.socket"

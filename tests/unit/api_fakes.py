@@ -125,20 +125,6 @@ class FakeHelpers:
     async def list_vms(self, req: pvmm.ListVms) -> pvmm.VmProcessList:
         return pvmm.VmProcessList(items=list(self.procs.values()))
 
-    async def vmm_info(self, req: pvmm.Info) -> pvmm.VmmInfo:
-        return pvmm.VmmInfo(firecracker_version="1.7.0", snapshot_version="1.0.0")
-
-    async def snapshot_create(self, req: pvmm.SnapshotCreate) -> pvmm.SnapshotTaken:
-        return pvmm.SnapshotTaken(
-            vm_id=req.vm_id,
-            type=req.type,
-            state_size=4096,
-            memory_size=128 << 20,
-            firecracker_version="1.7.0",
-            snapshot_version="1.0.0",
-            took_ms=1.0,
-        )
-
     # --- storage -----------------------------------------------------------------
     async def template_get(self, req: pstorage.TemplateGet) -> pstorage.TemplateInfo:
         if req.name != TEMPLATE.name:
