@@ -85,6 +85,7 @@ class Bare:
         disk = root / "rootfs.ext4"
         sh("cp", "--reflink=auto", "--sparse=always", self.snap["disk_path"], str(disk))
         os.chown(disk, uid, uid)
+        os.chmod(disk, 0o600)
         for src, leaf in ((self.snap["state_path"], "snapshot.vmstate"),
                           (self.snap["memory_path"], "snapshot.mem")):  # fmt: skip
             os.link(src, root / leaf)
@@ -128,7 +129,8 @@ class Bare:
                     break
                 except httpx.TransportError:
                     time.sleep(0.001)
-            r.raise_for_status()
+            if r.status_code != 204:
+                raise SystemExit(f"bare /snapshot/load: {r.status_code} {r.text}")
         took = time.perf_counter() - t0
         pid = int((root / f"{Path(self.fc).name}.pid").read_text())
         self.live.append((ns, pid, root.parent))
