@@ -1,7 +1,8 @@
 """fcctl: the command-line client of fcd-api (HTTP over the API's Unix socket).
 
     fcctl create --template T [--id ID] [--vcpus N] [--mem MiB] [--disk MiB]
-                 [--kernel-args ARGS] [--label k=v]...
+                 [--kernel-args ARGS] [--label k=v]... [--network-mode bridge|netns]
+                 [--port HOST:GUEST[/udp]]... [--track-dirty-pages]
     fcctl ls [--state S] [--label k=v]...
     fcctl get ID
     fcctl start|stop|pause|resume ID
@@ -193,6 +194,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--kernel-args", help="appended to the template's kernel arguments")
     c.add_argument("--sandbox-id")
     c.add_argument("--label", "-l", action="append", default=[], metavar="K=V", type=_label_arg)
+    c.add_argument("--network-mode", choices=("bridge", "netns"))
+    c.add_argument(
+        "--port", action="append", default=[], type=snapshot_cli.port_arg, metavar="HOST:GUEST"
+    )
+    c.add_argument("--track-dirty-pages", action="store_true", help="allow diff snapshots")
 
     ls = sub.add_parser("ls", aliases=["list"], parents=[out], help="list VMs")
     ls.add_argument("--state")
@@ -241,6 +247,12 @@ def create_body(args: argparse.Namespace) -> dict[str, Any]:
         body["labels"] = parse_labels(args.label)
     if getattr(args, "drive", None):
         body["drives"] = storage_cli.parse_drives(args.drive)
+    if getattr(args, "network_mode", None):
+        body["network_mode"] = args.network_mode
+    if getattr(args, "port", None):
+        body["port_mappings"] = snapshot_cli.parse_ports(args.port)
+    if getattr(args, "track_dirty_pages", False):
+        body["track_dirty_pages"] = True
     return body
 
 

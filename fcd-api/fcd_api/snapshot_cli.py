@@ -15,7 +15,7 @@ from . import tables
 from .storage_cli import Handler, Request, render_detail, show
 from .tables import Column
 
-__all__ = ["COMMANDS", "add_parsers", "parse_ports", "render_snapshots"]
+__all__ = ["COMMANDS", "add_parsers", "parse_ports", "port_arg", "render_snapshots"]
 
 
 def _mib(size: Any) -> str:
@@ -48,7 +48,7 @@ def parse_ports(items: Sequence[str]) -> list[dict[str, Any]]:
     return out
 
 
-def _port_arg(item: str) -> str:
+def port_arg(item: str) -> str:
     parse_ports([item])
     return item
 
@@ -70,7 +70,7 @@ def add_parsers(sub: Any, out: argparse.ArgumentParser, label_arg: Callable[[str
     r.add_argument("name", help="the snapshot")
     r.add_argument("--id", help="the new VM's id (generated when absent)")
     r.add_argument("--label", action="append", default=[], type=label_arg, metavar="K=V")
-    r.add_argument("--port", action="append", default=[], type=_port_arg, metavar="HOST:GUEST")
+    r.add_argument("--port", action="append", default=[], type=port_arg, metavar="HOST:GUEST")
     r.add_argument("--paused", action="store_true", help="leave the restored VM paused")
 
 

@@ -334,3 +334,37 @@ def test_every_command_has_a_handler() -> None:
     assert set(top) == set(cli.COMMANDS)
     assert set(_choices(top["templates"])) == set(storage_cli.TEMPLATE_ACTIONS)
     assert set(_choices(top["snapshots"])) == set(snapshot_cli.ACTIONS)
+
+
+def test_create_and_restore_bodies_carry_ports_mode_and_tracking() -> None:
+    args = cli.build_parser().parse_args(
+        [
+            "create",
+            "-t",
+            "demo",
+            "--network-mode",
+            "netns",
+            "--port",
+            "0:8080",
+            "--port",
+            "53:53/udp",
+            "--track-dirty-pages",
+        ]
+    )
+    body = cli.create_body(args)
+    assert body["network_mode"] == "netns" and body["track_dirty_pages"] is True
+    assert body["port_mappings"] == [
+        {"host_port": 0, "guest_port": 8080, "protocol": "tcp"},
+        {"host_port": 53, "guest_port": 53, "protocol": "udp"},
+    ]
+    r = cli.build_parser().parse_args(
+        ["restore", "warm", "--id", "c1", "--port", "0:80", "--paused"]
+    )
+    assert snapshot_cli.restore_body(r, {}) == {
+        "labels": {},
+        "resume": False,
+        "id": "c1",
+        "port_mappings": [{"host_port": 0, "guest_port": 80, "protocol": "tcp"}],
+    }
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["create", "-t", "demo", "--port", "80"])
