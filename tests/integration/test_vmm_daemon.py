@@ -253,6 +253,9 @@ state_dir = "{tmp_path}/state"
 run_dir = "{tmp_path}/run"
 chroot_base = "{tmp_path}/jail"
 
+[network]
+netns_prefix = "v{secrets.token_hex(2)}-"  # its own: an fcd-net elsewhere reconciles fcvm-*
+
 [jail]
 firecracker = "{fc}"
 jailer = "{jl}"
