@@ -30,6 +30,8 @@ __all__ = [
     "KERNEL",
     "ROOTFS",
     "SNAPSHOT_MANIFEST",
+    "SUSPEND_MEMORY",
+    "SUSPEND_STATE",
     "SNAPSHOT_PENDING",
     "TEMPLATE_MANIFEST",
     "StoreLayout",
@@ -54,6 +56,10 @@ SNAPSHOT_STATE = "vmstate"
 SNAPSHOT_MEMORY = "memory"
 SNAPSHOT_DISK = "rootfs.ext4"
 SNAPSHOT_MANIFEST = "snapshot.json"
+SUSPEND_STATE = "suspend.vmstate"
+SUSPEND_MEMORY = "suspend.memory"
+PENDING_SUFFIX = ".pending"
+"""Suspend files being written; renamed over the committed names once handed back."""
 SNAPSHOT_PENDING = "pending.json"  # a snapshot between prepare and commit
 
 # Extra drive names (types.DRIVE_NAME_PATTERN) double as Firecracker drive ids
@@ -121,6 +127,13 @@ class StoreLayout:
 
     def disk_manifest(self, vm_id: str) -> Path:
         return self.disk_dir(vm_id) / DISK_MANIFEST
+
+    def suspend_state(self, vm_id: str, *, pending: bool = False) -> Path:
+        """A suspended VM's state file, in its own disk directory (released with it)."""
+        return self.disk_dir(vm_id) / (SUSPEND_STATE + (PENDING_SUFFIX if pending else ""))
+
+    def suspend_memory(self, vm_id: str, *, pending: bool = False) -> Path:
+        return self.disk_dir(vm_id) / (SUSPEND_MEMORY + (PENDING_SUFFIX if pending else ""))
 
     def data_drive(self, vm_id: str, drive: str) -> Path:
         return self.disk_dir(vm_id) / f"{DRIVE_PREFIX}{check_drive_name(drive)}{DRIVE_SUFFIX}"
