@@ -3,6 +3,7 @@
     <state>/storage/templates/<name>/vmlinux, rootfs.ext4, manifest.json
     <state>/storage/disks/<vm_id>/rootfs.ext4, disk.json
     <state>/storage/disks/<vm_id>/drive-<drive>.ext4    extra data drives of the VM
+    <state>/storage/disks/<vm_id>/suspend.{vmstate,memory}[.pending]  a suspended VM's files
     <state>/storage/snapshots/<name>/vmstate, memory, rootfs.ext4, snapshot.json
     <state>/storage/tmp/            staging (same filesystem, so rename is atomic)
 

@@ -160,7 +160,8 @@ class Info(Request[VmmInfo], tag="vmm.info"):
 
 
 class SnapshotCreate(Request[SnapshotTaken], tag="vmm.snapshot_create"):
-    """Have the paused VM's Firecracker write ``files`` (a pending snapshot of fcd-storage).
+    """Have the paused VM's Firecracker write ``files`` (a pending snapshot of fcd-storage,
+    or this VM's pending suspend files).
 
     fcd-vmm links the two files into the jail, lends them to the jail uid while
     Firecracker writes them (``PUT /snapshot/create``), then hands them back to
