@@ -234,7 +234,8 @@ class FakeHelpers:
         )
 
     async def suspend_prepare(self, req: pstorage.SuspendPrepare) -> pstorage.SuspendInfo:
-        self.disks[req.vm_id]
+        if req.vm_id not in self.disks:
+            raise NotFound(f"no disk for vm {req.vm_id!r}", details={"field": "vm_id"})
         return self._suspend(req.vm_id, pending=True)
 
     async def suspend_commit(self, req: pstorage.SuspendCommit) -> pstorage.SuspendInfo:
@@ -246,29 +247,6 @@ class FakeHelpers:
 
     async def snapshot_list(self, req: pstorage.SnapshotList) -> pstorage.SnapshotInfoList:
         return pstorage.SnapshotInfoList(items=list(self.snapshots.values()))
-
-    def _suspend(self, vm_id: str, *, pending: bool) -> pstorage.SuspendInfo:
-        sfx = ".pending" if pending else ""
-        base = f"/store/disks/{vm_id}"
-        return pstorage.SuspendInfo(
-            vm_id=vm_id,
-            state_path=f"{base}/suspend.vmstate{sfx}",
-            memory_path=f"{base}/suspend.memory{sfx}",
-            pending=pending,
-            state_size=0 if pending else 4096,
-            memory_size=0 if pending else 128 << 20,
-        )
-
-    async def suspend_prepare(self, req: pstorage.SuspendPrepare) -> pstorage.SuspendInfo:
-        if req.vm_id not in self.disks:
-            raise NotFound(f"no disk for vm {req.vm_id!r}", details={"field": "vm_id"})
-        return self._suspend(req.vm_id, pending=True)
-
-    async def suspend_commit(self, req: pstorage.SuspendCommit) -> pstorage.SuspendInfo:
-        return self._suspend(req.vm_id, pending=False)
-
-    async def suspend_abort(self, req: pstorage.SuspendAbort) -> Done:
-        return Done()
 
     async def vmm_info(self, req: pvmm.Info) -> pvmm.VmmInfo:
         return self.info
