@@ -3,6 +3,7 @@
     <state>/storage/templates/<name>/vmlinux, rootfs.ext4, manifest.json
     <state>/storage/disks/<vm_id>/rootfs.ext4, disk.json
     <state>/storage/disks/<vm_id>/drive-<drive>.ext4    extra data drives of the VM
+    <state>/storage/disks/<vm_id>/suspend.{vmstate,memory}[.pending]  a suspended VM's files
     <state>/storage/snapshots/<name>/vmstate, memory, rootfs.ext4, snapshot.json
     <state>/storage/tmp/            staging (same filesystem, so rename is atomic)
 
@@ -31,6 +32,8 @@ __all__ = [
     "ROOTFS",
     "SNAPSHOT_MANIFEST",
     "SNAPSHOT_PENDING",
+    "SUSPEND_MEMORY",
+    "SUSPEND_STATE",
     "TEMPLATE_MANIFEST",
     "StoreLayout",
     "check_drive_name",
@@ -54,6 +57,10 @@ SNAPSHOT_STATE = "vmstate"
 SNAPSHOT_MEMORY = "memory"
 SNAPSHOT_DISK = "rootfs.ext4"
 SNAPSHOT_MANIFEST = "snapshot.json"
+SUSPEND_STATE = "suspend.vmstate"
+SUSPEND_MEMORY = "suspend.memory"
+PENDING_SUFFIX = ".pending"
+"""Suspend files being written; renamed over the committed names once handed back."""
 SNAPSHOT_PENDING = "pending.json"  # a snapshot between prepare and commit
 
 # Extra drive names (types.DRIVE_NAME_PATTERN) double as Firecracker drive ids
@@ -121,6 +128,13 @@ class StoreLayout:
 
     def disk_manifest(self, vm_id: str) -> Path:
         return self.disk_dir(vm_id) / DISK_MANIFEST
+
+    def suspend_state(self, vm_id: str, *, pending: bool = False) -> Path:
+        """A suspended VM's state file, in its own disk directory (released with it)."""
+        return self.disk_dir(vm_id) / (SUSPEND_STATE + (PENDING_SUFFIX if pending else ""))
+
+    def suspend_memory(self, vm_id: str, *, pending: bool = False) -> Path:
+        return self.disk_dir(vm_id) / (SUSPEND_MEMORY + (PENDING_SUFFIX if pending else ""))
 
     def data_drive(self, vm_id: str, drive: str) -> Path:
         return self.disk_dir(vm_id) / f"{DRIVE_PREFIX}{check_drive_name(drive)}{DRIVE_SUFFIX}"

@@ -31,6 +31,7 @@ from .registry import parse_label_filters
 from .service import Flows, request_id
 from .snapshot_routes import snapshot_router
 from .storage_routes import storage_router
+from .suspend_flows import SuspendFlows
 
 __all__ = ["RequestIdMiddleware", "build_app", "create_asgi", "version"]
 
@@ -140,8 +141,12 @@ class VMController(Controller):
     async def pause_vm(self, flows: NamedDependency[Flows], vm_id: FromPath[str]) -> VM:
         return (await flows.pause(vm_id)).to_public()
 
-    @post("/{vm_id:str}/resume", status_code=200, summary="Resume a paused VM")
+    @post(
+        "/{vm_id:str}/resume", status_code=200, summary="Resume a paused (or wake a suspended) VM"
+    )
     async def resume_vm(self, flows: NamedDependency[Flows], vm_id: FromPath[str]) -> VM:
+        if flows.get(vm_id).state is VMState.SUSPENDED:
+            return (await SuspendFlows(flows).wake(vm_id)).to_public()
         return (await flows.resume(vm_id)).to_public()
 
     @delete("/{vm_id:str}", status_code=204, summary="Delete a stopped/error VM (any with force)")

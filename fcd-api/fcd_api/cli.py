@@ -5,7 +5,7 @@
                  [--port HOST:GUEST[/udp]]... [--track-dirty-pages]
     fcctl ls [--state S] [--label k=v]...
     fcctl get ID
-    fcctl start|stop|pause|resume ID
+    fcctl start|stop|pause|resume|suspend|wake ID
     fcctl rm ID [--force]
     fcctl templates ls | get NAME | rm NAME
     fcctl templates import NAME --kernel PATH --rootfs PATH [--kernel-args A] [--sha256 HEX]
@@ -210,7 +210,9 @@ def build_parser() -> argparse.ArgumentParser:
         ("start", "start a stopped VM"),
         ("stop", "stop a running or paused VM"),
         ("pause", "pause a running VM"),
-        ("resume", "resume a paused VM"),
+        ("resume", "resume a paused VM (wake a suspended one)"),
+        ("suspend", "save a VM's memory to disk and end its Firecracker (same id, IP, ports)"),
+        ("wake", "start a suspended VM where it left off"),
     ):
         a = sub.add_parser(name, parents=[out], help=text)
         a.add_argument("id")
@@ -333,6 +335,8 @@ COMMANDS: dict[str, Handler] = {
     "stop": _transition,
     "pause": _transition,
     "resume": _transition,
+    "suspend": _transition,
+    "wake": _transition,
     "rm": _delete,
     "delete": _delete,
     "restore": _restore,

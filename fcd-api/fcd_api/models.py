@@ -16,7 +16,7 @@ import msgspec
 
 from fcd_common.proto.common import PortMapping
 from fcd_common.proto.net import NetInfo, PolicySpec
-from fcd_common.proto.storage import DiskInfo, DriveSpec
+from fcd_common.proto.storage import DiskInfo, DriveSpec, SuspendInfo
 from fcd_common.proto.vmm import JailInfo
 from fcd_common.schema import Record
 from fcd_common.types import KernelArgs, MiB, Name, NetMode, VcpuCount, VmId
@@ -56,6 +56,9 @@ class VMState(enum.StrEnum):
     PAUSED = "paused"
     STOPPING = "stopping"
     STOPPED = "stopped"
+    SUSPENDED = "suspended"
+    """Firecracker gone, memory and state on disk (the VM's own); id, disk, IP and port
+    mappings kept. Not in the seed's list: its closest seed state is ``stopped``."""
     ERROR = "error"
 
 
@@ -162,6 +165,8 @@ class Runtime(Record):
     """The snapshot the VM was created from (None: booted from its template)."""
     last_snapshot: str | None = None
     """The VM's latest snapshot: the parent of its next diff snapshot."""
+    suspend: SuspendInfo | None = None
+    """The VM's committed suspend files (a wake loads them)."""
 
 
 class VmRecord(Record):

@@ -1,4 +1,4 @@
-"""``POST /v1/vms/{id}/snapshots`` and ``POST /v1/snapshots/{name}/restore``
+"""``POST /v1/vms/{id}/snapshots``, ``POST /v1/snapshots/{name}/restore``, ``/suspend``, ``/wake``
 (the flows are :mod:`fcd_api.snapshot_flows`; listing, inspecting and deleting
 snapshot files are fcd-storage's routes in :mod:`fcd_api.storage_routes`)."""
 
@@ -14,6 +14,7 @@ from .models import VM
 from .service import Flows
 from .snapshot_flows import SnapshotFlows
 from .snapshot_models import RestoreRequest, SnapshotRequest
+from .suspend_flows import SuspendFlows
 
 __all__ = ["snapshot_router"]
 
@@ -37,6 +38,18 @@ async def restore_snapshot(
     return Response(rec.to_public(), status_code=201 if created else 200)
 
 
+@post("/v1/vms/{vm_id:str}/suspend", status_code=200, summary="Suspend a VM to disk")
+async def suspend_vm(flows: NamedDependency[Flows], vm_id: FromPath[str]) -> VM:
+    return (await SuspendFlows(flows).suspend(vm_id)).to_public()
+
+
+@post("/v1/vms/{vm_id:str}/wake", status_code=200, summary="Wake a suspended VM")
+async def wake_vm(flows: NamedDependency[Flows], vm_id: FromPath[str]) -> VM:
+    return (await SuspendFlows(flows).wake(vm_id)).to_public()
+
+
 snapshot_router = Router(
-    path="/", route_handlers=[take_snapshot, restore_snapshot], tags=["snapshots"]
+    path="/",
+    route_handlers=[take_snapshot, restore_snapshot, suspend_vm, wake_vm],
+    tags=["snapshots"],
 )

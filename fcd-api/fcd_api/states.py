@@ -46,6 +46,7 @@ TABLE: dict[tuple[Action, VMState], Step] = {
     (Action.RESUME, S.PAUSED): Step(None, S.RUNNING),
     (Action.DELETE, S.STOPPED): Step(None, None),
     (Action.DELETE, S.ERROR): Step(None, None),
+    (Action.DELETE, S.SUSPENDED): Step(None, None),
 }
 
 FORCE_DELETE = Step(None, None)
@@ -64,6 +65,11 @@ EDGES: frozenset[tuple[VMState | None, VMState]] = frozenset(
         (S.RUNNING, S.STOPPING),
         (S.PAUSED, S.STOPPING),
         (S.STOPPING, S.STOPPED),
+        # suspend: (pause), save memory, kill; wake: load it in a fresh Firecracker
+        (S.STOPPING, S.SUSPENDED),
+        (S.SUSPENDED, S.STARTING),
+        (S.STARTING, S.SUSPENDED),  # a wake that failed: the files are still there
+        (S.STOPPING, S.PAUSED),  # a suspend whose kill failed: the guest is still paused
     }
 )
 

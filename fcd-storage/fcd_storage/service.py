@@ -18,7 +18,7 @@ from fcd_common.locks import KeyedLocks, SharedLock
 from fcd_common.proto import storage as proto
 from fcd_common.rpc import Done, Peer, handles
 
-from . import disks, reclaim, snapshots, templates
+from . import disks, reclaim, snapshots, suspends, templates
 from .store import Store
 
 
@@ -165,6 +165,27 @@ class StorageService:
         name = check_name(req.name)
         async with self.catalog.exclusive():
             await asyncio.to_thread(snapshots.delete, self.store, name)
+        return Done()
+
+    # -- suspend files (in the VM's own disk directory: its disk lock) --------------
+
+    @handles(proto.SuspendPrepare)
+    async def suspend_prepare(self, req: proto.SuspendPrepare, _peer: Peer) -> proto.SuspendInfo:
+        vm_id = check_vm_id(req.vm_id)
+        async with self._using(f"disk:{vm_id}"):
+            return await asyncio.to_thread(suspends.prepare, self.store, vm_id)
+
+    @handles(proto.SuspendCommit)
+    async def suspend_commit(self, req: proto.SuspendCommit, _peer: Peer) -> proto.SuspendInfo:
+        vm_id = check_vm_id(req.vm_id)
+        async with self._using(f"disk:{vm_id}"):
+            return await asyncio.to_thread(suspends.commit, self.store, vm_id)
+
+    @handles(proto.SuspendAbort)
+    async def suspend_abort(self, req: proto.SuspendAbort, _peer: Peer) -> Done:
+        vm_id = check_vm_id(req.vm_id)
+        async with self._using(f"disk:{vm_id}"):
+            await asyncio.to_thread(suspends.abort, self.store, vm_id)
         return Done()
 
     @handles(proto.DiskGet)

@@ -6,7 +6,8 @@ and the two primitives every operation shares (removing a published entry,
 handing new files to the store's owner). It imports none of the operations.
 The operations live in modules named for what they do
 (:mod:`~fcd_storage.templates`, :mod:`~fcd_storage.disks`,
-:mod:`~fcd_storage.snapshots`, :mod:`~fcd_storage.reclaim`), each taking the
+:mod:`~fcd_storage.snapshots`, :mod:`~fcd_storage.suspends`,
+:mod:`~fcd_storage.reclaim`), each taking the
 ``Store`` as its first argument; the service and tools call them directly.
 Each validates its names, asks ``plan`` what to do, and does it with
 ``fileio``: build everything in a staging directory under ``tmp/``, manifest

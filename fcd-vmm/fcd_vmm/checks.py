@@ -164,7 +164,7 @@ def check_launch(req: Launch, cfg: Config) -> LaunchSpec:
     check_drives(req, vm_id, cfg)
     netns = check_netns(net.netns, vm_id, cfg)
     if req.restore is not None:
-        check_snapshot_files(req.restore, cfg, "restore")
+        check_snapshot_files(req.restore, cfg, "restore", vm_id=vm_id, stage="ready")
     return LaunchSpec(req=req, tap=check_tap(net.tap, vm_id, cfg, netns), netns=netns)
 
 
@@ -222,17 +222,43 @@ def open_storage_file(path: str, storage_root: str, field: str) -> StorageFile:
 SnapshotStage = Literal["pending", "ready"]
 
 
-def check_snapshot_files(files: SnapshotFiles, cfg: Config, field: str) -> SnapshotFiles:
+def check_snapshot_files(
+    files: SnapshotFiles, cfg: Config, field: str, *, vm_id: str, stage: SnapshotStage
+) -> SnapshotFiles:
     """Lexical: the two paths are exactly fcd-storage's files of snapshot ``files.name``
-    (nothing else of the store, and no other snapshot's files, is ever accepted)."""
+    (nothing else of the store, and no other snapshot's files, is ever accepted), or
+    (``kind="suspend"``) the suspend files in the disk directory of ``vm_id`` itself,
+    pending (``*.pending``) for a create and committed for a restore: their stage is
+    in their names."""
     lay = storelayout.layout(cfg)
+    storage = str(cfg.state("storage"))
+    check_storage_path(files.state_path, storage, f"{field}.state_path")
+    check_storage_path(files.memory_path, storage, f"{field}.memory_path")
+    if files.kind == "suspend":
+        if files.name != vm_id:
+            raise _bad(
+                f"{field}.name", f"{files.name!r} is not this VM: suspend files are {vm_id}'s own"
+            )
+        pending = stage == "pending"
+        state = lay.suspend_state(vm_id, pending=pending)
+        memory = lay.suspend_memory(vm_id, pending=pending)
+        want = "pending suspend" if pending else "committed suspend"
+        why = "" if pending else ": pending files cannot be restored"
+        if files.state_path != str(state):
+            raise _bad(
+                f"{field}.state_path",
+                f"{files.state_path} is not the {want} state file of VM {vm_id}{why}",
+            )
+        if files.memory_path != str(memory):
+            raise _bad(
+                f"{field}.memory_path",
+                f"{files.memory_path} is not the {want} memory file of VM {vm_id}{why}",
+            )
+        return files
     try:
         state, memory = lay.snapshot_state(files.name), lay.snapshot_memory(files.name)
     except InvalidArgument:
         raise _bad(f"{field}.name", f"{files.name!r} is not a snapshot name") from None
-    storage = str(cfg.state("storage"))
-    check_storage_path(files.state_path, storage, f"{field}.state_path")
-    check_storage_path(files.memory_path, storage, f"{field}.memory_path")
     if files.state_path != str(state):
         raise _bad(
             f"{field}.state_path", f"{files.state_path} is not the state file of {files.name!r}"
@@ -249,7 +275,10 @@ def check_snapshot_stage(
     files: SnapshotFiles, cfg: Config, want: SnapshotStage, field: str
 ) -> None:
     """The entry's manifest says ``want``: ``pending.json`` only (being written) or
-    ``snapshot.json`` (committed, read-only). Read without following symlinks."""
+    ``snapshot.json`` (committed, read-only). Read without following symlinks.
+    Suspend files carry their stage in their names (:func:`check_snapshot_files`)."""
+    if files.kind == "suspend":
+        return
     d = storelayout.layout(cfg).snapshot_dir(files.name)
 
     def present(leaf: str) -> bool:

@@ -15,7 +15,8 @@ Jail layout (FIRECRACKER.md §3, §9), seen from the host::
         firecracker.log        a FIFO made by us, owned by the jail uid (fclog.py)
         metrics.json           created by us, owned by the jail uid
         snapshot.vmstate       while a snapshot is taken, or for a restore: hard link
-        snapshot.mem           of the snapshot entry's state / memory file (fcd-storage's)
+        snapshot.mem           of the snapshot entry's state / memory file (fcd-storage's),
+                               or of the VM's own suspend files (disks/<vm_id>/suspend.*)
 """
 
 from __future__ import annotations

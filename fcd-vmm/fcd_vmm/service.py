@@ -297,8 +297,12 @@ class VmmService:
             rec = self._require(req.vm_id)
             vm = logs.vm(req.vm_id)
             watch = self._live(req.vm_id)
-            graceful = True
-            if watch is not None:
+            graceful = not req.force
+            if watch is not None and req.force:
+                # a suspend: the guest must not run (or write its disk) after its memory
+                # was saved, so no resume and no Ctrl-Alt-Del; teardown kills and reaps
+                log.info("forced stop: SIGKILL", extra=vm)
+            elif watch is not None:
                 graceful = await self._shutdown(req.vm_id, watch, timeout)
                 if not graceful:
                     log.info("no shutdown within %.1fs: SIGKILL", timeout, extra=vm)
@@ -397,7 +401,7 @@ class VmmService:
     @handles(SnapshotCreate)
     async def snapshot_create(self, req: SnapshotCreate, _peer: Peer) -> SnapshotTaken:
         vm_id = check_vm_id(req.vm_id)
-        files = check_snapshot_files(req.files, self.cfg, "files")
+        files = check_snapshot_files(req.files, self.cfg, "files", vm_id=vm_id, stage="pending")
         info = await self._vmm_info()
         async with self._locks.hold(vm_id):
             rec = self._require(vm_id)
@@ -461,8 +465,9 @@ class VmmService:
             raise Internal(f"snapshot taken, files not handed back: {'; '.join(problems)}")
         sizes = [os.stat(f.proc_path).st_size for f in files]
         log.info(
-            "%s snapshot %s taken in %.1f ms (%d bytes of memory)",
+            "%s %s %s taken in %.1f ms (%d bytes of memory)",
             req.type,
+            req.files.kind,
             req.files.name,
             took_ms,
             sizes[1],

@@ -153,3 +153,40 @@ def test_snapshot_then_ten_clones_in_their_own_namespaces(tmp_path: Path) -> Non
         assert c.delete("/v1/snapshots/warm").status_code == 204
         assert c.get("/v1/snapshots").json() == []
         print(f"\n{CLONES} clones restored in {took:.2f}s")
+
+
+def test_suspend_and_wake_keep_id_address_and_ports(tmp_path: Path) -> None:
+    with running_suite(tmp_path) as suite, api(suite) as c:
+        devup.import_demo_template(suite, "demo")
+        body = {
+            "id": "idle",
+            "template": "demo",
+            "port_mappings": [{"host_port": 0, "guest_port": 22}],
+        }
+        vm = c.post("/v1/vms", json=body).json()
+        assert vm["state"] == "running", vm
+        disk_dir = suite.cfg.state("storage") / "disks" / "idle"
+
+        r = c.post("/v1/vms/idle/suspend")
+        assert r.status_code == 200, r.text
+        s = r.json()
+        assert s["state"] == "suspended" and s["pid"] is None
+        for key in ("ip_address", "tap", "mac", "port_mappings", "uid"):
+            assert s[key] == vm[key], key
+        assert not Path(f"/proc/{vm['pid']}").exists()  # its Firecracker is gone
+        assert vm["tap"] in taps(suite.netns or "")  # its TAP, lease and ports stay
+        memory = disk_dir / "suspend.memory"
+        assert memory.stat().st_size > 0 and stat.S_IMODE(memory.stat().st_mode) & 0o007 == 0
+        assert not list(disk_dir.glob("*.pending"))
+        assert c.post("/v1/vms/idle/start").status_code == 409
+
+        r = c.post("/v1/vms/idle/wake")
+        assert r.status_code == 200, r.text
+        w = r.json()
+        assert w["state"] == "running" and w["pid"] not in (None, vm["pid"])
+        for key in ("ip_address", "tap", "mac", "port_mappings", "uid"):
+            assert w[key] == vm[key], key
+        assert c.post("/v1/vms/idle/suspend").json()["state"] == "suspended"
+        assert c.post("/v1/vms/idle/resume").json()["state"] == "running"  # resume wakes too
+        assert c.delete("/v1/vms/idle", params={"force": "true"}).status_code == 204
+        assert not disk_dir.exists() and taps(suite.netns or "") == []

@@ -46,7 +46,7 @@ from fcd_dev.suite import SuiteError, spawn, terminate
 from fcd_vmm import acl, cgroups, jailfs
 from fcd_vmm.fcclient import FirecrackerClient
 
-from ..launches import make_launch
+from ..launches import drive, make_launch
 
 pytestmark = pytest.mark.root
 
@@ -177,6 +177,28 @@ class Env:
         (d / storelayout.SNAPSHOT_MANIFEST).write_text(json.dumps({"name": name}))
         (d / storelayout.SNAPSHOT_PENDING).unlink()
 
+    def pending_suspend(self, vm_id: str, owner: int) -> SnapshotFiles:
+        """What fcd-storage's SuspendPrepare makes: empty ``*.pending`` files (0660,
+        its own) in the VM's disk directory."""
+        lay = storelayout.layout(self.cfg)
+        state = lay.suspend_state(vm_id, pending=True)
+        memory = lay.suspend_memory(vm_id, pending=True)
+        for f in (state, memory):
+            f.unlink(missing_ok=True)
+            f.touch(mode=0o660)
+            os.chmod(f, 0o660)
+            os.chown(f, owner, owner)
+        return suspend_files(self.cfg, vm_id, pending=True)
+
+    def commit_suspend(self, vm_id: str) -> SnapshotFiles:
+        """SuspendCommit's effect: 0400, then renamed over the committed names."""
+        lay = storelayout.layout(self.cfg)
+        for name in ("suspend_state", "suspend_memory"):
+            src = getattr(lay, name)(vm_id, pending=True)
+            os.chmod(src, 0o400)
+            os.rename(src, getattr(lay, name)(vm_id))
+        return suspend_files(self.cfg, vm_id, pending=False)
+
     def launch_req(self, vm_id: str, tap: str, **kw: Any) -> Launch:
         kernel, disk = self.storage_files(vm_id)
         args: dict[str, Any] = {
@@ -198,6 +220,16 @@ class Env:
     def cgroup_dirs(self, vm_id: str) -> list[Path]:
         dirs = cgroups.vm_cgroup_dirs(cgroups.read_mounts(), self.cfg.jail.parent_cgroup, vm_id)
         return [d for d in dirs if d.exists()]
+
+
+def suspend_files(cfg: config.Config, vm_id: str, *, pending: bool) -> SnapshotFiles:
+    lay = storelayout.layout(cfg)
+    return SnapshotFiles(
+        name=vm_id,
+        state_path=str(lay.suspend_state(vm_id, pending=pending)),
+        memory_path=str(lay.suspend_memory(vm_id, pending=pending)),
+        kind="suspend",
+    )
 
 
 def fc_get(sock: str | Path, path: str = "/") -> Any:
@@ -567,3 +599,100 @@ def test_diff_snapshot_of_a_vm_launched_with_dirty_page_tracking(env: Env) -> No
     assert taken.type == "diff" and taken.state_size > 0
     assert Path(files.memory_path).stat().st_uid == owner
     env.call(ReleaseJail(vm_id=vm_id))
+
+
+def _files(files: SnapshotFiles, **kw: str) -> SnapshotFiles:
+    return SnapshotFiles(**{**_fields(files), "kind": files.kind, **kw})
+
+
+@needs_doubles
+def test_suspend_kill_without_resume_then_wake_under_the_same_id(env: Env) -> None:  # noqa: PLR0915 -- one suspend/wake cycle, checked step by step
+    env.start()
+    owner = env.cfg.jail.uid_max + 1000  # fcd-storage's user: not a jail uid
+    vm_id = f"t-{secrets.token_hex(3)}"
+    jail = env.call(AllocateJail(vm_id=vm_id))
+    root = Path(jail.chroot_dir)
+    tap = env.make_tap(vm_id, jail.uid)
+    _, disk = env.storage_files(vm_id)
+    data = disk.with_name("drive-data.ext4")
+    shutil.copyfile(disk, data)
+    launch = env.launch_req(vm_id, tap, drives=[drive(str(data))])
+    vm = env.call(launch)
+    assert vm.state == "running", env.log.read_text()
+    assert env.call(Pause(vm_id=vm_id)).state == "paused"
+
+    files = env.pending_suspend(vm_id, owner)
+    state, memory = Path(files.state_path), Path(files.memory_path)
+    assert state.parent == disk.parent  # in the VM's own disk directory
+    committed = suspend_files(env.cfg, vm_id, pending=False)
+    with pytest.raises(InvalidArgument, match="pending suspend") as ei:  # nothing writes those
+        env.call(SnapshotCreate(vm_id=vm_id, files=committed))
+    assert ei.value.details["field"] == "files.state_path"
+    other = f"t-{secrets.token_hex(3)}"
+    with pytest.raises(InvalidArgument, match="not this VM") as ei:  # another VM's suspend
+        env.call(SnapshotCreate(vm_id=vm_id, files=suspend_files(env.cfg, other, pending=True)))
+    assert ei.value.details["field"] == "files.name"
+    with pytest.raises(InvalidArgument):  # this VM's name, another file of its disk dir
+        env.call(SnapshotCreate(vm_id=vm_id, files=_files(files, memory_path=str(disk))))
+
+    taken = env.call(SnapshotCreate(vm_id=vm_id, files=files))
+    assert taken.memory_size == 128 << 20 == memory.stat().st_size
+    assert taken.state_size == state.stat().st_size > 0
+    for f in (state, memory):  # handed back: owner again, no link left in the jail
+        st = f.stat()
+        assert (st.st_uid, st.st_gid, st.st_nlink) == (owner, owner, 1)
+    assert not (root / "snapshot.vmstate").exists() and not (root / "snapshot.mem").exists()
+
+    # the forced stop: SIGKILL at once, the paused guest never resumed
+    assert fc_get(vm.api_socket or "")["state"] == "Paused"
+    t0 = time.monotonic()
+    stopped = env.call(Stop(vm_id=vm_id, force=True))
+    assert stopped.graceful is False
+    assert time.monotonic() - t0 < env.cfg.limits.stop_timeout_s
+    assert vm.pid is not None and not alive(vm.pid)
+    after = env.call(Status(vm_id=vm_id))
+    assert after.state == "exited" and after.exit_code != 0
+    assert not root.parent.exists()  # the same teardown as a normal stop
+    log_text = env.log.read_text()
+    assert "'pause vm' VMM action" in log_text  # Firecracker's lines do reach the log ...
+    assert "'resume vm' VMM action" not in log_text  # ... and no resume was asked
+    assert "SendCtrlAltDel" not in log_text
+
+    woken_files = env.commit_suspend(vm_id)
+    assert woken_files == committed
+    with pytest.raises(InvalidArgument, match="pending files cannot be restored") as ei:
+        env.call(env.launch_req(vm_id, tap, drives=[drive(str(data))], restore=files))
+    assert ei.value.details["field"] == "restore.state_path"
+    with pytest.raises(InvalidArgument, match="not this VM"):
+        env.call(
+            env.launch_req(
+                vm_id, tap, restore=_files(committed, name=other), drives=[drive(str(data))]
+            )
+        )
+
+    # wake: a fresh Firecracker loads the VM's own files with its own disk, drive and TAP
+    woken = env.call(env.launch_req(vm_id, tap, drives=[drive(str(data))], restore=committed))
+    assert woken.state == "running", env.log.read_text()
+    assert woken.pid is not None and woken.pid != vm.pid
+    mem = Path(committed.memory_path)
+    st = mem.stat()
+    assert (root / "snapshot.mem").stat().st_ino == st.st_ino
+    assert st.st_uid == owner != jail.uid
+    assert st.st_mode & 0o7 == 0 and st.st_mode & 0o700 == 0o400  # (the group bits: the mask)
+    assert acl_uids(mem) == [jail.uid] == acl_uids(Path(committed.state_path))
+    assert (st.st_dev, st.st_ino) in open_fd_inodes(woken.pid)  # read through the ACL
+    assert os.stat(root / "rootfs.ext4").st_ino == disk.stat().st_ino
+    assert os.stat(root / "drive-data.ext4").st_ino == data.stat().st_ino
+
+    # suspended again: new pending inodes are written, the mapped memory is not touched
+    env.call(Pause(vm_id=vm_id))
+    files2 = env.pending_suspend(vm_id, owner)
+    env.call(SnapshotCreate(vm_id=vm_id, files=files2))
+    assert mem.stat().st_mtime_ns == st.st_mtime_ns and mem.stat().st_ino == st.st_ino
+    assert env.call(Stop(vm_id=vm_id, force=True)).graceful is False
+    env.commit_suspend(vm_id)
+    assert mem.stat().st_ino != st.st_ino
+
+    env.call(ReleaseJail(vm_id=vm_id))
+    assert acl_uids(mem) == [] == acl_uids(Path(committed.state_path))
+    assert env.call(Status(vm_id=vm_id)).state == "absent"

@@ -70,6 +70,8 @@ class FakeHelpers:
     procs: dict[str, pvmm.VmProcess] = field(default_factory=dict)
     launches: list[pvmm.Launch] = field(default_factory=list)
     snapshots: dict[str, pstorage.SnapshotInfo] = field(default_factory=dict)
+    suspends: dict[str, pstorage.SuspendInfo] = field(default_factory=dict)
+    stops: list[pvmm.Stop] = field(default_factory=list)
     info: pvmm.VmmInfo = FIRECRACKER_V1_7
     _next_uid: int = 900_000
     _next_ip: int = 2
@@ -112,7 +114,8 @@ class FakeHelpers:
 
     async def stop(self, req: pvmm.Stop) -> pvmm.StopResult:
         self.procs.pop(req.vm_id, None)
-        return pvmm.StopResult(vm_id=req.vm_id, graceful=True)
+        self.stops.append(req)
+        return pvmm.StopResult(vm_id=req.vm_id, graceful=not req.force)
 
     async def release_jail(self, req: pvmm.ReleaseJail) -> pvmm.VmProcess:
         self.procs.pop(req.vm_id, None)
@@ -217,6 +220,29 @@ class FakeHelpers:
     async def snapshot_delete(self, req: pstorage.SnapshotDelete) -> Done:
         self._snapshot(req.name)
         del self.snapshots[req.name]
+        return Done()
+
+    def _suspend(self, vm_id: str, pending: bool) -> pstorage.SuspendInfo:
+        tail = ".pending" if pending else ""
+        return pstorage.SuspendInfo(
+            vm_id=vm_id,
+            state_path=f"/store/disks/{vm_id}/suspend.vmstate{tail}",
+            memory_path=f"/store/disks/{vm_id}/suspend.memory{tail}",
+            pending=pending,
+            state_size=0 if pending else 4096,
+            memory_size=0 if pending else 128 << 20,
+        )
+
+    async def suspend_prepare(self, req: pstorage.SuspendPrepare) -> pstorage.SuspendInfo:
+        if req.vm_id not in self.disks:
+            raise NotFound(f"no disk for vm {req.vm_id!r}", details={"field": "vm_id"})
+        return self._suspend(req.vm_id, pending=True)
+
+    async def suspend_commit(self, req: pstorage.SuspendCommit) -> pstorage.SuspendInfo:
+        self.suspends[req.vm_id] = self._suspend(req.vm_id, pending=False)
+        return self.suspends[req.vm_id]
+
+    async def suspend_abort(self, req: pstorage.SuspendAbort) -> Done:
         return Done()
 
     async def snapshot_list(self, req: pstorage.SnapshotList) -> pstorage.SnapshotInfoList:
@@ -391,6 +417,9 @@ class FakeHelpers:
                     pstorage.SnapshotGet: w(self.snapshot_get),
                     pstorage.SnapshotDelete: w(self.snapshot_delete),
                     pstorage.SnapshotList: w(self.snapshot_list),
+                    pstorage.SuspendPrepare: w(self.suspend_prepare),
+                    pstorage.SuspendCommit: w(self.suspend_commit),
+                    pstorage.SuspendAbort: w(self.suspend_abort),
                 },
             ),
             "net": (

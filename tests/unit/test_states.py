@@ -21,6 +21,7 @@ EXPECTED: dict[tuple[Action, VMState], Step] = {
     (Action.RESUME, S.PAUSED): Step(None, S.RUNNING),
     (Action.DELETE, S.STOPPED): Step(None, None),
     (Action.DELETE, S.ERROR): Step(None, None),
+    (Action.DELETE, S.SUSPENDED): Step(None, None),  # its files go with its disks
 }
 
 

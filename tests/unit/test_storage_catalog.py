@@ -18,7 +18,7 @@ from fcd_common.errors import (
     ResourceExhausted,
 )
 from fcd_common.proto.storage import DriveSpec, SnapshotOrigin
-from fcd_storage import disks, plan, reclaim, refs, snapshots, templates
+from fcd_storage import disks, plan, reclaim, refs, snapshots, suspends, templates
 from fcd_storage.manifest import DiskManifest, DriveRecord, SnapshotManifest, now_rfc3339
 from fcd_storage.store import Store
 
@@ -382,3 +382,119 @@ def test_diff_snapshot_is_layered_onto_its_parent(
         snapshots.commit(store, "orphan", _origin("vm-1", "diff", parent=None))
     with pytest.raises(NotFound):
         snapshots.commit(store, "orphan", _origin("vm-1", "diff", parent="nope"))
+
+
+# --- suspend files -----------------------------------------------------------------------
+
+
+def write_suspend(store: Store, vm_id: str, state: bytes, memory: bytes) -> None:
+    """What Firecracker does through fcd-vmm's links: it writes the pending inodes."""
+    lay = store.layout
+    with open(lay.suspend_state(vm_id, pending=True), "r+b") as f:
+        f.write(state)
+    with open(lay.suspend_memory(vm_id, pending=True), "r+b") as f:
+        f.write(memory)
+
+
+def test_suspend_prepare_commit_replace_release(store: Store, tmp_path: Path, kernel: Path) -> None:
+    lay = store.layout
+    imported(store, tmp_path, kernel)
+    disks.provision(store, "vm-1", "base", drives=[DriveSpec(name="data", size_mib=8)])
+    p = suspends.prepare(store, "vm-1")
+    state_p, mem_p = (
+        lay.suspend_state("vm-1", pending=True),
+        lay.suspend_memory("vm-1", pending=True),
+    )
+    assert p.pending and (p.state_path, p.memory_path) == (str(state_p), str(mem_p))
+    for f in (state_p, mem_p):
+        st = f.stat()
+        assert (st.st_size, st.st_mode & 0o777, st.st_uid) == (0, 0o660, os.geteuid())
+    assert state_p.parent == lay.disk_dir("vm-1")
+    with pytest.raises(FailedPrecondition, match="empty"):
+        suspends.commit(store, "vm-1")  # the VM has not written them
+    # a stale pending file (say still linked in a jail) is replaced by a new, empty inode
+    write_suspend(store, "vm-1", b"junk", b"junk")
+    stale = tmp_path / "stale-link"
+    os.link(mem_p, stale)
+    suspends.prepare(store, "vm-1")
+    assert mem_p.stat().st_size == 0 and mem_p.stat().st_ino != stale.stat().st_ino
+    assert stale.read_bytes() == b"junk" and stale.stat().st_nlink == 1
+    stale.unlink()
+
+    write_suspend(store, "vm-1", b"S1" * 50, b"M1" * 4096)
+    c = suspends.commit(store, "vm-1")
+    state, mem = lay.suspend_state("vm-1"), lay.suspend_memory("vm-1")
+    assert not c.pending and (c.state_path, c.memory_path) == (str(state), str(mem))
+    assert (c.state_size, c.memory_size) == (100, 8192)
+    assert not state_p.exists() and not mem_p.exists()
+    for f in (state, mem):
+        assert f.stat().st_mode & 0o777 == 0o400
+    assert suspends.commit(store, "vm-1") == c  # idempotent
+    # the disk and its catalog do not mind the extra files
+    assert [d.vm_id for d in store.disks()] == ["vm-1"]
+    assert store.disk("vm-1").drives[0].name == "data"
+    assert store.reclaim() == [] and mem.exists()
+
+    # a woken VM maps the committed memory; a second suspend renames new inodes over it
+    with open(mem, "rb") as woken:
+        suspends.prepare(store, "vm-1")
+        write_suspend(store, "vm-1", b"S2" * 50, b"M2" * 4096)
+        c2 = suspends.commit(store, "vm-1")
+        assert c2.memory_size == 8192
+        assert os.fstat(woken.fileno()).st_ino != mem.stat().st_ino
+        assert woken.read() == b"M1" * 4096  # the old inode, unchanged
+    assert mem.read_bytes() == b"M2" * 4096 and state.read_bytes() == b"S2" * 50
+
+    # abort: only the pending files go, idempotently
+    suspends.prepare(store, "vm-1")
+    suspends.abort(store, "vm-1")
+    suspends.abort(store, "vm-1")
+    assert not state_p.exists() and not mem_p.exists()
+    assert mem.read_bytes() == b"M2" * 4096
+    assert suspends.commit(store, "vm-1") == c2  # nothing pending: the committed pair
+
+    # release takes everything with the disk directory
+    suspends.prepare(store, "vm-1")
+    disks.release(store, "vm-1")
+    assert not lay.disk_dir("vm-1").exists()
+    assert list(lay.tmp.iterdir()) == []
+    suspends.abort(store, "vm-1")  # still idempotent without a disk
+
+
+def test_suspend_refusals(store: Store, tmp_path: Path, kernel: Path) -> None:
+    lay = store.layout
+    with pytest.raises(NotFound):
+        suspends.prepare(store, "vm-1")  # no disk
+    with pytest.raises(NotFound):
+        suspends.commit(store, "vm-1")
+    with pytest.raises(InvalidArgument):
+        suspends.prepare(store, "../etc")
+    imported(store, tmp_path, kernel)
+    disks.provision(store, "vm-1", "base")
+    with pytest.raises(FailedPrecondition, match="prepare first"):
+        suspends.commit(store, "vm-1")  # nothing prepared, nothing committed
+    suspends.prepare(store, "vm-1")
+    write_suspend(store, "vm-1", b"S" * 10, b"M" * 4096)
+    mem_p = lay.suspend_memory("vm-1", pending=True)
+    os.chown(mem_p, 54321, 54321)  # still lent to a jail uid
+    with pytest.raises(FailedPrecondition, match="not handed back"):
+        suspends.commit(store, "vm-1")
+    os.chown(mem_p, os.geteuid(), os.getegid())
+    jail_link = tmp_path / "jail-link"
+    os.link(mem_p, jail_link)  # still linked into a jail
+    with pytest.raises(FailedPrecondition, match="not handed back"):
+        suspends.commit(store, "vm-1")
+    jail_link.unlink()
+    assert not lay.suspend_memory("vm-1").exists()  # nothing was renamed by the refusals
+    for f in (mem_p, lay.suspend_state("vm-1", pending=True)):  # nor made read-only
+        assert f.stat().st_mode & 0o777 == 0o660
+    # an interrupted abort (state pending, memory gone) is refused, not committed
+    mem_p.unlink()
+    with pytest.raises(FailedPrecondition, match="interrupted abort"):
+        suspends.commit(store, "vm-1")
+    # an interrupted commit (state renamed, memory pending) is finished
+    suspends.prepare(store, "vm-1")
+    write_suspend(store, "vm-1", b"S" * 10, b"M" * 4096)
+    os.rename(lay.suspend_state("vm-1", pending=True), lay.suspend_state("vm-1"))
+    c = suspends.commit(store, "vm-1")
+    assert (c.state_size, c.memory_size, c.pending) == (10, 4096, False)

@@ -852,3 +852,69 @@ def test_sparse_copy_fallback(tmp_path: Path) -> None:
     assert method in ("reflink", "copy")
     assert dst.read_bytes() == src.read_bytes()
     assert dst.stat().st_blocks * 512 < (1 << 20)  # holes stayed holes
+
+
+def suspend_files(cfg: config.Config, vm_id: str = VM, *, pending: bool) -> SnapshotFiles:
+    lay = storelayout.layout(cfg)
+    return SnapshotFiles(
+        name=vm_id,
+        state_path=str(lay.suspend_state(vm_id, pending=pending)),
+        memory_path=str(lay.suspend_memory(vm_id, pending=pending)),
+        kind="suspend",
+    )
+
+
+def test_suspend_files_are_the_vms_own_in_the_right_stage(tmp_path: Path) -> None:
+    cfg = make_cfg(tmp_path)
+    storage = cfg.state("storage")
+    pending, committed = suspend_files(cfg, pending=True), suspend_files(cfg, pending=False)
+    assert committed.state_path == f"{storage}/disks/{VM}/suspend.vmstate"
+    assert pending.memory_path == f"{storage}/disks/{VM}/suspend.memory.pending"
+    # a create writes the pending files, a restore loads the committed ones
+    ok = checks.check_snapshot_files(pending, cfg, "files", vm_id=VM, stage="pending")
+    assert ok == pending
+    spec = checks.check_launch(launch_req(cfg, restore=committed), cfg)
+    assert spec.req.restore == committed
+    # the stage is in the names: no manifest to read
+    checks.check_snapshot_stage(committed, cfg, "ready", "restore")
+    checks.check_snapshot_stage(pending, cfg, "pending", "files")
+    with pytest.raises(InvalidArgument, match="pending files cannot be restored") as ei:
+        checks.check_launch(launch_req(cfg, restore=pending), cfg)
+    assert ei.value.details["field"] == "restore.state_path"
+    with pytest.raises(InvalidArgument, match="pending suspend") as ei:
+        checks.check_snapshot_files(committed, cfg, "files", vm_id=VM, stage="pending")
+    assert ei.value.details["field"] == "files.state_path"
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "bad"),
+    [
+        ("name", "vm-2", "name"),  # another VM's suspend, even with this VM's paths
+        ("state_path", "{storage}/disks/vm-2/suspend.vmstate", "state_path"),
+        ("memory_path", "{storage}/disks/vm-1/suspend.vmstate", "memory_path"),
+        ("memory_path", "{storage}/disks/vm-1/rootfs.ext4", "memory_path"),
+        ("state_path", "{storage}/snapshots/vm-1/vmstate", "state_path"),
+        ("memory_path", "{storage}/disks/vm-1/../vm-1/suspend.memory", "memory_path"),
+        ("state_path", "/etc/shadow", "state_path"),
+    ],
+)
+def test_check_launch_refuses_suspend_files_not_this_vms(
+    tmp_path: Path, field: str, value: str, bad: str
+) -> None:
+    cfg = make_cfg(tmp_path)
+    files = msgspec.structs.replace(
+        suspend_files(cfg, pending=False),
+        **{field: value.replace("{storage}", str(cfg.state("storage")))},
+    )
+    with pytest.raises(InvalidArgument) as ei:
+        checks.check_launch(launch_req(cfg, restore=files), cfg)
+    assert ei.value.details["field"] == f"restore.{bad}"
+    # another VM's own suspend files, complete and consistent: still not this VM's
+    other = suspend_files(cfg, "vm-2", pending=False)
+    with pytest.raises(InvalidArgument, match="not this VM") as ei:
+        checks.check_launch(launch_req(cfg, restore=other), cfg)
+    assert ei.value.details["field"] == "restore.name"
+    # a snapshot entry named like the VM is still a snapshot: its own paths only
+    snap = msgspec.structs.replace(other, name=VM, kind="snapshot")
+    with pytest.raises(InvalidArgument):
+        checks.check_launch(launch_req(cfg, restore=snap), cfg)

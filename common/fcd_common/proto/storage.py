@@ -122,6 +122,20 @@ class SnapshotInfo(Reply):
     pages for a diff (whose ``memory_size`` is the whole, layered file)."""
 
 
+class SuspendInfo(Reply):
+    """A VM's suspend files, in its own disk directory: ``pending`` while Firecracker
+    writes them (``*.pending``), committed once fcd-vmm handed them back. They go with
+    the VM's disks (``storage.release``); a new suspend replaces them (the old inodes
+    live on while a woken VM still maps them)."""
+
+    vm_id: str
+    state_path: str
+    memory_path: str
+    pending: bool
+    state_size: int = 0
+    memory_size: int = 0
+
+
 class SnapshotInfoList(Reply):
     items: list[SnapshotInfo]
 
@@ -255,6 +269,25 @@ class SnapshotDelete(Request[Done], tag="storage.snapshot_delete"):
     name: Name
 
 
+class SuspendPrepare(Request[SuspendInfo], tag="storage.suspend_prepare"):
+    """Empty pending suspend files for ``vm_id`` (replacing stale pending ones)."""
+
+    vm_id: VmId
+
+
+class SuspendCommit(Request[SuspendInfo], tag="storage.suspend_commit"):
+    """The pending files were written and handed back: check them, rename them over the
+    committed names. Idempotent once committed."""
+
+    vm_id: VmId
+
+
+class SuspendAbort(Request[Done], tag="storage.suspend_abort"):
+    """Remove pending suspend files (a suspend that failed). Idempotent."""
+
+    vm_id: VmId
+
+
 PROTOCOL = Protocol(
     "fcd-storage",
     [
@@ -274,5 +307,8 @@ PROTOCOL = Protocol(
         SnapshotGet,
         SnapshotList,
         SnapshotDelete,
+        SuspendPrepare,
+        SuspendCommit,
+        SuspendAbort,
     ],
 )

@@ -18,15 +18,18 @@ SnapshotType = Literal["full", "diff"]
 
 
 class SnapshotFiles(Record):
-    """A snapshot's state and memory files in fcd-storage's snapshot entry ``name``.
+    """A snapshot's state and memory files: fcd-storage's snapshot entry ``name``, or
+    (``kind="suspend"``) the suspend files in the disk directory of the VM ``name``.
 
-    fcd-vmm re-checks that the paths are exactly that entry's files (pending for a
-    create, ready for a restore) and links them into the jail itself.
+    fcd-vmm re-checks that the paths are exactly those files (pending for a create,
+    committed for a restore; suspend files only for that VM itself) and links them
+    into the jail itself.
     """
 
     name: Name
     state_path: str
     memory_path: str
+    kind: Literal["snapshot", "suspend"] = "snapshot"
 
 
 # --- replies --------------------------------------------------------------------------
@@ -127,10 +130,14 @@ class Resume(Request[VmProcess], tag="vmm.resume"):
 
 
 class Stop(Request[StopResult], tag="vmm.stop"):
-    """SendCtrlAltDel, wait up to ``timeout_s`` (config default), then SIGKILL."""
+    """SendCtrlAltDel, wait up to ``timeout_s`` (config default), then SIGKILL.
+
+    ``force``: SIGKILL at once, never resuming a paused guest first (a suspend: the
+    guest must not run, or write its disk, after its memory was saved)."""
 
     vm_id: VmId
     timeout_s: Annotated[float, msgspec.Meta(gt=0, le=600)] | None = None
+    force: bool = False
 
 
 class ReleaseJail(Request[VmProcess], tag="vmm.release"):
@@ -153,7 +160,8 @@ class Info(Request[VmmInfo], tag="vmm.info"):
 
 
 class SnapshotCreate(Request[SnapshotTaken], tag="vmm.snapshot_create"):
-    """Have the paused VM's Firecracker write ``files`` (a pending snapshot of fcd-storage).
+    """Have the paused VM's Firecracker write ``files`` (a pending snapshot of fcd-storage,
+    or this VM's pending suspend files).
 
     fcd-vmm links the two files into the jail, lends them to the jail uid while
     Firecracker writes them (``PUT /snapshot/create``), then hands them back to
