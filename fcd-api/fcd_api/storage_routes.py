@@ -24,7 +24,7 @@ from .registry import Registry
 from .service import Flows
 from .storage_models import StorageReclaimReport
 
-__all__ = ["reclaim", "reclaim_at_start", "storage_router"]
+__all__ = ["abort_pending_snapshots", "reclaim", "reclaim_at_start", "storage_router"]
 
 log = logging.getLogger("fcd.api.storage")
 
@@ -113,13 +113,30 @@ storage_router = Router(
 _background: set[asyncio.Task[None]] = set()
 
 
+async def abort_pending_snapshots(storage: RpcClient) -> list[str]:
+    """Delete every pending snapshot: only fcd-api takes snapshots, so one still pending
+    when fcd-api starts was cut short by its crash (its VM stays where the registry
+    says: paused if the snapshot had paused it)."""
+    res = await storage.call(ps.SnapshotList())
+    gone = []
+    for snap in res.items:
+        if snap.state == "pending":
+            await storage.call(ps.SnapshotDelete(name=snap.name))
+            gone.append(snap.name)
+    if gone:
+        log.warning("removed snapshots cut short by a restart: %s", ", ".join(gone))
+    return gone
+
+
 def reclaim_at_start(registry: Registry, storage: RpcClient) -> None:
-    """Run reclaim once in the background; a helper that is not up yet is only logged."""
+    """Run reclaim once in the background, and remove snapshots a crash left pending;
+    a helper that is not up yet is only logged."""
 
     async def run() -> None:
         try:
             res = await reclaim(registry, storage)
             log.info("storage reclaim at start: %d removed", len(res.removed))
+            await abort_pending_snapshots(storage)
         except Exception as e:
             log.warning("storage reclaim at start failed: %s", e)
 

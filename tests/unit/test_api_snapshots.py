@@ -7,7 +7,9 @@ from typing import Any
 import pytest
 
 from fcd_api.plan import snapshot_loadable
-from fcd_common.errors import FirecrackerError
+from fcd_api.storage_routes import abort_pending_snapshots
+from fcd_common.errors import FirecrackerError, ResourceExhausted
+from fcd_common.proto import storage as pstorage
 from fcd_common.proto import vmm as pvmm
 
 from .api_fakes import Harness
@@ -204,5 +206,32 @@ def test_diff_snapshots_chain_onto_the_last_one() -> None:
         assert r.status_code == 201 and h.fakes.launches[-1].track_dirty_pages
         r = await h.client.post("/v1/vms/c/snapshots", json={"name": "c1", "type": "diff"})
         assert r.json()["origin"]["parent"] == "d2"
+
+    run(t)
+
+
+def test_full_disk_at_commit_is_507_and_the_vm_runs_on() -> None:
+    async def t(h: Harness) -> None:
+        await _source(h)
+        h.fakes.fail["storage.snapshot_commit"] = ResourceExhausted("no space left for 's'")
+        r = await h.client.post("/v1/vms/src/snapshots", json={"name": "s"})
+        assert r.status_code == 507 and err(r)["code"] == "resource_exhausted"
+        assert "s" not in h.fakes.snapshots  # the pending entry went with the failure
+        assert (await h.client.get("/v1/vms/src")).json()["state"] == "running"
+
+    run(t)
+
+
+def test_snapshots_left_pending_by_a_crash_are_removed_at_start() -> None:
+    """fcd-api killed between prepare and commit leaves a pending entry (no undo ran):
+    the next fcd-api removes it at start; ready snapshots stay."""
+
+    async def t(h: Harness) -> None:
+        await _source(h)
+        await h.client.post("/v1/vms/src/snapshots", json={"name": "kept"})
+        await h.flows.helpers.storage.call(pstorage.SnapshotPrepare(name="cut", vm_id="src"))
+        assert h.fakes.snapshots["cut"].state == "pending"
+        assert await abort_pending_snapshots(h.flows.helpers.storage) == ["cut"]
+        assert set(h.fakes.snapshots) == {"kept"}
 
     run(t)
