@@ -135,7 +135,8 @@ def commit(store: Store, name: str, origin: SnapshotOrigin | None = None) -> Sna
         return pending  # idempotent
     disk = store.disk(pending.vm_id)
     written = 0
-    if origin is not None and origin.type == "diff":
+    is_diff = origin is not None and origin.type == "diff"
+    if origin is not None and is_diff:
         written = _layer_onto_parent(store, name, origin.parent)
     sizes = {}
     for path in (lay.snapshot_state(name), lay.snapshot_memory(name)):
@@ -177,7 +178,7 @@ def commit(store: Store, name: str, origin: SnapshotOrigin | None = None) -> Sna
         disk_size=disk_size,
         created_at=now_rfc3339(),
         origin=origin,
-        written_bytes=written or sizes[lay.snapshot_memory(name).name],
+        written_bytes=written if is_diff else sizes[lay.snapshot_memory(name).name],
     )
     d = lay.snapshot_dir(name)
     mtmp = d / (SNAPSHOT_MANIFEST + ".tmp")

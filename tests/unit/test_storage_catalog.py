@@ -376,6 +376,12 @@ def test_diff_snapshot_is_layered_onto_its_parent(
     assert store.layout.snapshot_memory("full").read_bytes() == base  # parent untouched
     assert not list(store.layout.snapshot_dir("d1").glob("*.merge"))
 
+    snapshots.prepare(store, "d2", "vm-1")  # nothing dirtied since d1: all holes
+    store.layout.snapshot_state("d2").write_bytes(b"U" * 100)
+    os.truncate(store.layout.snapshot_memory("d2"), len(base))
+    d2 = snapshots.commit(store, "d2", _origin("vm-1", "diff", parent="d1"))
+    assert d2.written_bytes == 0 and store.layout.snapshot_memory("d2").read_bytes() == merged
+
     snapshots.prepare(store, "orphan", "vm-1")
     fill(store, "orphan")
     with pytest.raises(FailedPrecondition):
