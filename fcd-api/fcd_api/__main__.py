@@ -22,6 +22,7 @@ from .clients import Helpers
 from .registry import Registry
 from .service import Flows
 from .storage_routes import reclaim_at_start
+from .supervise import ExitWatcher
 
 log = logging.getLogger("fcd.api")
 
@@ -63,17 +64,20 @@ async def start_http(
 class ApiService:
     def __init__(
         self,
+        *,
         registry: Registry,
         helpers: Helpers,
         flows: Flows,
         server: uvicorn.Server,
         task: asyncio.Task[None],
+        watcher: ExitWatcher,
     ) -> None:
         self.registry = registry
         self.helpers = helpers
         self.flows = flows
         self.server = server
         self.task = task
+        self.watcher = watcher
 
     def status(self) -> str:
         return self.flows.status()
@@ -87,6 +91,7 @@ class ApiService:
             self.task.cancel()
         with contextlib.suppress(BaseException):
             await self.task
+        await self.watcher.close()
         await self.helpers.close()
         self.registry.close()
 
@@ -127,7 +132,11 @@ async def build(ctx: runtime.Context) -> ApiService:
         raise
     log.info("serving the API on %s", cfg.socket("api"))
     reclaim_at_start(registry, helpers.storage)
-    return ApiService(registry, helpers, flows, server, task)
+    watcher = ExitWatcher(flows)
+    watcher.start()
+    return ApiService(
+        registry=registry, helpers=helpers, flows=flows, server=server, task=task, watcher=watcher
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -40,6 +40,7 @@ class Step(NamedTuple):
 
 TABLE: dict[tuple[Action, VMState], Step] = {
     (Action.START, S.STOPPED): Step(S.STARTING, S.RUNNING),
+    (Action.START, S.ERROR): Step(S.STARTING, S.RUNNING),  # when its parts are intact
     (Action.STOP, S.RUNNING): Step(S.STOPPING, S.STOPPED),
     (Action.STOP, S.PAUSED): Step(S.STOPPING, S.STOPPED),
     (Action.PAUSE, S.RUNNING): Step(S.PAUSING, S.PAUSED),
@@ -59,6 +60,9 @@ EDGES: frozenset[tuple[VMState | None, VMState]] = frozenset(
         (S.STARTING, S.RUNNING),
         (S.STARTING, S.PAUSED),  # restored from a snapshot without resuming
         (S.STOPPED, S.STARTING),
+        (S.ERROR, S.STARTING),
+        # Firecracker ended on its own (fcd_api.supervise): exit 0 is the guest's shutdown
+        (S.RUNNING, S.STOPPED),
         (S.RUNNING, S.PAUSING),
         (S.PAUSING, S.PAUSED),
         (S.PAUSED, S.RUNNING),

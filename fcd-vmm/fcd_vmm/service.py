@@ -41,9 +41,11 @@ from fcd_common.proto.vmm import (
     Status,
     Stop,
     StopResult,
+    VmExits,
     VmmInfo,
     VmProcess,
     VmProcessList,
+    WatchExits,
 )
 from fcd_common.rpc import Peer, handles
 
@@ -55,6 +57,7 @@ from .checks import (
     check_snapshot_stage,
     open_storage_file,
 )
+from .exits import ExitLog
 from .fcclient import FirecrackerClient
 from .jailfs import read_pid_file
 from .plan import (
@@ -72,6 +75,8 @@ from .uidpool import JailRecord, UidPool
 log = logging.getLogger("fcd.vmm")
 
 STATUS_TIMEOUT_S = 2.0
+TAIL_LINES = 20
+"""Firecracker log lines an exit carries to fcd-api."""
 API_TIMEOUT_S = 10.0
 SNAPSHOT_TIMEOUT_S = 600.0
 """A Full snapshot writes all guest memory (~390 ms for 128 MiB, FIRECRACKER.md §9)."""
@@ -84,6 +89,7 @@ class VmmService:
             cfg.state("vmm"), cfg.jail.uid_min, cfg.jail.uid_max, cfg.limits.max_vms
         )
         self.watches: dict[str, PidWatch] = {}
+        self.exits = ExitLog()
         self._locks = KeyedLocks()
         self._cgroup: tuple[CgroupVersion, frozenset[str]] | None = None
         self._info: VmmInfo | None = None
@@ -119,6 +125,7 @@ class VmmService:
                 break
             if not adopted and rec.pid is not None:
                 log.info("firecracker pid %d is gone", rec.pid, extra=logs.vm(rec.vm_id))
+                self.exits.record(rec.vm_id, rec.pid, None, [])
                 self._mark_exited(rec, None)
         try:
             self._cgroup = self._detect_cgroups()
@@ -149,15 +156,20 @@ class VmmService:
         self.watches[rec.vm_id] = watch
 
         def exited(_f: asyncio.Future[None]) -> None:
-            if self.watches.get(rec.vm_id) is watch:
+            ours = self.watches.get(rec.vm_id) is watch  # else fcd-vmm ended it itself
+            tail: list[str] = []
+            if ours:
+                log_file = jail_paths(self.cfg, rec.vm_id).log_file
+                tail = fclog.forwarders.tail(log_file).splitlines()[-TAIL_LINES:]
                 fclog.forwarders.stop(rec.vm_id)
-            if self.watches.get(rec.vm_id) is watch and self.pool.get(rec.vm_id) is rec:
+            if ours and self.pool.get(rec.vm_id) is rec:
                 log.info(
                     "firecracker pid %d exited (code %s)",
                     watch.pid,
                     watch.exit_code,
                     extra=logs.vm(rec.vm_id),
                 )
+                self.exits.record(rec.vm_id, watch.pid, watch.exit_code, tail)
                 with contextlib.suppress(OSError):
                     self._mark_exited(rec, watch.exit_code)
             reap_orphans()
@@ -486,6 +498,11 @@ class VmmService:
     @handles(Status)
     async def status(self, req: Status, _peer: Peer) -> VmProcess:
         return await self._process(check_vm_id(req.vm_id))
+
+    @handles(WatchExits)
+    async def watch_exits(self, req: WatchExits, _peer: Peer) -> VmExits:
+        """Firecracker exits fcd-vmm did not cause (long poll; see :mod:`fcd_vmm.exits`)."""
+        return await self.exits.wait(req.since, req.epoch, req.wait_s)
 
     @handles(ListVms)
     async def list_vms(self, _req: ListVms, _peer: Peer) -> VmProcessList:

@@ -72,6 +72,9 @@ class FakeHelpers:
     snapshots: dict[str, pstorage.SnapshotInfo] = field(default_factory=dict)
     suspends: dict[str, pstorage.SuspendInfo] = field(default_factory=dict)
     stops: list[pvmm.Stop] = field(default_factory=list)
+    exits: list[pvmm.VmExit] = field(default_factory=list)
+    epoch: str = "e1"
+    _exit_added: asyncio.Event = field(default_factory=asyncio.Event)
     info: pvmm.VmmInfo = FIRECRACKER_V1_7
     _next_uid: int = 900_000
     _next_ip: int = 2
@@ -248,6 +251,31 @@ class FakeHelpers:
     async def snapshot_list(self, req: pstorage.SnapshotList) -> pstorage.SnapshotInfoList:
         return pstorage.SnapshotInfoList(items=list(self.snapshots.values()))
 
+    def crash(self, vm_id: str, code: int | None, tail: list[str] | None = None) -> None:
+        """As fcd-vmm's pidfd would report it: the VM's Firecracker ended by itself."""
+        proc = self.procs.pop(vm_id)
+        assert proc.pid is not None
+        self.exits.append(
+            pvmm.VmExit(
+                seq=len(self.exits) + 1,
+                vm_id=vm_id,
+                pid=proc.pid,
+                exit_code=code,
+                at="2026-12-02T00:00:00Z",
+                log_tail=tail or [],
+            )
+        )
+        self._exit_added.set()
+        self._exit_added = asyncio.Event()
+
+    async def watch_exits(self, req: pvmm.WatchExits) -> pvmm.VmExits:
+        since = req.since if req.epoch == self.epoch else 0
+        if not [x for x in self.exits if x.seq > since]:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._exit_added.wait(), min(req.wait_s, 0.5))
+        items = [x for x in self.exits if x.seq > since]
+        return pvmm.VmExits(epoch=self.epoch, items=items, next=items[-1].seq if items else since)
+
     async def vmm_info(self, req: pvmm.Info) -> pvmm.VmmInfo:
         return self.info
 
@@ -395,6 +423,7 @@ class FakeHelpers:
                     pvmm.Status: w(self.status),
                     pvmm.ListVms: w(self.list_vms),
                     pvmm.Info: w(self.vmm_info),
+                    pvmm.WatchExits: w(self.watch_exits),
                     pvmm.SnapshotCreate: w(self.snapshot_create),
                 },
             ),

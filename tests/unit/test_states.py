@@ -15,6 +15,7 @@ S = VMState
 
 EXPECTED: dict[tuple[Action, VMState], Step] = {
     (Action.START, S.STOPPED): Step(S.STARTING, S.RUNNING),
+    (Action.START, S.ERROR): Step(S.STARTING, S.RUNNING),
     (Action.STOP, S.RUNNING): Step(S.STOPPING, S.STOPPED),
     (Action.STOP, S.PAUSED): Step(S.STOPPING, S.STOPPED),
     (Action.PAUSE, S.RUNNING): Step(S.PAUSING, S.PAUSED),

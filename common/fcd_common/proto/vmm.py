@@ -76,6 +76,31 @@ class VmmInfo(Reply):
     snapshot_version: str
 
 
+class VmExit(Record):
+    """A Firecracker process that ended without fcd-vmm ending it (a crash, a kill, or
+    the guest shutting down: Firecracker exits 0 then)."""
+
+    seq: int
+    vm_id: str
+    pid: int
+    exit_code: int | None
+    """0: the guest shut down or rebooted; > 0: Firecracker's own error exit;
+    < 0: killed by that signal; None: not our child, status unknown."""
+    at: str
+    """RFC 3339, when fcd-vmm saw it."""
+    log_tail: list[str] = []
+    """Firecracker's last log lines."""
+
+
+class VmExits(Reply):
+    epoch: str
+    """This fcd-vmm process's id: another epoch means fcd-vmm restarted, sequence numbers
+    began again, and the caller should compare its records with ``vmm.list``."""
+    items: list[VmExit]
+    next: int
+    """The ``since`` to pass next."""
+
+
 class SnapshotTaken(Reply):
     vm_id: str
     type: SnapshotType
@@ -159,6 +184,16 @@ class Info(Request[VmmInfo], tag="vmm.info"):
     pass
 
 
+class WatchExits(Request[VmExits], tag="vmm.watch_exits"):
+    """Long poll: the exits after ``since`` (of this epoch), at once if there are any,
+    else as soon as one happens, or an empty list after ``wait_s``."""
+
+    since: Annotated[int, msgspec.Meta(ge=0)] = 0
+    epoch: str | None = None
+    """The caller's last epoch: another one (or None) returns every exit still held."""
+    wait_s: Annotated[float, msgspec.Meta(ge=0, le=60)] = 25.0
+
+
 class SnapshotCreate(Request[SnapshotTaken], tag="vmm.snapshot_create"):
     """Have the paused VM's Firecracker write ``files`` (a pending snapshot of fcd-storage,
     or this VM's pending suspend files).
@@ -188,5 +223,6 @@ PROTOCOL = Protocol(
         ListVms,
         Info,
         SnapshotCreate,
+        WatchExits,
     ],
 )

@@ -1,0 +1,66 @@
+"""Crash detection end to end: the registry follows a Firecracker that ends on its own."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from fcd_dev import devup
+
+from .harness import api, running_suite
+
+pytestmark = [pytest.mark.root, pytest.mark.e2e]
+
+
+def _wait_state(
+    c: httpx.Client, vm_id: str, want: str, within: float
+) -> tuple[dict[str, Any], float]:
+    t0 = time.monotonic()
+    while True:
+        vm: dict[str, Any] = c.get(f"/v1/vms/{vm_id}").json()
+        took = time.monotonic() - t0
+        if vm["state"] == want or took > within:
+            return vm, took
+        time.sleep(0.01)
+
+
+def _ctrl_alt_del(suite: Any, vm_id: str) -> None:
+    """What a guest that halts itself looks like to the host: Firecracker exits 0."""
+    sock = Path(suite.cfg.paths.chroot_base) / "firecracker" / vm_id / "root/run/firecracker.socket"
+    dfd = os.open(sock.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        transport = httpx.HTTPTransport(uds=f"/proc/self/fd/{dfd}/{sock.name}")
+        with httpx.Client(transport=transport, base_url="http://l", timeout=5) as fc:
+            r = fc.put("/actions", json={"action_type": "SendCtrlAltDel"})
+            assert r.status_code == 204, r.text
+    finally:
+        os.close(dfd)
+
+
+def test_killed_is_error_and_halted_is_stopped_without_a_request(tmp_path: Path) -> None:
+    with running_suite(tmp_path) as suite, api(suite) as c:
+        devup.import_demo_template(suite, "demo")
+        for vm_id in ("crash", "halt"):
+            r = c.post("/v1/vms", json={"id": vm_id, "template": "demo"})
+            assert r.status_code == 201, r.text
+        pid = c.get("/v1/vms/crash").json()["pid"]
+        os.kill(pid, signal.SIGKILL)
+        vm, took = _wait_state(c, "crash", "error", within=5)
+        assert vm["state"] == "error" and took < 1.0, (vm, took)
+        assert "SIGKILL" in vm["error"] and vm["pid"] is None
+
+        if not os.environ.get("FCD_FIRECRACKER"):  # the minimal real guest ignores Ctrl-Alt-Del
+            _ctrl_alt_del(suite, "halt")
+            vm, took = _wait_state(c, "halt", "stopped", within=5)
+            assert vm["state"] == "stopped" and vm["error"] is None, vm
+
+        r = c.post("/v1/vms/crash/start")  # from error: its disk, TAP and jail are intact
+        assert r.status_code == 200 and r.json()["state"] == "running", r.text
+        for vm_id in ("crash", "halt"):
+            assert c.delete(f"/v1/vms/{vm_id}", params={"force": "true"}).status_code == 204
