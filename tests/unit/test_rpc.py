@@ -6,6 +6,7 @@ import asyncio
 import os
 import socket
 import struct
+import time
 from pathlib import Path
 
 import msgspec
@@ -247,3 +248,53 @@ def test_request_must_name_its_reply_and_table_must_match() -> None:
     with pytest.raises(ValueError, match=r"no handler for \['ApiOnly'\]"):
         RpcServer(PROTO, {Echo: echo, Missing: missing, Crash: crash}, peers={0: ANY_CALLER})
     assert Echo.reply is EchoReply and Echo.access == ANY_CALLER and ApiOnly.access == Caller.API
+
+
+def test_calls_of_a_peer_that_went_away_are_cancelled(sock_path: Path) -> None:
+    """A long poll must not outlive its caller (it would hold the daemon's shutdown)."""
+
+    async def main() -> None:
+        server = await _serve(sock_path)
+        client = RpcClient(sock_path, PROTO, timeout=5)
+        pending = asyncio.create_task(client.call(Echo(text="slow", delay=30)))
+        for _ in range(500):  # until the server has the call
+            if server._calls:
+                break
+            await asyncio.sleep(0.01)
+        (call,) = server._calls
+        await client.close()
+        pending.cancel()
+        await asyncio.wait_for(asyncio.gather(call, return_exceptions=True), 2)
+        assert call.cancelled() or call.done()
+        await server.close(0.1)
+
+    asyncio.run(main())
+
+
+class Poll(Request[EchoReply], tag="t.poll"):
+    long_poll = True
+
+
+def test_a_closing_server_cancels_long_polls_at_once(sock_path: Path) -> None:
+    async def poll(req: Poll, peer: Peer) -> EchoReply:
+        await asyncio.sleep(30)
+        return EchoReply(text="late")
+
+    async def main() -> None:
+        proto = Protocol("test", [Echo, Poll])
+        server = RpcServer(proto, {Echo: echo, Poll: poll}, peers={os.geteuid(): ANY_CALLER})
+        await server.start(bind_unix(sock_path))
+        client = RpcClient(sock_path, proto, timeout=5)
+        waiting = asyncio.create_task(client.call(Poll()))
+        for _ in range(500):
+            if server._calls:
+                break
+            await asyncio.sleep(0.01)
+        t0 = time.monotonic()
+        await server.close(grace=10)
+        assert time.monotonic() - t0 < 2  # not the 10 s grace
+        with pytest.raises(Unavailable):
+            await waiting
+        await client.close()
+
+    asyncio.run(main())

@@ -188,6 +188,7 @@ class WatchExits(Request[VmExits], tag="vmm.watch_exits"):
     """Long poll: the exits after ``since`` (of this epoch), at once if there are any,
     else as soon as one happens, or an empty list after ``wait_s``."""
 
+    long_poll = True
     since: Annotated[int, msgspec.Meta(ge=0)] = 0
     epoch: str | None = None
     """The caller's last epoch: another one (or None) returns every exit still held."""

@@ -63,6 +63,9 @@ class Request(Record, Generic[R], tag_field="t"):
 
     reply: ClassVar[type[Reply]]
     access: ClassVar[Caller] = ANY_CALLER
+    long_poll: ClassVar[bool] = False
+    """Waits for something to happen: a shutting-down server cancels it at once
+    (the caller gets ``unavailable`` and asks again) instead of waiting for it."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -100,6 +100,8 @@ class RpcServer:
         self._server: asyncio.AbstractServer | None = None
         self._conns: set[asyncio.Task[None]] = set()
         self._calls: set[asyncio.Task[None]] = set()
+        self._polls: set[asyncio.Task[None]] = set()
+        """Running calls of long-poll requests: cancelled at once on close."""
 
     async def start(self, sock: socket.socket) -> None:
         sock.setblocking(False)
@@ -108,9 +110,12 @@ class RpcServer:
         )
 
     async def close(self, grace: float) -> None:
-        """Stop accepting, give running calls ``grace`` seconds, then cancel the rest."""
+        """Stop accepting, cancel long polls, give the other running calls ``grace``
+        seconds, then cancel the rest."""
         if self._server is not None:
             self._server.close()
+        for t in list(self._polls):
+            t.cancel()
         if self._calls:
             _, pending = await asyncio.wait(set(self._calls), timeout=grace)
             for t in pending:
@@ -152,6 +157,23 @@ class RpcServer:
             with contextlib.suppress(ConnectionError):
                 await writer.drain()
             return
+        mine: set[asyncio.Task[None]] = set()
+        try:
+            await self._read_calls(reader, writer, peer=peer, caller=caller, mine=mine)
+        finally:
+            for t in mine:  # the peer is gone: nobody will read these answers
+                t.cancel()
+
+    async def _read_calls(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        *,
+        peer: Peer,
+        caller: Caller,
+        mine: set[asyncio.Task[None]],
+    ) -> None:
+        """Read frames and start a task per call until the peer closes."""
         decoder = FrameDecoder()
         sem = asyncio.Semaphore(self._sem_size)
         while True:
@@ -180,7 +202,9 @@ class RpcServer:
                 await sem.acquire()
                 t = asyncio.create_task(self._run_call(env, peer, caller, writer))
                 self._calls.add(t)
+                mine.add(t)
                 t.add_done_callback(self._calls.discard)
+                t.add_done_callback(mine.discard)
                 t.add_done_callback(lambda _t: sem.release())
             with contextlib.suppress(ConnectionError):
                 await writer.drain()
@@ -190,6 +214,11 @@ class RpcServer:
     ) -> None:
         try:
             req = self.protocol.decode_request(call.body)
+            if type(req).long_poll:
+                task = asyncio.current_task()
+                assert task is not None
+                self._polls.add(task)
+                task.add_done_callback(self._polls.discard)
             if not type(req).access & caller:
                 raise PermissionDenied(
                     f"{type(req).method()} may not be called by uid {peer.uid}"
