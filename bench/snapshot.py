@@ -73,16 +73,18 @@ class Bare:
         self.tap = snap["origin"]["tap"]
         base.mkdir(parents=True, exist_ok=True)
         self.live: list[tuple[str, int, Path]] = []
+        self.made: list[tuple[str, Path]] = []
 
     def restore(self, i: int) -> float:
         uid, tag = BARE_UID + i, secrets.token_hex(3)
         vm_id, ns = f"bare-{tag}", f"fcdb-{tag}"
         t0 = time.perf_counter()
+        root = self.base / Path(self.fc).name / vm_id / "root"
+        self.made.append((ns, root.parent))  # cleaned up by close(), also after a failure
         sh("ip", "netns", "add", ns)
         sh("ip", "-n", ns, "tuntap", "add", self.tap, "mode", "tap", "user", str(uid),
            "group", str(uid))  # fmt: skip
         sh("ip", "-n", ns, "link", "set", self.tap, "up")
-        root = self.base / Path(self.fc).name / vm_id / "root"
         root.mkdir(parents=True)
         disk = root / "rootfs.ext4"
         sh("cp", "--reflink=auto", "--sparse=always", self.snap["disk_path"], str(disk))
@@ -139,15 +141,17 @@ class Bare:
         return took
 
     def close(self) -> None:
-        for ns, pid, jail in self.live:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        for ns, jail in self.made:
+            pid_file = jail / "root" / f"{Path(self.fc).name}.pid"
+            with contextlib.suppress(OSError, ValueError):
+                os.kill(int(pid_file.read_text()), signal.SIGKILL)
             subprocess.run(["ip", "netns", "del", ns], check=False)
             shutil.rmtree(jail, ignore_errors=True)
         for path in (self.snap["state_path"], self.snap["memory_path"]):
-            for uid in {BARE_UID + i for i in range(len(self.live))}:
+            for uid in {BARE_UID + i for i in range(len(self.made))}:
                 revoke(Path(path), uid)
         self.live.clear()
+        self.made.clear()
 
 
 def grant(path: Path, uid: int) -> None:

@@ -92,6 +92,13 @@ def taps(ns: str, prefix: str = "fc") -> list[str]:
     ]
 
 
+def _netns_names() -> list[str]:
+    try:
+        return os.listdir("/run/netns")
+    except FileNotFoundError:
+        return []
+
+
 @contextmanager
 def running_suite(tmp_path: Path, **kw: Any) -> Iterator[suite_mod.Suite]:
     fc = os.environ.get("FCD_FIRECRACKER")
@@ -114,12 +121,17 @@ def running_suite(tmp_path: Path, **kw: Any) -> Iterator[suite_mod.Suite]:
         yield suite
     finally:
         suite.stop()
-        # anything a failed test left running in the pool range is killed so cleanup can proceed
+        # anything a failed test left running in the pool range is killed so cleanup can
+        # proceed: in the suite's namespace, and in its netns-mode VMs' own namespaces
         cfg = suite.cfg
-        ns = suite.netns if suite.netns and os.path.exists(f"/run/netns/{suite.netns}") else None
-        for pid in pids_with_uid_in(cfg.jail.uid_min, cfg.jail.uid_max, ns) if ns else []:
-            with contextlib.suppress(OSError):
-                os.kill(pid, 9)
+        vm_ns = [n for n in _netns_names() if n.startswith(suite.vm_netns_prefix)]
+        namespaces = [n for n in (suite.netns, *vm_ns) if n and n in _netns_names()]
+        for ns in namespaces:
+            for pid in pids_with_uid_in(cfg.jail.uid_min, cfg.jail.uid_max, ns):
+                with contextlib.suppress(OSError):
+                    os.kill(pid, 9)
+        for ns in vm_ns:
+            subprocess.run(["ip", "netns", "del", ns], check=False, capture_output=True)
         suite.remove_netns()
         # killed tasks leave their cgroup a moment later: retry until the dirs are gone
         deadline = time.monotonic() + 10

@@ -84,3 +84,16 @@ def test_ports_and_netns_mode_through_the_api(tmp_path: Path) -> None:
         assert [n for n in os.listdir("/run/netns") if n.startswith(prefix)] == []
         assert _elements(suite.netns, "port_addr") == []
         assert c.post("/v1/network/reconcile").json() == {"removed": []}
+
+
+def test_the_harness_leaves_no_netns_vm_behind_a_failed_test(tmp_path: Path) -> None:
+    """A test that dies before deleting its netns-mode VM must not leak its Firecracker
+    or its namespace (they live outside the suite's own namespace)."""
+    with running_suite(tmp_path) as suite, api(suite) as c:
+        devup.import_demo_template(suite, "demo")
+        vm = c.post("/v1/vms", json={"id": "orphan", "template": "demo", "network_mode": "netns"})
+        pid, prefix = vm.json()["pid"], suite.vm_netns_prefix
+        assert [n for n in os.listdir("/run/netns") if n.startswith(prefix)]
+    stat = Path(f"/proc/{pid}/stat")
+    assert not stat.exists() or ") Z " in stat.read_text()  # gone (or a zombie)
+    assert [n for n in os.listdir("/run/netns") if n.startswith(prefix)] == []
