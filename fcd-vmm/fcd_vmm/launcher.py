@@ -24,9 +24,16 @@ import tempfile
 
 from fcd_common import logs
 from fcd_common.config import Config
-from fcd_common.errors import DeadlineExceeded, FcdError, FirecrackerError, Internal, Unavailable
+from fcd_common.errors import (
+    DeadlineExceeded,
+    FailedPrecondition,
+    FcdError,
+    FirecrackerError,
+    Internal,
+    Unavailable,
+)
 
-from . import cgroups, fclog, jailfs
+from . import cgroups, fclog, hostcheck, jailfs
 from .checks import StorageFile, check_snapshot_stage, open_storage_file
 from .fcclient import FirecrackerClient
 from .plan import (
@@ -79,15 +86,18 @@ async def _run_jailer(argv: list[str], vm_id: str) -> None:
     # and would otherwise hold the pipe open for the VM's whole life.
     with tempfile.TemporaryFile() as err:
         log.info("starting jailer: %s", " ".join(argv), extra=logs.vm(vm_id))
-        proc = await asyncio.create_subprocess_exec(
-            *argv,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=err,
-            env={},
-            cwd="/",
-            close_fds=True,
-        )
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=err,
+                env={},
+                cwd="/",
+                close_fds=True,
+            )
+        except OSError as e:  # vanished since the check in launch(): still the host's fault
+            raise FailedPrecondition(f"cannot run jailer {argv[0]}: {e.strerror}") from None
         try:
             rc = await proc.wait()
         except BaseException:
@@ -228,6 +238,10 @@ async def launch(
     it away again (also after a failure) is the caller's, which recorded them.
     """
     vm_id = spec.vm_id
+    # before anything is made: a missing or hidden binary is the host's state, not a bug
+    missing = hostcheck.binary_problems(cfg)
+    if missing:
+        raise FailedPrecondition(f"cannot launch: {'; '.join(missing)}", details={"host": missing})
     paths = jail_paths(cfg, vm_id)
     kernel = open_storage_file(spec.req.disk.kernel_path, str(cfg.state("storage")), "kernel_path")
     watch: PidWatch | None = None

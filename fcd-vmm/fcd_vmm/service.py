@@ -49,7 +49,7 @@ from fcd_common.proto.vmm import (
 )
 from fcd_common.rpc import Peer, handles
 
-from . import cgroups, fclog, jailfs, launcher
+from . import cgroups, fclog, hostcheck, jailfs, launcher
 from .checks import (
     StorageFile,
     check_launch,
@@ -104,6 +104,10 @@ class VmmService:
         tried, which finds a VM whose launch was cut short by a daemon crash.
         """
         Path(self.cfg.paths.chroot_base).mkdir(mode=0o711, parents=True, exist_ok=True)
+        # reported, not fatal: the daemon still becomes ready so the STATUS line says why
+        # launches will fail (and what it has keeps running and can be stopped)
+        for problem in hostcheck.problems(self.cfg):
+            log.error("cannot launch VMs: %s", problem)
         for rec in self.pool.load():
             paths = jail_paths(self.cfg, rec.vm_id)
             candidates = [p for p in (rec.pid, read_pid_file(paths.pid_file)) if p is not None]
@@ -148,8 +152,12 @@ class VmmService:
         fclog.forwarders.close()
 
     def status_line(self) -> str:
+        """``N VMs running``, preceded by ``degraded: <problems>`` while the host
+        lacks something a launch needs (re-checked each time: a fix shows at once)."""
         running = sum(1 for w in self.watches.values() if w.alive)
-        return f"{running} VMs running"
+        problems = hostcheck.problems(self.cfg)
+        degraded = f"degraded: {'; '.join(problems)}; " if problems else ""
+        return f"{degraded}{running} VMs running"
 
     # --- bookkeeping -------------------------------------------------------------------
     def _watch(self, rec: JailRecord, watch: PidWatch) -> None:

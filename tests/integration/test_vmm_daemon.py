@@ -424,6 +424,28 @@ def test_failed_launch_leaves_nothing_behind(env: Env) -> None:
 
 
 @needs_doubles
+def test_missing_jailer_is_reported_at_start_and_refused_at_launch(env: Env) -> None:
+    # issue #13: a missing (or ProtectHome=-hidden) binary was `internal: launch
+    # failed: [Errno 2] ...` naming neither file nor cause
+    real = env.cfg.jail.jailer
+    jailer = env.tmp / "bin" / "jailer"
+    env.cfg_path.write_text(env.cfg_path.read_text().replace(f'"{real}"', f'"{jailer}"'))
+    env.start()  # still ready: the status and the log say why launches will fail
+    assert f"jailer {jailer}: No such file or directory" in env.log.read_text()
+    vm_id = f"t-{secrets.token_hex(3)}"
+    jail = env.call(AllocateJail(vm_id=vm_id))
+    tap = env.make_tap(vm_id, jail.uid)
+    with pytest.raises(FailedPrecondition) as ei:
+        env.call(env.launch_req(vm_id, tap))
+    assert f"jailer {jailer}: No such file or directory" in ei.value.message
+    assert not Path(jail.chroot_dir).parent.exists()
+    jailer.parent.mkdir()
+    jailer.symlink_to(real)  # fixed on the host: the next launch works, no restart
+    assert env.call(env.launch_req(vm_id, tap)).state == "running"
+    env.call(ReleaseJail(vm_id=vm_id))
+
+
+@needs_doubles
 def test_daemon_restart_readopts_running_vm(env: Env) -> None:
     env.start()
     vm_id = f"t-{secrets.token_hex(3)}"

@@ -312,3 +312,25 @@ def test_netns_mode_with_the_opt_in_dropin(suite: Suite) -> None:
               "--config", "/root/fcd-test.toml", "--force-config")  # fmt: skip
         c.systemctl("restart", "fcd-net")
         suite.wait_active("fcd-net")
+
+
+def test_stopping_the_target_returns_after_every_daemon_stopped(suite: Suite) -> None:
+    # issue #13: a script that stops fcd and then acts must not race the daemons.
+    # Stop and look in one shell inside the container, so no latency can hide a race.
+    services = [f"{d}.service" for d in DAEMONS]
+    for d in DAEMONS:
+        suite.wait_active(d)
+    t0 = time.monotonic()
+    cp = suite.c.run(
+        "sh", "-c", 'systemctl stop fcd.target; systemctl is-active "$@"', "sh", *services,
+        check=False,
+    )  # fmt: skip
+    took = time.monotonic() - t0
+    try:
+        states = cp.stdout.split()
+        assert states == ["inactive"] * len(services), (states, cp.stderr)
+        REPORT.append(f"systemctl stop fcd.target: {took:.2f}s, all four daemons inactive")
+    finally:
+        suite.c.systemctl("start", "fcd.target")
+        for d in DAEMONS:
+            suite.wait_active(d)

@@ -60,3 +60,17 @@ def test_netns_dropin_exposure(tmp_path: Path) -> None:
     render(tmp_path / "plain")
     plain, _ = _exposure(tmp_path / "plain/fcd-net.service")
     assert plain < score  # the drop-in is what costs, and it was read
+
+
+def test_target_stop_waits_for_every_daemon() -> None:
+    # stop runs in reverse start order: the target must be Before= each service
+    # it pulls in, or `systemctl stop fcd.target` returns while they still stop
+    text = (Path(__file__).parents[2] / "systemd/fcd.target").read_text()
+
+    def units(key: str) -> set[str]:
+        return {u for line in text.splitlines() if line.startswith(f"{key}=")
+                for u in line.split("=", 1)[1].split()}  # fmt: skip
+
+    services = {f"{d}.service" for d in DAEMONS}
+    assert services <= units("Wants") and services <= units("Before")
+    assert not services & units("After")

@@ -120,3 +120,45 @@ def test_bad_config_stops_at_start_naming_the_field(tmp_path: Path) -> None:
     )
     assert res.returncode == 78  # EX_CONFIG
     assert "$.network" in res.stderr and "subnet" in res.stderr
+
+
+def test_second_daemon_on_the_same_state_dir_refuses_naming_the_holder(tmp_path: Path) -> None:
+    cfg, cfg_path = _write_cfg(tmp_path)
+    nsock, npath = _notify_socket(tmp_path)
+    env = {**os.environ, "NOTIFY_SOCKET": npath}
+    env.pop("JOURNAL_STREAM", None)
+    first = subprocess.Popen([str(BIN), "--config", str(cfg_path)], env=env, stderr=subprocess.PIPE)
+    try:
+        _recv_until(nsock, "READY=1")
+        lock = cfg.state("storage") / "lock"
+        assert lock.read_text().strip() == str(first.pid)
+        env.pop("NOTIFY_SOCKET")
+        second = subprocess.run(
+            [str(BIN), "--config", str(cfg_path)],
+            env=env,
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert second.returncode == 75  # EX_TEMPFAIL
+        assert str(lock) in second.stderr and f"pid {first.pid}" in second.stderr
+        assert _ping(cfg.socket("storage")).pid == first.pid  # the first one serves on
+        first.send_signal(signal.SIGTERM)
+        assert first.wait(15) == 0
+        env["NOTIFY_SOCKET"] = npath
+        third = subprocess.Popen(
+            [str(BIN), "--config", str(cfg_path)], env=env, stderr=subprocess.PIPE
+        )
+        try:
+            _recv_until(nsock, "READY=1")
+            assert _ping(cfg.socket("storage")).pid == third.pid
+            assert lock.read_text().strip() == str(third.pid)
+        finally:
+            third.send_signal(signal.SIGTERM)
+            assert third.wait(15) == 0
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+        nsock.close()
