@@ -33,13 +33,14 @@ import logging
 import msgspec
 
 from fcd_common import logs
-from fcd_common.errors import FailedPrecondition, FcdError
+from fcd_common.errors import FailedPrecondition
 from fcd_common.ids import check_name, check_vm_id, new_vm_id
 from fcd_common.proto import storage as pstorage
 from fcd_common.proto import vmm as pvmm
 from fcd_common.undo import Undo
 
 from .models import VmRecord, VMState, now
+from .paused import pause_for, put_back
 from .plan import Restore, check_restorable, restored_spec, snapshot_files, snapshot_origin
 from .service import Flows, request_id
 from .snapshot_models import RestoreRequest, SnapshotRequest
@@ -60,7 +61,7 @@ class SnapshotFlows:
         self.flows = flows
 
     async def take(self, vm_id: str, req: SnapshotRequest) -> pstorage.SnapshotInfo:
-        f, h = self.flows, self.flows.helpers
+        f = self.flows
         name = check_name(req.name)
         async with f.locks.hold(check_vm_id(vm_id)):
             rec = f.registry.require(vm_id)
@@ -79,17 +80,13 @@ class SnapshotFlows:
                         details={"field": "type", "state": rec.state.value},
                     )
             was = rec.state
-            if was is VMState.RUNNING:
-                rec = f.write(rec, VMState.PAUSING)
-                with f.guard(rec, "snapshot (pause)"):
-                    await h.vmm.call(pvmm.Pause(vm_id=vm_id))
-                rec = f.write(rec, VMState.PAUSED)
+            rec = await pause_for(f, rec, "snapshot")
             log.info("snapshot %s (%s) of a %s VM", name, req.type, was.value, extra=_extra(vm_id))
             undo = Undo()
             try:
                 snap = await self._take_steps(rec, name, req, undo, parent)
             except BaseException as exc:
-                await asyncio.shield(self._abort(rec, was, undo, exc))
+                await asyncio.shield(put_back(f, rec, was=was, undo=undo, exc=exc, what="snapshot"))
                 raise
             undo.commit()
             rec = f.write(rec, runtime=msgspec.structs.replace(rec.runtime, last_snapshot=name))
@@ -117,26 +114,6 @@ class SnapshotFlows:
 
     async def _delete_snapshot(self, name: str) -> None:
         await self.flows.helpers.storage.call(pstorage.SnapshotDelete(name=name))
-
-    async def _abort(self, rec: VmRecord, was: VMState, undo: Undo, exc: BaseException) -> None:
-        """Remove the partial snapshot and put the VM back where it was."""
-        f, vm_id = self.flows, rec.id
-        problems = [f"{u.name}: {u.error}" for u in await undo.rollback()]
-        if was is VMState.RUNNING:
-            try:
-                await f.helpers.vmm.call(pvmm.Resume(vm_id=vm_id))
-                f.write(rec, VMState.RUNNING)
-            except FcdError as e:
-                problems.append(f"resume: {e.code}: {e.message}")
-        cause = exc.message if isinstance(exc, FcdError) else repr(exc)
-        log.error("snapshot failed: %s", cause, extra=_extra(vm_id))
-        if problems:
-            current = f.registry.get(vm_id) or rec
-            f.write(
-                current,
-                VMState.ERROR,
-                error=f"snapshot failed: {cause}; then: {'; '.join(problems)}",
-            )
 
     async def _then(self, rec: VmRecord, then: str) -> None:
         f, vm_id = self.flows, rec.id

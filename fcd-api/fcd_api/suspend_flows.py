@@ -39,6 +39,7 @@ from fcd_common.proto import vmm as pvmm
 from fcd_common.undo import Undo
 
 from .models import VmRecord, VMState, now
+from .paused import pause_for, put_back
 from .plan import launch_request
 from .service import Flows, request_id
 
@@ -74,11 +75,7 @@ class SuspendFlows:
                     details={"state": rec.state.value, "action": "suspend"},
                 )
             was = rec.state
-            if was is VMState.RUNNING:
-                rec = f.write(rec, VMState.PAUSING)
-                with f.guard(rec, "suspend (pause)"):
-                    await h.vmm.call(pvmm.Pause(vm_id=vm_id))
-                rec = f.write(rec, VMState.PAUSED)
+            rec = await pause_for(f, rec, "suspend")
             undo = Undo()
             try:
                 pending = await h.storage.call(pstorage.SuspendPrepare(vm_id=vm_id))
@@ -88,7 +85,7 @@ class SuspendFlows:
                 )
                 saved = await h.storage.call(pstorage.SuspendCommit(vm_id=vm_id))
             except BaseException as exc:
-                await asyncio.shield(self._back(rec, was, undo, exc))
+                await asyncio.shield(put_back(f, rec, was=was, undo=undo, exc=exc, what="suspend"))
                 raise
             undo.commit()
             rt = msgspec.structs.replace(rec.runtime, suspend=saved)
@@ -107,25 +104,6 @@ class SuspendFlows:
 
     async def _abort(self, vm_id: str) -> None:
         await self.flows.helpers.storage.call(pstorage.SuspendAbort(vm_id=vm_id))
-
-    async def _back(self, rec: VmRecord, was: VMState, undo: Undo, exc: BaseException) -> None:
-        f, vm_id = self.flows, rec.id
-        problems = [f"{u.name}: {u.error}" for u in await undo.rollback()]
-        if was is VMState.RUNNING:
-            try:
-                await f.helpers.vmm.call(pvmm.Resume(vm_id=vm_id))
-                f.write(rec, VMState.RUNNING)
-            except FcdError as e:
-                problems.append(f"resume: {e.code}: {e.message}")
-        cause = exc.message if isinstance(exc, FcdError) else repr(exc)
-        log.error("suspend failed: %s", cause, extra=_extra(vm_id))
-        if problems:
-            current = f.registry.get(vm_id) or rec
-            f.write(
-                current,
-                VMState.ERROR,
-                error=f"suspend failed: {cause}; then: {'; '.join(problems)}",
-            )
 
     async def wake(self, vm_id: str) -> VmRecord:
         f, h = self.flows, self.flows.helpers
