@@ -22,6 +22,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from types import ModuleType
 
@@ -128,6 +129,33 @@ def delete_all(suite: suite_mod.Suite) -> None:
         fcctl(suite, "rm", "--force", vm["id"])
 
 
+RESTARTS = 5
+RESTART_WINDOW_S = 60.0
+
+
+def supervise(suite: suite_mod.Suite, stop: threading.Event) -> bool:
+    """Restart a daemon that dies, as systemd's ``Restart=`` does (at most RESTARTS times
+    a minute per daemon); True if one kept dying and fcd up gives up."""
+    recent: dict[str, list[float]] = {}
+    while not stop.wait(0.5):
+        for daemon in suite_mod.ORDER:
+            proc = suite.procs.get(daemon)
+            if proc is None or proc.poll() is None:
+                continue
+            now = time.monotonic()
+            times = [t for t in recent.get(daemon, []) if now - t < RESTART_WINDOW_S]
+            if len(times) >= RESTARTS:
+                _out(f"fcd-{daemon} keeps exiting (code {proc.returncode}); giving up")
+                return True
+            recent[daemon] = [*times, now]
+            _out(f"fcd-{daemon} exited (code {proc.returncode}); restarting it")
+            try:
+                suite.restart(daemon)
+            except suite_mod.SuiteError as e:
+                _out(f"restarting fcd-{daemon} failed: {e}")
+    return False
+
+
 def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915 -- a linear script: set up, demo, tear down
     p = argparse.ArgumentParser(prog="fcd", description="fcd development supervisor")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -155,9 +183,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915 -- a linear scr
         _out(BANNER_DOUBLE)
         fc, jl = suite_mod.test_double_paths()
 
-    base = Path(args.dir)
-    if not args.keep and base.exists():
-        shutil.rmtree(base / "jail", ignore_errors=True)
+    base = Path(args.dir)  # an existing dir is resumed: its VMs are adopted, never wiped
     suite = suite_mod.Suite(
         base=base,
         firecracker=fc,
@@ -171,6 +197,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915 -- a linear scr
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     rc = 0
+    crashed = False
     try:
         suite.start()
         _out(
@@ -183,20 +210,20 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915 -- a linear scr
             rc = 0 if demo(suite) else 1
         if not args.exit_after_demo:
             _out("serving; Ctrl-C to stop")
-            while not stop.wait(1.0):
-                dead = [d for d, pr in suite.procs.items() if pr.poll() is not None]
-                if dead:
-                    _out(f"daemon(s) exited: {', '.join('fcd-' + d for d in dead)}")
-                    rc = 1
-                    break
+            crashed = supervise(suite, stop)
     except suite_mod.SuiteError as e:
         _out(f"error: {e}")
         rc = 1
+        crashed = True
     finally:
-        if not args.keep and suite.procs.get("api") is not None:
+        # Only the user's stop removes what fcd up made; a crash never does (#13).
+        keep = args.keep or crashed
+        if crashed and not args.keep:
+            _out(f"keeping VMs and state in {base} (a daemon failed); fcd up again to resume")
+        if not keep and suite.procs.get("api") is not None:
             delete_all(suite)
         codes = suite.stop()
-        if not args.keep:
+        if not keep:
             suite.remove_netns()
             suite_mod.remove_parent_cgroups(suite.parent_cgroup)
             shutil.rmtree(base, ignore_errors=True)

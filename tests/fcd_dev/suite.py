@@ -217,6 +217,13 @@ class Suite:
             self.stop()
             raise
 
+    def restart(self, daemon: Daemon, timeout: float = 30.0) -> None:
+        """Start ``daemon`` again after it died (as systemd's ``Restart=`` would)."""
+        old = self.procs.get(daemon)
+        if old is not None and old.poll() is None:
+            raise SuiteError(f"fcd-{daemon} is still running (pid {old.pid})")
+        self._start_one(daemon, timeout)
+
     def _start_one(self, daemon: Daemon, timeout: float) -> None:
         out: IO[bytes] | int | None = None
         if self.log_to_files:
