@@ -246,12 +246,19 @@ def test_forbidden_syscall_is_killed_with_sigsys(
                  "Restart=no\n")  # fmt: skip
     try:
         suite.c.systemctl("restart", daemon, check=False)
-        suite.c.wait_for(
-            f"{daemon} probe to end",
-            lambda: suite.c.show(daemon, "ActiveState")["ActiveState"] in ("failed", "inactive"),
-            15,
-        )
-        info = suite.c.show(daemon, "Result", "ExecMainCode", "ExecMainStatus")
+        # Read the result in the same query that sees the probe end: fcd-api keeps
+        # calling fcd-vmm (its exit watcher), so the socket may start it again at once.
+        ended: dict[str, str] = {}
+
+        def probe_ended() -> bool:
+            info = suite.c.show(daemon, "ActiveState", "Result", "ExecMainCode", "ExecMainStatus")
+            if info["ActiveState"] in ("failed", "inactive"):
+                ended.update(info)
+                return True
+            return False
+
+        suite.c.wait_for(f"{daemon} probe to end", probe_ended, 15)
+        info = ended
         # ExecMainCode 2 = CLD_KILLED; 31 = SIGSYS
         assert (info["Result"], info["ExecMainCode"], info["ExecMainStatus"]) == (
             "signal", "2", "31",
