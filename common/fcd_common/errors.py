@@ -67,6 +67,13 @@ class Unavailable(FcdError):
     code = "unavailable"
 
 
+def not_sent(exc: BaseException) -> bool:
+    """True if ``exc`` says the request never reached the helper (it could not be
+    connected to): nothing happened there, so the caller's state is still true."""
+    details = exc.details if isinstance(exc, Unavailable) else None
+    return isinstance(details, dict) and details.get("sent") is False
+
+
 class DeadlineExceeded(FcdError):
     code = "deadline_exceeded"
 

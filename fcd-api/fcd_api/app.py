@@ -60,7 +60,10 @@ def _on_fcd_error(_: Request[Any, Any, Any], exc: FcdError) -> Response[ErrorBod
             exc.message,
             extra={"FCD_REQUEST_ID": request_id.get()},
         )
-    return error_response(status, exc.code, exc.message, exc.details)
+    resp = error_response(status, exc.code, exc.message, exc.details)
+    if status == 503:  # a helper is down or restarting: ask again shortly
+        resp.headers["Retry-After"] = "1"
+    return resp
 
 
 def _on_validation(_: Request[Any, Any, Any], exc: ValidationException) -> Response[ErrorBody]:

@@ -33,6 +33,7 @@ from fcd_common.errors import (
     FcdError,
     Internal,
     ResourceExhausted,
+    not_sent,
 )
 from fcd_common.ids import check_vm_id, new_vm_id
 from fcd_common.locks import KeyedLocks
@@ -92,14 +93,26 @@ class Flows:
         return self.registry.update(msgspec.structs.replace(rec, **changes))
 
     @contextmanager
-    def guard(self, rec: VmRecord, what: str) -> Iterator[None]:
-        """A helper call that fails leaves the VM in ``error``; the error goes to the client."""
+    def guard(self, rec: VmRecord, what: str, *, back: VMState | None = None) -> Iterator[None]:
+        """A helper call that fails leaves the VM in ``error``; the error goes to the client.
+
+        With ``back``: a call that never reached its helper (it was down) changed
+        nothing, so the VM goes back to that state instead (a brief outage must not
+        strand a healthy VM in ``error``) and the client gets the 503."""
         try:
             yield
         except asyncio.CancelledError as exc:
             self._fail(rec, what, exc)
             raise
         except Exception as exc:
+            if back is not None and not_sent(exc):
+                current = self.registry.get(rec.id) or rec
+                if current.state is not back:
+                    self.write(current, back)
+                log.warning(
+                    "%s: helper unreachable; still %s", what, back.value, extra=_extra(rec.id)
+                )
+                raise
             err = self._fail(rec, what, exc)
             if err is exc:
                 raise
@@ -284,9 +297,10 @@ class Flows:
             rec = self.registry.require(vm_id)
             step = states.check(action, rec.state)
             assert step.to is not None
+            was = rec.state
             if step.via is not None:
                 rec = self.write(rec, step.via)
-            with self.guard(rec, action.value):
+            with self.guard(rec, action.value, back=was):
                 changes = await call(rec)
             return self.write(rec, step.to, **changes)
 

@@ -74,6 +74,10 @@ EDGES: frozenset[tuple[VMState | None, VMState]] = frozenset(
         (S.SUSPENDED, S.STARTING),
         (S.STARTING, S.SUSPENDED),  # a wake that failed: the files are still there
         (S.STOPPING, S.PAUSED),  # a suspend whose kill failed: the guest is still paused
+        # a helper that could not be reached changed nothing: back where the VM was
+        (S.PAUSING, S.RUNNING),
+        (S.STOPPING, S.RUNNING),
+        (S.STARTING, S.STOPPED),
     }
 )
 

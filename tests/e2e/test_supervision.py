@@ -64,3 +64,22 @@ def test_killed_is_error_and_halted_is_stopped_without_a_request(tmp_path: Path)
         assert r.status_code == 200 and r.json()["state"] == "running", r.text
         for vm_id in ("crash", "halt"):
             assert c.delete(f"/v1/vms/{vm_id}", params={"force": "true"}).status_code == 204
+
+
+def test_a_helper_outage_is_a_503_and_strands_nothing(tmp_path: Path) -> None:
+    """#13: kill -9 fcd-vmm, pause within a second: 503 with Retry-After, the VM stays
+    running; once fcd-vmm is back (it re-adopts the VM) the pause works."""
+    with running_suite(tmp_path) as suite, api(suite) as c:
+        devup.import_demo_template(suite, "demo")
+        vm = c.post("/v1/vms", json={"id": "steady", "template": "demo"}).json()
+        suite.procs["vmm"].kill()
+        suite.procs["vmm"].wait()
+        r = c.post("/v1/vms/steady/pause")
+        assert r.status_code == 503 and r.headers["Retry-After"] == "1", r.text
+        after = c.get("/v1/vms/steady").json()
+        assert (after["state"], after["error"]) == ("running", None), after
+        suite.restart("vmm")
+        r = c.post("/v1/vms/steady/pause")
+        assert r.status_code == 200 and r.json()["state"] == "paused", r.text
+        assert c.get("/v1/vms/steady").json()["pid"] == vm["pid"]  # the same Firecracker
+        assert c.delete("/v1/vms/steady", params={"force": "true"}).status_code == 204

@@ -425,3 +425,25 @@ def test_launch_request_needs_every_runtime_field() -> None:
         launch_request(
             VmRecord(id="a", spec=spec, state=VMState.STOPPED, created_at="t", updated_at="t")
         )
+
+
+def test_an_unreachable_helper_leaves_the_vm_as_it_was_with_a_503() -> None:
+    """#13: fcd-vmm briefly down; a pause then must not strand a healthy VM in error."""
+
+    async def t(h: Harness) -> None:
+        await h.client.post("/v1/vms", json=CREATE)
+        down = Unavailable("cannot connect to fcd-vmm", details={"sent": False})
+        for action, state in (("pause", "running"), ("stop", "running")):
+            h.fakes.fail[f"vmm.{action}"] = down
+            r = await h.client.post(f"/v1/vms/vm1/{action}")
+            assert r.status_code == 503 and r.headers["Retry-After"] == "1", r.text
+            vm = (await h.client.get("/v1/vms/vm1")).json()
+            assert (vm["state"], vm["error"]) == (state, None), vm
+            del h.fakes.fail[f"vmm.{action}"]
+        # a call that was sent and then lost may have happened: that stays an error
+        h.fakes.fail["vmm.pause"] = Unavailable("fcd-vmm connection lost")
+        r = await h.client.post("/v1/vms/vm1/pause")
+        assert r.status_code == 503
+        assert (await h.client.get("/v1/vms/vm1")).json()["state"] == "error"
+
+    run(t)

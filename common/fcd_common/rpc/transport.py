@@ -261,7 +261,8 @@ class RpcClient:
                 reader, writer = await asyncio.open_unix_connection(self.path, limit=_READ_SIZE)
             except OSError as e:
                 raise Unavailable(
-                    f"cannot connect to {self.protocol.name} at {self.path}: {e.strerror or e}"
+                    f"cannot connect to {self.protocol.name} at {self.path}: {e.strerror or e}",
+                    details={"sent": False},
                 ) from None
             self._writer = writer
             self._reader_task = asyncio.create_task(self._read_loop(reader))
