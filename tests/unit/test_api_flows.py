@@ -447,3 +447,17 @@ def test_an_unreachable_helper_leaves_the_vm_as_it_was_with_a_503() -> None:
         assert (await h.client.get("/v1/vms/vm1")).json()["state"] == "error"
 
     run(t)
+
+
+def test_an_id_with_a_trailing_newline_is_refused_before_any_row_is_written() -> None:
+    """#9 finding 4: msgspec matches patterns with re.search, so `$` let "evil\\n" pass;
+    the shared types end in \\Z, and the decoder refuses it before the registry."""
+
+    async def t(h: Harness) -> None:
+        r = await h.client.post("/v1/vms", json={**CREATE, "id": "evil\n"})
+        assert r.status_code == 400 and err(r)["details"]["field"] == "id", r.text
+        assert h.registry.count() == 0 and h.fakes.tags() == []
+        r = await h.client.post("/v1/storage/reclaim")
+        assert r.status_code == 200, r.text  # nothing stuck in the registry to trip it
+
+    run(t)
