@@ -72,7 +72,6 @@ class Bare:
         self.snap, self.base = snap, base
         self.tap = snap["origin"]["tap"]
         base.mkdir(parents=True, exist_ok=True)
-        self.live: list[tuple[str, int, Path]] = []
         self.made: list[tuple[str, Path]] = []
 
     def restore(self, i: int) -> float:
@@ -135,10 +134,7 @@ class Bare:
                     time.sleep(0.001)
             if r.status_code != 204:
                 raise SystemExit(f"bare /snapshot/load: {r.status_code} {r.text}")
-        took = time.perf_counter() - t0
-        pid = int((root / f"{Path(self.fc).name}.pid").read_text())
-        self.live.append((ns, pid, root.parent))
-        return took
+        return time.perf_counter() - t0
 
     def close(self) -> None:
         for ns, jail in self.made:
@@ -150,7 +146,6 @@ class Bare:
         for path in (self.snap["state_path"], self.snap["memory_path"]):
             for uid in {BARE_UID + i for i in range(len(self.made))}:
                 revoke(Path(path), uid)
-        self.live.clear()
         self.made.clear()
 
 
