@@ -17,6 +17,7 @@ HTTP layer maps codes to status codes in exactly one table (``HTTP_STATUS``).
     ├── DeadlineExceeded          deadline_exceeded    call timed out
     ├── ProtocolError             protocol_error       malformed / oversized frame, unknown method
     ├── FirecrackerError          firecracker_error    the VMM answered with a fault_message
+    ├── BalloonInactive           balloon_inactive     the guest has no balloon driver (409)
     └── Internal                  internal             a bug or an unexpected OS error
 """
 
@@ -86,6 +87,12 @@ class FirecrackerError(FcdError):
     code = "firecracker_error"
 
 
+class BalloonInactive(FcdError):
+    """Firecracker's ``DeviceNotActive``: the guest never started its balloon driver."""
+
+    code = "balloon_inactive"
+
+
 class Internal(FcdError):
     code = "internal"
 
@@ -103,6 +110,7 @@ _BY_CODE: dict[str, type[FcdError]] = {
         DeadlineExceeded,
         ProtocolError,
         FirecrackerError,
+        BalloonInactive,
         Internal,
     )
 }
@@ -118,6 +126,7 @@ HTTP_STATUS: dict[str, int] = {
     "deadline_exceeded": 504,
     "protocol_error": 502,
     "firecracker_error": 502,
+    "balloon_inactive": 409,
     "internal": 500,
 }
 

@@ -33,7 +33,7 @@ from fcd_common.errors import (
     Unavailable,
 )
 
-from . import cgroups, fclog, hostcheck, jailfs
+from . import cgroup_limits, cgroups, fclog, hostcheck, jailfs
 from .checks import StorageFile, check_snapshot_stage, open_storage_file
 from .fcclient import FirecrackerClient
 from .plan import (
@@ -255,7 +255,8 @@ async def launch(
             spec.req.vcpu_count,
             spec.req.mem_size_mib,
             cfg.limits.mem_overhead_mib,
-        )
+            mem_limit_mib=spec.req.mem_limit_mib,
+        ) + cgroup_limits.launch_values(cgroup_version, spec.req.cpu_quota, controllers)
         argv = jailer_argv(
             cfg,
             vm_id=vm_id,

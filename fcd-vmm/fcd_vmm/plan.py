@@ -34,6 +34,8 @@ from fcd_common.ids import check_vm_id
 from fcd_common.proto.storage import DriveInfo
 from fcd_common.proto.vmm import Launch
 
+from .limits_plan import balloon_body, with_drive_limiter, with_net_limiters
+
 API_SOCK = "/run/firecracker.socket"
 KERNEL = "vmlinux"
 ROOTFS = "rootfs.ext4"
@@ -141,9 +143,11 @@ def cgroup_settings(
     vcpu_count: int,
     mem_size_mib: int,
     mem_overhead_mib: int,
+    mem_limit_mib: int | None = None,
 ) -> list[tuple[str, str]]:
-    """``(file, value)`` pairs for ``--cgroup``, limited to the controllers available."""
-    mem_bytes = (mem_size_mib + mem_overhead_mib) * MIB
+    """``(file, value)`` pairs for ``--cgroup``, limited to the controllers available.
+    The memory limit is ``mem_limit_mib`` (default: the VM's memory) plus the overhead."""
+    mem_bytes = ((mem_limit_mib or mem_size_mib) + mem_overhead_mib) * MIB
     if version == 1:
         wanted = [
             ("cpu.shares", str(1024 * vcpu_count)),
@@ -342,14 +346,24 @@ def configure_calls(spec: LaunchSpec, firecracker_version: str = "1.7.0") -> lis
             ApiCall("PUT", "/metrics", metrics_body()),
             ApiCall("PUT", "/snapshot/load", snapshot_load_body(spec, firecracker_version)),
         ]
+    balloon = balloon_body(spec.req)
+
+    def with_limits(body: dict[str, Any]) -> dict[str, Any]:
+        return with_drive_limiter(body, spec.req.rate_limits, ROOT_DRIVE_ID)
+
     return [
         ApiCall("PUT", "/logger", logger_body()),
         ApiCall("PUT", "/metrics", metrics_body()),
         ApiCall("PUT", "/machine-config", machine_config_body(spec)),
         ApiCall("PUT", "/boot-source", boot_source_body(spec)),
-        ApiCall("PUT", f"/drives/{ROOT_DRIVE_ID}", root_drive_body()),
-        *(ApiCall("PUT", f"/drives/{d.name}", drive_body(d)) for d in spec.drives),
-        ApiCall("PUT", f"/network-interfaces/{IFACE_ID}", network_body(spec)),
+        ApiCall("PUT", f"/drives/{ROOT_DRIVE_ID}", with_limits(root_drive_body())),
+        *(ApiCall("PUT", f"/drives/{d.name}", with_limits(drive_body(d))) for d in spec.drives),
+        ApiCall(
+            "PUT",
+            f"/network-interfaces/{IFACE_ID}",
+            with_net_limiters(network_body(spec), spec.req.rate_limits),
+        ),
+        *([ApiCall("PUT", "/balloon", balloon)] if balloon is not None else []),
         ApiCall("PUT", "/actions", {"action_type": "InstanceStart"}),
     ]
 

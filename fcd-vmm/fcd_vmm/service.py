@@ -70,6 +70,7 @@ from .plan import (
     vm_state_body,
 )
 from .procs import PidWatch, proc_uid, reap_orphans, same_root
+from .resources import ResourceHandlers, check_launch_resources
 from .uidpool import JailRecord, UidPool
 
 log = logging.getLogger("fcd.vmm")
@@ -82,7 +83,7 @@ SNAPSHOT_TIMEOUT_S = 600.0
 """A Full snapshot writes all guest memory (~390 ms for 128 MiB, FIRECRACKER.md §9)."""
 
 
-class VmmService:
+class VmmService(ResourceHandlers):
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
         self.pool = UidPool(
@@ -196,6 +197,14 @@ class VmmService:
             raise FailedPrecondition(f"VM {vm_id} has no jail (AllocateJail first)")
         return rec
 
+    def _cgroup_version(self) -> CgroupVersion:
+        if self._cgroup is None:
+            self._cgroup = self._detect_cgroups()
+        return self._cgroup[0]
+
+    def _api_socket(self, vm_id: str) -> str:
+        return str(jail_paths(self.cfg, vm_id).api_socket)
+
     def _live(self, vm_id: str) -> PidWatch | None:
         w = self.watches.get(vm_id)
         return w if w is not None and w.alive else None
@@ -244,6 +253,7 @@ class VmmService:
     @handles(Launch)
     async def launch(self, req: Launch, _peer: Peer) -> VmProcess:
         spec = check_launch(req, self.cfg)
+        check_launch_resources(req, self.cfg)
         async with self._locks.hold(spec.vm_id):
             rec = self._require(spec.vm_id)
             live = self._live(spec.vm_id)
@@ -282,6 +292,7 @@ class VmmService:
                     await asyncio.shield(self._revoke_acls(rec))
                 raise
             rec.pid, rec.state, rec.exit_code = watch.pid, "running", None
+            self.record_launch(rec, spec.req)
             self._watch(rec, watch)
             try:
                 self.pool.save(rec)

@@ -43,6 +43,12 @@ class JailRecord(msgspec.Struct, kw_only=True, forbid_unknown_fields=False):
     """Snapshot files (of a restore) whose ACL names this VM's uid: recorded before
     the entry is added, cleared once it is removed, so a crash leaves none behind
     for the next holder of the uid."""
+    mem_size_mib: int | None = None
+    """The last launch's guest memory: a balloon may not ask for more."""
+    drives: list[str] = msgspec.field(default_factory=list)
+    """The last launch's extra drive ids: the only ones whose rate limits may change."""
+    balloon: bool = False
+    """The last launch configured a balloon."""
 
 
 _encoder = msgspec.json.Encoder()

@@ -8,7 +8,7 @@ import msgspec
 
 from ..rpc import Protocol, Reply, Request
 from ..schema import Record
-from ..types import KernelArgs, MiB, Name, VcpuCount, VmId
+from ..types import DriveName, KernelArgs, MiB, Name, VcpuCount, VmId
 from .common import Ping
 from .net import NetInfo
 from .storage import DiskInfo
@@ -30,6 +30,85 @@ class SnapshotFiles(Record):
     state_path: str
     memory_path: str
     kind: Literal["snapshot", "suspend"] = "snapshot"
+
+
+# --- resources: rate limits, balloon, CPU quota, memory limit (issue 11) -------------------
+
+BUCKET_MAX = 2**62
+REFILL_MS_MAX = 86_400_000
+"""A refill time of at most one day: Firecracker turns a larger one into no limit at all
+(its nanosecond product overflows) and says nothing."""
+CPU_QUOTA_MAX = 64.0
+STATS_INTERVAL_MAX = 3600
+
+BucketSize = Annotated[int, msgspec.Meta(ge=0, le=BUCKET_MAX)]
+RefillMs = Annotated[int, msgspec.Meta(ge=0, le=REFILL_MS_MAX)]
+CpuQuota = Annotated[float, msgspec.Meta(ge=0.01, le=CPU_QUOTA_MAX)]
+"""A share of one host CPU (``1.5`` = 150 %), enforced by the VM's cgroup (CFS quota)."""
+CpuQuotaUpdate = Annotated[float, msgspec.Meta(ge=0, le=CPU_QUOTA_MAX)]
+"""As :data:`CpuQuota`; ``0`` removes the quota."""
+
+
+class TokenBucket(Record):
+    """Firecracker's token bucket: ``size`` tokens (bytes for bandwidth, operations for
+    ops) refilled from empty to full in ``refill_time_ms``; ``one_time_burst`` is extra
+    initial credit that never refills. ``size`` or ``refill_time_ms`` 0: no limit (in an
+    update, that removes the limit)."""
+
+    size: BucketSize
+    refill_time_ms: RefillMs
+    one_time_burst: BucketSize | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.size > 0 and self.refill_time_ms > 0
+
+
+class RateLimit(Record):
+    bandwidth: TokenBucket | None = None
+    """Bytes."""
+    ops: TokenBucket | None = None
+    """Operations (block requests, packets)."""
+
+
+class NetRateLimits(Record):
+    rx: RateLimit | None = None
+    """Into the guest."""
+    tx: RateLimit | None = None
+    """Out of the guest."""
+
+
+class RateLimits(Record):
+    """Per device: ``root`` (the root disk), ``drives`` by extra drive name, ``net`` (the
+    interface). In an update only the buckets given change."""
+
+    root: RateLimit | None = None
+    drives: dict[DriveName, RateLimit] = {}
+    net: NetRateLimits | None = None
+
+
+class BalloonSpec(Record):
+    """A virtio balloon: lets the host take memory back from the guest."""
+
+    deflate_on_oom: bool = False
+    """Let the guest deflate the balloon when it would otherwise run out of memory."""
+    stats_interval_s: Annotated[int, msgspec.Meta(ge=0, le=STATS_INTERVAL_MAX)] = 0
+    """Guest memory statistics every N seconds (0: off). Set at create only: Firecracker
+    v1.7.0 aborts on a change after boot."""
+
+
+class BalloonState(Record):
+    """The balloon as Firecracker reports it: ``requested_mib`` is the size asked for
+    (``GET /balloon``); ``target``/``actual`` come from ``GET /balloon/statistics``
+    (None while statistics are off): what the guest driver was told and has reached."""
+
+    requested_mib: int
+    deflate_on_oom: bool
+    stats_interval_s: int
+    target_mib: int | None = None
+    actual_mib: int | None = None
+    target_pages: int | None = None
+    actual_pages: int | None = None
 
 
 # --- replies --------------------------------------------------------------------------
@@ -101,6 +180,21 @@ class VmExits(Reply):
     """The ``since`` to pass next."""
 
 
+class ResourcesInForce(Reply):
+    """What is in force for a live VM, read back from Firecracker and the VM's cgroup."""
+
+    vm_id: str
+    cgroup_version: int
+    cpu_quota: float | None = None
+    """None: no quota."""
+    cpu_period_us: int | None = None
+    mem_limit_bytes: int | None = None
+    """The cgroup's hard limit (guest memory + Firecracker overhead); None: unlimited."""
+    mem_usage_bytes: int | None = None
+    rate_limits: RateLimits = RateLimits()
+    balloon: BalloonState | None = None
+
+
 class SnapshotTaken(Reply):
     vm_id: str
     type: SnapshotType
@@ -144,6 +238,14 @@ class Launch(Request[VmProcess], tag="vmm.launch"):
     at the paths and names the snapshot was taken with (netns mode for clones)."""
     resume: bool = True
     """With ``restore``: running (True) or paused (False) once loaded."""
+    rate_limits: RateLimits | None = None
+    balloon: BalloonSpec | None = None
+    balloon_mib: Annotated[int, msgspec.Meta(ge=0)] = 0
+    """The balloon's initial size (memory taken from the guest); needs ``balloon``."""
+    cpu_quota: CpuQuota | None = None
+    mem_limit_mib: MiB | None = None
+    """Guest memory allowed by the cgroup (None: ``mem_size_mib``); the cgroup's hard
+    limit adds fcd-vmm's configured Firecracker overhead."""
 
 
 class Pause(Request[VmProcess], tag="vmm.pause"):
@@ -210,6 +312,27 @@ class SnapshotCreate(Request[SnapshotTaken], tag="vmm.snapshot_create"):
     type: SnapshotType = "full"
 
 
+class UpdateResources(Request[ResourcesInForce], tag="vmm.update_resources"):
+    """Change what a live VM may use. fcd-vmm re-checks every value against what it
+    recorded at launch (memory size, drive ids, whether there is a balloon), applies
+    the balloon first (a guest without a driver: ``balloon_inactive``, nothing changed),
+    then rate limits (``PATCH /drives``, ``/network-interfaces``), then the cgroup (a
+    memory limit below current usage: ``conflict``). Fields left None stay as they are."""
+
+    vm_id: VmId
+    rate_limits: RateLimits | None = None
+    balloon_mib: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    cpu_quota: CpuQuotaUpdate | None = None
+    """0 removes the quota."""
+    mem_limit_mib: MiB | None = None
+
+
+class ReadResources(Request[ResourcesInForce], tag="vmm.resources"):
+    """What is in force for a running or paused VM (Firecracker's view and the cgroup)."""
+
+    vm_id: VmId
+
+
 PROTOCOL = Protocol(
     "fcd-vmm",
     [
@@ -225,5 +348,7 @@ PROTOCOL = Protocol(
         Info,
         SnapshotCreate,
         WatchExits,
+        UpdateResources,
+        ReadResources,
     ],
 )
