@@ -143,6 +143,7 @@ def cgroup_settings(
     vcpu_count: int,
     mem_size_mib: int,
     mem_overhead_mib: int,
+    *,
     mem_limit_mib: int | None = None,
 ) -> list[tuple[str, str]]:
     """``(file, value)`` pairs for ``--cgroup``, limited to the controllers available.
