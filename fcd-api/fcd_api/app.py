@@ -28,6 +28,8 @@ from fcd_common.version import version
 from .models import VM, CreateVMRequest, ErrorBody, ErrorDetail, VersionInfo, VMState
 from .net_routes import net_router
 from .registry import parse_label_filters
+from .resources_flows import ResourceFlows
+from .resources_routes import resources_router
 from .service import Flows, request_id
 from .snapshot_routes import snapshot_router
 from .storage_routes import storage_router
@@ -130,7 +132,7 @@ class VMController(Controller):
 
     @get("/{vm_id:str}", summary="Get a VM")
     async def get_vm(self, flows: NamedDependency[Flows], vm_id: FromPath[str]) -> VM:
-        return flows.get(vm_id).to_public()
+        return await ResourceFlows(flows).public(flows.get(vm_id))
 
     @post("/{vm_id:str}/start", status_code=200, summary="Start a stopped VM")
     async def start_vm(self, flows: NamedDependency[Flows], vm_id: FromPath[str]) -> VM:
@@ -187,6 +189,7 @@ def build_app(flows: NamedDependency[Flows], *, debug: bool = False) -> Litestar
             storage_router,
             net_router,
             snapshot_router,
+            resources_router,
         ],
         dependencies={"flows": Provide(provide_flows)},
         exception_handlers={

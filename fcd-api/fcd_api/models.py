@@ -17,7 +17,7 @@ import msgspec
 from fcd_common.proto.common import PortMapping
 from fcd_common.proto.net import NetInfo, PolicySpec
 from fcd_common.proto.storage import DiskInfo, DriveSpec, SuspendInfo
-from fcd_common.proto.vmm import JailInfo
+from fcd_common.proto.vmm import BalloonSpec, CpuQuota, JailInfo, RateLimits
 from fcd_common.schema import Record
 from fcd_common.types import KernelArgs, MiB, Name, NetMode, VcpuCount, VmId
 
@@ -96,6 +96,17 @@ class CreateVMRequest(Record):
     """Extra drives (data or shared read-only), attached after the root disk."""
     track_dirty_pages: bool = False
     """Let Firecracker track dirty pages, so the VM can take diff snapshots."""
+    rate_limits: RateLimits | None = None
+    """Token buckets (bandwidth, ops) of the root disk, extra drives and the interface."""
+    balloon: BalloonSpec | None = None
+    """A balloon device, so memory can be taken back while the VM runs."""
+    cpu_quota: CpuQuota | None = None
+    """A share of one host CPU (1.5 = 150 %), enforced by the VM's cgroup."""
+    mem_limit_mib: Annotated[int, msgspec.Meta(ge=MIN_MEM_MIB, le=MAX_MEM_MIB)] | None = None
+    """Guest memory the cgroup allows (None: ``mem_size_mib``); Firecracker's overhead is
+    added to it for the hard limit."""
+    mem_target_mib: Annotated[int, msgspec.Meta(ge=0, le=MAX_MEM_MIB)] | None = None
+    """Guest memory to leave the guest through the balloon (needs ``balloon``)."""
 
 
 class VMConfig(Record):
@@ -105,6 +116,11 @@ class VMConfig(Record):
     disk_size_mib: int | None
     kernel_args: str
     drives: list[DriveSpec] = []
+    rate_limits: RateLimits | None = None
+    balloon: BalloonSpec | None = None
+    cpu_quota: float | None = None
+    mem_limit_mib: int | None = None
+    mem_target_mib: int | None = None
 
 
 class VM(Record):
@@ -196,6 +212,11 @@ class VmRecord(Record):
                 disk_size_mib=s.disk_size_mib,
                 kernel_args=s.kernel_args,
                 drives=list(s.drives),
+                rate_limits=s.rate_limits,
+                balloon=s.balloon,
+                cpu_quota=s.cpu_quota,
+                mem_limit_mib=s.mem_limit_mib,
+                mem_target_mib=s.mem_target_mib,
             ),
             pid=r.pid,
             ip_address=net.ip if net else None,

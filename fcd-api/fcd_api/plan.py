@@ -15,6 +15,7 @@ from fcd_common.proto import vmm as pvmm
 from fcd_common.types import KERNEL_ARGS_MAX
 
 from .models import CreateVMRequest, VmRecord
+from .resources_plan import launch_resources
 from .snapshot_models import RestoreRequest
 
 __all__ = [
@@ -68,6 +69,7 @@ def launch_request(
         track_dirty_pages=s.track_dirty_pages,
         restore=restore,
         resume=resume,
+        **launch_resources(s),
     )
 
 

@@ -53,6 +53,7 @@ from .plan import (
     launch_request,
 )
 from .registry import Registry
+from .resources_plan import check_resource_spec
 from .states import Action
 
 __all__ = ["Flows", "request_id"]
@@ -148,6 +149,7 @@ class Flows:
         vm_id = req.id or new_vm_id()
         spec = msgspec.structs.replace(req, id=vm_id)
         check_limits(spec, self.limits)
+        check_resource_spec(spec, self.limits)
         async with self.locks.hold(vm_id):
             existing = self.registry.get(vm_id)
             if existing is not None:

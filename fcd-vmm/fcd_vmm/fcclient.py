@@ -22,11 +22,12 @@ from typing import Any
 
 import httpx
 
-from fcd_common.errors import DeadlineExceeded, FirecrackerError, Unavailable
+from fcd_common.errors import DeadlineExceeded, FirecrackerError, Internal, Unavailable
 
 from .plan import ApiCall
 
 DEFAULT_TIMEOUT = 10.0
+NEVER_PATCH = "/balloon/statistics"
 SUN_PATH_MAX = 108
 
 
@@ -75,6 +76,9 @@ class FirecrackerClient:
                 self._dir_fd = -1
 
     async def request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        if method == "PATCH" and path.rstrip("/") == NEVER_PATCH:
+            # v1.7.0 aborts on it after boot (FIRECRACKER.md §9): the VM would be gone
+            raise Internal(f"refusing PATCH {NEVER_PATCH}: the interval is set at create only")
         try:
             resp = await self._client.request(method, path, json=body)
         except httpx.TimeoutException:

@@ -37,13 +37,22 @@ msg:
 """
 
 
-def build(out: Path) -> Path:
-    """Assemble and link the guest kernel to ``out`` (needs binutils' ``as`` and ``ld``)."""
+BALLOON_DRIVER_MARK = "virtio_balloon"
+
+
+def build(out: Path, *, balloon_driver: bool = False) -> Path:
+    """Assemble and link the guest kernel to ``out`` (needs binutils' ``as`` and ``ld``).
+
+    ``balloon_driver``: the image also carries the string ``virtio_balloon``, as a
+    vmlinux with the driver built in does; the Firecracker double then treats the
+    guest as one whose balloon device is active (the real Firecracker does not look:
+    this guest has no driver, and a balloon update on it is ``DeviceNotActive``)."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="fcd-guest-") as tmp:
         src, obj = Path(tmp) / "guest.S", Path(tmp) / "guest.o"
-        src.write_text(_ASM)
+        mark = f'\n    .ascii  "{BALLOON_DRIVER_MARK}"\n' if balloon_driver else ""
+        src.write_text(_ASM + mark)
         subprocess.run(["as", "--64", "-o", str(obj), str(src)], check=True, capture_output=True)
         subprocess.run(
             [

@@ -83,6 +83,8 @@ class VmmBase:
         self.nets: dict[str, dict[str, Any]] = {}
         self.tap_fds: dict[str, int] = {}
         self.balloon: dict[str, Any] | None = None
+        self.balloon_driver = False  # the guest kernel has a virtio-balloon driver
+        self.balloon_actual_mib = 0
         self.vsock: dict[str, Any] | None = None
         self.entropy: dict[str, Any] | None = None
         self.mmds_config: dict[str, Any] | None = None

@@ -129,6 +129,24 @@ def check_kernel(fd: int, mem_size_mib: int) -> int:
     return int(entry)
 
 
+BALLOON_DRIVER_MARK = b"virtio_balloon"
+KERNEL_SCAN_MAX = 256 << 20
+
+
+def has_balloon_driver(fd: int) -> bool:
+    """True if the guest kernel image names the virtio-balloon driver (built in)."""
+    offset, tail = 0, b""
+    while offset < KERNEL_SCAN_MAX:
+        chunk = os.pread(fd, 1 << 20, offset)
+        if not chunk:
+            return False
+        if BALLOON_DRIVER_MARK in tail + chunk:
+            return True
+        tail = chunk[-len(BALLOON_DRIVER_MARK) :]
+        offset += len(chunk)
+    return False
+
+
 class Kvm:
     """Opens /dev/kvm and creates a VM, like Vmm::new does before loading the kernel."""
 

@@ -6,7 +6,7 @@ import os
 from typing import Any
 
 from . import devices, schemas
-from .base import ApiError, Reply, VmmBase, checked_id, parse
+from .base import ApiError, Reply, VmmBase, checked_id, ok, parse
 from .devices import DeviceError
 from .telemetry import io_error, open_sink
 
@@ -114,15 +114,16 @@ class ResourceHandlers(VmmBase):
         upd = parse(schemas.DRIVE_UPDATE, body)
         if upd["drive_id"] != drive_id:
             raise ApiError("The id from the path does not match the id from the body!")
-        if upd["path_on_host"] is None and upd["rate_limiter"] is None:
-            raise ApiError(
-                "Please specify at least one property to patch: path_on_host, rate_limiter."
-            )
         self.post_boot()
-        pre = "Drive config error: Unable to patch the block device: "
+        pre = "Drive config error: Unable to patch the block device: Device manager error: "
         if drive_id not in self.drives:
             raise ApiError(
-                pre + f"Invalid drive id: {drive_id} Please verify the request arguments."
+                pre + "Failed to find the device on the bus. Please verify the request arguments."
+            )
+        if upd["path_on_host"] is None and upd["rate_limiter"] is None:
+            raise ApiError(
+                pre + "Running method expected different backend. Please verify the request "
+                "arguments."
             )
         if upd["path_on_host"] is not None:
             try:
@@ -133,7 +134,9 @@ class ResourceHandlers(VmmBase):
             self.drive_fds[drive_id] = fd
             self.drives[drive_id]["path_on_host"] = upd["path_on_host"]
         if upd["rate_limiter"] is not None:
-            self.drives[drive_id]["rate_limiter"] = upd["rate_limiter"]
+            self.drives[drive_id]["rate_limiter"] = merge_limiter(
+                self.drives[drive_id].get("rate_limiter"), upd["rate_limiter"]
+            )
         return Reply(204)
 
     def put_net(self, body: bytes, sub: str | None) -> Reply:
@@ -170,14 +173,12 @@ class ResourceHandlers(VmmBase):
         self.post_boot()
         if iface_id not in self.nets:
             raise ApiError(
-                "Network config error: Could not update the network device: "
-                f"Invalid network interface id: {iface_id}"
+                "Network config error: Unable to update the net device: Device manager error: "
+                "Failed to find the device on the bus."
             )
         for key in ("rx_rate_limiter", "tx_rate_limiter"):
             if upd[key] is not None:
-                merged = dict(self.nets[iface_id].get(key) or {})
-                merged.update({k: v for k, v in upd[key].items() if v is not None})
-                self.nets[iface_id][key] = merged
+                self.nets[iface_id][key] = merge_limiter(self.nets[iface_id].get(key), upd[key])
         return Reply(204)
 
     def put_logger(self, body: bytes, _sub: str | None) -> Reply:
@@ -206,23 +207,67 @@ class ResourceHandlers(VmmBase):
         self.pre_boot()
         self.boot_path = True
         if cfg["amount_mib"] > self.machine["mem_size_mib"]:
-            raise ApiError(
-                "Balloon config error: Amount of pages requested cannot be greater "
-                "than the total amount of memory."
-            )
+            raise ApiError("Balloon config error: Amount of pages requested is too large.")
         self.balloon = cfg
         return Reply(204)
 
+    # Balloon after boot. The double runs no guest: it takes a guest kernel whose image
+    # contains "virtio_balloon" (the driver's name, in any vmlinux built with
+    # CONFIG_VIRTIO_BALLOON=y) as one whose driver activates the device and reaches any
+    # target at once; any other guest never activates it (FIRECRACKER.md §9).
+
+    def _balloon_error(self, variant: str) -> ApiError:
+        return ApiError(f"Balloon config error: Error creating the balloon device: {variant}")
+
     def patch_balloon(self, body: bytes, sub: str | None) -> Reply:
+        if sub == "statistics":
+            return self.patch_balloon_statistics(body)
         if sub is not None:
             raise ApiError(f"Invalid request method and/or path: PATCH balloon/{sub}.")
         upd = parse(schemas.BALLOON_UPDATE, body)
         self.post_boot()
         if self.balloon is None:
-            raise ApiError("Balloon update error: Balloon device not found.")
-        # The double has no guest driver: the device never becomes active (see §9).
-        del upd
-        raise ApiError("Balloon config error: Error creating the balloon device: DeviceNotActive")
+            raise self._balloon_error("DeviceNotFound")
+        if upd["amount_mib"] > self.machine["mem_size_mib"]:
+            raise self._balloon_error("TooManyPagesRequested")
+        if not self.balloon_driver:
+            raise self._balloon_error("DeviceNotActive")
+        self.balloon["amount_mib"] = upd["amount_mib"]
+        self.balloon_actual_mib = upd["amount_mib"]
+        return Reply(204)
+
+    def patch_balloon_statistics(self, body: bytes) -> Reply:
+        upd = parse(schemas.BALLOON_STATS_UPDATE, body)
+        self.post_boot()
+        if self.balloon is None:
+            raise self._balloon_error("DeviceNotFound")
+        if not self.balloon_driver:
+            # v1.7.0 panics here with a driverless guest: SIGABRT, the connection drops
+            self.log.error("Balloon statistics update on an inactive device: aborting")
+            os.abort()
+        if (self.balloon["stats_polling_interval_s"] == 0) != (
+            upd["stats_polling_interval_s"] == 0
+        ):  # v1.14 says "Statistics cannot be enabled/disabled after activation." (?)
+            raise self._balloon_error("StatisticsStateChange")
+        self.balloon["stats_polling_interval_s"] = upd["stats_polling_interval_s"]
+        return Reply(204)
+
+    def balloon_statistics(self) -> Reply:
+        self.post_boot()
+        if self.balloon is None:
+            raise self._balloon_error("DeviceNotFound")
+        if self.balloon["stats_polling_interval_s"] == 0:
+            raise self._balloon_error("StatisticsDisabled")
+        target = self.balloon["amount_mib"] if self.balloon_driver else 0
+        actual = self.balloon_actual_mib if self.balloon_driver else 0
+        return ok(
+            {
+                "target_pages": target * PAGES_PER_MIB,
+                "actual_pages": actual * PAGES_PER_MIB,
+                "target_mib": target,
+                "actual_mib": actual,
+            }
+        )
 
     def put_vsock(self, body: bytes, _sub: str | None) -> Reply:
         cfg = parse(schemas.VSOCK, body)
@@ -264,6 +309,39 @@ class ResourceHandlers(VmmBase):
         return Reply(204)
 
     # -- actions -----------------------------------------------------------------------------
+
+
+PAGES_PER_MIB = 256  # 4 KiB pages
+
+
+def merge_limiter(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any]:
+    """A PATCHed rate limiter: a bucket given replaces the old one (size or refill 0
+    removes it), an omitted one stays (v1.7.0 and v1.14.2 alike)."""
+    out = dict(old or {"bandwidth": None, "ops": None})
+    for key in ("bandwidth", "ops"):
+        if new.get(key) is not None:
+            out[key] = new[key]
+    return out
+
+
+def bucket_view(b: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A token bucket as ``GET /vm/config`` shows it: from the live bucket, so a disabled
+    one (size or refill_time 0) is null and a burst of 0 is null."""
+    if b is None or not b.get("size") or not b.get("refill_time"):
+        return None
+    return {
+        "size": b["size"],
+        "one_time_burst": b.get("one_time_burst") or None,
+        "refill_time": b["refill_time"],
+    }
+
+
+def limiter_view(cfg: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A rate limiter as ``GET /vm/config`` shows it: null when no bucket is active."""
+    if cfg is None:
+        return None
+    out = {k: bucket_view(cfg.get(k)) for k in ("bandwidth", "ops")}
+    return out if any(out.values()) else None
 
 
 def merge_patch(target: Any, patch: Any) -> Any:

@@ -199,6 +199,9 @@ BALLOON = Struct(
     },
 )
 BALLOON_UPDATE = Struct("BalloonUpdateConfig", {"amount_mib": F(U32, required=True)})
+BALLOON_STATS_UPDATE = Struct(
+    "BalloonUpdateStatsConfig", {"stats_polling_interval_s": F(U16, required=True)}
+)
 VSOCK = Struct(
     "VsockDeviceConfig",
     {

@@ -25,7 +25,7 @@ from .base import (
     parse,
 )
 from .devices import DeviceError
-from .resources import ResourceHandlers
+from .resources import ResourceHandlers, limiter_view
 from .snapshots import SnapshotHandlers
 
 __all__ = ["NOT_STARTED", "PAUSED", "POST_BOOT", "PRE_BOOT", "RUNNING", "VERSION", "Reply", "Vmm"]
@@ -99,6 +99,8 @@ class Vmm(ResourceHandlers, SnapshotHandlers):
                 return ok(self.full_config())
             if head == "machine-config":
                 return ok(self.machine_json())
+            if head == "balloon" and sub == "statistics":
+                return self.balloon_statistics()
             if head == "balloon":
                 if self.balloon is None:
                     raise ApiError("Balloon config error: No balloon device found.")
@@ -164,17 +166,17 @@ class Vmm(ResourceHandlers, SnapshotHandlers):
     def full_config(self) -> dict[str, Any]:
         boot = None
         if self.boot_cfg is not None:
-            boot = {k: v for k, v in self.boot_cfg.items() if v is not None}
+            boot = {k: self.boot_cfg.get(k) for k in ("kernel_image_path", "initrd_path", "boot_args")}
         return {
             "balloon": self.balloon,
-            "drives": list(self.drives.values()),
+            "drives": [drive_view(d) for d in self.drives.values()],
             "boot-source": boot,
             "cpu-config": None,
             "logger": None,
             "machine-config": self.machine_json(),
             "metrics": None,
             "mmds-config": self.mmds_config,
-            "network-interfaces": list(self.nets.values()),
+            "network-interfaces": [net_view(n) for n in self.nets.values()],
             "vsock": self.vsock,
             "entropy": self.entropy,
         }
@@ -203,6 +205,7 @@ class Vmm(ResourceHandlers, SnapshotHandlers):
         try:
             devices.check_kernel(self.kernel_fd, self.machine["mem_size_mib"])
             self.kvm.create_vm()
+            self.balloon_driver = devices.has_balloon_driver(self.kernel_fd)
         except DeviceError as e:
             raise ApiError(pre + str(e)) from None
         self.state = RUNNING
@@ -229,3 +232,28 @@ class Vmm(ResourceHandlers, SnapshotHandlers):
         return Reply(204)
 
     # -- snapshots ---------------------------------------------------------------------------
+
+
+def drive_view(d: dict[str, Any]) -> dict[str, Any]:
+    """A drive as ``GET /vm/config`` lists it (v1.7.0's field order and live limiter)."""
+    return {
+        "drive_id": d["drive_id"],
+        "partuuid": d.get("partuuid"),
+        "is_root_device": d["is_root_device"],
+        "cache_type": d.get("cache_type") or "Unsafe",
+        "is_read_only": bool(d.get("is_read_only")),
+        "path_on_host": d.get("path_on_host"),
+        "rate_limiter": limiter_view(d.get("rate_limiter")),
+        "io_engine": d.get("io_engine") or "Sync",
+        "socket": d.get("socket"),
+    }
+
+
+def net_view(n: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "iface_id": n["iface_id"],
+        "host_dev_name": n["host_dev_name"],
+        "guest_mac": n.get("guest_mac"),
+        "rx_rate_limiter": limiter_view(n.get("rx_rate_limiter")),
+        "tx_rate_limiter": limiter_view(n.get("tx_rate_limiter")),
+    }
