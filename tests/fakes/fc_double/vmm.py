@@ -166,7 +166,8 @@ class Vmm(ResourceHandlers, SnapshotHandlers):
     def full_config(self) -> dict[str, Any]:
         boot = None
         if self.boot_cfg is not None:
-            boot = {k: self.boot_cfg.get(k) for k in ("kernel_image_path", "initrd_path", "boot_args")}
+            keys = ("kernel_image_path", "initrd_path", "boot_args")
+            boot = {k: self.boot_cfg.get(k) for k in keys}
         return {
             "balloon": self.balloon,
             "drives": [drive_view(d) for d in self.drives.values()],
