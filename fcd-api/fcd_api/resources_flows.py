@@ -48,6 +48,14 @@ def _resources_event(vm_id: str, what: str, changes: dict[str, Any], *, applied:
     )
 
 
+def has_resource_settings(rec: VmRecord) -> bool:
+    s = rec.spec
+    return any(
+        v is not None
+        for v in (s.rate_limits, s.balloon, s.cpu_quota, s.mem_limit_mib, s.mem_target_mib)
+    )
+
+
 def _changes(upd: ResourcesUpdate) -> dict[str, Any]:
     out = msgspec.to_builtins(upd)
     return {k: v for k, v in out.items() if v is not None}
@@ -100,8 +108,12 @@ class ResourceFlows:
         return self._view(rec, *await self.in_force(rec))
 
     async def public(self, rec: VmRecord) -> VM:
-        """The VM as ``GET /v1/vms/{id}`` shows it: with what is in force while it runs."""
+        """The VM as ``GET /v1/vms/{id}`` shows it: with what is in force while it runs
+        (read from fcd-vmm only for a VM with resource settings; ``GET .../resources``
+        always reads it)."""
         vm = rec.to_public()
+        if not has_resource_settings(rec):
+            return vm
         got, err = await self.in_force(rec)
         if got is None and err is None:
             return vm

@@ -279,6 +279,18 @@ class FakeHelpers:
     async def vmm_info(self, req: pvmm.Info) -> pvmm.VmmInfo:
         return self.info
 
+    async def update_resources(self, req: pvmm.UpdateResources) -> pvmm.ResourcesInForce:
+        if req.vm_id not in self.procs:
+            raise FailedPrecondition(f"VM {req.vm_id} is not running")
+        return pvmm.ResourcesInForce(
+            vm_id=req.vm_id, cgroup_version=1, cpu_quota=req.cpu_quota or None
+        )
+
+    async def read_resources(self, req: pvmm.ReadResources) -> pvmm.ResourcesInForce:
+        if req.vm_id not in self.procs:
+            raise FailedPrecondition(f"VM {req.vm_id} is not running")
+        return pvmm.ResourcesInForce(vm_id=req.vm_id, cgroup_version=1)
+
     async def snapshot_create(self, req: pvmm.SnapshotCreate) -> pvmm.SnapshotTaken:
         if self.procs[req.vm_id].state != "paused":
             raise FailedPrecondition(f"VM {req.vm_id} is not paused")
@@ -425,6 +437,8 @@ class FakeHelpers:
                     pvmm.Info: w(self.vmm_info),
                     pvmm.WatchExits: w(self.watch_exits),
                     pvmm.SnapshotCreate: w(self.snapshot_create),
+                    pvmm.UpdateResources: w(self.update_resources),
+                    pvmm.ReadResources: w(self.read_resources),
                 },
             ),
             "storage": (

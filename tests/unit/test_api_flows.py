@@ -54,6 +54,11 @@ def test_happy_path() -> None:
             "disk_size_mib": None,
             "kernel_args": "quiet",
             "drives": [],
+            "rate_limits": None,
+            "balloon": None,
+            "cpu_quota": None,
+            "mem_limit_mib": None,
+            "mem_target_mib": None,
         }
         assert vm["ip_address"] == "172.30.0.2" and vm["pid"] and vm["started_at"]
         assert vm["labels"] == {"team": "x"} and vm["port_mappings"] == []

@@ -134,6 +134,9 @@ def test_pool_persists_and_reloads(tmp_path: Path) -> None:
         "state": "running",
         "exit_code": None,
         "acl_files": [],
+        "mem_size_mib": None,
+        "drives": [],
+        "balloon": False,
     }
     assert not list((tmp_path / "vms").glob(".*tmp"))  # atomic write left no temp file
     again = UidPool(tmp_path, 100, 109, max_vms=50)

@@ -191,7 +191,7 @@ class ResourcesInForce(Reply):
     mem_limit_bytes: int | None = None
     """The cgroup's hard limit (guest memory + Firecracker overhead); None: unlimited."""
     mem_usage_bytes: int | None = None
-    rate_limits: RateLimits = RateLimits()
+    rate_limits: RateLimits = msgspec.field(default_factory=RateLimits)
     balloon: BalloonState | None = None
 
 
