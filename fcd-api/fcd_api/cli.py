@@ -35,7 +35,7 @@ from typing import Any
 
 import httpx
 
-from . import snapshot_cli, storage_cli, tables
+from . import resources_cli, snapshot_cli, storage_cli, tables
 from .storage_cli import Handler, Request, show
 from .tables import Column
 
@@ -199,6 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--port", action="append", default=[], type=snapshot_cli.port_arg, metavar="HOST:GUEST"
     )
     c.add_argument("--track-dirty-pages", action="store_true", help="allow diff snapshots")
+    resources_cli.add_limit_args(c, create=True)
 
     ls = sub.add_parser("ls", aliases=["list"], parents=[out], help="list VMs")
     ls.add_argument("--state")
@@ -229,6 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     storage_cli.add_parsers(sub, out)
     snapshot_cli.add_parsers(sub, out, _label_arg)
+    resources_cli.add_parsers(sub, out)
     return p
 
 
@@ -255,6 +257,7 @@ def create_body(args: argparse.Namespace) -> dict[str, Any]:
         body["port_mappings"] = snapshot_cli.parse_ports(args.port)
     if getattr(args, "track_dirty_pages", False):
         body["track_dirty_pages"] = True
+    body.update(resources_cli.limit_fields(args))
     return body
 
 
@@ -342,6 +345,7 @@ COMMANDS: dict[str, Handler] = {
     "restore": _restore,
     **storage_cli.COMMANDS,
     **snapshot_cli.COMMANDS,
+    **resources_cli.COMMANDS,
 }
 
 
