@@ -329,3 +329,104 @@ def test_statistics_patch_after_boot_aborts_v170(
 
 def test_double_path_exists() -> None:
     assert FIRECRACKER.exists()
+
+
+MMDS = "MMMDS config error: "
+
+
+def mmds_steps(tap: str) -> list[Step]:
+    """``PUT /mmds/config`` validation (v1.7.0 transcript; the error replies of a V1 config
+    still carry ``Deprecation: true``, checked separately)."""
+    ids_bad = MMDS + (
+        "The list of network interface IDs provided contains at least one ID that does not "
+        "correspond to any existing network interface."
+    )
+    return [
+        ("PUT", "/mmds/config", {"network_interfaces": ["eth0"]}, 400, ids_bad),
+        (
+            "PUT",
+            "/mmds/config",
+            {"network_interfaces": []},
+            400,
+            MMDS
+            + "The list of network interface IDs that allow forwarding MMDS requests is empty.",
+        ),
+        (
+            "PUT",
+            "/mmds/config",
+            {"network_interfaces": "eth0"},
+            400,
+            re.compile(
+                r"An error occurred when deserializing the json body of a request: invalid "
+                r'type: string "eth0", expected a sequence at line 1 column \d+\.'
+            ),
+        ),
+        ("PUT", "/network-interfaces/eth0", {"iface_id": "eth0", "host_dev_name": tap}, 204, None),
+        ("PUT", "/mmds/config", {"network_interfaces": ["eth0", "eth1"]}, 400, ids_bad),
+        (
+            "PUT",
+            "/mmds/config",
+            {"network_interfaces": ["eth0"], "ipv4_address": "10.0.0.1"},
+            400,
+            MMDS + "The MMDS IPv4 address is not link local.",
+        ),
+        (
+            "PUT",
+            "/mmds/config",
+            {"network_interfaces": ["eth0"], "ipv4_address": "nope"},
+            400,
+            re.compile(
+                r"An error occurred when deserializing the json body of a request: invalid "
+                r"IPv4 address syntax at line 1 column \d+\."
+            ),
+        ),
+        ("PUT", "/mmds/config", {"network_interfaces": ["eth0"]}, 204, None),
+        (
+            "GET",
+            "/vm/config",
+            None,
+            200,
+            lambda cfg: (
+                [cfg["mmds-config"], cfg["boot-source"]],
+                [
+                    {
+                        "version": "V1",
+                        "network_interfaces": ["eth0"],
+                        "ipv4_address": "169.254.169.254",
+                    },
+                    {"kernel_image_path": "", "initrd_path": None, "boot_args": None},
+                ],
+            ),
+        ),
+    ]
+
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="a transient TAP needs CAP_NET_ADMIN")
+
+
+@needs_root
+def test_mmds_config_validation(double: Double) -> None:
+    tap = f"fcdm{os.getpid() % 100000}"
+    try:
+        _run(double.api, mmds_steps(tap))
+        r = double.api.call("PUT", "/mmds/config", {"network_interfaces": []})
+        assert any(h.lower() == "deprecation: true" for h in r.headers), r.headers
+    finally:
+        double.stop()  # the transient TAP goes with the process
+
+
+@needs_root
+@pytest.mark.realfc
+def test_mmds_steps_against_the_real_binary(tmp_path: Path) -> None:
+    fc = os.environ.get("FCD_FIRECRACKER", "")
+    sock = tmp_path / "api.sock"
+    proc = subprocess.Popen([fc, "--api-sock", str(sock)], stdout=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while not sock.exists():
+            assert time.monotonic() < deadline
+            time.sleep(0.01)  # a foreign binary's socket, in a test
+        _run(Api(sock), mmds_steps(f"fcdr{os.getpid() % 100000}"))
+    finally:
+        proc.kill()
+        proc.wait()

@@ -36,7 +36,12 @@ class Reply:
 
 
 class ApiError(Exception):
-    """A 400 with ``{"fault_message": ...}``."""
+    """A 400 with ``{"fault_message": ...}``; ``deprecation``: the request used a deprecated
+    field, which Firecracker still flags on the error reply."""
+
+    def __init__(self, message: str, *, deprecation: bool = False) -> None:
+        super().__init__(message)
+        self.deprecation = deprecation
 
 
 def fault(msg: str) -> Reply:

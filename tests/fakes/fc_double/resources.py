@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from typing import Any
 
@@ -292,10 +293,34 @@ class ResourceHandlers(VmmBase):
     def put_mmds(self, body: bytes, sub: str | None) -> Reply:
         if sub == "config":
             cfg = parse(schemas.MMDS_CONFIG, body)
+            deprecated = cfg["version"] == "V1"
             self.pre_boot()
             self.boot_path = True
-            self.mmds_config = cfg
-            return Reply(204, deprecation=cfg["version"] == "V1")
+            pre = "MMMDS config error: "  # sic: v1.7.0's text
+            ids = cfg["network_interfaces"]
+            if not ids:
+                raise ApiError(
+                    pre + "The list of network interface IDs that allow forwarding MMDS "
+                    "requests is empty.",
+                    deprecation=deprecated,
+                )
+            if any(i not in self.nets for i in ids):
+                raise ApiError(
+                    pre + "The list of network interface IDs provided contains at least one ID "
+                    "that does not correspond to any existing network interface.",
+                    deprecation=deprecated,
+                )
+            addr = cfg["ipv4_address"] or "169.254.169.254"
+            if not ipaddress.IPv4Address(addr).is_link_local:
+                raise ApiError(
+                    pre + "The MMDS IPv4 address is not link local.", deprecation=deprecated
+                )
+            self.mmds_config = {
+                "version": cfg["version"],
+                "network_interfaces": ids,
+                "ipv4_address": addr,
+            }
+            return Reply(204, deprecation=deprecated)
         if sub is not None:
             raise ApiError(f"Invalid request method and/or path: PUT mmds/{sub}.")
         self.mmds = parse(schemas.ANY, body)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 
 from .serde import (
@@ -17,6 +18,7 @@ from .serde import (
     F,
     Map,
     Opt,
+    Seq,
     Str,
     Struct,
 )
@@ -211,12 +213,21 @@ VSOCK = Struct(
     },
 )
 ENTROPY = Struct("EntropyDeviceConfig", {"rate_limiter": F(Opt(RATE_LIMITER))})
+
+
+def _ipv4(text: str) -> str:
+    try:
+        return str(ipaddress.IPv4Address(text))
+    except ValueError:
+        raise ValueError("invalid IPv4 address syntax") from None
+
+
 MMDS_CONFIG = Struct(
     "MmdsConfig",
     {
         "version": F(Enum("MmdsVersion", ["V1", "V2"]), default="V1"),
-        "network_interfaces": F(AnyJson(), required=True),
-        "ipv4_address": F(Opt(Str())),
+        "network_interfaces": F(Seq(Str()), required=True),
+        "ipv4_address": F(Opt(Custom(_ipv4, "IPv4 address"))),
     },
 )
 ANY = AnyJson()

@@ -49,6 +49,7 @@ class Vmm(ResourceHandlers, SnapshotHandlers):
             reply = self.route(method, path, body)
         except ApiError as e:
             reply = fault(str(e))
+            reply.deprecation = e.deprecation
         if reply.status == 400:
             msg = json.loads(reply.body or b"{}").get("fault_message", "")
             self.log.error(
@@ -164,7 +165,7 @@ class Vmm(ResourceHandlers, SnapshotHandlers):
         return out
 
     def full_config(self) -> dict[str, Any]:
-        boot = None
+        boot: dict[str, Any] = {"kernel_image_path": "", "initrd_path": None, "boot_args": None}
         if self.boot_cfg is not None:
             keys = ("kernel_image_path", "initrd_path", "boot_args")
             boot = {k: self.boot_cfg.get(k) for k in keys}
