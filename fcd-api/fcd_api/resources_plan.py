@@ -20,6 +20,7 @@ __all__ = [
     "launch_resources",
     "merge_limits",
     "merge_update",
+    "normalized",
     "size_change_refused",
     "update_request",
 ]
@@ -99,7 +100,10 @@ def launch_resources(spec: CreateVMRequest) -> dict[str, Any]:
 def _merge_bucket(old: TokenBucket | None, new: TokenBucket | None) -> TokenBucket | None:
     if new is None:
         return old
-    return new if new.enabled else None
+    if not new.enabled:
+        return None
+    # Firecracker keeps no burst of 0 (it shows null): neither does the spec
+    return msgspec.structs.replace(new, one_time_burst=new.one_time_burst or None)
 
 
 def _merge_limit(old: RateLimit | None, new: RateLimit | None) -> RateLimit | None:
@@ -132,6 +136,14 @@ def merge_limits(old: RateLimits | None, upd: RateLimits | None) -> RateLimits |
     if root is None and not drives and net is None:
         return None
     return RateLimits(root=root, drives=drives, net=net)
+
+
+def normalized(spec: CreateVMRequest) -> CreateVMRequest:
+    """The spec as Firecracker will hold it: disabled buckets and zero bursts dropped (a
+    create's spec, so that what is asked and what is in force read the same)."""
+    if spec.rate_limits is None:
+        return spec
+    return msgspec.structs.replace(spec, rate_limits=merge_limits(None, spec.rate_limits))
 
 
 def size_change_refused(spec: CreateVMRequest, upd: ResourcesUpdate, state: str) -> None:

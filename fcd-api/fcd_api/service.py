@@ -53,7 +53,7 @@ from .plan import (
     launch_request,
 )
 from .registry import Registry
-from .resources_plan import check_resource_spec
+from .resources_plan import check_resource_spec, normalized
 from .states import Action
 
 __all__ = ["Flows", "request_id"]
@@ -150,6 +150,7 @@ class Flows:
         spec = msgspec.structs.replace(req, id=vm_id)
         check_limits(spec, self.limits)
         check_resource_spec(spec, self.limits)
+        spec = normalized(spec)
         async with self.locks.hold(vm_id):
             existing = self.registry.get(vm_id)
             if existing is not None:
