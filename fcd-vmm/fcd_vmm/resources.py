@@ -226,17 +226,19 @@ class ResourceHandlers:
         rec.drives = [d.name for d in req.disk.drives]
         rec.balloon = req.balloon is not None
 
-    async def _in_force(self, vm_id: str) -> ResourcesInForce:
+    async def _in_force(self, vm_id: str, fc: FirecrackerClient | None = None) -> ResourcesInForce:
         version = self._cgroup_version()
-        async with FirecrackerClient(self._api_socket(vm_id), timeout=API_TIMEOUT_S) as fc:
-            vm_config = await fc.get("/vm/config") or {}
-            balloon = vm_config.get("balloon")
-            stats = None
-            if isinstance(balloon, dict) and balloon.get("stats_polling_interval_s"):
-                try:
-                    stats = await fc.get("/balloon/statistics")
-                except FirecrackerError as e:
-                    log.warning("balloon statistics: %s", e.message, extra=logs.vm(vm_id))
+        if fc is None:
+            async with FirecrackerClient(self._api_socket(vm_id), timeout=API_TIMEOUT_S) as own:
+                return await self._in_force(vm_id, own)
+        vm_config = await fc.get("/vm/config") or {}
+        balloon = vm_config.get("balloon")
+        stats = None
+        if isinstance(balloon, dict) and balloon.get("stats_polling_interval_s"):
+            try:
+                stats = await fc.get("/balloon/statistics")
+            except FirecrackerError as e:
+                log.warning("balloon statistics: %s", e.message, extra=logs.vm(vm_id))
         cg = await asyncio.to_thread(
             cgroup_limits.read_limits, version, self.cfg.jail.parent_cgroup, vm_id
         )
