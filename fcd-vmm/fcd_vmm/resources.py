@@ -108,8 +108,14 @@ def check_launch_resources(req: Launch, cfg: Config) -> None:
         raise _bad("balloon_mib", "a balloon size needs a balloon")
     if req.balloon_mib > req.mem_size_mib:
         raise _bad("balloon_mib", f"{req.balloon_mib} is more than the VM's {req.mem_size_mib} MiB")
-    if req.mem_limit_mib is not None and req.mem_limit_mib > cfg.limits.max_mem_mib:
-        raise _bad("mem_limit_mib", f"{req.mem_limit_mib} is over {cfg.limits.max_mem_mib}")
+    _check_common(req.mem_limit_mib, req.cpu_quota, cfg)
+
+
+def _check_common(mem_limit_mib: int | None, cpu_quota: float | None, cfg: Config) -> None:
+    if mem_limit_mib is not None and mem_limit_mib > cfg.limits.max_mem_mib:
+        raise _bad("mem_limit_mib", f"{mem_limit_mib} is over {cfg.limits.max_mem_mib}")
+    if cpu_quota is not None and cpu_quota > cfg.limits.max_vcpu:
+        raise _bad("cpu_quota", f"{cpu_quota} is more than {cfg.limits.max_vcpu} CPUs")
 
 
 def check_update(req: UpdateResources, rec: JailRecord, cfg: Config) -> None:
@@ -124,8 +130,7 @@ def check_update(req: UpdateResources, rec: JailRecord, cfg: Config) -> None:
             raise _bad(
                 "balloon_mib", f"{req.balloon_mib} is more than the VM's {rec.mem_size_mib} MiB"
             )
-    if req.mem_limit_mib is not None and req.mem_limit_mib > cfg.limits.max_mem_mib:
-        raise _bad("mem_limit_mib", f"{req.mem_limit_mib} is over {cfg.limits.max_mem_mib}")
+    _check_common(req.mem_limit_mib, req.cpu_quota, cfg)
 
 
 def balloon_error(e: FirecrackerError, vm_id: str) -> Exception:

@@ -244,6 +244,10 @@ def test_update_recheck_against_the_launch_record(tmp_path: Path) -> None:
         )
     with pytest.raises(InvalidArgument, match="balloon_mib"):
         resources.check_update(UpdateResources(vm_id="vm-1", balloon_mib=257), rec, cfg)
+    with pytest.raises(InvalidArgument, match="cpu_quota"):
+        resources.check_update(UpdateResources(vm_id="vm-1", cpu_quota=33), rec, cfg)
+    with pytest.raises(InvalidArgument, match="mem_limit_mib"):
+        resources.check_update(UpdateResources(vm_id="vm-1", mem_limit_mib=1 << 30), rec, cfg)
     rec.balloon = False
     with pytest.raises(FailedPrecondition, match="without a balloon"):
         resources.check_update(UpdateResources(vm_id="vm-1", balloon_mib=1), rec, cfg)
