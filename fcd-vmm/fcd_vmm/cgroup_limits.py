@@ -34,6 +34,7 @@ __all__ = [
     "CgroupLimits",
     "apply_cpu_quota",
     "apply_mem_limit",
+    "check_cpu",
     "check_mem_limit",
     "cpu_quota_values",
     "launch_values",
@@ -225,6 +226,16 @@ def apply_cpu_quota(
                 _write(fd, name, value)
             except OSError as e:
                 raise Internal(f"cannot write {name}={value} for VM {vm_id}: {e}") from None
+
+
+def check_cpu(
+    version: CgroupVersion, parent: str, vm_id: str, mounts: list[Mount] | None = None
+) -> None:
+    """FailedPrecondition if the VM has no cpu cgroup to take a quota (asked before
+    anything else of an update changes)."""
+    mounts = read_mounts() if mounts is None else mounts
+    with open_vm_cgroup(_controller_mount(version, "cpu", mounts), parent, vm_id):
+        pass
 
 
 def check_mem_limit(

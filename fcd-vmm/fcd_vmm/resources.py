@@ -280,6 +280,8 @@ class ResourceHandlers:
             version = self._cgroup_version()
             parent = self.cfg.jail.parent_cgroup
             limit = None
+            if req.cpu_quota is not None:
+                await asyncio.to_thread(cgroup_limits.check_cpu, version, parent, vm_id)
             if req.mem_limit_mib is not None:
                 limit = mem_limit_bytes(req.mem_limit_mib, self.cfg.limits.mem_overhead_mib)
                 # before anything changes: a limit below usage changes nothing at all
