@@ -380,3 +380,17 @@ def test_fd_walk_refuses_a_symlink_anywhere(tmp_path: Path) -> None:
     with pytest.raises(Internal):
         cgroup_limits.apply_cpu_quota(1, "fcd", "vm-1", 0.5, mounts=[mount])
     assert target.read_text() == "keep"
+
+
+def test_launch_cgroup_values_carry_limit_and_quota(tmp_path: Path) -> None:
+    cfg = make_cfg(tmp_path)
+    v1 = frozenset({"cpu", "memory", "pids"})
+    settings = plan.cgroup_settings(1, v1, 2, 256, 64, mem_limit_mib=512)
+    assert ("memory.limit_in_bytes", str((512 + 64) << 20)) in settings
+    settings += cgroup_limits.launch_values(1, 1.5, v1)
+    argv = plan.jailer_argv(cfg, vm_id="vm-1", uid=1, gid=1, cgroup_version=1, cgroups=settings)
+    assert "cpu.cfs_quota_us=150000" in argv and "cpu.cfs_period_us=100000" in argv
+    assert plan.cgroup_settings(1, v1, 2, 256, 64)[1] == (
+        "memory.limit_in_bytes",
+        str((256 + 64) << 20),
+    )
