@@ -25,7 +25,7 @@ from typing import Any
 
 import msgspec
 
-from fcd_common import logs
+from fcd_common import logs, reqid
 from fcd_common.config import LimitsConfig
 from fcd_common.errors import (
     Conflict,
@@ -59,8 +59,9 @@ __all__ = ["Flows", "request_id"]
 
 log = logging.getLogger("fcd.api.flows")
 
-request_id: contextvars.ContextVar[str] = contextvars.ContextVar("fcd_request_id", default="-")
-"""The X-Request-Id of the HTTP request being served (set by the app's middleware)."""
+request_id: contextvars.ContextVar[str] = reqid.request_id
+"""The X-Request-Id of the HTTP request being served (set by the app's middleware;
+the one variable of :mod:`fcd_common.reqid`, so RPC calls carry it on)."""
 
 Step = tuple[str, Callable[[], Awaitable[None]]]
 
