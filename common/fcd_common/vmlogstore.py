@@ -176,17 +176,22 @@ class Tailer:
     def poll(self) -> list[Entry]:
         out: list[Entry] = []
         try:
-            st = os.stat(self.path)
+            st: os.stat_result | None = os.stat(self.path)
         except FileNotFoundError:
-            return out
-        if self.ino is not None and st.st_ino != self.ino:
+            st = None
+        if self.ino is not None and (st is None or st.st_ino != self.ino):
             # rotated: finish the old file (now .1) if it is the one we read
             old = self.path.with_name(self.path.name + ".1")
             with contextlib.suppress(FileNotFoundError):
                 if os.stat(old).st_ino == self.ino:
                     out += self._read(old)
+            if st is None:  # the new file is not made yet: start it from 0
+                self.ino, self.offset, self.partial = None, 0, b""
+                return out
             self.ino, self.offset, self.partial = st.st_ino, 0, b""
-        elif self.ino is None:
+        if st is None:
+            return out
+        if self.ino is None:
             self.ino = st.st_ino
         if st.st_size > self.offset:
             out += self._read(self.path)

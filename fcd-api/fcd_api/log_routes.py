@@ -138,6 +138,9 @@ async def vm_logs(
     q = logstore.Query(vm_id, parse_sources(source), parse_since(since), tail)
     exists = flows.registry.get(vm_id) is not None
     backlog = await store.backlog(q)
+    following = follow and exists
+    if not following:
+        store.release(q)
     if not exists and not backlog:
         raise NotFound(f"VM {vm_id} not found", details={"id": vm_id})
 
@@ -145,11 +148,14 @@ async def vm_logs(
         return _closing() or flows.registry.get(vm_id) is None
 
     async def body() -> AsyncIterator[bytes]:
-        for e in backlog:
-            yield _line(e, fmt)
-        if follow and exists:
-            async for e in store.follow(q, gone):
+        try:
+            for e in backlog:
                 yield _line(e, fmt)
+            if following:
+                async for e in store.follow(q, gone):
+                    yield _line(e, fmt)
+        finally:
+            store.release(q)
 
     return Stream(body(), media_type=TEXT if fmt == "text" else NDJSON)
 

@@ -50,6 +50,9 @@ class Store(Protocol):
 
     def follow(self, q: Query, stop: Callable[[], bool]) -> AsyncIterator[Entry]: ...
 
+    def release(self, q: Query) -> None:
+        """Forget what :meth:`backlog` kept for a follow that will not come."""
+
 
 def _tail(entries: list[Entry], q: Query) -> list[Entry]:
     out = [e for e in entries if q.wants(e)]
@@ -90,6 +93,9 @@ class FileStore:
         entries = await asyncio.to_thread(cur.poll, self.root, q.vm_id, True)
         self._cursors[id(q)] = cur
         return _tail(entries, q)
+
+    def release(self, q: Query) -> None:
+        self._cursors.pop(id(q), None)
 
     async def follow(self, q: Query, stop: Callable[[], bool]) -> AsyncIterator[Entry]:
         cur = self._cursors.pop(id(q), None) or _FileCursor()
@@ -163,6 +169,11 @@ class JournalStore:
         r, out = await asyncio.to_thread(self._backlog, q)
         self._readers[id(q)] = r
         return out
+
+    def release(self, q: Query) -> None:
+        r = self._readers.pop(id(q), None)
+        if r is not None:
+            r.close()
 
     @staticmethod
     def _next(r: Any) -> list[Entry]:

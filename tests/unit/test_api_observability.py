@@ -144,3 +144,23 @@ def test_the_request_id_filter_adds_the_field() -> None:
     finally:
         reqid.request_id.reset(token)
     assert reqid.current() is None
+
+
+def test_tailer_follows_a_file_across_its_rotation(tmp_path: Path) -> None:
+    handler = vmlogstore.VmFileHandler(tmp_path, "fcd-vmm", max_bytes=300)
+    lg = logging.getLogger("test.tailer")
+    lg.addHandler(handler)
+    lg.propagate = False
+    tailer = vmlogstore.Tailer(tmp_path / "fcd-vmm" / "vm1.ndjson")
+    got: list[str] = []
+    try:
+        for i in range(12):
+            lg.warning("line %d", i, extra=logs.vm("vm1", source="console"))
+            if i % 2 == 0:  # more often than the file rotates (every 3 lines here)
+                got += [e.message for e in tailer.poll()]
+    finally:
+        lg.removeHandler(handler)
+        handler.close()
+    got += [e.message for e in tailer.poll()]
+    assert got == [f"line {i}" for i in range(12)]
+    assert (tmp_path / "fcd-vmm" / "vm1.ndjson.1").exists()
