@@ -8,7 +8,8 @@ repeated or comma-separated). Each NDJSON line is one
 gives ``<time> <source> [<daemon>] <message>`` lines instead.
 
 Events: ``since`` (an event id: the ones after it), ``vm_id``, ``type`` (repeated
-or comma-separated), ``follow``; each line one :class:`fcd_api.events.Event`. The
+or comma-separated), ``follow`` (with ``vm_id``: until that VM's ``deleted``); each
+line one :class:`fcd_api.events.Event`. The
 response header ``X-Fcd-First-Event`` is the oldest id still stored (a ``since``
 below it means some were pruned).
 
@@ -198,6 +199,8 @@ async def list_events(
                 if item.id > last and wanted(item):
                     last = item.id
                     yield events.encode_line(item)
+                    if vm_id is not None and item.type == "deleted":
+                        return  # the one VM followed is gone: nothing more will come
         finally:
             if sub is not None:
                 sub.close()

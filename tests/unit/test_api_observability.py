@@ -164,3 +164,19 @@ def test_tailer_follows_a_file_across_its_rotation(tmp_path: Path) -> None:
     got += [e.message for e in tailer.poll()]
     assert got == [f"line {i}" for i in range(12)]
     assert (tmp_path / "fcd-vmm" / "vm1.ndjson.1").exists()
+
+
+def test_events_follow_of_one_vm_ends_with_its_deletion() -> None:
+    async def t(h: Harness) -> None:
+        follow = asyncio.create_task(
+            h.client.get("/v1/events", params={"follow": "true", "vm_id": "vm1"}, timeout=60)
+        )
+        await asyncio.sleep(0.2)
+        assert (await h.client.post("/v1/vms", json=CREATE)).status_code == 201
+        assert (await h.client.post("/v1/vms", json={**CREATE, "id": "vm2"})).status_code == 201
+        assert (await h.client.delete("/v1/vms/vm1", params={"force": "true"})).status_code == 204
+        r = await asyncio.wait_for(follow, 60)
+        got = [(e["type"], e["vm_id"]) for e in map(json.loads, r.text.splitlines())]
+        assert got == [("created", "vm1"), ("started", "vm1"), ("deleted", "vm1")]
+
+    run(t)
