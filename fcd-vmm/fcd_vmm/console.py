@@ -29,9 +29,9 @@ format (its start-up lines, before the logger is set) go to
 **Rate limit**: a token bucket per VM of ``RATE_BYTES`` per second with a burst
 of ``BURST_BYTES`` (a whole Linux boot log fits the burst). Over it, fcd-vmm
 still drains the pipe (so the guest never stalls) but drops the lines: they
-reach neither the store nor the ring; once output fits the rate again, one
-line ``[fcd: N bytes of console output dropped: over R bytes/s]`` says how much
-was lost.
+reach neither the store nor the ring; the next line that fits is preceded by
+``[fcd: N bytes of console output dropped: over R bytes/s]`` (at most one such
+notice per ``NOTICE_EVERY_S``; its count covers every drop since the last one).
 """
 
 from __future__ import annotations
@@ -65,6 +65,8 @@ RING = 2000
 MAX_LINE = 4096
 RATE_BYTES = 32 * 1024
 BURST_BYTES = 512 * 1024
+NOTICE_EVERY_S = 5.0
+"""At most one "dropped" notice per VM in this many seconds (a flood stays one line)."""
 _F_SETPIPE_SZ = 1031
 _FC_LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+ \[[^\]]*\] ")
 
@@ -127,6 +129,7 @@ class Console:
         self.seq = 0
         self.limit = RateLimit()
         self._partial = b""
+        self._noticed = -NOTICE_EVERY_S
         self._changed = asyncio.Event()
         self._loop = asyncio.get_running_loop()
         self.fd = -1
@@ -173,10 +176,11 @@ class Console:
             extra = logs.vm(self.vm_id, source="firecracker")
             fc_log.log(line_level(text), "%s", text, extra=extra)
             return
-        now = time.time()
-        if not self.limit.allow(len(raw) + 1, time.monotonic()):
+        now, mono = time.time(), time.monotonic()
+        if not self.limit.allow(len(raw) + 1, mono):
             return
-        if self.limit.dropped:
+        if self.limit.dropped and mono - self._noticed >= NOTICE_EVERY_S:
+            self._noticed = mono
             notice = (
                 f"[fcd: {self.limit.dropped} bytes of console output dropped:"
                 f" over {int(self.limit.rate)} bytes/s]"

@@ -37,13 +37,17 @@ msg:
 """
 
 
-def build(out: Path) -> Path:
-    """Assemble and link the guest kernel to ``out`` (needs binutils' ``as`` and ``ld``)."""
+def build(out: Path, *, chatty: bool = False) -> Path:
+    """Assemble and link the guest kernel to ``out`` (needs binutils' ``as`` and ``ld``).
+
+    ``chatty``: print the line again and again instead of halting (a guest that floods
+    its console, for the rate limit; the Firecracker double follows only the first line).
+    """
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="fcd-guest-") as tmp:
         src, obj = Path(tmp) / "guest.S", Path(tmp) / "guest.o"
-        src.write_text(_ASM)
+        src.write_text(_ASM.replace("2:  hlt", "    jmp     _start\n2:  hlt") if chatty else _ASM)
         subprocess.run(["as", "--64", "-o", str(obj), str(src)], check=True, capture_output=True)
         subprocess.run(
             [

@@ -13,6 +13,7 @@ alive and answers its API.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fcntl
 import os
@@ -69,7 +70,7 @@ def read_fifo(fd: int) -> bytes:
         out += data
 
 
-def launch(base: Path, vm: str, fifo: Path) -> tuple[Path, int]:
+def launch(base: Path, vm: str, fifo: Path, *, chatty: bool = False) -> tuple[Path, int]:
     """Jail + start Firecracker the way fcd-vmm does; returns (chroot, firecracker pid)."""
     fc, jailer = binaries()
     uid = 40000 + os.getpid() % 20000
@@ -115,7 +116,7 @@ def launch(base: Path, vm: str, fifo: Path) -> tuple[Path, int]:
     while not (chroot / "run" / "firecracker.socket").exists():
         assert time.monotonic() < deadline
         time.sleep(0.05)  # a foreign binary's socket, in a test
-    kernel = guest_kernel.build(chroot / "vmlinux")
+    kernel = guest_kernel.build(chroot / "vmlinux", chatty=chatty)
     os.chown(kernel, uid, uid)
     return chroot, pid
 
@@ -194,5 +195,53 @@ def test_a_full_console_pipe_never_stops_the_guest(base: Path) -> None:
             assert read_fifo(rfd).startswith(b"20")  # FC's first log line
         finally:
             os.close(rfd)
+    finally:
+        stop(pid, vm)
+
+
+@pytest.mark.skipif(
+    not os.environ.get("FCD_FIRECRACKER"), reason="the double prints the first line only"
+)
+def test_a_chatty_guest_is_rate_limited_and_never_blocked(base: Path) -> None:
+    """A guest printing in a loop: with nobody reading for 2 s it keeps running (the full
+    pipe drops its bytes); then fcd-vmm's reader keeps the burst plus the rate and
+    drops the rest, saying so in one notice line per gap."""
+    vm = f"cl{os.getpid()}"
+    fifo = base / "console.fifo"
+    console.make_fifo(fifo)
+    chroot, pid = launch(base, vm, fifo, chatty=True)
+    try:
+        boot(chroot)
+        time.sleep(2.0)
+        status, body = http(chroot / "run" / "firecracker.socket", "GET", "/")
+        assert status == 200 and body is not None and body["state"] == "Running"
+
+        rate, burst = 2048.0, 8192.0  # small, so that this guest's rate is over it
+
+        async def read_for(seconds: float) -> console.Console:
+            con = console.Console(vm)
+            con.limit = console.RateLimit(rate=rate, burst=burst)
+            con.attach(fifo)
+            await asyncio.sleep(seconds)
+            con.detach(drain=False)
+            return con
+
+        t0 = time.monotonic()
+        con = asyncio.run(read_for(3.0))
+        took = time.monotonic() - t0
+        notices = [ln for ln in con.ring if ln.text.startswith("[fcd: ")]
+        line = len(guest_kernel.MESSAGE) + 1
+        kept = (con.seq - len(notices)) * line
+        dropped = con.limit.dropped_total
+        print(
+            f"chatty guest: {(kept + dropped) / took / 1024:.1f} KiB/s read for {took:.1f}s"
+            f" (the first 1 MiB pipe included), kept {kept / 1024:.1f} KiB,"
+            f" dropped {dropped / 1024:.1f} KiB in {len(notices)} notices"
+        )
+        assert dropped > 0 and 0 < len(notices) <= took / console.NOTICE_EVERY_S + 1
+        assert kept <= burst + rate * took + line
+        assert guest_kernel.MESSAGE in {ln.text for ln in con.ring}
+        status, body = http(chroot / "run" / "firecracker.socket", "GET", "/")
+        assert status == 200 and body is not None and body["state"] == "Running"
     finally:
         stop(pid, vm)
