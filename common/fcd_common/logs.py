@@ -13,7 +13,10 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from pathlib import Path
 from typing import Any
+
+from . import reqid
 
 _STD_ATTRS = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
 
@@ -23,6 +26,37 @@ def vm(vm_id: str, **more: Any) -> dict[str, Any]:
     fields: dict[str, Any] = {"FCD_VM_ID": vm_id}
     fields.update({f"FCD_{k.upper()}": v for k, v in more.items()})
     return fields
+
+
+class _RequestIdFilter(logging.Filter):
+    """Every record made while a request is served carries its ``FCD_REQUEST_ID``."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not hasattr(record, "FCD_REQUEST_ID"):
+            rid = reqid.current()
+            if rid is not None:
+                record.FCD_REQUEST_ID = rid
+        return True
+
+
+_state: dict[str, Any] = {"journal": False, "daemon": ""}
+
+
+def to_journal() -> bool:
+    """True if this process logs to journald (set by :func:`setup`)."""
+    return bool(_state["journal"])
+
+
+def use_vm_store(root: Path, max_bytes: int | None = None) -> None:
+    """Without journald, also keep every record that names a VM in the per-VM file
+    store under ``root`` (:mod:`fcd_common.vmlogstore`); a no-op under journald."""
+    if to_journal():
+        return
+    from .vmlogstore import DEFAULT_MAX_BYTES, VmFileHandler
+
+    handler = VmFileHandler(root, str(_state["daemon"]), max_bytes or DEFAULT_MAX_BYTES)
+    handler.addFilter(_RequestIdFilter())
+    logging.getLogger().addHandler(handler)
 
 
 class _FieldsFormatter(logging.Formatter):
@@ -43,7 +77,9 @@ def setup(daemon: str, *, level: int | str | None = None, force_stderr: bool = F
     for h in list(root.handlers):
         root.removeHandler(h)
     handler: logging.Handler
-    if os.environ.get("JOURNAL_STREAM") and not force_stderr:
+    _state["daemon"] = daemon
+    _state["journal"] = bool(os.environ.get("JOURNAL_STREAM") and not force_stderr)
+    if _state["journal"]:
         from systemd.journal import JournalHandler
 
         handler = JournalHandler(SYSLOG_IDENTIFIER=daemon, FCD_DAEMON=daemon)
@@ -55,6 +91,7 @@ def setup(daemon: str, *, level: int | str | None = None, force_stderr: bool = F
                 f"%(asctime)s {daemon}[%(process)d] %(levelname)s %(name)s: %(message)s"
             )
         )
+    handler.addFilter(_RequestIdFilter())
     root.addHandler(handler)
     root.setLevel(level)
     # third-party chatter stays at warning

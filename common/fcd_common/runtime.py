@@ -212,6 +212,10 @@ def run(
     short = _DAEMONS[name]
     state = cfg.state(short)
     try:
+        logs.use_vm_store(Path(cfg.paths.state_dir) / "logs")
+    except OSError as e:  # the daemon's work does not depend on it
+        log.error("%s: no per-VM log files: %s", name, e)
+    try:
         lock_fd = lock_state_dir(state, _STATE_MODES.get(short, 0o700))
     except StateLocked as e:
         log.error("%s: another %s runs on this state dir: %s", name, name, e)

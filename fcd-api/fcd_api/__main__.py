@@ -13,10 +13,10 @@ from typing import Any
 
 import uvicorn
 
-from fcd_common import runtime
+from fcd_common import logs, runtime
 from fcd_common.rpc import bind_unix
 
-from . import states
+from . import events, log_routes, logstore, states
 from .app import create_asgi
 from .clients import Helpers
 from .registry import Registry
@@ -83,6 +83,7 @@ class ApiService:
         return self.flows.status()
 
     async def close(self, grace: float) -> None:
+        log_routes.shutdown()  # follow streams end: they must not hold the shutdown up
         self.server.should_exit = True
         try:
             await asyncio.wait_for(asyncio.shield(self.task), grace)
@@ -94,6 +95,10 @@ class ApiService:
         await self.watcher.close()
         await self.helpers.close()
         self.registry.close()
+        s = events.store()
+        if s is not None:
+            events.install(None)
+            s.close()
 
 
 def api_socket(ctx: runtime.Context) -> socket.socket:
@@ -117,6 +122,8 @@ def api_socket(ctx: runtime.Context) -> socket.socket:
 async def build(ctx: runtime.Context) -> ApiService:
     cfg = ctx.cfg
     registry = Registry.open(cfg.state("api") / "registry.db")
+    events.install(events.EventStore.open(cfg.state("api") / "events.db"))
+    log_routes.install(logstore.open_store(cfg.paths.state_dir, logs.to_journal()))
     interrupted = registry.mark_interrupted(states.TRANSIENT, INTERRUPTED)
     for vm_id in interrupted:
         log.warning("VM %s was left mid-operation; marked error", vm_id, extra={"FCD_VM_ID": vm_id})

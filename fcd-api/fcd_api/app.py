@@ -25,6 +25,7 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from fcd_common.errors import HTTP_STATUS, FcdError
 from fcd_common.version import version
 
+from .log_routes import log_router
 from .models import VM, CreateVMRequest, ErrorBody, ErrorDetail, VersionInfo, VMState
 from .net_routes import net_router
 from .registry import parse_label_filters
@@ -190,6 +191,7 @@ def build_app(flows: NamedDependency[Flows], *, debug: bool = False) -> Litestar
             net_router,
             snapshot_router,
             resources_router,
+            log_router,
         ],
         dependencies={"flows": Provide(provide_flows)},
         exception_handlers={

@@ -14,6 +14,8 @@
     fcctl snapshot ls | get NAME | rm NAME   (or: snapshots)
     fcctl restore NAME [--id ID] [--label k=v]... [--port HOST:GUEST[/udp]]... [--paused]
     fcctl reclaim
+    fcctl logs [-f] [--tail N] [--since T] [--source S]... ID
+    fcctl events [-f] [--since ID] [--vm ID] [--type T]...
 
 The socket is ``--socket``, else ``$FCD_SOCKET``, else the configured
 ``api.sock`` (``/run/fcd/api.sock``). Output is a table, or JSON with
@@ -35,7 +37,7 @@ from typing import Any
 
 import httpx
 
-from . import resources_cli, snapshot_cli, storage_cli, tables
+from . import obs_cli, resources_cli, snapshot_cli, storage_cli, tables
 from .storage_cli import Handler, Request, show
 from .tables import Column
 
@@ -231,6 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     storage_cli.add_parsers(sub, out)
     snapshot_cli.add_parsers(sub, out, _label_arg)
     resources_cli.add_parsers(sub, out)
+    obs_cli.add_parsers(sub, out)
     return p
 
 
@@ -360,6 +363,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)  # bad labels and drives exit 2 here
     api = Api(args.socket or default_socket(), args.timeout)
     try:
+        if args.cmd in obs_cli.STREAMS:
+            try:
+                err = obs_cli.run(args, api.http)
+            except (httpx.TransportError, OSError) as e:
+                err = diagnose(api.path, e)
+            if err is not None:
+                raise CliError(err)
+            return EXIT_OK
         text = run(args, api)
     except CliError as e:
         print(f"error: {tables.escape(str(e))}", file=sys.stderr)

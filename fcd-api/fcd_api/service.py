@@ -25,7 +25,7 @@ from typing import Any
 
 import msgspec
 
-from fcd_common import logs
+from fcd_common import logs, reqid
 from fcd_common.config import LimitsConfig
 from fcd_common.errors import (
     Conflict,
@@ -42,7 +42,7 @@ from fcd_common.proto import storage as pstorage
 from fcd_common.proto import vmm as pvmm
 from fcd_common.undo import Undo
 
-from . import states
+from . import events, states
 from .clients import Helpers
 from .models import CreateVMRequest, PortMapping, VmRecord, VMState, now
 from .plan import (
@@ -60,10 +60,19 @@ __all__ = ["Flows", "request_id"]
 
 log = logging.getLogger("fcd.api.flows")
 
-request_id: contextvars.ContextVar[str] = contextvars.ContextVar("fcd_request_id", default="-")
-"""The X-Request-Id of the HTTP request being served (set by the app's middleware)."""
+request_id: contextvars.ContextVar[str] = reqid.request_id
+"""The X-Request-Id of the HTTP request being served (set by the app's middleware;
+the one variable of :mod:`fcd_common.reqid`, so RPC calls carry it on)."""
 
 Step = tuple[str, Callable[[], Awaitable[None]]]
+
+_EVENT_OF = {
+    Action.START: "started",
+    Action.STOP: "stopped",
+    Action.PAUSE: "paused",
+    Action.RESUME: "resumed",
+    Action.DELETE: "deleted",
+}
 
 
 def _extra(vm_id: str) -> dict[str, Any]:
@@ -183,6 +192,9 @@ class Flows:
                     raise
                 raise err from exc
             undo.commit()
+            events.publish("created", vm_id, template=spec.template, state=rec.state.value)
+            if rec.state is VMState.RUNNING:
+                events.publish("started", vm_id, pid=rec.runtime.pid)
             return rec, True
 
     async def _create_steps(self, rec: VmRecord, undo: Undo, source: Restore | None) -> VmRecord:
@@ -305,7 +317,9 @@ class Flows:
                 rec = self.write(rec, step.via)
             with self.guard(rec, action.value, back=was):
                 changes = await call(rec)
-            return self.write(rec, step.to, **changes)
+            rec = self.write(rec, step.to, **changes)
+            events.publish(_EVENT_OF[action], vm_id, state=rec.state.value)
+            return rec
 
     async def start(self, vm_id: str) -> VmRecord:
         """stopped -> starting -> running: a fresh jailer + Firecracker on the same disk/TAP/IP."""
@@ -365,6 +379,7 @@ class Flows:
                     await fn()
             self.registry.delete(vm_id)
             log.info("deleted", extra=_extra(vm_id))
+            events.publish("deleted", vm_id, forced=force, was=rec.state.value)
 
     # --- network ---------------------------------------------------------------
     async def change_ports(self, vm_id: str, add: bool, ports: list[PortMapping]) -> VmRecord:

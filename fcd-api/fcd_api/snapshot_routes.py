@@ -10,6 +10,7 @@ from litestar.params import FromPath, JSONBody
 
 from fcd_common.proto import storage as ps
 
+from . import events
 from .models import VM
 from .service import Flows
 from .snapshot_flows import SnapshotFlows
@@ -23,7 +24,9 @@ __all__ = ["snapshot_router"]
 async def take_snapshot(
     flows: NamedDependency[Flows], vm_id: FromPath[str], data: JSONBody[SnapshotRequest]
 ) -> ps.SnapshotInfo:
-    return await SnapshotFlows(flows).take(vm_id, data)
+    info = await SnapshotFlows(flows).take(vm_id, data)
+    events.publish("snapshot_created", vm_id, snapshot=info.name)
+    return info
 
 
 @post(
@@ -35,17 +38,23 @@ async def restore_snapshot(
     flows: NamedDependency[Flows], name: FromPath[str], data: JSONBody[RestoreRequest]
 ) -> Response[VM]:
     rec, created = await SnapshotFlows(flows).restore(name, data)
+    if created:
+        events.publish("restored", rec.id, snapshot=name, state=rec.state.value)
     return Response(rec.to_public(), status_code=201 if created else 200)
 
 
 @post("/v1/vms/{vm_id:str}/suspend", status_code=200, summary="Suspend a VM to disk")
 async def suspend_vm(flows: NamedDependency[Flows], vm_id: FromPath[str]) -> VM:
-    return (await SuspendFlows(flows).suspend(vm_id)).to_public()
+    rec = await SuspendFlows(flows).suspend(vm_id)
+    events.publish("suspended", vm_id, state=rec.state.value)
+    return rec.to_public()
 
 
 @post("/v1/vms/{vm_id:str}/wake", status_code=200, summary="Wake a suspended VM")
 async def wake_vm(flows: NamedDependency[Flows], vm_id: FromPath[str]) -> VM:
-    return (await SuspendFlows(flows).wake(vm_id)).to_public()
+    rec = await SuspendFlows(flows).wake(vm_id)
+    events.publish("woken", vm_id, state=rec.state.value)
+    return rec.to_public()
 
 
 snapshot_router = Router(

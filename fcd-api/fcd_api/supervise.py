@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+from typing import Any
 
 import msgspec
 
@@ -30,6 +31,7 @@ from fcd_common import logs
 from fcd_common.errors import FcdError
 from fcd_common.proto import vmm as pvmm
 
+from . import events
 from .models import VmRecord, VMState, now
 from .service import Flows
 
@@ -52,6 +54,17 @@ def describe_exit(code: int | None) -> str:
             name = f"signal {-code}"
         return f"Firecracker was killed by {name} ({-code})"
     return f"Firecracker exited with code {code}"
+
+
+def exit_details(code: int | None) -> dict[str, Any]:
+    """``exit_code`` or ``signal`` (name and number) of a died event; both None: unknown."""
+    if code is not None and code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"SIG{-code}"
+        return {"exit_code": None, "signal": name, "signal_number": -code}
+    return {"exit_code": code, "signal": None}
 
 
 class ExitWatcher:
@@ -125,13 +138,16 @@ class ExitWatcher:
 
     def _record(self, rec: VmRecord, code: int | None, tail: list[str], resync: bool) -> None:
         f, extra = self.flows, logs.vm(rec.id)
+        pid = rec.runtime.pid
         runtime = msgspec.structs.replace(rec.runtime, pid=None)
         if code == 0 and rec.state is VMState.RUNNING:  # a paused guest cannot shut down
             f.write(rec, VMState.STOPPED, runtime=runtime, stopped_at=now(), error=None)
             log.info("the guest shut down: Firecracker exited 0", extra=extra)
+            events.publish("stopped", rec.id, state="stopped", reason="guest shutdown")
             return
         what = describe_exit(code) + (" (found at resync)" if resync else "")
         if tail:
             what += "; last log lines: " + " | ".join(tail[-3:])
         f.write(rec, VMState.ERROR, runtime=runtime, stopped_at=now(), error=what)
         log.error("%s", what, extra=extra)
+        events.publish("died", rec.id, **exit_details(code), pid=pid, message=what)

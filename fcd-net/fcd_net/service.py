@@ -8,6 +8,7 @@ and one thread serialises every mutation without a lock).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -44,7 +45,9 @@ class NetService:
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, functools.partial(fn, *args))
+        # the caller's context (its request id) goes along: run_in_executor drops it
+        ctx = contextvars.copy_context()
+        return await loop.run_in_executor(self._executor, functools.partial(ctx.run, fn, *args))
 
     @handles(NetSetup)
     async def on_setup(self, req: NetSetup, _peer: Peer) -> NetInfo:

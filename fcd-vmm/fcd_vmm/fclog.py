@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import contextvars
 import logging
 import os
 import re
@@ -77,7 +78,8 @@ class Forwarder:
         except BaseException:
             os.close(self.rfd)
             raise
-        self._loop.add_reader(self.rfd, self._readable)
+        # a fresh context: the lines are no part of the request that launched the VM
+        contextvars.Context().run(self._loop.add_reader, self.rfd, self._readable)
 
     def _readable(self) -> None:
         try:

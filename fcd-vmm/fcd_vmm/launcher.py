@@ -5,8 +5,9 @@ jail and its cgroups before the error is raised):
 
 1. open the kernel and disk without following symlinks (re-checked inside
    fcd-storage's directory) and prepare a fresh chroot with them;
-2. spawn the jailer (``--daemonize``): its exit status and stderr are the
-   verdict on its own work;
+2. spawn the jailer (``--new-pid-ns``, in a session of its own, stdout = the
+   console FIFO: console.py): its exit status and stderr are the verdict on its
+   own work;
 3. await the pid file and the API socket with inotify — not a sleep loop —
    aborting at once if the Firecracker process dies (its pidfd turns readable);
 4. prove the process is the jailed one (its root is the chroot, its uid the
@@ -19,6 +20,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import os
 import signal
 import tempfile
 
@@ -33,7 +35,7 @@ from fcd_common.errors import (
     Unavailable,
 )
 
-from . import cgroup_limits, cgroups, fclog, hostcheck, jailfs
+from . import cgroup_limits, cgroups, console, fclog, hostcheck, jailfs
 from .checks import StorageFile, check_snapshot_stage, open_storage_file
 from .fcclient import FirecrackerClient
 from .plan import (
@@ -81,8 +83,8 @@ async def binary_output(argv: list[str]) -> str:
     return out.decode(errors="replace")
 
 
-async def _run_jailer(argv: list[str], vm_id: str) -> None:
-    # stderr goes to a file, not a pipe: the daemonized grandchildren inherit it
+async def _run_jailer(argv: list[str], vm_id: str, stdout: int | None = None) -> None:
+    # stderr goes to a file, not a pipe: the forked Firecracker inherits it
     # and would otherwise hold the pipe open for the VM's whole life.
     with tempfile.TemporaryFile() as err:
         log.info("starting jailer: %s", " ".join(argv), extra=logs.vm(vm_id))
@@ -90,11 +92,12 @@ async def _run_jailer(argv: list[str], vm_id: str) -> None:
             proc = await asyncio.create_subprocess_exec(
                 *argv,
                 stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.DEVNULL if stdout is None else stdout,
                 stderr=err,
                 env={},
                 cwd="/",
                 close_fds=True,
+                start_new_session=True,  # what --daemonize did, besides /dev/null
             )
         except OSError as e:  # vanished since the check in launch(): still the host's fault
             raise FailedPrecondition(f"cannot run jailer {argv[0]}: {e.strerror}") from None
@@ -120,6 +123,7 @@ async def teardown(cfg: Config, vm_id: str, watch: PidWatch | None) -> list[str]
     """Kill (if alive) and reap the VM's process, remove its jail dir and cgroups."""
     problems: list[str] = []
     fclog.forwarders.stop(vm_id)
+    console.registry().stop(vm_id)
     if watch is not None:
         if watch.alive:
             watch.kill(signal.SIGKILL)
@@ -266,9 +270,14 @@ async def launch(
             cgroups=settings,
             netns=spec.netns,
         )
+        out_fd = _console(cfg, paths, vm_id)
         try:
             async with asyncio.timeout(cfg.limits.boot_timeout_s):
-                await _run_jailer(argv, vm_id)
+                try:
+                    await _run_jailer(argv, vm_id, out_fd)
+                finally:
+                    if out_fd is not None:
+                        os.close(out_fd)
                 watch = await _await_process(paths, uid)
         except TimeoutError:
             raise DeadlineExceeded(
@@ -297,6 +306,17 @@ async def launch(
         if isinstance(e, OSError):
             raise Internal(f"launch failed: {e}") from e
         raise
+
+
+def _console(cfg: Config, paths: JailPaths, vm_id: str) -> int | None:
+    """Make the VM's console FIFO, start reading it, and return Firecracker's stdout."""
+    if not cfg.jail.new_pid_ns:  # --daemonize sends stdout to /dev/null
+        log.warning("jail.new_pid_ns is off: no guest console capture", extra=logs.vm(vm_id))
+        return None
+    path = console.fifo_path(paths)
+    console.make_fifo(path)
+    console.registry().start(vm_id, path)
+    return console.open_for_firecracker(path)
 
 
 def _load_failed(spec: LaunchSpec, e: FirecrackerError) -> FirecrackerError:

@@ -199,9 +199,13 @@ def jailer_argv(
         argv += ["--cgroup", f"{name}={value}"]
     if netns is not None:
         argv += ["--netns", netns]
-    argv.append("--daemonize")
     if cfg.jail.new_pid_ns:
+        # no --daemonize: it would point Firecracker's stdout (the guest console) at
+        # /dev/null; fcd-vmm starts the jailer in a session of its own instead and
+        # hands it the console FIFO (console.py). The jailer exits once it has forked.
         argv.append("--new-pid-ns")
+    else:  # the jailer would exec in place: only --daemonize makes it return
+        argv.append("--daemonize")
     argv += ["--", "--api-sock", API_SOCK]
     return argv
 

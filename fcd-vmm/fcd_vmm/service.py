@@ -26,6 +26,7 @@ from fcd_common.errors import (
 )
 from fcd_common.ids import check_vm_id
 from fcd_common.locks import KeyedLocks
+from fcd_common.proto.console import ConsoleLines, ConsoleRead
 from fcd_common.proto.vmm import (
     AllocateJail,
     Info,
@@ -49,7 +50,7 @@ from fcd_common.proto.vmm import (
 )
 from fcd_common.rpc import Peer, handles
 
-from . import cgroups, fclog, hostcheck, jailfs, launcher
+from . import cgroups, console, fclog, hostcheck, jailfs, launcher
 from .checks import (
     StorageFile,
     check_launch,
@@ -122,6 +123,7 @@ class VmmService(ResourceHandlers):
                     continue
                 self._watch(rec, watch)
                 fclog.forwarders.start(rec.vm_id, paths.log_file)
+                console.registry().start(rec.vm_id, console.fifo_path(paths))
                 log.info("re-adopted firecracker pid %d", pid, extra=logs.vm(rec.vm_id))
                 if (rec.pid, rec.state) != (pid, "running"):
                     rec.pid, rec.state, rec.exit_code = pid, "running", None
@@ -151,6 +153,7 @@ class VmmService(ResourceHandlers):
             w.close()
         self.watches.clear()
         fclog.forwarders.close()
+        console.registry().close()
 
     def status_line(self) -> str:
         """``N VMs running``, preceded by ``degraded: <problems>`` while the host
@@ -171,6 +174,7 @@ class VmmService(ResourceHandlers):
                 log_file = jail_paths(self.cfg, rec.vm_id).log_file
                 tail = fclog.forwarders.tail(log_file).splitlines()[-TAIL_LINES:]
                 fclog.forwarders.stop(rec.vm_id)
+                console.registry().stop(rec.vm_id)
             if ours and self.pool.get(rec.vm_id) is rec:
                 log.info(
                     "firecracker pid %d exited (code %s)",
@@ -378,6 +382,7 @@ class VmmService(ResourceHandlers):
             if problems:
                 raise Internal(f"cannot release VM {vm_id}: {'; '.join(problems)}")
             self.pool.release(vm_id)
+            console.registry().forget(vm_id)
         return VmProcess(vm_id=vm_id, state="absent")
 
     async def _revoke_acls(self, rec: JailRecord) -> list[str]:
@@ -527,3 +532,10 @@ class VmmService(ResourceHandlers):
     async def list_vms(self, _req: ListVms, _peer: Peer) -> VmProcessList:
         items = await asyncio.gather(*(self._process(r.vm_id) for r in self.pool))
         return VmProcessList(items=sorted(items, key=lambda p: p.vm_id))
+
+    @handles(ConsoleRead)
+    async def console(self, req: ConsoleRead, _peer: Peer) -> ConsoleLines:
+        """The VM's guest console lines (long poll; see :mod:`fcd_vmm.console`)."""
+        return await console.registry().read(
+            check_vm_id(req.vm_id), req.after, req.epoch, req.wait_s, req.max_lines
+        )

@@ -40,19 +40,23 @@ msg:
 BALLOON_DRIVER_MARK = "virtio_balloon"
 
 
-def build(out: Path, *, balloon_driver: bool = False) -> Path:
+def build(out: Path, *, balloon_driver: bool = False, chatty: bool = False) -> Path:
     """Assemble and link the guest kernel to ``out`` (needs binutils' ``as`` and ``ld``).
 
     ``balloon_driver``: the image also carries the string ``virtio_balloon``, as a
     vmlinux with the driver built in does; the Firecracker double then treats the
     guest as one whose balloon device is active (the real Firecracker does not look:
-    this guest has no driver, and a balloon update on it is ``DeviceNotActive``)."""
+    this guest has no driver, and a balloon update on it is ``DeviceNotActive``).
+    ``chatty``: print the line again and again instead of halting (a guest that floods
+    its console, for the rate limit; the Firecracker double follows only the first line).
+    """
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="fcd-guest-") as tmp:
         src, obj = Path(tmp) / "guest.S", Path(tmp) / "guest.o"
+        asm = _ASM.replace("2:  hlt", "    jmp     _start\n2:  hlt") if chatty else _ASM
         mark = f'\n    .ascii  "{BALLOON_DRIVER_MARK}"\n' if balloon_driver else ""
-        src.write_text(_ASM + mark)
+        src.write_text(asm + mark)
         subprocess.run(["as", "--64", "-o", str(obj), str(src)], check=True, capture_output=True)
         subprocess.run(
             [

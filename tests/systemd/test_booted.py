@@ -16,6 +16,7 @@ assumes which other VMs exist. Everything booted is torn down by
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
 import time
@@ -25,6 +26,7 @@ from typing import Any
 
 import pytest
 
+from fcd_api import events
 from fcd_common.config import NetworkConfig
 from fcd_common.ids import netns_path
 
@@ -185,6 +187,45 @@ def test_journal_follows_the_vm_across_daemons(suite: Suite, vm: dict[str, Any])
     REPORT.append(
         f"journalctl FCD_VM_ID={vm_id}: {len(entries)} entries, {len(fc)} from Firecracker"
     )
+
+
+def test_logs_and_events_api_read_the_journal(suite: Suite, vm: dict[str, Any]) -> None:
+    """GET /v1/vms/{id}/logs (fcctl logs) is served from journald here: the guest's
+    console line, Firecracker's lines, a follow that sees a new line; events are in the
+    journal under their MESSAGE_ID."""
+    vm_id = vm["id"]
+
+    def ndjson(*args: str) -> list[dict[str, Any]]:
+        cp = suite.fcctl("logs", *args, vm_id, check=False)
+        assert cp.returncode == 0, cp.stderr
+        return [json.loads(x) for x in cp.stdout.splitlines() if x.strip()]
+
+    console = ndjson("--source", "console")
+    assert "fcd-guest: hello" in [e["message"] for e in console], console
+    assert {e["daemon"] for e in console} == {"fcd-vmm"}
+    fc = ndjson("--source", "firecracker", "--tail", "3")
+    assert 0 < len(fc) <= 3 and all(f"[{vm_id}:" in e["message"] for e in fc), fc
+    assert {"fcd-api", "fcd-vmm"} <= {e["daemon"] for e in ndjson("--source", "fcd")}
+    # a follow through Reader.wait(): once it runs, a pause/resume shows up in it
+    out = "/run/fcd-logs-follow.out"
+    follow = (
+        f"timeout 60 runuser -u {MEMBER} -- env FCD_SOCKET=/run/fcd/api.sock"
+        f" {VENV}/bin/fcctl -o json logs -f --tail 0 --source firecracker {vm_id}"
+        f" > {out} 2>/dev/null < /dev/null &"
+    )
+    suite.c.run("sh", "-c", follow)
+    deadline = time.monotonic() + 45
+    got: list[str] = []
+    while not any("resume vm" in m for m in got):
+        assert time.monotonic() < deadline, got
+        suite.fcctl("pause", vm_id)
+        suite.fcctl("resume", vm_id)
+        time.sleep(1.0)
+        text = suite.c.run("cat", out, check=False).stdout
+        got = [json.loads(x)["message"] for x in text.splitlines() if x.strip()]
+    created = suite.journal(f"MESSAGE_ID={events.message_id('created')}", f"FCD_VM_ID={vm_id}")
+    assert [e["FCD_EVENT"] for e in created] == ["created"], created
+    REPORT.append(f"logs API via journald: {len(console)} console, {len(got)} followed lines")
 
 
 def test_vmm_restart_keeps_the_vm(suite: Suite, vm: dict[str, Any]) -> None:

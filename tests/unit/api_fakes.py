@@ -25,11 +25,13 @@ from fcd_api.app import create_asgi
 from fcd_api.clients import Helpers
 from fcd_api.registry import Registry
 from fcd_api.service import Flows
+from fcd_common import reqid
 from fcd_common.config import LimitsConfig
 from fcd_common.errors import Conflict, FailedPrecondition, FcdError, NotFound
 from fcd_common.proto import net as pnet
 from fcd_common.proto import storage as pstorage
 from fcd_common.proto import vmm as pvmm
+from fcd_common.proto.console import ConsoleLines, ConsoleRead
 from fcd_common.rpc import (
     ANY_CALLER,
     Done,
@@ -60,6 +62,8 @@ FIRECRACKER_V1_7 = pvmm.VmmInfo(firecracker_version="1.7.0", snapshot_version="1
 @dataclass
 class FakeHelpers:
     calls: list[tuple[str, str]] = field(default_factory=list)
+    request_ids: list[tuple[str, str | None]] = field(default_factory=list)
+    """(tag, the request id the call carried): installed by the RPC server."""
     fail: dict[str, FcdError] = field(default_factory=dict)
     block: dict[str, asyncio.Event] = field(default_factory=dict)
     """tag -> gate: a call with this tag waits for the event before it runs."""
@@ -276,6 +280,9 @@ class FakeHelpers:
         items = [x for x in self.exits if x.seq > since]
         return pvmm.VmExits(epoch=self.epoch, items=items, next=items[-1].seq if items else since)
 
+    async def console(self, req: ConsoleRead) -> ConsoleLines:
+        return ConsoleLines(vm_id=req.vm_id, epoch=self.epoch, lines=[], next_after=req.after)
+
     async def vmm_info(self, req: pvmm.Info) -> pvmm.VmmInfo:
         return self.info
 
@@ -403,6 +410,7 @@ class FakeHelpers:
         async def handler(req: Any, _peer: Peer) -> Any:
             tag = type(req).__struct_config__.tag
             self.calls.append((str(tag), getattr(req, "vm_id", "")))
+            self.request_ids.append((str(tag), reqid.current()))
             self.arrived(str(tag)).set()
             gate = self.block.get(str(tag))
             if gate is not None:
@@ -439,6 +447,7 @@ class FakeHelpers:
                     pvmm.SnapshotCreate: w(self.snapshot_create),
                     pvmm.UpdateResources: w(self.update_resources),
                     pvmm.ReadResources: w(self.read_resources),
+                    ConsoleRead: w(self.console),
                 },
             ),
             "storage": (

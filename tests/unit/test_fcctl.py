@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from fcd_api import cli, snapshot_cli, storage_cli, tables
+from fcd_api import cli, obs_cli, snapshot_cli, storage_cli, tables
 from fcd_api.__main__ import start_http
 from fcd_api.app import create_asgi
 from fcd_common.rpc import bind_unix
@@ -331,7 +331,7 @@ def _choices(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentPars
 def test_every_command_has_a_handler() -> None:
     """The dispatch tables and the parser name the same commands, aliases included."""
     top = _choices(cli.build_parser())
-    assert set(top) == set(cli.COMMANDS)
+    assert set(top) == set(cli.COMMANDS) | set(obs_cli.STREAMS)
     assert set(_choices(top["templates"])) == set(storage_cli.TEMPLATE_ACTIONS)
     assert set(_choices(top["snapshots"])) == set(snapshot_cli.ACTIONS)
 
@@ -368,3 +368,18 @@ def test_create_and_restore_bodies_carry_ports_mode_and_tracking() -> None:
     }
     with pytest.raises(SystemExit):
         cli.build_parser().parse_args(["create", "-t", "demo", "--port", "80"])
+
+
+def test_logs_and_events_commands_build_their_queries() -> None:
+    p = cli.build_parser()
+    args = p.parse_args(["logs", "-f", "--tail", "5", "--source", "console", "vm1"])
+    url, params = obs_cli.STREAMS["logs"][0](args, False)
+    assert url == "/v1/vms/vm1/logs"
+    assert params == [("format", "text"), ("follow", "true"), ("tail", "5"), ("source", "console")]
+    args = p.parse_args(["events", "--since", "7", "--vm", "vm1", "--type", "died"])
+    url, params = obs_cli.STREAMS["events"][0](args, True)
+    assert (url, params) == ("/v1/events", [("since", "7"), ("vm_id", "vm1"), ("type", "died")])
+    line = obs_cli.event_line(
+        {"id": 9, "time": 0, "type": "died", "vm_id": "vm1", "data": {"signal": "SIGKILL"}}
+    )
+    assert line == "9 1970-01-01T00:00:00.000Z died vm1 signal=SIGKILL"

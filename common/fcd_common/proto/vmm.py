@@ -10,6 +10,7 @@ from ..rpc import Protocol, Reply, Request
 from ..schema import Record
 from ..types import DriveName, KernelArgs, MiB, Name, VcpuCount, VmId
 from .common import Ping
+from .console import ConsoleRead
 from .net import NetInfo
 from .storage import DiskInfo
 
@@ -350,5 +351,6 @@ PROTOCOL = Protocol(
         WatchExits,
         UpdateResources,
         ReadResources,
+        ConsoleRead,
     ],
 )

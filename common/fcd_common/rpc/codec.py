@@ -25,6 +25,8 @@ from ..errors import FcdError, ProtocolError, from_code
 from ..schema import Record
 
 MAX_FRAME = 1 << 20
+RID_MAX = 128
+"""A request id longer than this is cut (fcd-api's own are far shorter)."""
 _HEADER = struct.Struct(">I")
 
 
@@ -82,9 +84,12 @@ class Request(Record, Generic[R], tag_field="t"):
         return str(cls.__struct_config__.tag)
 
 
-class Call(msgspec.Struct, tag="call", tag_field="k", frozen=True):
+class Call(msgspec.Struct, tag="call", tag_field="k", frozen=True, omit_defaults=True):
     id: int
     body: msgspec.Raw
+    rid: str | None = None
+    """The request id the call is made for (:mod:`fcd_common.reqid`); optional, so
+    a peer that does not send it (or does not know it) still speaks the protocol."""
 
 
 class Result(msgspec.Struct, tag="result", tag_field="k", frozen=True):
@@ -162,11 +167,11 @@ class Protocol:
         }
 
     # --- client side -------------------------------------------------------------
-    def encode_call(self, call_id: int, request: Request[Any]) -> bytes:
+    def encode_call(self, call_id: int, request: Request[Any], rid: str | None = None) -> bytes:
         if type(request) not in self._reply_decoders:
             raise ProtocolError(f"{type(request).__name__} is not a {self.name} request")
         body = msgspec.Raw(_encoder.encode(request))
-        return frame(_encoder.encode(Call(call_id, body)))
+        return frame(_encoder.encode(Call(call_id, body, rid[:RID_MAX] if rid else None)))
 
     def decode_reply(self, request: Request[R], body: msgspec.Raw) -> R:
         """The reply to ``request``, as the type its class names."""

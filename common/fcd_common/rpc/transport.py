@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from .. import reqid
 from ..errors import (
     DeadlineExceeded,
     FcdError,
@@ -36,6 +37,7 @@ from ..errors import (
     Unavailable,
 )
 from .codec import (
+    RID_MAX,
     Call,
     Caller,
     Failure,
@@ -212,6 +214,8 @@ class RpcServer:
     async def _run_call(
         self, call: Call, peer: Peer, caller: Caller, writer: asyncio.StreamWriter
     ) -> None:
+        if call.rid:  # this task's own context: the handler's log records carry it
+            reqid.request_id.set(call.rid[:RID_MAX])
         try:
             req = self.protocol.decode_request(call.body)
             if type(req).long_poll:
@@ -307,7 +311,7 @@ class RpcClient:
     async def call(self, request: Request[R], *, timeout: float | None = None) -> R:
         """Send ``request`` and return its reply, decoded as the type the request names."""
         call_id = next(self._ids)
-        data = self.protocol.encode_call(call_id, request)  # ProtocolError: not ours
+        data = self.protocol.encode_call(call_id, request, reqid.current())  # ProtocolError
         writer = await self._connect()
         fut: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
         self._pending[call_id] = fut

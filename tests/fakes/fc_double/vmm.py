@@ -9,7 +9,7 @@ import json
 import time
 from typing import Any
 
-from . import devices, schemas
+from . import devices, guest, schemas
 from .base import (
     CTRL_ALT_DEL_DELAY,
     NOT_STARTED,
@@ -205,7 +205,7 @@ class Vmm(ResourceHandlers, SnapshotHandlers):
         if self.kernel_fd is None:
             raise ApiError(pre + "Cannot start microvm without kernel configuration.")
         try:
-            devices.check_kernel(self.kernel_fd, self.machine["mem_size_mib"])
+            entry = devices.check_kernel(self.kernel_fd, self.machine["mem_size_mib"])
             self.kvm.create_vm()
             self.balloon_driver = devices.has_balloon_driver(self.kernel_fd)
         except DeviceError as e:
@@ -213,6 +213,9 @@ class Vmm(ResourceHandlers, SnapshotHandlers):
         self.state = RUNNING
         self.log.info("Artificially kick devices.")
         self.metrics.write()
+        # the guest runs: what it prints on the UART goes out on stdout (guest.py)
+        serial = guest.SerialOut(self.log, self.metrics)
+        serial.write(guest.uart_output(self.kernel_fd, entry))
 
     def patch_vm(self, body: bytes) -> Reply:
         target = parse(schemas.VM_STATE, body)["state"]
