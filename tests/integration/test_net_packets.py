@@ -48,7 +48,7 @@ UID = 900_500
 
 
 class Lab:
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, network_extra: str = "") -> None:
         tag = secrets.token_hex(3)
         self.tag = tag
         self.host = f"fcdp-{tag}-h"
@@ -70,6 +70,7 @@ port_max = 20099
 gateway_services = ["udp/53"]
 netns_prefix = "{self.netns_prefix}"
 veth_subnet = "10.214.0.0/24"
+{network_extra}
 
 [jail]
 uid_min = 900000
@@ -137,7 +138,7 @@ api_user = "root"  # the test plays fcd-api (reconcile is fcd-api's call only)
         r = self.tool(ns, *args)
         assert r.returncode != 0, f"{args} from {ns} unexpectedly worked: {r.stdout}"
 
-    def background(self, ns: str, *args: str) -> None:
+    def background(self, ns: str, *args: str) -> subprocess.Popen[str]:
         p = subprocess.Popen(
             ["ip", "netns", "exec", ns, sys.executable, TOOLS, *args],
             stdout=subprocess.PIPE,
@@ -150,10 +151,11 @@ api_user = "root"  # the test plays fcd-api (reconcile is fcd-api's call only)
         if line.strip() != "ready":
             p.kill()
             raise AssertionError(f"{args}: {line}{p.stdout.read()}")
+        return p
 
-    def serve(self, ns: str, port: int, tag: str) -> None:
-        self.background(ns, "tcp-serve", str(port), tag)
-        self.background(ns, "udp-serve", str(port), tag)
+    def serve(self, ns: str, port: int, tag: str, host: str = "0.0.0.0") -> None:
+        self.background(ns, "tcp-serve", str(port), tag, host)
+        self.background(ns, "udp-serve", str(port), tag, host)
 
     def guest(self, info: NetInfo) -> str:
         """A guest namespace wired to the VM's TAP through a relay running as the jail uid."""
