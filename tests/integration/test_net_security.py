@@ -7,7 +7,6 @@ writes through its TAP -- against a real fcd-net (see test_net_packets.Lab).
 
 from __future__ import annotations
 
-import contextlib
 import select
 import subprocess
 import sys
@@ -29,24 +28,9 @@ from fcd_common.proto.net import (
 )
 
 from .test_net_daemon import ipv4_frame, send
-from .test_net_packets import HOST_UP, INET, PRIVATE, TOOLS, UID, Lab
+from .test_net_packets import HOST_UP, INET, PRIVATE, TOOLS, UID, Lab, lab_with
 
 pytestmark = pytest.mark.root
-
-
-@contextlib.contextmanager
-def lab_with(tmp: Path, network_extra: str = "", before_start: str = "") -> Iterator[Lab]:
-    """A Lab with extra ``[network]`` keys; ``before_start`` is a sysctl set in the
-    daemon's namespace before fcd-net starts."""
-    lab = Lab(tmp, network_extra)
-    try:
-        if before_start:
-            lab.ns(lab.host, "sysctl", "-qw", before_start)
-        lab.daemon.start()
-        lab.serve(lab.inet, 8080, "inet")
-        yield lab
-    finally:
-        lab.close()
 
 
 @pytest.fixture
@@ -159,11 +143,10 @@ def test_finding1_localhost_not_redirected_by_default(lab: Lab) -> None:
 
 def test_finding5_policy_allow_refuses_metadata_and_lan(lab: Lab) -> None:
     """With no operator list, ``allow`` can open nothing fcd-net blocks by default."""
-    for i, cidr in enumerate(("169.254.169.254/32", "10.0.0.0/8", f"{PRIVATE}/32")):
-        rules = [RuleSpec(cidr="1.1.1.1/32", protocol="udp", ports=[53])] * i
+    for cidr in ("169.254.169.254/32", "10.0.0.0/8", f"{PRIVATE}/32", "1.1.1.1"):
         with pytest.raises(PermissionDenied) as e:
-            lab.setup("vm-a", policy=PolicySpec(allow=[*rules, RuleSpec(cidr=cidr)]))
-        assert e.value.details["field"] == f"policy.allow[{i}].cidr"
+            lab.setup("vm-a", policy=PolicySpec(allow=[RuleSpec(cidr=cidr)]))
+        assert e.value.details == {"field": "policy.allow[0].cidr"}
         assert "network.allowable_cidrs" in e.value.message
     assert lab.daemon.call(NetList()).items == []
     # deny lists stay free (they only close things)
