@@ -24,7 +24,7 @@ from typing import Protocol
 
 import msgspec
 
-from fcd_common import ids, logs
+from fcd_common import allowlist, ids, logs
 from fcd_common.config import Config
 from fcd_common.errors import Conflict, FailedPrecondition, NotFound
 from fcd_common.proto.net import (
@@ -115,7 +115,19 @@ class NetCore:
         if report.removed:
             log.warning("removed at start, owned by no lease: %s", ", ".join(report.removed))
         busy = self._busy()
+        addrs = self.links.addresses()
         for lease in self.store:
+            for r in lease.policy.allow:
+                why = allowlist.refusal(self.net, r.cidr, addrs)
+                if why is not None:  # kept: never change a VM's network behind its back
+                    log.warning(
+                        "VM %s's policy allows %s, which the configuration no longer"
+                        " permits (%s); it stays until the VM is recreated",
+                        lease.vm_id,
+                        r.cidr,
+                        why,
+                        extra=logs.vm(lease.vm_id),
+                    )
             for p in lease.ports:
                 if (p.protocol, p.host_port) in busy:
                     log.warning(

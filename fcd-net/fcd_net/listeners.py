@@ -13,10 +13,13 @@ socket in LISTEN or an unconnected (bound) UDP socket, IPv4 or IPv6.
 
 from __future__ import annotations
 
+import errno
 import socket
 from collections.abc import Mapping
+from typing import Any
 
 from pyroute2.netlink.diag import DiagSocket
+from pyroute2.netlink.exceptions import NetlinkError
 
 from fcd_common.errors import Internal
 
@@ -46,12 +49,22 @@ class Listeners:
                 ds.bind()
                 for family in (socket.AF_INET, socket.AF_INET6):
                     for name, proto, states in kinds:
-                        for m in ds.get_sock_stats(family=family, states=states, protocol=proto):
+                        for m in _dump(ds, family, proto, states):
                             port = int(m["idiag_sport"])
                             if lo <= port <= hi:
                                 text = describe(name, str(m["idiag_src"]), port, m["idiag_uid"])
                                 out.setdefault((name, port), text)
-        except OSError as e:
+        except (OSError, NetlinkError) as e:
             # fail closed: without the list no mapping can be shown to be safe
             raise Internal(f"cannot list the host's listening sockets (sock_diag): {e}") from None
         return out
+
+
+def _dump(ds: Any, family: int, proto: int, states: int) -> tuple[Any, ...]:
+    try:
+        return tuple(ds.get_sock_stats(family=family, states=states, protocol=proto))
+    except NetlinkError as e:
+        # a kernel without IPv6 has no AF_INET6 sockets to find
+        if family == socket.AF_INET6 and e.code in (errno.ENOENT, errno.EAFNOSUPPORT):
+            return ()
+        raise

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import socket
+
 import pytest
 
 from fcd_common import allowlist
@@ -10,6 +13,7 @@ from fcd_common.errors import Conflict, HostPortInUse, InvalidArgument, Permissi
 from fcd_common.proto.net import PolicySpec, PortMapping, RuleSpec
 from fcd_common.subids import subid_overlaps
 from fcd_net import checks, reserved_ports
+from fcd_net.listeners import Listeners
 
 NET = NetworkConfig(port_min=20000, port_max=20009)
 
@@ -112,3 +116,31 @@ def test_finding12_subid_overlaps() -> None:
     ]
     assert got[0].describe("/etc/subuid") == "/etc/subuid:3: bob owns 886000-951535"
     assert subid_overlaps("alice:100000:65536\n", 900_000, 965_535) == []
+
+
+def test_finding1_listeners_are_found_with_real_sockets() -> None:
+    """The sock_diag dump (no privilege needed) sees TCP listeners and bound UDP sockets,
+    IPv4 and IPv6, and names them; a connected client socket is not a listener."""
+    tcp = socket.create_server(("127.0.0.1", 0))
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp.bind(("127.0.0.1", 0))
+    client = socket.create_connection(tcp.getsockname())
+    six: socket.socket | None = None
+    try:
+        six = socket.create_server(("::1", 0), family=socket.AF_INET6)
+    except OSError:
+        pass  # no IPv6 here
+    try:
+        tport, uport, cport = tcp.getsockname()[1], udp.getsockname()[1], client.getsockname()[1]
+        busy = Listeners().busy(1, 65535)
+        assert busy[("tcp", tport)] == f"tcp 127.0.0.1:{tport} (uid {os.getuid()})"
+        assert busy[("udp", uport)] == f"udp 127.0.0.1:{uport} (uid {os.getuid()})"
+        assert ("tcp", cport) not in busy
+        if six is not None:
+            sport = six.getsockname()[1]
+            assert busy[("tcp", sport)] == f"tcp [::1]:{sport} (uid {os.getuid()})"
+        assert ("tcp", tport) not in Listeners().busy(tport + 1, 65535)
+    finally:
+        for s in (tcp, udp, client, six):
+            if s is not None:
+                s.close()
