@@ -60,6 +60,7 @@ class LinksApi(Protocol):
 
 
 class FirewallApi(Protocol):
+    def present(self) -> bool: ...
     def ensure_base(self, leases: Sequence[Lease]) -> None: ...
     def add_vm(self, lease: Lease) -> None: ...
     def remove_vm(self, lease: Lease) -> None: ...
@@ -369,6 +370,20 @@ class NetCore:
             raise NotFound(f"interface {lease.host_iface} of VM {vm_id} is missing")
         # The interface's rx is what the guest sent; present it from the host's side.
         return Counters(vm_id=vm_id, iface=lease.host_iface, **stats)
+
+    def guard_tables(self) -> bool:
+        """Rebuild the nft tables if they are gone (a ``nft flush ruleset``, a firewall
+        reload): guest isolation, anti-spoofing and -- with route_localnet on -- the
+        only thing between a guest and the host's loopback live there. First, with
+        no table, route_localnet goes off. True if a rebuild was needed."""
+        if self.firewall.present():
+            return False
+        log.error("fcd's nft tables are gone (flushed by something else?): rebuilding them")
+        if self.net.localhost_port_mappings:
+            for iface in [self.net.bridge] + [x.veth for x in self.store if x.veth]:
+                self.links.set_route_localnet(iface, False)
+        self.reconcile(None)
+        return True
 
     def status(self) -> str:
         state = "up" if self.bridge_up else "down"

@@ -202,6 +202,11 @@ def _bridge_mac(lab: Lab) -> str:
     ).strip()
 
 
+def _inet_table(lab: Lab) -> bool:
+    tables = lab.ns(lab.host, "nft", "list", "tables")
+    return "table inet fcd" in tables
+
+
 def test_finding13_guest_cannot_reach_host_loopback_without_the_table(lab: Lab) -> None:
     """With fcd's inet table gone (flushed by another tool), a guest that writes a frame
     to 127.0.0.1 must not reach the host's loopback-only services."""
@@ -210,6 +215,7 @@ def test_finding13_guest_cannot_reach_host_loopback_without_the_table(lab: Lab) 
     assert sysctl(lab, "net.ipv4.conf.fcbr0.route_localnet") == "0"
     local = lab.background(lab.host, "udp-log", "5999", "127.0.0.1")
     control = lab.background(lab.host, "udp-log", "5998", a.gateway)
+    lab.daemon.stop()  # (a running fcd-net rebuilds its tables within seconds)
     lab.ns(lab.host, "nft", "delete", "table", "inet", "fcd")
     mac = _bridge_mac(lab)
     for _ in range(3):
@@ -231,6 +237,20 @@ def test_finding13_route_localnet_follows_the_operator_switch(tmp_path: Path) ->
         lab.serve(gb, 8000, "guest-b")
         assert lab.ok(lab.host, "tcp-call", "127.0.0.1", "20000") == f"guest-a:{a.gateway}"
         assert lab.ok(lab.host, "tcp-call", "127.0.0.1", "20001").startswith("guest-b:")
+        # the table is what keeps a guest off the host's loopback now: fcd-net puts it
+        # back soon after something else removes it
+        local = lab.background(lab.host, "udp-log", "5999", "127.0.0.1")
+        lab.ns(lab.host, "nft", "delete", "table", "inet", "fcd")
+        deadline = time.monotonic() + 20
+        while not _inet_table(lab) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert _inet_table(lab), "fcd-net did not rebuild its table"
+        assert sysctl(lab, "net.ipv4.conf.fcbr0.route_localnet") == "1"
+        mac = _bridge_mac(lab)
+        for _ in range(3):
+            lab.ns(ga, sys.executable, TOOLS, "raw-udp", "eth0", mac, a.ip, "127.0.0.1", "5999")
+        assert lines_within(local, 2) == []
+        assert lab.ok(lab.host, "tcp-call", "127.0.0.1", "20000") == f"guest-a:{a.gateway}"
         lab.daemon.stop()
         cfg = lab.daemon.cfg_path
         cfg.write_text(cfg.read_text().replace("localhost_port_mappings = true", ""))

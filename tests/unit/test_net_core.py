@@ -80,9 +80,16 @@ class FakeFirewall:
         self.identities: set[str] = set()
         self.ports: dict[str, list[PortMapping]] = {}
         self.fail = False
+        self.tables = False
+        self.builds = 0
+
+    def present(self) -> bool:
+        return self.tables
 
     def ensure_base(self, leases: Sequence[Lease]) -> None:
         self.identities = {x.vm_id for x in leases}
+        self.tables = True
+        self.builds += 1
 
     def add_vm(self, lease: Lease) -> None:
         if self.fail:
@@ -209,3 +216,15 @@ def test_leases_survive_restart(tmp_path: Path) -> None:
     assert fw2.identities == {"vm-a"}  # re-applied at start
     assert core2.setup("vm-a", 900_001, 900_001).ip == a.ip
     assert core2.setup("vm-b", 900_001, 900_001).ip != a.ip
+
+
+def test_tables_removed_by_someone_else_are_rebuilt(tmp_path: Path) -> None:
+    """Issue #9 finding 13: without fcd's tables nothing stops a guest (and, with
+    route_localnet, nothing stops it reaching the host's loopback)."""
+    core, links, fw = make_core(tmp_path)
+    core.setup("vm-a", 900_001, 900_001)
+    assert fw.builds == 1 and not core.guard_tables()
+    fw.tables, fw.identities = False, set()  # nft flush ruleset
+    assert core.guard_tables()
+    assert fw.builds == 2 and fw.identities == {"vm-a"}
+    assert links.localnet == {"fcbr0": False}
