@@ -72,7 +72,8 @@ def test_finding12_jail_uids_overlapping_subids_warn_at_start(
     subuid, subgid = tmp_path / "subuid", tmp_path / "subgid"
     subuid.write_text("alice:100000:65536\nnina:886000:65536\n")
     subgid.write_text("nina:886000:65536\n")
-    monkeypatch.setattr(hostcheck, "SUBID_FILES", (str(subuid), str(subgid), "/nonexistent"))
+    files = (str(subuid), str(subgid), "/nonexistent")
+    monkeypatch.setattr(hostcheck, "SUBID_FILES", files, raising=False)
     cfg = Config(
         paths=PathsConfig(
             state_dir=str(tmp_path / "state"),
