@@ -6,7 +6,7 @@ processes *as* them. If the range overlaps ``[jail.uid_min, jail.uid_max]``,
 that user can act as a VM's jail uid: attach to its TAP, read what its jail
 owns (issue #9, finding 12). ``useradd`` hands out subuid ranges from 100000
 upwards in steps of 65536, so the default jail range (900000-965535) is reached
-after 13 users. The jail range must be reserved: no subuid/subgid range, no
+at the 13th user (886432-951967). The jail range must be reserved: no subuid/subgid range, no
 systemd-nspawn private-users range may touch it.
 
 :func:`subid_overlaps` is pure (text in, overlaps out) so that fcd-vmm's start

@@ -65,7 +65,7 @@ def test_status_line_says_degraded_and_why(tmp_path: Path, monkeypatch: pytest.M
 def test_finding12_jail_uids_overlapping_subids_warn_at_start(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """useradd's 14th user gets subuids 900000-965535, the default jail range: that user
+    """useradd's 13th user gets subuids 886432-951967, inside the default jail range: that user
     could run processes as a VM's jail uid. fcd-vmm says so at start (journald) and in
     its STATUS line for as long as it runs."""
     monkeypatch.setattr(hostcheck, "DEVICES", ("/dev/null",))
