@@ -73,6 +73,20 @@ class NetworkConfig(_Section, frozen=True):
     netns_subnet: str = "172.31.255.0/30"
     """netns mode: inside every VM namespace the TAP holds the first address, the guest
     the second -- identical for every clone."""
+    localhost_port_mappings: bool = False
+    """Port mappings also answer on 127.0.0.0/8 from the host itself. Off: only the
+    host's other addresses are redirected, so a service that binds 127.0.0.1:<port>
+    keeps its local clients, and ``route_localnet`` (which lets a guest address the
+    host's loopback whenever fcd's nft table is missing) is never turned on."""
+    allowable_cidrs: list[str] = []
+    """CIDRs an API user may name in ``network_policy.allow`` (a rule must lie inside
+    one of them). Empty (the default): ``allow`` can open nothing that fcd-net blocks
+    by default -- no private range, no cloud metadata, no LAN."""
+    allow_link_local: bool = False
+    """Also let ``allow`` name link-local 169.254.0.0/16 (incl. cloud metadata
+    169.254.169.254) -- only if ``allowable_cidrs`` covers it too."""
+    allow_host_addresses: bool = False
+    """Also let ``allow`` name one of the host's own addresses (checked by fcd-net)."""
 
     def __post_init__(self) -> None:
         nets: dict[str, ipaddress.IPv4Network] = {}
@@ -94,6 +108,11 @@ class NetworkConfig(_Section, frozen=True):
                     raise ValueError(f"{a} and {b} overlap")
         if self.port_min > self.port_max:
             raise ValueError("port_min must not exceed port_max")
+        for i, cidr in enumerate(self.allowable_cidrs):
+            try:
+                ipaddress.IPv4Network(cidr, strict=True)
+            except ValueError as e:
+                raise ValueError(f"allowable_cidrs[{i}]: {e}") from None
         if self.veth_prefix == self.tap_prefix:
             raise ValueError("veth_prefix must differ from tap_prefix")
 

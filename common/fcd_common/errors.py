@@ -10,6 +10,7 @@ HTTP layer maps codes to status codes in exactly one table (``HTTP_STATUS``).
     ├── InvalidArgument           invalid_argument     bad input; names the field
     ├── NotFound                  not_found
     ├── Conflict                  conflict             exists / in use / port taken
+    │   └── HostPortInUse         host_port_in_use     a host service listens on that port
     ├── FailedPrecondition        failed_precondition  illegal state transition
     ├── ResourceExhausted         resource_exhausted   pool empty, limit reached
     ├── PermissionDenied          permission_denied    peer not allowed
@@ -50,6 +51,13 @@ class NotFound(FcdError):
 
 class Conflict(FcdError):
     code = "conflict"
+
+
+class HostPortInUse(Conflict):
+    """A port mapping would take over a port a host service listens on (details name
+    the listener)."""
+
+    code = "host_port_in_use"
 
 
 class FailedPrecondition(FcdError):
@@ -103,6 +111,7 @@ _BY_CODE: dict[str, type[FcdError]] = {
         InvalidArgument,
         NotFound,
         Conflict,
+        HostPortInUse,
         FailedPrecondition,
         ResourceExhausted,
         PermissionDenied,
@@ -119,6 +128,7 @@ HTTP_STATUS: dict[str, int] = {
     "invalid_argument": 400,
     "not_found": 404,
     "conflict": 409,
+    "host_port_in_use": 409,
     "failed_precondition": 409,
     "resource_exhausted": 507,
     "permission_denied": 403,

@@ -128,7 +128,7 @@ async def build(ctx: runtime.Context) -> ApiService:
     for vm_id in interrupted:
         log.warning("VM %s was left mid-operation; marked error", vm_id, extra={"FCD_VM_ID": vm_id})
     helpers = Helpers.from_config(cfg)
-    flows = Flows(registry, helpers, cfg.limits)
+    flows = Flows(registry, helpers, cfg.limits, cfg.network)
     try:
         server, task = await start_http(
             create_asgi(flows), api_socket(ctx), grace=cfg.limits.shutdown_grace_s

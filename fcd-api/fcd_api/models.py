@@ -83,13 +83,17 @@ class CreateVMRequest(Record):
     """Appended to the template's kernel arguments."""
     port_mappings: Annotated[list[PortMapping], msgspec.Meta(max_length=64)] = []
     """tcp/udp from the host's addresses (and the host itself) to the guest; ``host_port``
-    0 allocates one from fcd-net's range; a taken port is a 409. The VM's
-    ``port_mappings`` show the ports in force (allocated, added, removed)."""
+    0 allocates one from fcd-net's range; a taken port is a 409, and so is a port a
+    host service listens on (``host_port_in_use``, naming the listener; 127.0.0.0/8
+    is redirected only if the operator enables it). The VM's ``port_mappings``
+    show the ports in force (allocated, added, removed)."""
     network_mode: NetMode | None = None
     """None: fcd-net's configured default. netns: a namespace of its own with the same
     TAP, guest IP and MAC as every other VM (for clones of one snapshot)."""
     network_policy: PolicySpec | None = None
-    """None: the safe defaults (no VM-to-VM, internet yes, private ranges and host no)."""
+    """None: the safe defaults (no VM-to-VM, internet yes, private ranges and host no).
+    ``allow`` may only name CIDRs inside the operator's ``network.allowable_cidrs``
+    (none by default); anything else is a 403 naming the rule."""
     labels: dict[LabelKey, LabelValue] = {}
     annotations: dict[AnnotationKey, AnnotationValue] = {}
     drives: list[DriveSpec] = []

@@ -25,8 +25,8 @@ from typing import Any
 
 import msgspec
 
-from fcd_common import logs, reqid
-from fcd_common.config import LimitsConfig
+from fcd_common import allowlist, logs, reqid
+from fcd_common.config import LimitsConfig, NetworkConfig
 from fcd_common.errors import (
     Conflict,
     FailedPrecondition,
@@ -88,10 +88,18 @@ def _as_fcd(exc: BaseException) -> FcdError:
 
 
 class Flows:
-    def __init__(self, registry: Registry, helpers: Helpers, limits: LimitsConfig) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        helpers: Helpers,
+        limits: LimitsConfig,
+        network: NetworkConfig | None = None,
+    ) -> None:
         self.registry = registry
         self.helpers = helpers
         self.limits = limits
+        self.network = network or NetworkConfig()
+        """What the operator lets API users allow (fcd-net re-checks it)."""
         self.locks = KeyedLocks()
 
     def write(self, rec: VmRecord, state: VMState | None = None, **changes: Any) -> VmRecord:
@@ -160,6 +168,8 @@ class Flows:
         check_limits(spec, self.limits)
         check_resource_spec(spec, self.limits)
         spec = normalized(spec)
+        if spec.network_policy is not None:
+            allowlist.check_allow(self.network, spec.network_policy.allow, "network_policy.allow")
         async with self.locks.hold(vm_id):
             existing = self.registry.get(vm_id)
             if existing is not None:

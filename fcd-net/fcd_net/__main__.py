@@ -9,14 +9,16 @@ from concurrent.futures import ThreadPoolExecutor
 
 from fcd_common import runtime
 from fcd_common.config import Config
-from fcd_common.errors import FcdError
+from fcd_common.errors import FcdError, Internal
 from fcd_common.proto.net import PROTOCOL
 from fcd_common.service import serve_rpc
 
 from .firewall import Firewall
 from .leases import LeaseStore
-from .links import Links, enable_ipv4_forwarding, set_route_localnet
+from .links import Links, enable_ipv4_forwarding
+from .listeners import Listeners
 from .netns import Namespaces
+from .reserved_ports import reserve
 from .service import NetCore, NetService
 
 log = logging.getLogger("fcd.net")
@@ -25,13 +27,25 @@ log = logging.getLogger("fcd.net")
 def make_core(cfg: Config) -> NetCore:
     """Build and start the core (runs on the worker thread that will own it)."""
     net = cfg.network
-    core = NetCore(cfg, LeaseStore(cfg.state("net")), Links(), Firewall(net), Namespaces(net))
+    # The host-port range is never handed out as ephemeral ports (issue #9, finding 1).
+    try:
+        reserve(net.port_min, net.port_max)
+    except OSError as e:
+        raise Internal(f"cannot reserve host ports {net.port_min}-{net.port_max}: {e}") from None
+    core = NetCore(
+        cfg,
+        LeaseStore(cfg.state("net")),
+        Links(),
+        Firewall(net),
+        Namespaces(net),
+        listeners=Listeners(),
+    )
+    # route_localnet (only with network.localhost_port_mappings) is set by the core
+    # once its nft tables exist.
     core.start()
-    # Routed guest traffic (egress, port mappings, netns mode) needs forwarding;
-    # port mappings used via 127.0.0.1 need route_localnet on the bridge.
+    # Routed guest traffic (egress, port mappings, netns mode) needs forwarding.
     if enable_ipv4_forwarding():
         log.info("enabled IPv4 forwarding for guest traffic")
-    set_route_localnet(net.bridge)
     return core
 
 

@@ -1,20 +1,23 @@
 """Pure checks for what a caller asks of fcd-net: port mappings and policies.
 
 fcd-net trusts no caller: a host port outside ``[port_min, port_max]``, a
-mapping that another VM holds, a CIDR that is not IPv4, ports on a rule that
-has no ports (icmp, any) -- all are refused here with the field named,
-before anything is persisted or touches the kernel.
+mapping that another VM holds, a port a host service listens on, a CIDR that
+is not IPv4, an ``allow`` the operator does not permit
+(:mod:`fcd_common.allowlist`), ports on a rule that has no ports (icmp, any)
+-- all are refused here with the field named, before anything is persisted or
+touches the kernel.
 """
 
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import msgspec
 
+from fcd_common import allowlist
 from fcd_common.config import NetworkConfig
-from fcd_common.errors import Conflict, InvalidArgument, ResourceExhausted
+from fcd_common.errors import Conflict, HostPortInUse, InvalidArgument, ResourceExhausted
 from fcd_common.proto.net import PolicySpec, PortMapping, RuleSpec
 
 PRIVATE = (
@@ -38,13 +41,17 @@ def check_ports(
     wanted: Sequence[PortMapping],
     taken: Iterable[tuple[str, int]],
     field: str = "ports",
+    busy: Mapping[tuple[str, int], str] | None = None,
 ) -> list[PortMapping]:
     """Mappings with every host port allocated; refuses bad or conflicting ones.
 
-    ``taken`` is (protocol, host_port) of every mapping already in force. An
-    explicit host port must lie in the configured range and be free (else
-    Conflict: HTTP 409); ``host_port: 0`` gets the lowest free one.
+    ``taken`` is (protocol, host_port) of every mapping already in force,
+    ``busy`` the ports host services listen on (protocol, port -> who). An
+    explicit host port must lie in the configured range, be unmapped (else
+    Conflict) and have no listener (else HostPortInUse; both HTTP 409);
+    ``host_port: 0`` gets the lowest port that is neither.
     """
+    busy = busy or {}
     used = set(taken)
     explicit: list[tuple[int, PortMapping]] = []
     for i, p in enumerate(wanted):
@@ -62,6 +69,17 @@ def check_ports(
                 f"host port {p.protocol}/{p.host_port} is already mapped",
                 details={"field": f"{field}[{i}].host_port", "host_port": p.host_port},
             )
+        if key in busy:
+            raise HostPortInUse(
+                f"host port {p.protocol}/{p.host_port} has a listener on this host"
+                f" ({busy[key]}); a mapping would take its connections",
+                details={
+                    "field": f"{field}[{i}].host_port",
+                    "host_port": p.host_port,
+                    "protocol": p.protocol,
+                    "listener": busy[key],
+                },
+            )
         used.add(key)
         explicit.append((i, p))
     out: list[PortMapping] = []
@@ -70,7 +88,12 @@ def check_ports(
             out.append(p)
             continue
         port = next(
-            (x for x in range(net.port_min, net.port_max + 1) if (p.protocol, x) not in used), None
+            (
+                x
+                for x in range(net.port_min, net.port_max + 1)
+                if (p.protocol, x) not in used and (p.protocol, x) not in busy
+            ),
+            None,
         )
         if port is None:
             raise ResourceExhausted(
@@ -95,15 +118,22 @@ def _check_rule(rule: RuleSpec, field: str) -> RuleSpec:
     return msgspec.structs.replace(rule, cidr=str(cidr), ports=ports)
 
 
-def check_policy(policy: PolicySpec | None) -> PolicySpec:
-    """The policy normalised (CIDRs canonical, ports sorted); None is the default policy."""
+def check_policy(
+    policy: PolicySpec | None, net: NetworkConfig, host_addrs: Iterable[str] = ()
+) -> PolicySpec:
+    """The policy normalised (CIDRs canonical, ports sorted); None is the default policy.
+
+    Every ``allow`` rule must be one the operator permits (PermissionDenied, 403).
+    """
     if policy is None:
         return PolicySpec()
-    return msgspec.structs.replace(
+    out = msgspec.structs.replace(
         policy,
         allow=[_check_rule(r, f"policy.allow[{i}]") for i, r in enumerate(policy.allow)],
         deny=[_check_rule(r, f"policy.deny[{i}]") for i, r in enumerate(policy.deny)],
     )
+    allowlist.check_allow(net, out.allow, "policy.allow", host_addrs)
+    return out
 
 
 def same_mapping(a: PortMapping, b: PortMapping) -> bool:

@@ -24,7 +24,7 @@ from typing import Protocol
 
 import msgspec
 
-from fcd_common import ids, logs
+from fcd_common import allowlist, ids, logs
 from fcd_common.config import Config
 from fcd_common.errors import Conflict, FailedPrecondition, NotFound
 from fcd_common.proto.net import (
@@ -41,6 +41,7 @@ from fcd_common.undo import SyncUndo
 from . import checks, plan, reconcile
 from .leases import LeaseStore
 from .links import Link
+from .listeners import Busy, Listeners
 from .plan import Lease
 
 log = logging.getLogger("fcd.net")
@@ -48,6 +49,8 @@ log = logging.getLogger("fcd.net")
 
 class LinksApi(Protocol):
     def get(self, name: str) -> Link | None: ...
+    def addresses(self) -> tuple[str, ...]: ...
+    def set_route_localnet(self, iface: str, on: bool) -> bool: ...
     def ensure_bridge(self, name: str, gateway: ipaddress.IPv4Interface) -> Link: ...
     def create_tap(self, name: str, uid: int, gid: int) -> None: ...
     def attach(self, name: str, bridge: str) -> None: ...
@@ -57,10 +60,15 @@ class LinksApi(Protocol):
 
 
 class FirewallApi(Protocol):
+    def present(self) -> bool: ...
     def ensure_base(self, leases: Sequence[Lease]) -> None: ...
     def add_vm(self, lease: Lease) -> None: ...
     def remove_vm(self, lease: Lease) -> None: ...
     def replace_ports(self, old: Lease, new: Lease) -> None: ...
+
+
+class ListenersApi(Protocol):
+    def busy(self, lo: int, hi: int) -> Busy: ...
 
 
 class NamespacesApi(Protocol):
@@ -77,6 +85,8 @@ class NetCore:
         links: LinksApi,
         firewall: FirewallApi,
         namespaces: NamespacesApi | None = None,
+        *,
+        listeners: ListenersApi | None = None,
     ) -> None:
         self.cfg = cfg
         self.net = cfg.network
@@ -84,6 +94,7 @@ class NetCore:
         self.links = links
         self.firewall = firewall
         self.namespaces = namespaces
+        self.listeners: ListenersApi = listeners or Listeners()
         self.bridge_up = False
 
     # --- start -------------------------------------------------------------------
@@ -104,6 +115,44 @@ class NetCore:
         report = self.reconcile(None)
         if report.removed:
             log.warning("removed at start, owned by no lease: %s", ", ".join(report.removed))
+        busy = self._busy()
+        addrs = self.links.addresses()
+        for lease in self.store:
+            for r in lease.policy.allow:
+                why = allowlist.refusal(self.net, r.cidr, addrs)
+                if why is not None:  # kept: never change a VM's network behind its back
+                    log.warning(
+                        "VM %s's policy allows %s, which the configuration no longer"
+                        " permits (%s); it stays until the VM is recreated",
+                        lease.vm_id,
+                        r.cidr,
+                        why,
+                        extra=logs.vm(lease.vm_id),
+                    )
+            for p in lease.ports:
+                if (p.protocol, p.host_port) in busy:
+                    log.warning(
+                        "host port %s/%d of %s's mapping now has a host listener (%s):"
+                        " its new connections go to the VM",
+                        p.protocol,
+                        p.host_port,
+                        lease.vm_id,
+                        busy[(p.protocol, p.host_port)],
+                        extra=logs.vm(lease.vm_id),
+                    )
+
+    def _busy(self) -> Busy:
+        return self.listeners.busy(self.net.port_min, self.net.port_max)
+
+    def _localnet(self, leases: Sequence[Lease]) -> None:
+        """``route_localnet`` on every guest interface as configured -- called right after
+        the tables are (re)built, so it is on only while they exist; off (the default)
+        also resets what an older fcd or a changed configuration left on."""
+        on = self.net.localhost_port_mappings
+        ifaces = [self.net.bridge] + [x.veth for x in leases if x.veth]
+        for iface in ifaces:
+            if self.links.set_route_localnet(iface, on):
+                log.info("route_localnet on %s: %s", iface, int(on))
 
     # --- setup / teardown --------------------------------------------------------
     def _new_lease(
@@ -118,8 +167,10 @@ class NetCore:
     ) -> Lease:
         """Decide a first setup's lease: checked ports and policy, a free address."""
         mode = mode or self.net.mode
-        pol = checks.check_policy(pol)
-        allocated = checks.check_ports(self.net, ports, self.store.used_ports())
+        host_addrs = self.links.addresses() if pol is not None and pol.allow else ()
+        pol = checks.check_policy(pol, self.net, host_addrs)
+        busy = self._busy() if ports else {}
+        allocated = checks.check_ports(self.net, ports, self.store.used_ports(), busy=busy)
         used = self.store.used_ips()
         if mode == "netns":
             self._need_namespaces()
@@ -156,8 +207,14 @@ class NetCore:
         plan.check_owner(self.cfg.jail, uid, gid)
         old = self.store.get(vm_id)
         if old is not None:
-            # Idempotent: the first setup decided mode, ports and policy.
-            lease = msgspec.structs.replace(old, uid=uid, gid=gid)
+            # Idempotent: the first setup decided mode, ports, policy and the TAP's owner.
+            if (old.uid, old.gid) != (uid, gid):
+                raise Conflict(
+                    f"VM {vm_id}'s network belongs to jail uid/gid {old.uid}:{old.gid};"
+                    " its owner does not change while the lease exists (tear it down first)",
+                    details={"field": "uid"},
+                )
+            lease = old
         else:
             lease = self._new_lease(vm_id, uid, gid, ports=ports, pol=pol, mode=mode)
         link = self._own_tap(lease) if lease.mode == "bridge" else None
@@ -179,8 +236,9 @@ class NetCore:
                     self.links.create_tap(lease.tap, uid, gid)
                     undo.push("remove kernel objects", lambda: self._remove_objects(lease))
                 elif (link.owner, link.group) != (uid, gid):
-                    log.info(
-                        "re-owning TAP %s: %s:%s -> %d:%d",
+                    # Repair only: the lease's owner (checked above) gets its TAP back.
+                    log.warning(
+                        "TAP %s was owned by %s:%s, not the lease's %d:%d: re-owning",
                         lease.tap,
                         link.owner,
                         link.group,
@@ -287,7 +345,7 @@ class NetCore:
     def ports_add(self, vm_id: str, ports: Sequence[PortMapping]) -> NetInfo:
         """Add mappings (all or nothing); a host port in use anywhere is a Conflict."""
         lease = self._require(vm_id)
-        added = checks.check_ports(self.net, ports, self.store.used_ports())
+        added = checks.check_ports(self.net, ports, self.store.used_ports(), busy=self._busy())
         return self._swap_ports(lease, list(lease.ports) + added)
 
     def ports_remove(self, vm_id: str, ports: Sequence[PortMapping]) -> NetInfo:
@@ -313,6 +371,20 @@ class NetCore:
         # The interface's rx is what the guest sent; present it from the host's side.
         return Counters(vm_id=vm_id, iface=lease.host_iface, **stats)
 
+    def guard_tables(self) -> bool:
+        """Rebuild the nft tables if they are gone (a ``nft flush ruleset``, a firewall
+        reload): guest isolation, anti-spoofing and -- with route_localnet on -- the
+        only thing between a guest and the host's loopback live there. First, with
+        no table, route_localnet goes off. True if a rebuild was needed."""
+        if self.firewall.present():
+            return False
+        log.error("fcd's nft tables are gone (flushed by something else?): rebuilding them")
+        if self.net.localhost_port_mappings:
+            for iface in [self.net.bridge] + [x.veth for x in self.store if x.veth]:
+                self.links.set_route_localnet(iface, False)
+        self.reconcile(None)
+        return True
+
     def status(self) -> str:
         state = "up" if self.bridge_up else "down"
         return f"{len(self.store)} leases, bridge {self.net.bridge} {state}"
@@ -334,6 +406,7 @@ class NetCore:
                 self.namespaces.remove(name)
         removed += found.describe()
         self.firewall.ensure_base(leases)
+        self._localnet(leases)
         for item in removed:
             log.info("reconcile: removed %s", item)
         return ReconcileReport(removed=removed)

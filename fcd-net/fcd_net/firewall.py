@@ -48,6 +48,16 @@ class Firewall:
             len(leases),
         )
 
+    def present(self) -> bool:
+        """Both fcd tables exist (something else may have flushed the ruleset)."""
+        t = self.net.nft_table
+        for family in ("inet", "bridge"):
+            cmd = {"nftables": [{"list": {"table": {"family": family, "name": t}}}]}
+            rc, _, _ = self._nft.json_cmd(cmd)
+            if rc != 0:
+                return False
+        return True
+
     def add_vm(self, lease: Lease) -> None:
         self.run(f"add the identity of {lease.vm_id}", ruleset.add_vm(self.net, lease))
 

@@ -201,6 +201,21 @@ class Links:
                 return {k: int(st[k]) for k in keys}
             return None
 
+    def addresses(self) -> tuple[str, ...]:
+        """Every IPv4 address of this namespace (the host's own addresses)."""
+        with _ipr() as ipr:
+            out: set[str] = set()
+            for a in ipr.addr("dump", family=socket.AF_INET):
+                addr = a.get_attr("IFA_LOCAL") or a.get_attr("IFA_ADDRESS")
+                if addr:
+                    out.add(str(addr))
+            return tuple(sorted(out))
+
+    def set_route_localnet(self, iface: str, on: bool) -> bool:
+        """Set ``route_localnet`` of ``iface``; True if it changed. False if the
+        interface is gone (nothing to set)."""
+        return set_route_localnet(iface, on)
+
     def delete(self, name: str) -> bool:
         """Delete interface ``name``; False if it did not exist."""
         with _ipr() as ipr:
@@ -213,9 +228,20 @@ class Links:
             return True
 
 
-def set_route_localnet(iface: str) -> None:
-    """Let the host reach guests through port mappings on 127.0.0.1 (DNAT from loopback)."""
-    Path(f"/proc/sys/net/ipv4/conf/{iface}/route_localnet").write_text("1\n")
+def set_route_localnet(iface: str, on: bool) -> bool:
+    """``route_localnet`` lets the host reach guests through port mappings on 127.0.0.1
+    (DNAT from loopback) -- and lets a guest address the host's loopback, which only
+    fcd's nft input chain then stops. True if the value changed; False also if the
+    interface is gone."""
+    path = Path(f"/proc/sys/net/ipv4/conf/{iface}/route_localnet")
+    want = "1" if on else "0"
+    try:
+        if path.read_text().strip() == want:
+            return False
+        path.write_text(want + "\n")
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def enable_ipv4_forwarding(path: Path = IP_FORWARD) -> bool:

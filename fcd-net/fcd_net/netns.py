@@ -37,6 +37,7 @@ from fcd_common.config import NetworkConfig
 from fcd_common.errors import Internal
 
 from . import ns_rules
+from .links import set_route_localnet
 from .plan import NETNS_DIR, NETNS_VETH, Lease, netns_guest, netns_path, netns_tap
 
 log = logging.getLogger("fcd.net.netns")
@@ -102,7 +103,9 @@ class Namespaces:
             (idx,) = ipr.link_lookup(ifname=lease.veth)
             _addr(ipr, idx, lease.veth_gateway, 31)
             ipr.link("set", index=idx, state="up")
-        Path(f"/proc/sys/net/ipv4/conf/{lease.veth}/route_localnet").write_text("1\n")
+        # Only with localhost_port_mappings (the base table, whose input chain stops a
+        # guest from addressing the host's loopback, exists since fcd-net's start).
+        set_route_localnet(lease.veth, self.net.localhost_port_mappings)
         with self.inside(lease.netns):
             with IPRoute() as ipr:
                 (lo,) = ipr.link_lookup(ifname="lo")

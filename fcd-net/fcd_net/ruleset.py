@@ -22,8 +22,12 @@ mode); a VM's *address* is its pool IP (bridge) or the VM end of its veth
   to its chain).
 * ``prerouting``/``output`` (nat, dstnat): ``fib daddr type local`` tcp/udp
   is DNATed through those maps -- from outside, and from the host itself
-  (output path, incl. 127.0.0.1: ``route_localnet`` is on for guest
-  interfaces and such connections are masqueraded in ``postrouting``).
+  (output path) -- except to 127.0.0.0/8: a host service bound to
+  127.0.0.1:<port> keeps its local clients. With
+  ``network.localhost_port_mappings`` 127.0.0.0/8 is redirected too: then
+  ``route_localnet`` is on for guest interfaces (set by fcd-net only after
+  these tables are built) and such connections are masqueraded in
+  ``postrouting``.
 * ``postrouting`` (nat, srcnat): the localhost masquerade above; with
   ``network.masquerade`` the pool and veth range are masqueraded leaving
   through anything but a guest interface.
@@ -96,6 +100,9 @@ __all__ = ["Json", "base_ruleset", "bridge_table", "inet_table"]
 SET_IP4 = vm_rules.SET_IP4
 SET_ARP = vm_rules.SET_ARP
 
+LOCALHOST_EXCLUDED = match(payload("ip", "daddr"), prefix("127.0.0.0/8"), "!=")
+"""Port mappings leave 127.0.0.0/8 alone unless ``network.localhost_port_mappings``."""
+
 _CT_OK = match({"ct": {"key": "state"}}, ["established", "related"], "in")
 
 
@@ -127,8 +134,10 @@ def inet_table(net: NetworkConfig) -> list[Json]:
         map_decl(fam, t, s.MAP_DNAT_PORT, ["inet_proto", "inet_service"], "inet_service"),
         map_decl(fam, t, s.MAP_EGRESS, "ipv4_addr", "verdict"),
     ]
+    not_loopback = [] if net.localhost_port_mappings else [LOCALHOST_EXCLUDED]
     dnat = [
         match({"fib": {"result": "type", "flags": ["daddr"]}}, "local"),
+        *not_loopback,
         TCP_UDP,
         {
             "dnat": {
@@ -144,16 +153,19 @@ def inet_table(net: NetworkConfig) -> list[Json]:
         base_chain(fam, t, "output_nat", "nat", "output", -100),
         rule(fam, t, "output_nat", "fcd: port mappings from the host itself", *dnat),
         base_chain(fam, t, "postrouting", "nat", "postrouting", 100),
-        rule(
-            fam,
-            t,
-            "postrouting",
-            "fcd: port mappings used via 127.0.0.1",
-            match(payload("ip", "saddr"), prefix("127.0.0.0/8")),
-            match({"ct": {"key": "status"}}, "dnat", "in"),
-            {"masquerade": None},
-        ),
     ]
+    if net.localhost_port_mappings:
+        cmds.append(
+            rule(
+                fam,
+                t,
+                "postrouting",
+                "fcd: port mappings used via 127.0.0.1",
+                match(payload("ip", "saddr"), prefix("127.0.0.0/8")),
+                match({"ct": {"key": "status"}}, "dnat", "in"),
+                {"masquerade": None},
+            )
+        )
     if net.masquerade:
         for src, iface in ((net.subnet, net.bridge), (net.veth_subnet, f"{net.veth_prefix}*")):
             cmds.append(

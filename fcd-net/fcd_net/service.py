@@ -8,8 +8,10 @@ and one thread serialises every mutation without a lock).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import functools
+import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -35,13 +37,31 @@ from .core import FirewallApi, LinksApi, NamespacesApi, NetCore
 
 T = TypeVar("T")
 
+log = logging.getLogger("fcd.net")
+
+TABLE_CHECK_S = 2.0
+"""How often the worker thread checks that fcd's nft tables still exist."""
+
 
 class NetService:
     """The asyncio face: each request runs on the single worker thread."""
 
-    def __init__(self, core: NetCore, executor: ThreadPoolExecutor) -> None:
+    def __init__(
+        self, core: NetCore, executor: ThreadPoolExecutor, table_check_s: float = TABLE_CHECK_S
+    ) -> None:
         self.core = core
         self._executor = executor
+        self._guard = asyncio.get_running_loop().create_task(self._guard_tables(table_check_s))
+
+    async def _guard_tables(self, every: float) -> None:
+        """Rebuild the tables soon after something else removed them (see
+        :meth:`NetCore.guard_tables`), on the worker thread like every change."""
+        while True:
+            await asyncio.sleep(every)
+            try:
+                await self._run(self.core.guard_tables)
+            except Exception as e:  # keep guarding; the next round tries again
+                log.error("checking the nft tables failed: %s", e)
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         loop = asyncio.get_running_loop()
@@ -87,6 +107,9 @@ class NetService:
         return self.core.status()
 
     async def close(self) -> None:
+        self._guard.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._guard
         await asyncio.to_thread(self._executor.shutdown, True)
 
 

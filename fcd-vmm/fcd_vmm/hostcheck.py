@@ -5,17 +5,21 @@ files as *this* process sees them (``ProtectHome=`` or a missing mount hides a
 path that exists on the host), and ``/dev/kvm`` and ``/dev/net/tun`` must open
 read/write (a ``DevicePolicy=`` denial shows only on open, not in ``access``).
 Each problem is one line naming the file and the cause, e.g.
-``jailer /opt/fc/jailer: No such file or directory``.
+``jailer /opt/fc/jailer: No such file or directory``. Warnings (not fatal):
+``/etc/subuid``/``/etc/subgid`` ranges that overlap the jail uid range.
 """
 
 from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Sequence
 
+from fcd_common import subids
 from fcd_common.config import Config
 
 DEVICES = ("/dev/kvm", "/dev/net/tun")
+SUBID_FILES: Sequence[str] = subids.SUBID_FILES
 
 
 def binary_problem(role: str, path: str) -> str | None:
@@ -53,3 +57,11 @@ def problems(cfg: Config, devices: tuple[str, ...] | None = None) -> list[str]:
     """Everything wrong, binaries first; empty when the host is ready for a launch."""
     found = map(device_problem, DEVICES if devices is None else devices)
     return binary_problems(cfg) + [p for p in found if p is not None]
+
+
+def subid_warnings(cfg: Config, files: Sequence[str] | None = None) -> list[str]:
+    """Subordinate id ranges that overlap the jail uid range (issue #9, finding 12):
+    their owners can run processes as a VM's jail uid. Not fatal -- launches work --
+    but the range must be reserved."""
+    lo, hi = cfg.jail.uid_min, cfg.jail.uid_max
+    return subids.file_overlaps(lo, hi, SUBID_FILES if files is None else files)

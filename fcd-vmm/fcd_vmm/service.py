@@ -96,6 +96,7 @@ class VmmService(ResourceHandlers):
         self._cgroup: tuple[CgroupVersion, frozenset[str]] | None = None
         self._info: VmmInfo | None = None
         self._info_lock = asyncio.Lock()
+        self.warnings: list[str] = []
 
     # --- start-up ----------------------------------------------------------------------
     def start(self) -> None:
@@ -110,6 +111,15 @@ class VmmService(ResourceHandlers):
         # launches will fail (and what it has keeps running and can be stopped)
         for problem in hostcheck.problems(self.cfg):
             log.error("cannot launch VMs: %s", problem)
+        self.warnings = hostcheck.subid_warnings(self.cfg)
+        for w in self.warnings:
+            log.warning(
+                "jail uid range %d-%d overlaps a subordinate id range, whose owner can run"
+                " processes as a VM's jail uid (reserve the range): %s",
+                self.cfg.jail.uid_min,
+                self.cfg.jail.uid_max,
+                w,
+            )
         for rec in self.pool.load():
             paths = jail_paths(self.cfg, rec.vm_id)
             candidates = [p for p in (rec.pid, read_pid_file(paths.pid_file)) if p is not None]
@@ -161,7 +171,11 @@ class VmmService(ResourceHandlers):
         running = sum(1 for w in self.watches.values() if w.alive)
         problems = hostcheck.problems(self.cfg)
         degraded = f"degraded: {'; '.join(problems)}; " if problems else ""
-        return f"{degraded}{running} VMs running"
+        warning = ""
+        if self.warnings:
+            shown = "; ".join(self.warnings[:3]) + ("; ..." if len(self.warnings) > 3 else "")
+            warning = f"warning: jail uids overlap subids ({shown}); "
+        return f"{degraded}{warning}{running} VMs running"
 
     # --- bookkeeping -------------------------------------------------------------------
     def _watch(self, rec: JailRecord, watch: PidWatch) -> None:

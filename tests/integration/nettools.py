@@ -2,8 +2,11 @@
 
     nettools.py relay GUEST_NS VM_NS|- TAP UID GID   relay frames: guest TAP eth0 <-> VM TAP
     nettools.py ping DST [SRC]                     one ICMP echo; exit 0 on reply
-    nettools.py tcp-serve PORT                     echo "<tag>:<peer ip>" to each connection
-    nettools.py udp-serve PORT                     same for each datagram
+    nettools.py tcp-serve PORT TAG [HOST]          echo "<tag>:<peer ip>" to each connection
+    nettools.py udp-serve PORT TAG [HOST]          same for each datagram
+    nettools.py udp-log PORT HOST                  print "got:<peer ip>" per datagram, reply nothing
+    nettools.py raw-udp IFACE DST_MAC SRC DST PORT one hand-made UDP frame out of IFACE (as a
+                                                   guest that ignores its own routing would)
     nettools.py tcp-call HOST PORT                 print the reply; exit 1 if none
     nettools.py udp-call HOST PORT [SRC]           same over UDP
 
@@ -99,8 +102,8 @@ def ping(dst: str, src: str | None = None) -> int:
     return 1
 
 
-def tcp_serve(port: int, tag: str) -> None:
-    srv = socket.create_server(("0.0.0.0", port), reuse_port=True)
+def tcp_serve(port: int, tag: str, host: str = "0.0.0.0") -> None:
+    srv = socket.create_server((host, port), reuse_port=True)
     print("ready", flush=True)
     while True:
         conn, addr = srv.accept()
@@ -108,13 +111,49 @@ def tcp_serve(port: int, tag: str) -> None:
             conn.sendall(f"{tag}:{addr[0]}".encode())
 
 
-def udp_serve(port: int, tag: str) -> None:
+def udp_serve(port: int, tag: str, host: str = "0.0.0.0") -> None:
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.bind(("0.0.0.0", port))
+    s.bind((host, port))
     print("ready", flush=True)
     while True:
         _, addr = s.recvfrom(2048)
         s.sendto(f"{tag}:{addr[0]}".encode(), addr)
+
+
+def udp_log(port: int, host: str) -> None:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind((host, port))
+    print("ready", flush=True)
+    while True:
+        _, addr = s.recvfrom(2048)
+        print(f"got:{addr[0]}", flush=True)
+
+
+def raw_udp(iface: str, dst_mac: str, src: str, dst: str, port: int) -> int:
+    """Write one Ethernet/IPv4/UDP frame with these addresses, whatever the routing says."""
+    with open(f"/sys/class/net/{iface}/address") as f:
+        src_mac = f.read().strip()
+    payload = b"fcd-raw"
+    udp = struct.pack("!HHHH", 40000, port, 8 + len(payload), 0) + payload
+    hdr = struct.pack(
+        "!BBHHHBBH4s4s",
+        0x45,
+        0,
+        20 + len(udp),
+        0,
+        0,
+        64,
+        socket.IPPROTO_UDP,
+        0,
+        socket.inet_aton(src),
+        socket.inet_aton(dst),
+    )
+    hdr = hdr[:10] + struct.pack("!H", _checksum(hdr)) + hdr[12:]
+    eth = bytes.fromhex(dst_mac.replace(":", "")) + bytes.fromhex(src_mac.replace(":", ""))
+    with socket.socket(socket.AF_PACKET, socket.SOCK_RAW) as s:
+        s.bind((iface, 0))
+        s.send(eth + b"\x08\x00" + hdr + udp)
+    return 0
 
 
 def tcp_call(host: str, port: int) -> int:
@@ -148,9 +187,13 @@ def main(argv: list[str]) -> int:
     elif cmd == "ping":
         return ping(args[0], args[1] if len(args) > 1 else None)
     elif cmd == "tcp-serve":
-        tcp_serve(int(args[0]), args[1])
+        tcp_serve(int(args[0]), args[1], *args[2:3])
     elif cmd == "udp-serve":
-        udp_serve(int(args[0]), args[1])
+        udp_serve(int(args[0]), args[1], *args[2:3])
+    elif cmd == "udp-log":
+        udp_log(int(args[0]), args[1])
+    elif cmd == "raw-udp":
+        return raw_udp(args[0], args[1], args[2], args[3], int(args[4]))
     elif cmd == "tcp-call":
         return tcp_call(args[0], int(args[1]))
     elif cmd == "udp-call":

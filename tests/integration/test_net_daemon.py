@@ -201,19 +201,18 @@ def test_setup_creates_owned_tap_on_bridge_with_identity(daemon: NetDaemon) -> N
     assert daemon.ns_sh("cat", f"/sys/class/net/{tap}/group").strip() == str(GID)
     assert daemon.elements("vm_ip4") == [[tap, info.mac, info.ip]]
     assert daemon.elements("vm_arp") == [[tap, info.mac, info.mac, info.ip]]
-    # idempotent: same lease, no second TAP or element; owner is fixed on repeat
+    # idempotent: same lease, no second TAP or element; the owner is the lease's
+    # (another owner: test_net_security.test_finding11_repeated_setup_cannot_reown_tap)
     assert setup(daemon, "vm-a") == info
-    fixed = setup(daemon, "vm-a", UID + 1, GID + 1)
-    assert (fixed.ip, fixed.uid, fixed.gid) == (info.ip, UID + 1, GID + 1)
-    assert daemon.ns_sh("cat", f"/sys/class/net/{tap}/owner").strip() == str(UID + 1)
     assert daemon.taps() == [tap]
     assert daemon.elements("vm_ip4") == [[tap, info.mac, info.ip]]
-    assert daemon.call(NetGet(vm_id="vm-a")) == fixed
-    assert daemon.call(NetList()).items == [fixed]
+    assert daemon.call(NetGet(vm_id="vm-a")) == info
+    assert daemon.call(NetList()).items == [info]
     # a TAP deleted behind our back is recreated
     sh("ip", "-n", daemon.ns, "link", "del", tap)
-    assert setup(daemon, "vm-a", UID + 1, GID + 1) == fixed
+    assert setup(daemon, "vm-a") == info
     assert daemon.link(tap) is not None
+    assert daemon.ns_sh("cat", f"/sys/class/net/{tap}/owner").strip() == str(UID)
 
 
 def test_teardown_removes_exactly_that_vm(daemon: NetDaemon) -> None:

@@ -30,7 +30,7 @@ from fcd_api import events
 from fcd_common.config import NetworkConfig
 from fcd_common.ids import netns_path
 
-from .booted_suite import MEMBER, OTHER, Suite
+from .booted_suite import API, MEMBER, OTHER, Suite
 from .conftest import REPORT
 from .nspawn import booted
 from .units import DAEMONS, REPO, VENV, cap_mask
@@ -310,6 +310,56 @@ def test_forbidden_syscall_is_killed_with_sigsys(
         suite.c.systemctl("start", daemon)
         suite.wait_active(daemon)
     assert suite.alive(vm["pid"])
+
+
+_POST_PORT = """
+import json, sys, httpx
+t = httpx.HTTPTransport(uds=sys.argv[1])
+with httpx.Client(transport=t, base_url="http://fcd") as c:
+    body = {"host_port": int(sys.argv[3]), "guest_port": 80}
+    r = c.post(f"/v1/vms/{sys.argv[2]}/ports", json=body)
+print(json.dumps({"status": r.status_code, "body": r.json()}))
+"""
+
+_LISTEN = "import socket, time; s = socket.create_server(('127.0.0.1', 20005)); time.sleep(600)"
+
+
+def test_port_mappings_check_listeners_under_the_unit_sandbox(
+    suite: Suite, vm: dict[str, Any]
+) -> None:
+    """Issue #9 finding 1 as fcd-net.service runs it: the host-port range is reserved in
+    the (container's) namespace, and the listener dump (sock_diag over AF_NETLINK) works
+    inside the unit's sandbox -- a port with a listener is refused, naming it."""
+    c = suite.c
+    reserved = c.run("sysctl", "-n", "net.ipv4.ip_local_reserved_ports").stdout.strip()
+    assert "20000-29999" in reserved.split(","), reserved
+    c.run("systemd-run", "--unit=fcd-test-listener", "--uid=nobody",
+          str(VENV / "bin/python"), "-c", _LISTEN)  # fmt: skip
+    try:
+        probe = "import socket; socket.create_connection(('127.0.0.1', 20005), 1)"
+        c.wait_for(
+            "listener on 127.0.0.1:20005",
+            lambda: c.run(str(VENV / "bin/python"), "-c", probe, check=False).returncode == 0,
+            10,
+        )
+
+        def post(port: int) -> Any:
+            out = c.run("runuser", "-u", MEMBER, "--", str(VENV / "bin/python"), "-c",
+                        _POST_PORT, API, vm["id"], str(port)).stdout  # fmt: skip
+            return json.loads(out)
+
+        got = post(20005)
+        assert got["status"] == 409, got
+        assert got["body"]["error"]["code"] == "host_port_in_use", got
+        assert "127.0.0.1:20005" in got["body"]["error"]["details"]["listener"], got
+        got = post(20006)
+        assert got["status"] == 200, got
+        assert {"host_port": 20006, "guest_port": 80, "protocol": "tcp"} in got["body"][
+            "port_mappings"
+        ]
+        REPORT.append(f"fcd-net.service: port with a listener refused; reserved ports {reserved}")
+    finally:
+        c.run("systemctl", "stop", "fcd-test-listener", check=False)
 
 
 def test_vm_deleted_through_the_api(suite: Suite, vm: dict[str, Any]) -> None:

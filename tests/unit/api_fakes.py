@@ -26,7 +26,7 @@ from fcd_api.clients import Helpers
 from fcd_api.registry import Registry
 from fcd_api.service import Flows
 from fcd_common import reqid
-from fcd_common.config import LimitsConfig
+from fcd_common.config import LimitsConfig, NetworkConfig
 from fcd_common.errors import Conflict, FailedPrecondition, FcdError, NotFound
 from fcd_common.proto import net as pnet
 from fcd_common.proto import storage as pstorage
@@ -502,7 +502,10 @@ class Harness:
 
 @contextlib.asynccontextmanager
 async def api_harness(
-    limits: LimitsConfig | None = None, *, db_dir: Path | None = None
+    limits: LimitsConfig | None = None,
+    *,
+    db_dir: Path | None = None,
+    network: NetworkConfig | None = None,
 ) -> AsyncIterator[Harness]:
     """fcd-api's app in-process (httpx ASGITransport) over fake helpers on real sockets."""
     base = Path(tempfile.mkdtemp(prefix="fcdapi-", dir="/tmp"))
@@ -522,7 +525,7 @@ async def api_harness(
             stop_timeout_s=1.0,
         )
         registry = Registry.open((db_dir or base) / "registry.db")
-        flows = Flows(registry, helpers, limits or LimitsConfig())
+        flows = Flows(registry, helpers, limits or LimitsConfig(), network)
         transport = httpx.ASGITransport(app=create_asgi(flows))
         async with httpx.AsyncClient(transport=transport, base_url="http://fcd") as client:
             try:

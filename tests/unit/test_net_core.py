@@ -33,10 +33,19 @@ def lease(vm_id: str, ip: str) -> Lease:
 class FakeLinks:
     def __init__(self) -> None:
         self.links: dict[str, Link] = {}
+        self.localnet: dict[str, bool] = {}
         self.fail_attach = False
 
     def get(self, name: str) -> Link | None:
         return self.links.get(name)
+
+    def addresses(self) -> tuple[str, ...]:
+        return ("10.213.0.1", "192.0.2.10")
+
+    def set_route_localnet(self, iface: str, on: bool) -> bool:
+        changed = self.localnet.get(iface, False) != on
+        self.localnet[iface] = on
+        return changed
 
     def ensure_bridge(self, name: str, gateway: ipaddress.IPv4Interface) -> Link:
         self.links[name] = Link(1, name, "bridge", True, None)
@@ -71,9 +80,16 @@ class FakeFirewall:
         self.identities: set[str] = set()
         self.ports: dict[str, list[PortMapping]] = {}
         self.fail = False
+        self.tables = False
+        self.builds = 0
+
+    def present(self) -> bool:
+        return self.tables
 
     def ensure_base(self, leases: Sequence[Lease]) -> None:
         self.identities = {x.vm_id for x in leases}
+        self.tables = True
+        self.builds += 1
 
     def add_vm(self, lease: Lease) -> None:
         if self.fail:
@@ -103,17 +119,23 @@ def make_core(
     return core, links, fw
 
 
-def test_setup_is_idempotent_and_fixes_the_owner(tmp_path: Path) -> None:
+def test_setup_is_idempotent_and_keeps_the_lease_owner(tmp_path: Path) -> None:
     core, links, fw = make_core(tmp_path)
     a = core.setup("vm-a", 900_001, 900_001)
     assert core.setup("vm-a", 900_001, 900_001) == a
     del links.links[a.tap]  # TAP vanished: recreated with the same lease
     assert core.setup("vm-a", 900_001, 900_001) == a
     assert links.links[a.tap].master == 1
-    b = core.setup("vm-a", 900_002, 900_003)
-    assert (b.ip, b.uid, b.gid) == (a.ip, 900_002, 900_003)
-    assert (links.links[a.tap].owner, links.links[a.tap].group) == (900_002, 900_003)
+    with pytest.raises(Conflict) as e:  # issue #9 finding 11: the owner is the lease's
+        core.setup("vm-a", 900_002, 900_003)
+    assert e.value.details == {"field": "uid"}
+    assert (links.links[a.tap].owner, links.links[a.tap].group) == (900_001, 900_001)
+    # a TAP re-owned behind fcd-net's back is given back to the lease's owner
+    links.create_tap(a.tap, 900_009, 900_009)
+    assert core.setup("vm-a", 900_001, 900_001) == a
+    assert (links.links[a.tap].owner, links.links[a.tap].group) == (900_001, 900_001)
     assert fw.identities == {"vm-a"}
+    assert links.localnet == {"fcbr0": False}
     assert core.status() == "1 leases, bridge fcbr0 up"
 
 
@@ -194,3 +216,15 @@ def test_leases_survive_restart(tmp_path: Path) -> None:
     assert fw2.identities == {"vm-a"}  # re-applied at start
     assert core2.setup("vm-a", 900_001, 900_001).ip == a.ip
     assert core2.setup("vm-b", 900_001, 900_001).ip != a.ip
+
+
+def test_tables_removed_by_someone_else_are_rebuilt(tmp_path: Path) -> None:
+    """Issue #9 finding 13: without fcd's tables nothing stops a guest (and, with
+    route_localnet, nothing stops it reaching the host's loopback)."""
+    core, links, fw = make_core(tmp_path)
+    core.setup("vm-a", 900_001, 900_001)
+    assert fw.builds == 1 and not core.guard_tables()
+    fw.tables, fw.identities = False, set()  # nft flush ruleset
+    assert core.guard_tables()
+    assert fw.builds == 2 and fw.identities == {"vm-a"}
+    assert links.localnet == {"fcbr0": False}

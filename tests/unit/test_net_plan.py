@@ -194,12 +194,12 @@ def test_masquerade_rules_match_pool_and_veths_leaving_elsewhere() -> None:
         for r in _cmds(ruleset.base_ruleset(NET, []), "add", "rule")
         if r["chain"] == "postrouting"
     ]
-    assert len(rules) == 3
-    text = json.dumps(rules[1]["expr"])
+    assert len(rules) == 2
+    text = json.dumps(rules[0]["expr"])
     assert '"addr": "10.213.0.0", "len": 24' in text
     assert '"op": "!=", "left": {"meta": {"key": "oifname"}}, "right": "fcbr0"' in text
-    assert rules[1]["expr"][-1] == {"masquerade": None}
-    assert '"right": "fv*"' in json.dumps(rules[2]["expr"])
+    assert rules[0]["expr"][-1] == {"masquerade": None}
+    assert '"right": "fv*"' in json.dumps(rules[1]["expr"])
 
 
 def test_no_guest_masquerade_when_disabled() -> None:
@@ -209,7 +209,38 @@ def test_no_guest_masquerade_when_disabled() -> None:
         for r in _cmds(ruleset.base_ruleset(net, []), "add", "rule")
         if r["chain"] == "postrouting"
     ]
-    assert len(rules) == 1  # only the localhost path of port mappings
+    assert rules == []
+
+
+def test_port_mappings_leave_loopback_alone_unless_enabled() -> None:
+    """Issue #9 findings 1 and 13: no DNAT of 127.0.0.0/8 (and no localhost masquerade)
+    unless the operator sets ``localhost_port_mappings``."""
+    loopback = {"addr": "127.0.0.0", "len": 8}
+
+    def dnat_and_masq(net: NetworkConfig) -> tuple[list[str], list[str]]:
+        rules = [
+            r for r in _cmds(ruleset.base_ruleset(net, []), "add", "rule") if r["family"] == "inet"
+        ]
+        dnat = [json.dumps(r["expr"]) for r in rules if r["chain"] in ("prerouting", "output_nat")]
+        masq = [json.dumps(r["expr"]) for r in rules if r["chain"] == "postrouting"]
+        return dnat, masq
+
+    dnat, masq = dnat_and_masq(NET)
+    excluded = json.dumps(
+        {
+            "match": {
+                "op": "!=",
+                "left": {"payload": {"protocol": "ip", "field": "daddr"}},
+                "right": {"prefix": loopback},
+            }
+        }
+    )
+    assert len(dnat) == 2 and all(excluded in d for d in dnat)
+    assert not any(json.dumps(loopback) in m for m in masq)
+    on = msgspec.structs.replace(NET, localhost_port_mappings=True)
+    dnat, masq = dnat_and_masq(on)
+    assert not any(excluded in d for d in dnat)
+    assert sum(json.dumps(loopback) in m for m in masq) == 1
 
 
 def test_antispoof_chain_checks_every_tap_and_drops_the_rest() -> None:

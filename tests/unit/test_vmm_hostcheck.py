@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from fcd_common.config import Config, JailConfig, PathsConfig
@@ -59,3 +60,45 @@ def test_status_line_says_degraded_and_why(tmp_path: Path, monkeypatch: pytest.M
     )
     _exe(tmp_path / "jailer")
     assert svc.status_line() == "0 VMs running"  # re-checked: a fix shows without a restart
+
+
+def test_finding12_jail_uids_overlapping_subids_warn_at_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """useradd's 13th user gets subuids 886432-951967, inside the default jail range: that user
+    could run processes as a VM's jail uid. fcd-vmm says so at start (journald) and in
+    its STATUS line for as long as it runs."""
+    monkeypatch.setattr(hostcheck, "DEVICES", ("/dev/null",))
+    subuid, subgid = tmp_path / "subuid", tmp_path / "subgid"
+    subuid.write_text("alice:100000:65536\nnina:886000:65536\n")
+    subgid.write_text("nina:886000:65536\n")
+    files = (str(subuid), str(subgid), "/nonexistent")
+    monkeypatch.setattr(hostcheck, "SUBID_FILES", files, raising=False)
+    cfg = Config(
+        paths=PathsConfig(
+            state_dir=str(tmp_path / "state"),
+            run_dir=str(tmp_path / "run"),
+            chroot_base=str(tmp_path / "jail"),
+        ),
+        jail=JailConfig(
+            jailer=str(_exe(tmp_path / "jailer")), firecracker=str(_exe(tmp_path / "fc"))
+        ),
+    )
+    svc = VmmService(cfg)
+    with caplog.at_level("WARNING", logger="fcd.vmm"):
+        svc.start()
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert f"{subuid}:2: nina owns 886000-951535" in "\n".join(warned)
+    assert f"{subgid}:1: nina owns 886000-951535" in "\n".join(warned)
+    assert "900000-965535" in warned[0] and "reserve the range" in warned[0]
+    assert svc.status_line() == (
+        f"warning: jail uids overlap subids ({subuid}:2: nina owns 886000-951535;"
+        f" {subgid}:1: nina owns 886000-951535); 0 VMs running"
+    )
+    # a range clear of the subids: no warning
+    clear = msgspec.structs.replace(
+        cfg, jail=msgspec.structs.replace(cfg.jail, uid_min=2_000_000, uid_max=2_065_535)
+    )
+    svc = VmmService(clear)
+    svc.start()
+    assert svc.status_line() == "0 VMs running"
