@@ -24,7 +24,7 @@ from pathlib import Path
 
 from fcd_common import logs
 
-from . import acl, fclog
+from . import acl, fclog, jailopen
 from .checks import StorageFile
 from .plan import JailPaths
 
@@ -345,13 +345,18 @@ def return_snapshot_files(lent: Sequence[Lent]) -> list[str]:
     return problems
 
 
-def read_pid_file(path: Path) -> int | None:
-    """The pid in the jailer's pid file, or None while it is missing or still empty."""
+def read_pid_file(paths: JailPaths) -> int | None:
+    """The pid in the jailer's pid file, or None while it is missing, still empty, or
+    anything but a small regular file (the jail uid can put a FIFO, a device or a
+    symlink there: none is followed, waited on or read past a few bytes)."""
     try:
-        text = path.read_text().strip()
+        data = jailopen.read_small_file(paths.root, str(paths.pid_file.relative_to(paths.root)))
     except OSError:
         return None
-    return int(text) if text.isdigit() and int(text) > 0 else None
+    text = data.decode("ascii", errors="replace").strip()
+    if len(data) > jailopen.PID_FILE_MAX or not text.isdigit():
+        return None
+    return int(text) if int(text) > 0 else None
 
 
 def log_tail(path: Path, lines: int = 10, limit: int = 4096) -> str:

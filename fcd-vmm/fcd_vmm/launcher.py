@@ -139,9 +139,9 @@ async def teardown(cfg: Config, vm_id: str, watch: PidWatch | None) -> list[str]
 
 async def _await_process(paths: JailPaths, uid: int) -> PidWatch:
     await wait_for_path(
-        paths.pid_file, within=paths.root, ready=lambda p: jailfs.read_pid_file(p) is not None
+        paths.pid_file, within=paths.root, ready=lambda _p: jailfs.read_pid_file(paths) is not None
     )
-    pid = jailfs.read_pid_file(paths.pid_file)
+    pid = jailfs.read_pid_file(paths)
     assert pid is not None
     try:
         watch = PidWatch(pid)
@@ -207,8 +207,10 @@ async def _prepare(
             f.close()
 
 
-async def _configure(paths: JailPaths, spec: LaunchSpec, firecracker_version: str) -> None:
-    async with FirecrackerClient(paths.api_socket) as fc:
+async def _configure(
+    paths: JailPaths, spec: LaunchSpec, firecracker_version: str, uid: int
+) -> None:
+    async with FirecrackerClient.in_jail(paths, uid) as fc:
         await fc.wait_ready()
         for call in configure_calls(spec, firecracker_version):
             try:
@@ -275,7 +277,7 @@ async def launch(
                 details={"log_tail": jailfs.log_tail(paths.log_file)},
             ) from None
         log.info("firecracker pid %d is up, configuring", watch.pid, extra=logs.vm(vm_id))
-        await _configure(paths, spec, firecracker_version)
+        await _configure(paths, spec, firecracker_version, uid)
         log.info(
             "%s: %d vCPU, %d MiB, pid %d, uid %d",
             "booted" if spec.req.restore is None else f"restored {spec.req.restore.name}",

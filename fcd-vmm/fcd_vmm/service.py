@@ -110,7 +110,7 @@ class VmmService:
             log.error("cannot launch VMs: %s", problem)
         for rec in self.pool.load():
             paths = jail_paths(self.cfg, rec.vm_id)
-            candidates = [p for p in (rec.pid, read_pid_file(paths.pid_file)) if p is not None]
+            candidates = [p for p in (rec.pid, read_pid_file(paths)) if p is not None]
             adopted = False
             for pid in dict.fromkeys(candidates):
                 if not (same_root(pid, paths.root) and proc_uid(pid) == rec.uid):
@@ -209,9 +209,10 @@ class VmmService:
         state: ProcState
         if watch is not None:
             state = "running"
-            if paths.api_socket.exists():
+            if paths.api_socket.exists() or paths.api_socket.is_symlink():
                 try:
-                    async with FirecrackerClient(paths.api_socket, timeout=STATUS_TIMEOUT_S) as fc:
+                    fc_ = FirecrackerClient.in_jail(paths, rec.uid, timeout=STATUS_TIMEOUT_S)
+                    async with fc_ as fc:
                         info = await fc.get("/")
                     state = FC_STATES.get(str(info.get("state")), "running")
                 except FcdError as e:
@@ -293,11 +294,11 @@ class VmmService:
 
     async def _set_paused(self, vm_id: str, paused: bool) -> VmProcess:
         async with self._locks.hold(vm_id):
-            self._require(vm_id)
+            rec = self._require(vm_id)
             if self._live(vm_id) is None:
                 raise FailedPrecondition(f"VM {vm_id} is not running")
             paths = jail_paths(self.cfg, vm_id)
-            async with FirecrackerClient(paths.api_socket, timeout=API_TIMEOUT_S) as fc:
+            async with FirecrackerClient.in_jail(paths, rec.uid, timeout=API_TIMEOUT_S) as fc:
                 await fc.patch("/vm", vm_state_body(paused))
             log.info("%s", "paused" if paused else "resumed", extra=logs.vm(vm_id))
             return await self._process(vm_id)
@@ -323,7 +324,7 @@ class VmmService:
                 # was saved, so no resume and no Ctrl-Alt-Del; teardown kills and reaps
                 log.info("forced stop: SIGKILL", extra=vm)
             elif watch is not None:
-                graceful = await self._shutdown(req.vm_id, watch, timeout)
+                graceful = await self._shutdown(req.vm_id, rec.uid, watch, timeout)
                 if not graceful:
                     log.info("no shutdown within %.1fs: SIGKILL", timeout, extra=vm)
             old = self.watches.pop(req.vm_id, None)
@@ -336,11 +337,11 @@ class VmmService:
             log.info("stopped (%s)", "graceful" if graceful else "killed", extra=vm)
             return StopResult(vm_id=req.vm_id, graceful=graceful)
 
-    async def _shutdown(self, vm_id: str, watch: PidWatch, timeout: float) -> bool:
+    async def _shutdown(self, vm_id: str, uid: int, watch: PidWatch, timeout: float) -> bool:
         """Ctrl-Alt-Del (resuming a paused guest first); True if it exited in time."""
-        sock = jail_paths(self.cfg, vm_id).api_socket
+        paths = jail_paths(self.cfg, vm_id)
         try:
-            async with FirecrackerClient(sock, timeout=API_TIMEOUT_S) as fc:
+            async with FirecrackerClient.in_jail(paths, uid, timeout=API_TIMEOUT_S) as fc:
                 info = await fc.get("/")
                 if info.get("state") == "Paused":
                     await fc.patch("/vm", vm_state_body(False))
@@ -428,7 +429,7 @@ class VmmService:
             if self._live(vm_id) is None:
                 raise FailedPrecondition(f"VM {vm_id} is not running")
             paths = jail_paths(self.cfg, vm_id)
-            async with FirecrackerClient(paths.api_socket, timeout=SNAPSHOT_TIMEOUT_S) as fc:
+            async with FirecrackerClient.in_jail(paths, rec.uid, timeout=SNAPSHOT_TIMEOUT_S) as fc:
                 state = (await fc.get("/") or {}).get("state")
                 if state != "Paused":
                     raise FailedPrecondition(
