@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -57,8 +58,10 @@ class Store:
         max_disk_mib: int,
         max_vm_disk_mib: int = 2_097_152,
         max_drives: int = 8,
+        import_dirs: Sequence[str] = ("/var/lib/fcd/import",),
     ) -> None:
         self.layout = lay
+        self.import_dirs = tuple(import_dirs)
         self.max_disk_mib = max_disk_mib
         self.max_vm_disk_mib = max_vm_disk_mib
         self.max_drives = max_drives
@@ -71,6 +74,7 @@ class Store:
             max_disk_mib=lim.max_disk_mib,
             max_vm_disk_mib=lim.max_vm_disk_mib,
             max_drives=lim.max_drives,
+            import_dirs=cfg.storage.import_dirs,
         )
 
     # -- start-up ---------------------------------------------------------------

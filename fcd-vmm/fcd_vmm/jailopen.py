@@ -18,18 +18,19 @@ what it got by ``fstat`` on the descriptor, never by name:
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
 import stat
 from pathlib import Path
 
-SYS_OPENAT2 = 437
-RESOLVE_NO_XDEV = 0x01
-RESOLVE_NO_MAGICLINKS = 0x02
-RESOLVE_NO_SYMLINKS = 0x04
-RESOLVE_IN_ROOT = 0x10
-JAIL_RESOLVE = RESOLVE_IN_ROOT | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_XDEV
+from fcd_common import openat2
+
+JAIL_RESOLVE = (
+    openat2.RESOLVE_IN_ROOT
+    | openat2.RESOLVE_NO_SYMLINKS
+    | openat2.RESOLVE_NO_MAGICLINKS
+    | openat2.RESOLVE_NO_XDEV
+)
 PID_FILE_MAX = 32
 """A pid is at most 7 digits (pid_max 4194304); anything longer is not a pid file."""
 
@@ -38,69 +39,11 @@ class JailPathError(OSError):
     """A name inside a jail is not what fcd-vmm expects there (wrong type or owner)."""
 
 
-class _OpenHow(ctypes.Structure):
-    _fields_ = (("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64))
-
-
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.syscall.restype = ctypes.c_long
-_have_openat2: bool | None = None
-
-
-def _openat2(dir_fd: int, rel: str, flags: int, resolve: int) -> int:
-    how = _OpenHow(flags, 0, resolve)
-    fd = _libc.syscall(
-        ctypes.c_long(SYS_OPENAT2),
-        ctypes.c_int(dir_fd),
-        ctypes.c_char_p(os.fsencode(rel)),
-        ctypes.byref(how),
-        ctypes.c_size_t(ctypes.sizeof(how)),
-    )
-    if fd < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"openat2({rel}): {os.strerror(err)}")
-    return int(fd)
-
-
-def _walk(dir_fd: int, parts: list[str], flags: int) -> int:
-    """The fallback: each directory opened ``O_PATH | O_DIRECTORY | O_NOFOLLOW`` from the
-    previous one; the last component with ``flags | O_NOFOLLOW``."""
-    cur = os.dup(dir_fd)
-    try:
-        for part in parts[:-1]:
-            nxt = os.open(
-                part, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=cur
-            )
-            os.close(cur)
-            cur = nxt
-        return os.open(parts[-1], flags | os.O_NOFOLLOW, dir_fd=cur)
-    finally:
-        os.close(cur)
-
-
-def split_rel(rel: str) -> list[str]:
-    """The components of a path inside a jail; refuses ``..``, empty and absolute names."""
-    parts = rel.split("/")
-    if not rel or rel.startswith("/") or any(p in ("", ".", "..") for p in parts):
-        raise ValueError(f"{rel!r} is not a plain relative path")
-    return parts
-
-
 def open_beneath(root: Path, rel: str, flags: int) -> int:
     """``rel`` below the directory ``root``, no symlink followed anywhere below it."""
-    global _have_openat2
-    parts = split_rel(rel)
-    flags |= os.O_CLOEXEC | os.O_NOFOLLOW
     root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
-        if _have_openat2 is not False:
-            try:
-                return _openat2(root_fd, rel, flags, JAIL_RESOLVE)
-            except OSError as e:
-                if e.errno not in (errno.ENOSYS, errno.EPERM):
-                    raise
-                _have_openat2 = False
-        return _walk(root_fd, parts, flags)
+        return openat2.open_below(root_fd, rel, flags, JAIL_RESOLVE)
     finally:
         os.close(root_fd)
 

@@ -59,7 +59,7 @@ def import_demo_template(suite: suite_mod.Suite, name: str = "demo") -> None:
     from fcd_common.rpc import RpcClient
 
     guest = _guest_module()
-    work = suite.base / "demo-src"
+    work = suite.import_dir / "demo-src"
     work.mkdir(parents=True, exist_ok=True)
     kernel = guest.build(work / "vmlinux")
     rootfs = guest.build_rootfs(work / "rootfs.ext4")

@@ -171,6 +171,11 @@ class Suite:
             return "fcvm-"
         return "v" + hashlib.sha256(self.netns.encode()).hexdigest()[:5] + "-"
 
+    @property
+    def import_dir(self) -> Path:
+        """The one directory template imports and builds may read from (storage.import_dirs)."""
+        return self.base / "import"
+
     def log_path(self, daemon: str) -> Path:
         return self.base / "logs" / f"fcd-{daemon}.log"
 
@@ -195,6 +200,7 @@ class Suite:
                 limits=config_mod.LimitsConfig(shutdown_grace_s=5.0),
                 # fcd-api runs as this user here: the helpers must know it is fcd-api
                 security=config_mod.SecurityConfig(api_user=pwd.getpwuid(os.getuid()).pw_name),
+                storage=config_mod.StorageConfig(import_dirs=[str(self.import_dir)]),
             )
         except ValueError as e:  # a __post_init__ check; the type constraints run in decode
             raise config_mod.ConfigError(f"{self.config_path}: {e}") from None
@@ -202,6 +208,7 @@ class Suite:
         cfg = self.cfg  # validates
         for d in (cfg.paths.state_dir, cfg.paths.run_dir, cfg.paths.chroot_base):
             Path(d).mkdir(parents=True, exist_ok=True)
+        self.import_dir.mkdir(mode=0o755, exist_ok=True)
         return cfg
 
     # --- processes -----------------------------------------------------------------
