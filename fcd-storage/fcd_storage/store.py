@@ -41,7 +41,7 @@ from fcd_common.storelayout import (
 )
 from fcd_common.storelayout import layout as layout_of
 
-from . import fileio
+from . import fileio, modes
 from .manifest import DiskManifest, TemplateManifest, load
 
 log = logging.getLogger("fcd.storage")
@@ -81,16 +81,19 @@ class Store:
 
     def ensure_dirs(self) -> None:
         lay = self.layout
-        lay.root.mkdir(parents=True, exist_ok=True, mode=0o755)
+        lay.root.mkdir(parents=True, exist_ok=True, mode=modes.DIR)
+        os.chmod(lay.root, modes.DIR)
         dirs = (
-            (lay.templates, 0o755),
-            (lay.disks, 0o750),
-            (lay.snapshots, 0o755),
+            (lay.templates, modes.DIR),
+            (lay.disks, modes.DIR),
+            (lay.snapshots, modes.DIR),
             (lay.tmp, TMP_DIR_MODE),
         )
         for d, mode in dirs:
             d.mkdir(exist_ok=True, mode=mode)
             os.chmod(d, mode)
+        for path in modes.tighten(lay.root):
+            log.info("took the world's access away from %s (#9 finding 6)", path)
 
     def reclaim(self, *, keep_pending: bool = False) -> list[Path]:
         """Remove staging leftovers and entries without a manifest; return what was removed.

@@ -30,8 +30,10 @@ from .store import Store
 
 log = logging.getLogger("fcd.storage")
 
-TEMPLATE_FILE_MODE = 0o644  # a jailed Firecracker (any pool uid) reads it through a hard link
-TEMPLATE_DIR_MODE = 0o755
+# not world-readable (#9 finding 6): a jailed Firecracker reads its link through its own
+# ACL entry, which fcd-vmm adds at launch and removes at release (fcd_vmm.jailfs)
+TEMPLATE_FILE_MODE = 0o640
+TEMPLATE_DIR_MODE = 0o750
 
 
 def import_template(

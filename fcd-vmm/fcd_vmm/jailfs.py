@@ -195,12 +195,8 @@ def prepare_jail(
     _mkdir(base / paths.exec_name, 0o711)
     _mkdir(paths.jail_dir, 0o700)
     _mkdir(paths.root, 0o700)  # the jailer makes it uid:gid when it sets up "/"
-    # kernel: only read by Firecracker; a link needs the file to be readable by the jail uid
-    world_readable = bool(kernel.st.st_mode & stat.S_IROTH)
-    _place(kernel, paths.kernel, vm_id, "kernel", want_link=world_readable)
-    if not world_readable:
-        os.chown(paths.kernel, uid, gid, follow_symlinks=False)
-        os.chmod(paths.kernel, 0o400, follow_symlinks=False)
+    # kernel: only read by Firecracker, shared by every VM of the template
+    place_shared(kernel, paths.kernel, vm_id, uid, gid, what="kernel")
     # disk: read-write by the jail uid
     _place(rootfs, paths.rootfs, vm_id, "disk", want_link=True)
     os.chown(paths.rootfs, uid, gid, follow_symlinks=False)
@@ -209,7 +205,7 @@ def prepare_jail(
         os.chmod(paths.rootfs, mode | 0o600, follow_symlinks=False)
     for drive_id, f, read_only in drives:
         if read_only:  # a template image shared by many VMs: never chowned, only read
-            _place_read_only(f, paths.drive(drive_id), vm_id, uid, gid)
+            place_shared(f, paths.drive(drive_id), vm_id, uid, gid)
         else:  # this VM's own data drive: read-write by the jail uid, like the disk
             _place(f, paths.drive(drive_id), vm_id, "data drive", want_link=True)
             os.chown(paths.drive(drive_id), uid, gid, follow_symlinks=False)
@@ -219,13 +215,53 @@ def prepare_jail(
         place_snapshot(paths, snapshot[0], snapshot[1], uid, gid)
 
 
-def _place_read_only(src: StorageFile, dst: Path, vm_id: str, uid: int, gid: int) -> None:
-    """A shared image: a link when world-readable (the inode is not touched), else a copy."""
-    world_readable = bool(src.st.st_mode & stat.S_IROTH)
-    _place(src, dst, vm_id, "shared drive", want_link=world_readable)
-    if not world_readable:
-        os.chown(dst, uid, gid, follow_symlinks=False)
-        os.chmod(dst, 0o400, follow_symlinks=False)
+def _own_copy(src: StorageFile, dst: Path, vm_id: str, uid: int, gid: int) -> str:
+    """A private read-only copy of ``src`` for the jail uid (0400, its own)."""
+    method = _copy_into(src, dst, vm_id)
+    os.chown(dst, uid, gid, follow_symlinks=False)
+    os.chmod(dst, 0o400, follow_symlinks=False)
+    return method
+
+
+def place_shared(
+    src: StorageFile, dst: Path, vm_id: str, uid: int, gid: int, *, what: str = "shared drive"
+) -> None:
+    """A file many VMs read (a template's kernel or image): a hard link the jail uid
+    reads through its own ACL entry (added here, removed at release, owner and mode of
+    the store's file untouched: it is not world-readable). A store of an older version
+    with world-readable templates needs no entry. Another filesystem than the chroot
+    base (EXDEV), or an inode whose ACL is full, gets a private read-only copy."""
+    try:
+        _link_fd(src.fd, dst)
+    except OSError as e:
+        if e.errno != errno.EXDEV:
+            raise
+        method = _own_copy(src, dst, vm_id, uid, gid)
+        log.warning(
+            "%s %s is on another filesystem than the chroot base: used a %s into the jail",
+            what,
+            src.path,
+            method,
+            extra=logs.vm(vm_id),
+        )
+        return
+    if src.st.st_mode & stat.S_IROTH:
+        return
+    try:
+        grant_read(src.proc_path, uid)
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.E2BIG, errno.EOPNOTSUPP):
+            raise
+        os.unlink(dst)
+        method = _own_copy(src, dst, vm_id, uid, gid)
+        log.warning(
+            "%s %s: cannot add an ACL entry (%s): used a %s into the jail",
+            what,
+            src.path,
+            e.strerror,
+            method,
+            extra=logs.vm(vm_id),
+        )
 
 
 # --- snapshot files -----------------------------------------------------------------------

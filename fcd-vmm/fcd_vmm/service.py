@@ -64,6 +64,7 @@ from .plan import (
     CTRL_ALT_DEL,
     FC_STATES,
     CgroupVersion,
+    acl_paths,
     jail_paths,
     parse_version,
     snapshot_create_body,
@@ -261,13 +262,11 @@ class VmmService:
             if restore is not None:
                 # a boot does not depend on the version; a load's fields do (plan.py)
                 launch_kw["firecracker_version"] = (await self._vmm_info()).firecracker_version
-                # recorded before the ACL entries exist: release finds them after a crash
-                new = [
-                    p for p in (restore.state_path, restore.memory_path) if p not in rec.acl_files
-                ]
-                if new:
-                    rec.acl_files = [*rec.acl_files, *new]
-                    self.pool.save(rec)
+            # recorded before the ACL entries exist: release finds them after a crash
+            new = [p for p in acl_paths(spec) if p not in rec.acl_files]
+            if new:
+                rec.acl_files = [*rec.acl_files, *new]
+                self.pool.save(rec)
             try:
                 watch = await launcher.launch(
                     self.cfg,

@@ -21,8 +21,9 @@ from fcd_common.proto.vmm import AllocateJail, Pause, ReleaseJail, Status
 from fcd_vmm import jailfs
 from fcd_vmm.plan import jail_paths
 
+from ..launches import drive
 from . import test_vmm_daemon as daemon
-from .test_vmm_daemon import Env, fc_get, needs_doubles
+from .test_vmm_daemon import Env, acl_uids, fc_get, needs_doubles
 
 env = daemon.env  # the same fixture: a daemon in its own netns, temp dir and uid range
 
@@ -151,3 +152,33 @@ def test_finding3_fifo_pid_file_does_not_hang_daemon_start(env: Env) -> None:
     os.mkfifo(pa.pid_file)
     env.start()  # spawn() fails if the daemon is not ready within its timeout
     env.call(ReleaseJail(vm_id=a))
+
+
+@needs_doubles
+def test_finding6_shared_template_files_are_read_through_the_jail_uids_acl(env: Env) -> None:
+    """Templates are 0640 and fcd-storage's (not world-readable): a VM reads the kernel
+    and a shared image through a hard link and an ACL entry for its own uid, which
+    release takes away again; no other uid gets anything."""
+    env.start()
+    a = f"a-{secrets.token_hex(3)}"
+    kernel, _ = env.storage_files(a)
+    image = kernel.parent / "rootfs.ext4"
+    owner = env.cfg.jail.uid_max + 1000  # fcd-storage's user: not a jail uid
+    for f in (kernel, image):
+        os.chown(f, owner, owner)
+        os.chmod(f, 0o640)
+    jail = env.call(AllocateJail(vm_id=a))
+    tap = env.make_tap(a, jail.uid)
+    ro = drive(str(image), "shared", read_only=True)
+    vm = env.call(env.launch_req(a, tap, drives=[ro]))
+    assert vm.state == "running"  # the double opened the kernel as the jail uid
+    pa = jail_paths(env.cfg, a)
+    for store_file, linked in ((kernel, pa.kernel), (image, pa.drive("shared"))):
+        assert os.stat(linked).st_ino == os.stat(store_file).st_ino, "a link, not a copy"
+        assert acl_uids(store_file) == [jail.uid]
+        st = os.stat(store_file)
+        assert (st.st_uid, stat.S_IMODE(st.st_mode) & 0o707) == (owner, 0o600)
+    env.call(ReleaseJail(vm_id=a))
+    for f in (kernel, image):
+        assert acl_uids(f) == [], "release must take the uid's entry away"
+        assert stat.S_IMODE(os.stat(f).st_mode) == 0o640
