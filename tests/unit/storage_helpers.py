@@ -21,9 +21,12 @@ def make_config(base: Path, **sections: object) -> Config:
     return Config(paths=paths, **sections)  # type: ignore[arg-type]
 
 
-def make_store(base: Path, *, max_disk_mib: int = 1 << 20) -> Store:
+def make_store(base: Path, *, max_disk_mib: int = 1 << 20, import_dir: Path | None = None) -> Store:
+    """A store below ``base``; imports may read below ``import_dir`` (default ``base``)."""
     store = Store(
-        StoreLayout(base / "state" / "storage"), max_disk_mib=max_disk_mib, import_dirs=(str(base),)
+        StoreLayout(base / "state" / "storage"),
+        max_disk_mib=max_disk_mib,
+        import_dirs=(str(import_dir or base),),
     )
     store.ensure_dirs()
     return store

@@ -51,7 +51,7 @@ def test_import_writes_files_and_manifest(store: Store, sources: tuple[Path, Pat
     on_disk = msgspec.json.decode(lay.template_manifest("base").read_bytes(), type=TemplateManifest)
     assert on_disk == m
     for p in (lay.template_kernel("base"), lay.template_rootfs("base")):
-        assert stat.S_IMODE(p.stat().st_mode) == 0o644
+        assert stat.S_IMODE(p.stat().st_mode) == 0o640  # not world-readable (#9 finding 6)
     # the copy is as sparse as the source
     st = lay.template_rootfs("base").stat()
     assert st.st_blocks * 512 < 4 * MiB
