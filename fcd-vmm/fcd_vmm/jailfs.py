@@ -124,32 +124,22 @@ def _copy_into(src: StorageFile, dst: Path, vm_id: str) -> str:
         log.debug("copied %s to %s", src.path, dst, extra=logs.vm(vm_id))
 
 
-def _place(src: StorageFile, dst: Path, vm_id: str, what: str, *, want_link: bool = True) -> None:
-    if want_link:
-        try:
-            _link_fd(src.fd, dst)
-            return
-        except OSError as e:
-            if e.errno != errno.EXDEV:
-                raise
-            method = _copy_into(src, dst, vm_id)
-            log.warning(
-                "%s %s is on another filesystem than the chroot base: used a %s into the jail "
-                "(changes to it do not reach the storage file)",
-                what,
-                src.path,
-                method,
-                extra=logs.vm(vm_id),
-            )
-            return
-    method = _copy_into(src, dst, vm_id)
-    log.info(
-        "%s %s is not world-readable: %s into the jail",
-        what,
-        src.path,
-        method,
-        extra=logs.vm(vm_id),
-    )
+def _place(src: StorageFile, dst: Path, vm_id: str, what: str) -> None:
+    """A VM's own file (disk, data drive): a hard link, or a copy across filesystems."""
+    try:
+        _link_fd(src.fd, dst)
+    except OSError as e:
+        if e.errno != errno.EXDEV:
+            raise
+        method = _copy_into(src, dst, vm_id)
+        log.warning(
+            "%s %s is on another filesystem than the chroot base: used a %s into the jail "
+            "(changes to it do not reach the storage file)",
+            what,
+            src.path,
+            method,
+            extra=logs.vm(vm_id),
+        )
 
 
 def _link_fd(fd: int, dst: Path) -> None:
@@ -198,7 +188,7 @@ def prepare_jail(
     # kernel: only read by Firecracker, shared by every VM of the template
     place_shared(kernel, paths.kernel, vm_id, uid, gid, what="kernel")
     # disk: read-write by the jail uid
-    _place(rootfs, paths.rootfs, vm_id, "disk", want_link=True)
+    _place(rootfs, paths.rootfs, vm_id, "disk")
     os.chown(paths.rootfs, uid, gid, follow_symlinks=False)
     mode = stat.S_IMODE(os.lstat(paths.rootfs).st_mode)
     if mode & 0o600 != 0o600:
@@ -207,7 +197,7 @@ def prepare_jail(
         if read_only:  # a template image shared by many VMs: never chowned, only read
             place_shared(f, paths.drive(drive_id), vm_id, uid, gid)
         else:  # this VM's own data drive: read-write by the jail uid, like the disk
-            _place(f, paths.drive(drive_id), vm_id, "data drive", want_link=True)
+            _place(f, paths.drive(drive_id), vm_id, "data drive")
             os.chown(paths.drive(drive_id), uid, gid, follow_symlinks=False)
     fclog.make_fifo(paths.log_file, uid, gid)  # forwarded to the journal (fclog.py)
     _create_owned(paths.metrics_file, uid, gid)
@@ -395,16 +385,27 @@ def read_pid_file(paths: JailPaths) -> int | None:
     return int(text) if int(text) > 0 else None
 
 
-def log_tail(path: Path, lines: int = 10, limit: int = 4096) -> str:
-    """The last lines of Firecracker's log, for error details (never blocks on a FIFO)."""
+def log_tail(paths: JailPaths, lines: int = 10, limit: int = 4096) -> str:
+    """The last lines of Firecracker's log, for error details: from the forwarder of
+    the FIFO, or (an older jail) a regular file opened inside the jail without
+    following a symlink. Anything else the jail uid put there gives nothing."""
+    path = paths.log_file
     if fclog.is_fifo(path):
         return fclog.forwarders.tail(path)
     try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            size = f.tell()
-            f.seek(max(0, size - limit))
-            data = f.read()
-    except OSError:
+        pfd = jailopen.open_beneath(paths.root, str(path.relative_to(paths.root)), os.O_PATH)
+        try:
+            if not stat.S_ISREG(os.fstat(pfd).st_mode):
+                return ""
+            rfd = os.open(
+                f"/proc/self/fd/{pfd}", os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+            )
+        finally:
+            os.close(pfd)
+        try:
+            data = os.pread(rfd, limit, max(0, os.fstat(rfd).st_size - limit))
+        finally:
+            os.close(rfd)
+    except (OSError, ValueError):
         return ""
     return "\n".join(data.decode(errors="replace").splitlines()[-lines:])

@@ -148,7 +148,7 @@ async def _await_process(paths: JailPaths, uid: int) -> PidWatch:
     except ProcessLookupError:
         raise FirecrackerError(
             f"Firecracker (pid {pid}) exited right after the jailer started it",
-            details={"log_tail": jailfs.log_tail(paths.log_file)},
+            details={"log_tail": jailfs.log_tail(paths)},
         ) from None
     try:
         await wait_for_path(paths.api_socket, within=paths.root, abort=watch.exited)
@@ -157,7 +157,7 @@ async def _await_process(paths: JailPaths, uid: int) -> PidWatch:
         code = f" with status {watch.exit_code}" if watch.exit_code is not None else ""
         raise FirecrackerError(
             f"Firecracker (pid {pid}) exited{code} before opening its API socket",
-            details={"exit_code": watch.exit_code, "log_tail": jailfs.log_tail(paths.log_file)},
+            details={"exit_code": watch.exit_code, "log_tail": jailfs.log_tail(paths)},
         ) from None
     except BaseException:
         watch.kill()
@@ -216,7 +216,7 @@ async def _configure(
             try:
                 await fc.call(call)
             except FirecrackerError as e:
-                tail = jailfs.log_tail(paths.log_file)
+                tail = jailfs.log_tail(paths)
                 if tail:
                     e.details = {**(e.details or {}), "log_tail": tail}
                 if call.path == "/snapshot/load":
@@ -274,7 +274,7 @@ async def launch(
         except TimeoutError:
             raise DeadlineExceeded(
                 f"Firecracker did not open its API socket within {cfg.limits.boot_timeout_s}s",
-                details={"log_tail": jailfs.log_tail(paths.log_file)},
+                details={"log_tail": jailfs.log_tail(paths)},
             ) from None
         log.info("firecracker pid %d is up, configuring", watch.pid, extra=logs.vm(vm_id))
         await _configure(paths, spec, firecracker_version, uid)

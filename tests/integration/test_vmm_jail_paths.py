@@ -182,3 +182,23 @@ def test_finding6_shared_template_files_are_read_through_the_jail_uids_acl(env: 
     for f in (kernel, image):
         assert acl_uids(f) == [], "release must take the uid's entry away"
         assert stat.S_IMODE(os.stat(f).st_mode) == 0o640
+
+
+def test_finding3_log_tail_never_reads_through_a_jail_symlink(tmp_path: Path) -> None:
+    """A failed launch's error details carry the tail of Firecracker's log: a jail
+    that swaps it for a link to a host file must not get that file into them."""
+    from fcd_common import config
+
+    cfg = config.decode(f'[paths]\nchroot_base = "{tmp_path}/jail"\n')
+    paths = jail_paths(cfg, "vm-1")
+    paths.root.mkdir(parents=True)
+    secret = tmp_path / "secret"
+    secret.write_text("root:$6$hash:19000::::::\n")
+    paths.log_file.symlink_to(secret)
+    assert jailfs.log_tail(paths) == ""
+    paths.log_file.unlink()
+    os.mkfifo(paths.log_file)  # no forwarder for it: still nothing, and no hang
+    assert jailfs.log_tail(paths) == ""
+    paths.log_file.unlink()
+    paths.log_file.write_text("line 1\nline 2\n")
+    assert jailfs.log_tail(paths) == "line 1\nline 2"
