@@ -1,4 +1,4 @@
-"""The sandbox e2fsprogs run in (``python -m fcd_storage.confine``): #9 finding 10.
+"""The sandbox e2fsprogs run in (``python -I -S confine.py``, see sandbox.py): #9 finding 10.
 
 ``e2fsck``, ``resize2fs`` and ``mkfs.ext4`` parse images and trees that users made.
 A bug in them must not reach more than the one image being worked on, so they

@@ -18,6 +18,7 @@ from pathlib import Path
 from fcd_common.errors import Internal
 
 ENV = {"LC_ALL": "C", "PATH": "/usr/sbin:/sbin:/usr/bin:/bin"}
+CONFINE = str(Path(__file__).with_name("confine.py"))
 
 
 def argv(
@@ -33,7 +34,9 @@ def argv(
     ``euid`` is fcd-storage's own; as root the child leaves the network and becomes
     ``owner`` (the image's uid and gid) when that is not root.
     """
-    out = [python, "-I", "-m", "fcd_storage.confine"]
+    # run as a script without site (-S): it needs only the standard library, and
+    # skipping site-packages halves its start-up
+    out = [python, "-I", "-S", CONFINE]
     for w in writable:
         out += ["--write", str(w)]
     if euid == 0:

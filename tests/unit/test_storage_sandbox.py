@@ -123,7 +123,7 @@ def test_sandbox_argv_is_planned_from_who_runs_it() -> None:
     tool = ["/sbin/e2fsck", "-fp", "/s/disk"]
     img = [Path("/s/disk")]
     as_user = sandbox.argv(tool, img, euid=990, owner=(990, 990), python="/py")
-    assert as_user == ["/py", "-I", "-m", "fcd_storage.confine", "--write", "/s/disk", "--", *tool]
+    assert as_user == ["/py", "-I", "-S", sandbox.CONFINE, "--write", "/s/disk", "--", *tool]
     as_root = sandbox.argv(tool, img, euid=0, owner=(990, 991), python="/py")
     assert as_root[4:] == ["--write", "/s/disk", "--new-netns", "--uid", "990", "--gid", "991",
                            "--", *tool]  # fmt: skip
