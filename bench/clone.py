@@ -46,7 +46,7 @@ def measure(fstype: str, sizes: list[int], base: Path) -> dict[int, tuple[str, f
     total = sum(sizes)
     out: dict[int, tuple[str, float, int]] = {}
     with loop_fs(base, fstype, 2 * total + (2 << 30)) as mnt:
-        store = Store(StoreLayout(mnt / "storage"), max_disk_mib=1 << 20)
+        store = Store(StoreLayout(mnt / "storage"), max_disk_mib=1 << 20, import_dirs=(str(mnt),))
         store.ensure_dirs()
         kernel = mnt / "vmlinux"
         kernel.write_bytes(b"\x7fELF" + bytes(4096))

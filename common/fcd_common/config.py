@@ -163,6 +163,21 @@ class LimitsConfig(_Section, frozen=True):
     """Added to a VM's memory for its cgroup memory limit (VMM + page tables)."""
 
 
+class StorageConfig(_Section, frozen=True):
+    import_dirs: Annotated[list[str], msgspec.Meta(min_length=1, max_length=16)] = msgspec.field(
+        default_factory=lambda: ["/var/lib/fcd/import"]
+    )
+    """The only directories template imports and builds read from (kernel, rootfs,
+    source tree): a request naming a path anywhere else is refused. Nothing below
+    them is reached through a symlink."""
+
+    def __post_init__(self) -> None:
+        for d in self.import_dirs:
+            _absolute("import_dirs", d)
+            if os.path.normpath(d) != d or d == "/":
+                raise ValueError(f"import_dirs: {d!r} must be a normalized directory, not /")
+
+
 class SecurityConfig(_Section, frozen=True):
     api_user: str = "fcd"
     """The user fcd-api runs as: the only non-root peer a helper accepts."""
@@ -176,6 +191,7 @@ class Config(_Section, frozen=True):
     jail: JailConfig = msgspec.field(default_factory=JailConfig)
     limits: LimitsConfig = msgspec.field(default_factory=LimitsConfig)
     security: SecurityConfig = msgspec.field(default_factory=SecurityConfig)
+    storage: StorageConfig = msgspec.field(default_factory=StorageConfig)
 
     # Derived locations. Kept here so that every daemon agrees on them.
     def socket(self, daemon: Literal["api", "net", "storage", "vmm"]) -> Path:

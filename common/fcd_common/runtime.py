@@ -52,7 +52,7 @@ _DAEMONS: dict[str, Literal["api", "net", "storage", "vmm"]] = {
     "fcd-vmm": "vmm",
 }
 # Owner-only except fcd-storage's, which fcd-vmm reads (the units' StateDirectoryMode=).
-_STATE_MODES = {"storage": 0o755}
+_STATE_MODES = {"storage": 0o750}  # fcd-vmm (root) reads it; nobody else (#9 finding 6)
 
 
 class StateLocked(Exception):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -54,6 +55,12 @@ def import_command(args: argparse.Namespace) -> int:
         sys.stderr.write(f"{NAME}: invalid configuration: {e}\n")
         return runtime.EX_CONFIG
     store = Store.from_config(cfg)
+    # The operator names the files on the command line with their own rights: their
+    # directories are import directories for this one run (still no symlinks, and
+    # only regular files, below them).
+    store.import_dirs += tuple(
+        dict.fromkeys(os.path.dirname(p) for p in (args.kernel, args.rootfs) if p.startswith("/"))
+    )
     try:
         store.ensure_dirs()
         m = templates.import_template(store, args.name, args.kernel, args.rootfs, args.kernel_args)

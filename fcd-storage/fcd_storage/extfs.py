@@ -1,4 +1,7 @@
-"""Growing an ext2/3/4 image after its file was extended (e2fsprogs)."""
+"""Growing an ext2/3/4 image after its file was extended, making one (e2fsprogs).
+
+The tools parse images and trees users made: each runs confined to writing the
+one image it works on (:mod:`fcd_storage.sandbox`, #9 finding 10)."""
 
 from __future__ import annotations
 
@@ -9,6 +12,8 @@ import subprocess
 from pathlib import Path
 
 from fcd_common.errors import FailedPrecondition, Internal, InvalidArgument
+
+from . import sandbox
 
 log = logging.getLogger("fcd.storage")
 
@@ -30,29 +35,20 @@ def _tool(name: str) -> str:
     return path
 
 
-def _run(argv: list[str]) -> subprocess.CompletedProcess[str]:
-    try:
-        return subprocess.run(
-            argv,
-            capture_output=True,
-            text=True,
-            timeout=TIMEOUT_S,
-            check=False,
-            env={"LC_ALL": "C", "PATH": _SBIN},
-        )
-    except subprocess.TimeoutExpired:
-        raise Internal(f"{os.path.basename(argv[0])} timed out after {TIMEOUT_S:g}s") from None
+def _run(argv: list[str], image: Path) -> subprocess.CompletedProcess[str]:
+    """Run a tool on ``image`` in the sandbox (:mod:`fcd_storage.sandbox`)."""
+    return sandbox.run(argv, image, timeout=TIMEOUT_S)
 
 
 def grow(image: Path) -> None:
     """Check the filesystem (``e2fsck -fp``) and grow it to the file's size (``resize2fs``)."""
-    fsck = _run([_tool("e2fsck"), "-fp", str(image)])
+    fsck = _run([_tool("e2fsck"), "-fp", str(image)], image)
     if fsck.returncode >= 4:  # 1 and 2 mean "errors corrected"
         out = (fsck.stdout + fsck.stderr).strip()
         raise Internal(f"e2fsck failed on the new disk (exit {fsck.returncode}): {out}")
     if fsck.returncode:
         log.warning("e2fsck corrected errors on %s: %s", image, fsck.stdout.strip())
-    res = _run([_tool("resize2fs"), str(image)])
+    res = _run([_tool("resize2fs"), str(image)], image)
     if res.returncode != 0:
         raise Internal(f"resize2fs failed (exit {res.returncode}): {res.stderr.strip()}")
 
@@ -62,7 +58,9 @@ _MKFS_OPTS = "lazy_itable_init=1,lazy_journal_init=1"
 
 def make_blank(image: Path, label: str) -> None:
     """A fresh ext4 filesystem filling the (sparse) file ``image``."""
-    res = _run([_tool("mkfs.ext4"), "-q", "-F", "-E", _MKFS_OPTS, "-L", label[:16], str(image)])
+    res = _run(
+        [_tool("mkfs.ext4"), "-q", "-F", "-E", _MKFS_OPTS, "-L", label[:16], str(image)], image
+    )
     if res.returncode != 0:
         raise Internal(f"mkfs.ext4 failed (exit {res.returncode}): {res.stderr.strip()}")
 
@@ -86,18 +84,7 @@ def make_from_dir(image: Path, source_dir: str, inodes: int, pass_fds: tuple[int
         source_dir,
         str(image),
     ]
-    try:
-        res = subprocess.run(
-            argv,
-            capture_output=True,
-            text=True,
-            timeout=TIMEOUT_S,
-            check=False,
-            env={"LC_ALL": "C", "PATH": _SBIN},
-            pass_fds=pass_fds,
-        )
-    except subprocess.TimeoutExpired:
-        raise Internal(f"mkfs.ext4 -d timed out after {TIMEOUT_S:g}s") from None
+    res = sandbox.run(argv, image, timeout=TIMEOUT_S, pass_fds=pass_fds)
     if res.returncode != 0:
         out = (res.stdout + res.stderr).strip()
         if "No space left" in out or "Could not allocate" in out or "inode" in out.lower():
@@ -108,6 +95,6 @@ def make_from_dir(image: Path, source_dir: str, inodes: int, pass_fds: tuple[int
             f"mkfs.ext4 -d could not build the image: {out[-500:]}",
             details={"field": "source_dir"},
         )
-    fsck = _run([_tool("e2fsck"), "-fn", str(image)])
+    fsck = _run([_tool("e2fsck"), "-fn", str(image)], image)
     if fsck.returncode != 0:
         raise Internal(f"the built image fails e2fsck -n: {(fsck.stdout + fsck.stderr)[-500:]}")

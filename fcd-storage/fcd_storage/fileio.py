@@ -13,13 +13,12 @@ import fcntl
 import hashlib
 import os
 import shutil
-import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 from fcd_common.atomicfile import fsync_dir
-from fcd_common.errors import Internal, InvalidArgument
+from fcd_common.errors import Internal
 
 FICLONE = 0x40049409  # _IOW(0x94, 9, int)
 CHUNK = 1 << 20
@@ -35,27 +34,6 @@ def owned_fd(fd: int) -> Iterator[int]:
         yield fd
     finally:
         os.close(fd)
-
-
-def open_source(path: str, field: str) -> int:
-    """Open a file to import: a regular file, not a symlink, not a FIFO or device."""
-    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK
-    try:
-        fd = os.open(path, flags)
-    except OSError as e:
-        if e.errno == errno.ELOOP:
-            msg = f"{field} {path!r} is a symbolic link"
-        elif e.errno == errno.ENOENT:
-            msg = f"{field} {path!r} does not exist"
-        elif e.errno == errno.EACCES:
-            msg = f"{field} {path!r} is not readable by fcd-storage"
-        else:
-            msg = f"{field} {path!r}: {e.strerror}"
-        raise InvalidArgument(msg, details={"field": field}) from None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise InvalidArgument(f"{field} {path!r} is not a regular file", details={"field": field})
-    return fd
 
 
 def open_store_file(path: Path) -> int:

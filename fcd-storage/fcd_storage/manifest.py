@@ -22,7 +22,7 @@ from fcd_common.proto.storage import (
 from fcd_common.storelayout import StoreLayout
 
 Method = Literal["reflink", "copy"]
-MANIFEST_MODE = 0o644
+MANIFEST_MODE = 0o640
 _T = TypeVar("_T", bound=msgspec.Struct)
 
 

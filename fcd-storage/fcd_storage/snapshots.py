@@ -38,14 +38,14 @@ from fcd_common.proto.storage import SnapshotOrigin
 from fcd_common.storelayout import SNAPSHOT_MANIFEST, SNAPSHOT_PENDING
 
 from . import fileio, plan, refs
-from .manifest import SnapshotManifest, encode, load, now_rfc3339
+from .manifest import MANIFEST_MODE, SnapshotManifest, encode, load, now_rfc3339
 from .store import Store
 
 log = logging.getLogger("fcd.storage")
 
 SNAPSHOT_FILE_MODE = 0o660  # while Firecracker writes them (through fcd-vmm's link)
 SHARED_MODE = 0o400  # once committed: read-only, and not world-readable (see above)
-DIR_MODE = 0o755
+DIR_MODE = 0o750
 
 
 def _load(path: Path, what: str) -> SnapshotManifest | None:
@@ -116,7 +116,7 @@ def prepare(store: Store, name: str, vm_id: str) -> SnapshotManifest:
     try:
         for leaf in (lay.snapshot_state(name).name, lay.snapshot_memory(name).name):
             os.close(fileio.create_file(staging / leaf, SNAPSHOT_FILE_MODE))
-        fileio.write_file(staging / SNAPSHOT_PENDING, encode(m), 0o644)
+        fileio.write_file(staging / SNAPSHOT_PENDING, encode(m), MANIFEST_MODE)
         os.chmod(staging, DIR_MODE)
         store.adopt(staging)
         fsync_dir(staging)
@@ -183,7 +183,7 @@ def commit(store: Store, name: str, origin: SnapshotOrigin | None = None) -> Sna
     d = lay.snapshot_dir(name)
     mtmp = d / (SNAPSHOT_MANIFEST + ".tmp")
     fileio.remove_tree(mtmp)
-    fileio.write_file(mtmp, encode(m), 0o644)
+    fileio.write_file(mtmp, encode(m), MANIFEST_MODE)
     os.rename(mtmp, d / SNAPSHOT_MANIFEST)
     fileio.remove_tree(d / SNAPSHOT_PENDING)
     fsync_dir(d)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -40,7 +41,7 @@ from fcd_common.storelayout import (
 )
 from fcd_common.storelayout import layout as layout_of
 
-from . import fileio
+from . import fileio, modes
 from .manifest import DiskManifest, TemplateManifest, load
 
 log = logging.getLogger("fcd.storage")
@@ -57,8 +58,10 @@ class Store:
         max_disk_mib: int,
         max_vm_disk_mib: int = 2_097_152,
         max_drives: int = 8,
+        import_dirs: Sequence[str] = ("/var/lib/fcd/import",),
     ) -> None:
         self.layout = lay
+        self.import_dirs = tuple(import_dirs)
         self.max_disk_mib = max_disk_mib
         self.max_vm_disk_mib = max_vm_disk_mib
         self.max_drives = max_drives
@@ -71,22 +74,26 @@ class Store:
             max_disk_mib=lim.max_disk_mib,
             max_vm_disk_mib=lim.max_vm_disk_mib,
             max_drives=lim.max_drives,
+            import_dirs=cfg.storage.import_dirs,
         )
 
     # -- start-up ---------------------------------------------------------------
 
     def ensure_dirs(self) -> None:
         lay = self.layout
-        lay.root.mkdir(parents=True, exist_ok=True, mode=0o755)
+        lay.root.mkdir(parents=True, exist_ok=True, mode=modes.DIR)
+        os.chmod(lay.root, modes.DIR)
         dirs = (
-            (lay.templates, 0o755),
-            (lay.disks, 0o750),
-            (lay.snapshots, 0o755),
+            (lay.templates, modes.DIR),
+            (lay.disks, modes.DIR),
+            (lay.snapshots, modes.DIR),
             (lay.tmp, TMP_DIR_MODE),
         )
         for d, mode in dirs:
             d.mkdir(exist_ok=True, mode=mode)
             os.chmod(d, mode)
+        for path in modes.tighten(lay.root):
+            log.info("took the world's access away from %s (#9 finding 6)", path)
 
     def reclaim(self, *, keep_pending: bool = False) -> list[Path]:
         """Remove staging leftovers and entries without a manifest; return what was removed.

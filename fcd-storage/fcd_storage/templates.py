@@ -6,31 +6,34 @@ Building runs ``mkfs.ext4 -d`` on the tree into a staging file; the tree is
 measured first (size given, or computed with headroom) and pinned by a
 directory fd that mkfs reads through ``/proc/self/fd/N``, so swapping the path
 for a symlink after the check changes nothing. The source paths are read with
-fcd-storage's own rights: they are the one place a request names a path, and
+fcd-storage's own rights: they are the one place a request names a path, so
+they are opened only below the configured import directories, never through a
+symlink, and only once proven regular files (:mod:`fcd_storage.sources`);
 nothing is ever written there.
 """
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import stat
 
 from fcd_common.atomicfile import fsync_dir
-from fcd_common.errors import Conflict, InvalidArgument, NotFound
+from fcd_common.errors import Conflict, NotFound
 from fcd_common.ids import check_name
 from fcd_common.storelayout import KERNEL, ROOTFS, TEMPLATE_MANIFEST
 
-from . import extfs, fileio, plan, refs, snapshots
+from . import extfs, fileio, plan, refs, snapshots, sources
 from .fileio import copy_into, owned_fd
 from .manifest import MANIFEST_MODE, TemplateManifest, encode, now_rfc3339
 from .store import Store
 
 log = logging.getLogger("fcd.storage")
 
-TEMPLATE_FILE_MODE = 0o644  # a jailed Firecracker (any pool uid) reads it through a hard link
-TEMPLATE_DIR_MODE = 0o755
+# not world-readable (#9 finding 6): a jailed Firecracker reads its link through its own
+# ACL entry, which fcd-vmm adds at launch and removes at release (fcd_vmm.jailfs)
+TEMPLATE_FILE_MODE = 0o640
+TEMPLATE_DIR_MODE = 0o750
 
 
 def import_template(
@@ -52,8 +55,8 @@ def import_template(
     plan.check_kernel_args(kernel_args)
     existing = store.template_manifest(name)
     with (
-        owned_fd(fileio.open_source(kernel_path, "kernel_path")) as kfd,
-        owned_fd(fileio.open_source(rootfs_path, "rootfs_path")) as rfd,
+        owned_fd(_open_source(store, kernel_path, "kernel_path")) as kfd,
+        owned_fd(_open_source(store, rootfs_path, "rootfs_path")) as rfd,
     ):
         if existing is not None:  # decide from the hashes alone, without copying
             kernel = fileio.copy_hashed(kfd, None)
@@ -92,6 +95,12 @@ def import_template(
     return new
 
 
+def _open_source(store: Store, path: str, field: str, *, directory: bool = False) -> int:
+    return sources.open_source(
+        path, field, store.import_dirs, directory=directory, store_root=str(store.layout.root)
+    )
+
+
 def _manifest(
     name: str, kernel: tuple[int, str], rootfs: tuple[int, str], args: str
 ) -> TemplateManifest:
@@ -105,21 +114,6 @@ def _manifest(
         kernel_args=args,
         created_at=now_rfc3339(),
     )
-
-
-def open_source_dir(path: str, field: str = "source_dir") -> int:
-    """A directory fd for ``path`` (absolute, normalized, not a symlink)."""
-    plan.check_source_path(path, field)
-    try:
-        return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError as e:
-        why = {
-            errno.ENOENT: "does not exist",
-            errno.ENOTDIR: "is not a directory",
-            errno.ELOOP: "is a symbolic link",
-            errno.EACCES: "is not readable by fcd-storage",
-        }.get(e.errno or 0, e.strerror or str(e))
-        raise InvalidArgument(f"{field} {path!r} {why}", details={"field": field}) from None
 
 
 def measure_tree(dir_fd: int) -> plan.TreeSize:
@@ -156,8 +150,8 @@ def build_template(
     if store.template_manifest(name) is not None:
         raise Conflict(f"template {name!r} already exists", details={"field": "name"})
     with (
-        owned_fd(fileio.open_source(kernel_path, "kernel_path")) as kfd,
-        owned_fd(open_source_dir(source_dir)) as dfd,
+        owned_fd(_open_source(store, kernel_path, "kernel_path")) as kfd,
+        owned_fd(_open_source(store, source_dir, "source_dir", directory=True)) as dfd,
     ):
         tree = measure_tree(dfd)
         size, inodes = plan.build_geometry(tree, size_mib, store.max_disk_mib)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from fcd_common import logs
 
-from . import acl, fclog
+from . import acl, fclog, jailopen
 from .checks import StorageFile
 from .plan import JailPaths
 
@@ -124,32 +124,22 @@ def _copy_into(src: StorageFile, dst: Path, vm_id: str) -> str:
         log.debug("copied %s to %s", src.path, dst, extra=logs.vm(vm_id))
 
 
-def _place(src: StorageFile, dst: Path, vm_id: str, what: str, *, want_link: bool = True) -> None:
-    if want_link:
-        try:
-            _link_fd(src.fd, dst)
-            return
-        except OSError as e:
-            if e.errno != errno.EXDEV:
-                raise
-            method = _copy_into(src, dst, vm_id)
-            log.warning(
-                "%s %s is on another filesystem than the chroot base: used a %s into the jail "
-                "(changes to it do not reach the storage file)",
-                what,
-                src.path,
-                method,
-                extra=logs.vm(vm_id),
-            )
-            return
-    method = _copy_into(src, dst, vm_id)
-    log.info(
-        "%s %s is not world-readable: %s into the jail",
-        what,
-        src.path,
-        method,
-        extra=logs.vm(vm_id),
-    )
+def _place(src: StorageFile, dst: Path, vm_id: str, what: str) -> None:
+    """A VM's own file (disk, data drive): a hard link, or a copy across filesystems."""
+    try:
+        _link_fd(src.fd, dst)
+    except OSError as e:
+        if e.errno != errno.EXDEV:
+            raise
+        method = _copy_into(src, dst, vm_id)
+        log.warning(
+            "%s %s is on another filesystem than the chroot base: used a %s into the jail "
+            "(changes to it do not reach the storage file)",
+            what,
+            src.path,
+            method,
+            extra=logs.vm(vm_id),
+        )
 
 
 def _link_fd(fd: int, dst: Path) -> None:
@@ -195,23 +185,19 @@ def prepare_jail(
     _mkdir(base / paths.exec_name, 0o711)
     _mkdir(paths.jail_dir, 0o700)
     _mkdir(paths.root, 0o700)  # the jailer makes it uid:gid when it sets up "/"
-    # kernel: only read by Firecracker; a link needs the file to be readable by the jail uid
-    world_readable = bool(kernel.st.st_mode & stat.S_IROTH)
-    _place(kernel, paths.kernel, vm_id, "kernel", want_link=world_readable)
-    if not world_readable:
-        os.chown(paths.kernel, uid, gid, follow_symlinks=False)
-        os.chmod(paths.kernel, 0o400, follow_symlinks=False)
+    # kernel: only read by Firecracker, shared by every VM of the template
+    place_shared(kernel, paths.kernel, vm_id, uid, gid, what="kernel")
     # disk: read-write by the jail uid
-    _place(rootfs, paths.rootfs, vm_id, "disk", want_link=True)
+    _place(rootfs, paths.rootfs, vm_id, "disk")
     os.chown(paths.rootfs, uid, gid, follow_symlinks=False)
     mode = stat.S_IMODE(os.lstat(paths.rootfs).st_mode)
     if mode & 0o600 != 0o600:
         os.chmod(paths.rootfs, mode | 0o600, follow_symlinks=False)
     for drive_id, f, read_only in drives:
         if read_only:  # a template image shared by many VMs: never chowned, only read
-            _place_read_only(f, paths.drive(drive_id), vm_id, uid, gid)
+            place_shared(f, paths.drive(drive_id), vm_id, uid, gid)
         else:  # this VM's own data drive: read-write by the jail uid, like the disk
-            _place(f, paths.drive(drive_id), vm_id, "data drive", want_link=True)
+            _place(f, paths.drive(drive_id), vm_id, "data drive")
             os.chown(paths.drive(drive_id), uid, gid, follow_symlinks=False)
     fclog.make_fifo(paths.log_file, uid, gid)  # forwarded to the journal (fclog.py)
     _create_owned(paths.metrics_file, uid, gid)
@@ -219,13 +205,53 @@ def prepare_jail(
         place_snapshot(paths, snapshot[0], snapshot[1], uid, gid)
 
 
-def _place_read_only(src: StorageFile, dst: Path, vm_id: str, uid: int, gid: int) -> None:
-    """A shared image: a link when world-readable (the inode is not touched), else a copy."""
-    world_readable = bool(src.st.st_mode & stat.S_IROTH)
-    _place(src, dst, vm_id, "shared drive", want_link=world_readable)
-    if not world_readable:
-        os.chown(dst, uid, gid, follow_symlinks=False)
-        os.chmod(dst, 0o400, follow_symlinks=False)
+def _own_copy(src: StorageFile, dst: Path, vm_id: str, uid: int, gid: int) -> str:
+    """A private read-only copy of ``src`` for the jail uid (0400, its own)."""
+    method = _copy_into(src, dst, vm_id)
+    os.chown(dst, uid, gid, follow_symlinks=False)
+    os.chmod(dst, 0o400, follow_symlinks=False)
+    return method
+
+
+def place_shared(
+    src: StorageFile, dst: Path, vm_id: str, uid: int, gid: int, *, what: str = "shared drive"
+) -> None:
+    """A file many VMs read (a template's kernel or image): a hard link the jail uid
+    reads through its own ACL entry (added here, removed at release, owner and mode of
+    the store's file untouched: it is not world-readable). A store of an older version
+    with world-readable templates needs no entry. Another filesystem than the chroot
+    base (EXDEV), or an inode whose ACL is full, gets a private read-only copy."""
+    try:
+        _link_fd(src.fd, dst)
+    except OSError as e:
+        if e.errno != errno.EXDEV:
+            raise
+        method = _own_copy(src, dst, vm_id, uid, gid)
+        log.warning(
+            "%s %s is on another filesystem than the chroot base: used a %s into the jail",
+            what,
+            src.path,
+            method,
+            extra=logs.vm(vm_id),
+        )
+        return
+    if src.st.st_mode & stat.S_IROTH:
+        return
+    try:
+        grant_read(src.proc_path, uid)
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.E2BIG, errno.EOPNOTSUPP):
+            raise
+        os.unlink(dst)
+        method = _own_copy(src, dst, vm_id, uid, gid)
+        log.warning(
+            "%s %s: cannot add an ACL entry (%s): used a %s into the jail",
+            what,
+            src.path,
+            e.strerror,
+            method,
+            extra=logs.vm(vm_id),
+        )
 
 
 # --- snapshot files -----------------------------------------------------------------------
@@ -345,25 +371,41 @@ def return_snapshot_files(lent: Sequence[Lent]) -> list[str]:
     return problems
 
 
-def read_pid_file(path: Path) -> int | None:
-    """The pid in the jailer's pid file, or None while it is missing or still empty."""
+def read_pid_file(paths: JailPaths) -> int | None:
+    """The pid in the jailer's pid file, or None while it is missing, still empty, or
+    anything but a small regular file (the jail uid can put a FIFO, a device or a
+    symlink there: none is followed, waited on or read past a few bytes)."""
     try:
-        text = path.read_text().strip()
+        data = jailopen.read_small_file(paths.root, str(paths.pid_file.relative_to(paths.root)))
     except OSError:
         return None
-    return int(text) if text.isdigit() and int(text) > 0 else None
+    text = data.decode("ascii", errors="replace").strip()
+    if len(data) > jailopen.PID_FILE_MAX or not text.isdigit():
+        return None
+    return int(text) if int(text) > 0 else None
 
 
-def log_tail(path: Path, lines: int = 10, limit: int = 4096) -> str:
-    """The last lines of Firecracker's log, for error details (never blocks on a FIFO)."""
+def log_tail(paths: JailPaths, lines: int = 10, limit: int = 4096) -> str:
+    """The last lines of Firecracker's log, for error details: from the forwarder of
+    the FIFO, or (an older jail) a regular file opened inside the jail without
+    following a symlink. Anything else the jail uid put there gives nothing."""
+    path = paths.log_file
     if fclog.is_fifo(path):
         return fclog.forwarders.tail(path)
     try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            size = f.tell()
-            f.seek(max(0, size - limit))
-            data = f.read()
-    except OSError:
+        pfd = jailopen.open_beneath(paths.root, str(path.relative_to(paths.root)), os.O_PATH)
+        try:
+            if not stat.S_ISREG(os.fstat(pfd).st_mode):
+                return ""
+            rfd = os.open(
+                f"/proc/self/fd/{pfd}", os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+            )
+        finally:
+            os.close(pfd)
+        try:
+            data = os.pread(rfd, limit, max(0, os.fstat(rfd).st_size - limit))
+        finally:
+            os.close(rfd)
+    except (OSError, ValueError):
         return ""
     return "\n".join(data.decode(errors="replace").splitlines()[-lines:])

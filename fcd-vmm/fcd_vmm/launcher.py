@@ -143,16 +143,16 @@ async def teardown(cfg: Config, vm_id: str, watch: PidWatch | None) -> list[str]
 
 async def _await_process(paths: JailPaths, uid: int) -> PidWatch:
     await wait_for_path(
-        paths.pid_file, within=paths.root, ready=lambda p: jailfs.read_pid_file(p) is not None
+        paths.pid_file, within=paths.root, ready=lambda _p: jailfs.read_pid_file(paths) is not None
     )
-    pid = jailfs.read_pid_file(paths.pid_file)
+    pid = jailfs.read_pid_file(paths)
     assert pid is not None
     try:
         watch = PidWatch(pid)
     except ProcessLookupError:
         raise FirecrackerError(
             f"Firecracker (pid {pid}) exited right after the jailer started it",
-            details={"log_tail": jailfs.log_tail(paths.log_file)},
+            details={"log_tail": jailfs.log_tail(paths)},
         ) from None
     try:
         await wait_for_path(paths.api_socket, within=paths.root, abort=watch.exited)
@@ -161,7 +161,7 @@ async def _await_process(paths: JailPaths, uid: int) -> PidWatch:
         code = f" with status {watch.exit_code}" if watch.exit_code is not None else ""
         raise FirecrackerError(
             f"Firecracker (pid {pid}) exited{code} before opening its API socket",
-            details={"exit_code": watch.exit_code, "log_tail": jailfs.log_tail(paths.log_file)},
+            details={"exit_code": watch.exit_code, "log_tail": jailfs.log_tail(paths)},
         ) from None
     except BaseException:
         watch.kill()
@@ -211,14 +211,16 @@ async def _prepare(
             f.close()
 
 
-async def _configure(paths: JailPaths, spec: LaunchSpec, firecracker_version: str) -> None:
-    async with FirecrackerClient(paths.api_socket) as fc:
+async def _configure(
+    paths: JailPaths, spec: LaunchSpec, firecracker_version: str, uid: int
+) -> None:
+    async with FirecrackerClient.in_jail(paths, uid) as fc:
         await fc.wait_ready()
         for call in configure_calls(spec, firecracker_version):
             try:
                 await fc.call(call)
             except FirecrackerError as e:
-                tail = jailfs.log_tail(paths.log_file)
+                tail = jailfs.log_tail(paths)
                 if tail:
                     e.details = {**(e.details or {}), "log_tail": tail}
                 if call.path == "/snapshot/load":
@@ -282,10 +284,10 @@ async def launch(
         except TimeoutError:
             raise DeadlineExceeded(
                 f"Firecracker did not open its API socket within {cfg.limits.boot_timeout_s}s",
-                details={"log_tail": jailfs.log_tail(paths.log_file)},
+                details={"log_tail": jailfs.log_tail(paths)},
             ) from None
         log.info("firecracker pid %d is up, configuring", watch.pid, extra=logs.vm(vm_id))
-        await _configure(paths, spec, firecracker_version)
+        await _configure(paths, spec, firecracker_version, uid)
         log.info(
             "%s: %d vCPU, %d MiB, pid %d, uid %d",
             "booted" if spec.req.restore is None else f"restored {spec.req.restore.name}",

@@ -231,6 +231,17 @@ class LaunchSpec:
         return self.req.disk.drives
 
 
+def acl_paths(spec: LaunchSpec) -> list[str]:
+    """The store files the VM's jail uid reads through an ACL entry of its own: the
+    template's kernel, the shared read-only images and a restore's state and memory
+    (its own disk and data drives it owns instead)."""
+    out = [spec.req.disk.kernel_path]
+    out += [d.path for d in spec.drives if d.read_only]
+    if spec.req.restore is not None:
+        out += [spec.req.restore.state_path, spec.req.restore.memory_path]
+    return list(dict.fromkeys(out))
+
+
 def drive_file(drive_id: str) -> str:
     return f"drive-{check_resource_id(drive_id)}.ext4"
 

@@ -156,13 +156,14 @@ async def wait_for_path(
     ``asyncio.timeout``. Raises :class:`Aborted` if ``abort`` completes first.
     """
     parts = target.relative_to(within).parts
-    mask = Mask.CREATE | Mask.MOVED_TO | Mask.CLOSE_WRITE | Mask.ONLYDIR
+    # the jail uid owns the directories below a jail root: never watch through a link
+    mask = Mask.CREATE | Mask.MOVED_TO | Mask.CLOSE_WRITE | Mask.ONLYDIR | Mask.DONT_FOLLOW
     with Inotify() as ino:
         watched: set[Path] = set()
         while True:
             d = within
             for part in parts[:-1]:
-                if not (d / part).is_dir():
+                if (d / part).is_symlink() or not (d / part).is_dir():
                     break
                 d = d / part
             if d not in watched:

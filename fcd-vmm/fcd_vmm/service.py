@@ -65,6 +65,7 @@ from .plan import (
     CTRL_ALT_DEL,
     FC_STATES,
     CgroupVersion,
+    acl_paths,
     jail_paths,
     parse_version,
     snapshot_create_body,
@@ -122,7 +123,7 @@ class VmmService(ResourceHandlers):
             )
         for rec in self.pool.load():
             paths = jail_paths(self.cfg, rec.vm_id)
-            candidates = [p for p in (rec.pid, read_pid_file(paths.pid_file)) if p is not None]
+            candidates = [p for p in (rec.pid, read_pid_file(paths)) if p is not None]
             adopted = False
             for pid in dict.fromkeys(candidates):
                 if not (same_root(pid, paths.root) and proc_uid(pid) == rec.uid):
@@ -236,9 +237,10 @@ class VmmService(ResourceHandlers):
         state: ProcState
         if watch is not None:
             state = "running"
-            if paths.api_socket.exists():
+            if paths.api_socket.exists() or paths.api_socket.is_symlink():
                 try:
-                    async with FirecrackerClient(paths.api_socket, timeout=STATUS_TIMEOUT_S) as fc:
+                    fc_ = FirecrackerClient.in_jail(paths, rec.uid, timeout=STATUS_TIMEOUT_S)
+                    async with fc_ as fc:
                         info = await fc.get("/")
                     state = FC_STATES.get(str(info.get("state")), "running")
                 except FcdError as e:
@@ -288,13 +290,11 @@ class VmmService(ResourceHandlers):
             if restore is not None:
                 # a boot does not depend on the version; a load's fields do (plan.py)
                 launch_kw["firecracker_version"] = (await self._vmm_info()).firecracker_version
-                # recorded before the ACL entries exist: release finds them after a crash
-                new = [
-                    p for p in (restore.state_path, restore.memory_path) if p not in rec.acl_files
-                ]
-                if new:
-                    rec.acl_files = [*rec.acl_files, *new]
-                    self.pool.save(rec)
+            # recorded before the ACL entries exist: release finds them after a crash
+            new = [p for p in acl_paths(spec) if p not in rec.acl_files]
+            if new:
+                rec.acl_files = [*rec.acl_files, *new]
+                self.pool.save(rec)
             try:
                 watch = await launcher.launch(
                     self.cfg,
@@ -322,11 +322,11 @@ class VmmService(ResourceHandlers):
 
     async def _set_paused(self, vm_id: str, paused: bool) -> VmProcess:
         async with self._locks.hold(vm_id):
-            self._require(vm_id)
+            rec = self._require(vm_id)
             if self._live(vm_id) is None:
                 raise FailedPrecondition(f"VM {vm_id} is not running")
             paths = jail_paths(self.cfg, vm_id)
-            async with FirecrackerClient(paths.api_socket, timeout=API_TIMEOUT_S) as fc:
+            async with FirecrackerClient.in_jail(paths, rec.uid, timeout=API_TIMEOUT_S) as fc:
                 await fc.patch("/vm", vm_state_body(paused))
             log.info("%s", "paused" if paused else "resumed", extra=logs.vm(vm_id))
             return await self._process(vm_id)
@@ -352,7 +352,7 @@ class VmmService(ResourceHandlers):
                 # was saved, so no resume and no Ctrl-Alt-Del; teardown kills and reaps
                 log.info("forced stop: SIGKILL", extra=vm)
             elif watch is not None:
-                graceful = await self._shutdown(req.vm_id, watch, timeout)
+                graceful = await self._shutdown(req.vm_id, rec.uid, watch, timeout)
                 if not graceful:
                     log.info("no shutdown within %.1fs: SIGKILL", timeout, extra=vm)
             old = self.watches.pop(req.vm_id, None)
@@ -365,11 +365,11 @@ class VmmService(ResourceHandlers):
             log.info("stopped (%s)", "graceful" if graceful else "killed", extra=vm)
             return StopResult(vm_id=req.vm_id, graceful=graceful)
 
-    async def _shutdown(self, vm_id: str, watch: PidWatch, timeout: float) -> bool:
+    async def _shutdown(self, vm_id: str, uid: int, watch: PidWatch, timeout: float) -> bool:
         """Ctrl-Alt-Del (resuming a paused guest first); True if it exited in time."""
-        sock = jail_paths(self.cfg, vm_id).api_socket
+        paths = jail_paths(self.cfg, vm_id)
         try:
-            async with FirecrackerClient(sock, timeout=API_TIMEOUT_S) as fc:
+            async with FirecrackerClient.in_jail(paths, uid, timeout=API_TIMEOUT_S) as fc:
                 info = await fc.get("/")
                 if info.get("state") == "Paused":
                     await fc.patch("/vm", vm_state_body(False))
@@ -458,7 +458,7 @@ class VmmService(ResourceHandlers):
             if self._live(vm_id) is None:
                 raise FailedPrecondition(f"VM {vm_id} is not running")
             paths = jail_paths(self.cfg, vm_id)
-            async with FirecrackerClient(paths.api_socket, timeout=SNAPSHOT_TIMEOUT_S) as fc:
+            async with FirecrackerClient.in_jail(paths, rec.uid, timeout=SNAPSHOT_TIMEOUT_S) as fc:
                 state = (await fc.get("/") or {}).get("state")
                 if state != "Paused":
                     raise FailedPrecondition(

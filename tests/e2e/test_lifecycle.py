@@ -177,9 +177,9 @@ def test_launch_failure_undoes_everything(tmp_path: Path) -> None:
     with running_suite(tmp_path) as suite, api(suite) as c:
         devup.import_demo_template(suite, "tiny")
         # a guest kernel that is not an ELF makes InstanceStart fail inside Firecracker
-        bad_kernel = tmp_path / "bad-vmlinux"
+        bad_kernel = suite.import_dir / "bad-vmlinux"
         bad_kernel.write_bytes(b"not an elf" * 100)
-        rootfs = suite.base / "demo-src" / "rootfs.ext4"
+        rootfs = suite.import_dir / "demo-src" / "rootfs.ext4"
         import asyncio
 
         from fcd_common.proto import storage as sp

@@ -17,6 +17,7 @@ import contextlib
 import importlib.util
 import json
 import os
+import pwd
 import shutil
 import signal
 import subprocess
@@ -36,6 +37,14 @@ BANNER_DOUBLE = """\
 #  Running the Firecracker and jailer TEST DOUBLES from tests/fakes/.           #
 #  They speak Firecracker's API and the jailer's CLI, but boot no real guest.   #
 ################################################################################"""
+
+
+def _account(name: str) -> str | None:
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return None
+    return name
 
 
 def _out(line: str = "") -> None:
@@ -59,7 +68,7 @@ def import_demo_template(suite: suite_mod.Suite, name: str = "demo") -> None:
     from fcd_common.rpc import RpcClient
 
     guest = _guest_module()
-    work = suite.base / "demo-src"
+    work = suite.import_dir / "demo-src"
     work.mkdir(parents=True, exist_ok=True)
     kernel = guest.build(work / "vmlinux")
     rootfs = guest.build_rootfs(work / "rootfs.ext4")
@@ -171,6 +180,12 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915 -- a linear scr
     up.add_argument("--demo", action="store_true", help="create, list and delete a VM with fcctl")
     up.add_argument("--exit-after-demo", action="store_true", help="stop once the demo is done")
     up.add_argument("--keep", action="store_true", help="leave VMs and state in place at exit")
+    up.add_argument(
+        "--storage-user",
+        default=None,
+        help="run fcd-storage as this user, as its unit does (default: fcd-storage if that "
+        "account exists, else root)",
+    )
     args = p.parse_args(argv)
 
     if os.geteuid() != 0:
@@ -184,6 +199,9 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915 -- a linear scr
         fc, jl = suite_mod.test_double_paths()
 
     base = Path(args.dir)  # an existing dir is resumed: its VMs are adopted, never wiped
+    storage_user = args.storage_user or _account("fcd-storage")
+    if storage_user is None:
+        _out("fcd-storage runs as root here (no fcd-storage account; --storage-user to choose)")
     suite = suite_mod.Suite(
         base=base,
         firecracker=fc,
@@ -191,6 +209,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915 -- a linear scr
         netns=None if args.host_network else args.netns,
         subnet=args.subnet,
         log_to_files=False,
+        storage_user=storage_user,
     )
     suite.write_config()
     stop = threading.Event()

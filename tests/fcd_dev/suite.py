@@ -25,12 +25,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Literal
 
 from fcd_common import config as config_mod
+from fcd_common.rpc.transport import bind_unix
 
 Daemon = Literal["net", "storage", "vmm", "api"]
 ORDER: tuple[Daemon, ...] = ("net", "storage", "vmm", "api")
@@ -56,9 +57,11 @@ def netns_remove(name: str) -> None:
         netns.remove(name)
 
 
-def daemon_argv(daemon: Daemon, config_path: Path, netns: str | None = None) -> list[str]:
+def daemon_argv(
+    daemon: Daemon, config_path: Path, netns: str | None = None, wrapper: Sequence[str] = ()
+) -> list[str]:
     exe = Path(sys.executable).parent / f"fcd-{daemon}"
-    argv = [str(exe), "--config", str(config_path)]
+    argv = [*wrapper, str(exe), "--config", str(config_path)]
     if netns:
         argv = ["nsenter", f"--net=/run/netns/{netns}", "--", *argv]
     return argv
@@ -73,18 +76,33 @@ def spawn(
     env: dict[str, str] | None = None,
     timeout: float = 30.0,
     started: Callable[[subprocess.Popen[bytes]], None] | None = None,
+    run_as: tuple[int, int] | None = None,
+    listen: socket.socket | None = None,
 ) -> subprocess.Popen[bytes]:
     """Start one daemon (in ``netns`` if given) and return once it has sent ``READY=1``.
 
     Readiness arrives over the real sd_notify protocol: a datagram socket of
     ours is the daemon's ``NOTIFY_SOCKET``. ``started`` sees the process as soon
     as it exists, so a caller can clean it up even if it never becomes ready.
+    With ``run_as`` (uid, gid) the daemon runs as that user and gets ``listen`` as
+    its activated socket (:mod:`fcd_dev.dropto`), as its unit would.
     """
     notify_dir = Path(tempfile.mkdtemp(prefix="fcd-notify-"))  # short: sun_path is 108 bytes
     notify_path = notify_dir / daemon
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     try:
         sock.bind(str(notify_path))
+        wrapper: list[str] = []
+        pass_fds: tuple[int, ...] = ()
+        if run_as is not None:
+            if listen is None:
+                raise SuiteError(f"fcd-{daemon} as uid {run_as[0]} needs its socket bound first")
+            os.chmod(notify_dir, 0o711)  # the daemon's user must reach and send to it
+            os.chmod(notify_path, 0o666)
+            uid, gid, fd = run_as[0], run_as[1], listen.fileno()
+            wrapper = [sys.executable, "-m", "fcd_dev.dropto", "--uid", str(uid),
+                       "--gid", str(gid), "--listen-fd", str(fd), "--"]  # fmt: skip
+            pass_fds = (listen.fileno(),)
         full_env = {
             **os.environ,
             **(env or {}),
@@ -94,8 +112,9 @@ def spawn(
         for var in ("JOURNAL_STREAM", "LISTEN_FDS", "LISTEN_PID", "WATCHDOG_USEC"):
             full_env.pop(var, None)
         proc = subprocess.Popen(
-            daemon_argv(daemon, config_path, netns),
+            daemon_argv(daemon, config_path, netns, wrapper),
             env=full_env,
+            pass_fds=pass_fds,
             stdout=out,
             stderr=out,
             stdin=subprocess.DEVNULL,
@@ -147,6 +166,9 @@ class Suite:
     parent_cgroup: str = "fcd"
     log_to_files: bool = True
     extra_env: dict[str, str] = field(default_factory=dict)
+    storage_user: str | None = None
+    """Run fcd-storage as this user (as its unit does) instead of the caller's; the
+    base directory must be traversable by it. None: the caller's user (root)."""
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     _logs: list[IO[bytes]] = field(default_factory=list)
 
@@ -170,6 +192,11 @@ class Suite:
         if not self.netns:
             return "fcvm-"
         return "v" + hashlib.sha256(self.netns.encode()).hexdigest()[:5] + "-"
+
+    @property
+    def import_dir(self) -> Path:
+        """The one directory template imports and builds may read from (storage.import_dirs)."""
+        return self.base / "import"
 
     def log_path(self, daemon: str) -> Path:
         return self.base / "logs" / f"fcd-{daemon}.log"
@@ -195,6 +222,7 @@ class Suite:
                 limits=config_mod.LimitsConfig(shutdown_grace_s=5.0),
                 # fcd-api runs as this user here: the helpers must know it is fcd-api
                 security=config_mod.SecurityConfig(api_user=pwd.getpwuid(os.getuid()).pw_name),
+                storage=config_mod.StorageConfig(import_dirs=[str(self.import_dir)]),
             )
         except ValueError as e:  # a __post_init__ check; the type constraints run in decode
             raise config_mod.ConfigError(f"{self.config_path}: {e}") from None
@@ -202,6 +230,7 @@ class Suite:
         cfg = self.cfg  # validates
         for d in (cfg.paths.state_dir, cfg.paths.run_dir, cfg.paths.chroot_base):
             Path(d).mkdir(parents=True, exist_ok=True)
+        self.import_dir.mkdir(mode=0o755, exist_ok=True)
         return cfg
 
     # --- processes -----------------------------------------------------------------
@@ -231,6 +260,11 @@ class Suite:
             f = self.log_path(daemon).open("ab")
             self._logs.append(f)
             out = f
+        run_as: tuple[int, int] | None = None
+        listen: socket.socket | None = None
+        if daemon == "storage" and self.storage_user is not None:
+            run_as = self._storage_owner()
+            listen = bind_unix(self.cfg.socket("storage"), mode=0o600)  # as fcd-storage.socket
         try:
             spawn(
                 daemon,
@@ -240,9 +274,37 @@ class Suite:
                 env=self.extra_env,
                 timeout=timeout,
                 started=lambda p: self.procs.__setitem__(daemon, p),
+                run_as=run_as,
+                listen=listen,
             )
         except SuiteError as e:
             raise SuiteError(f"{e}{self._tail(daemon)}") from None
+        finally:
+            if listen is not None:
+                listen.close()  # the daemon has its own copy
+
+    def _storage_owner(self) -> tuple[int, int]:
+        """``storage_user``'s (uid, gid), with the store made theirs (entries root made
+        in an earlier run as root are handed over; a running VM's disk stays its jail
+        uid's) and the way to it checked."""
+        assert self.storage_user is not None
+        try:
+            pw = pwd.getpwnam(self.storage_user)
+        except KeyError:
+            raise SuiteError(f"no user {self.storage_user!r} to run fcd-storage as") from None
+        state = self.cfg.state("storage")
+        for d in [*reversed(state.parents), self.import_dir]:
+            if d.exists() and not os.stat(d).st_mode & 0o001:
+                raise SuiteError(
+                    f"{d} is not traversable by {self.storage_user}: fcd-storage cannot run as it"
+                )
+        state.mkdir(mode=0o750, exist_ok=True)
+        for dirpath, dirnames, filenames in os.walk(state):
+            for name in [".", *dirnames, *filenames]:
+                p = Path(dirpath) / name
+                if os.lstat(p).st_uid == 0:
+                    os.lchown(p, pw.pw_uid, pw.pw_gid)
+        return pw.pw_uid, pw.pw_gid
 
     def _tail(self, daemon: str, lines: int = 30) -> str:
         if not self.log_to_files or not self.log_path(daemon).exists():

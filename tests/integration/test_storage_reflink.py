@@ -55,7 +55,7 @@ def sha(path: Path) -> str:
 
 def test_xfs_provision_is_a_reflink(tmp_path: Path) -> None:
     with loop_fs(tmp_path, "xfs") as mnt:
-        store = make_store(mnt)
+        store = make_store(mnt, import_dir=tmp_path)
         image = template_with_data(store, tmp_path / "src", 64)
         before = used_bytes(mnt)
         disks = [disks_mod.provision(store, f"vm-{i}", "base") for i in range(4)]
@@ -77,7 +77,7 @@ def test_xfs_reflink_then_ext4_resize(tmp_path: Path) -> None:
     if not have("mkfs.ext4"):
         pytest.skip("mkfs.ext4 not installed")
     with loop_fs(tmp_path, "xfs") as mnt:
-        store = make_store(mnt)
+        store = make_store(mnt, import_dir=tmp_path)
         image = mkfs_ext4(tmp_path / "rootfs.ext4", 64)
         templates.import_template(store, "base", str(kernel_file(tmp_path / "vmlinux")), str(image))
         template_sha = sha(store.layout.template_rootfs("base"))
@@ -90,7 +90,7 @@ def test_xfs_reflink_then_ext4_resize(tmp_path: Path) -> None:
 
 def test_ext4_provision_is_a_sparse_copy(tmp_path: Path) -> None:
     with loop_fs(tmp_path, "ext4") as mnt:
-        store = make_store(mnt)
+        store = make_store(mnt, import_dir=tmp_path)
         image = template_with_data(store, tmp_path / "src", 32)
         before = used_bytes(mnt)
         d = disks_mod.provision(store, "vm-1", "base")
@@ -112,7 +112,8 @@ def as_nobody(store_root: Path, code: str) -> str:
         "from fcd_storage import disks as disks_mod\n"
         "from fcd_storage import templates\n"
         "from fcd_storage.store import Store\n"
-        f"store = Store(StoreLayout(Path({str(store_root)!r})), max_disk_mib=1024)\n" + code
+        f"store = Store(StoreLayout(Path({str(store_root)!r})), max_disk_mib=1024,"
+        f" import_dirs=[{str(store_root.parent / 'src')!r}])\n" + code
     )
     res = subprocess.run(
         [sys.executable, "-c", prog],

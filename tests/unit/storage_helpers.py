@@ -8,7 +8,7 @@ import struct
 import subprocess
 from pathlib import Path
 
-from fcd_common.config import Config, PathsConfig
+from fcd_common.config import Config, PathsConfig, StorageConfig
 from fcd_common.storelayout import StoreLayout
 from fcd_storage.store import Store
 
@@ -17,11 +17,17 @@ MiB = 1 << 20
 
 def make_config(base: Path, **sections: object) -> Config:
     paths = PathsConfig(state_dir=str(base / "state"), run_dir=str(base / "run"))
+    sections.setdefault("storage", StorageConfig(import_dirs=[str(base)]))  # the test's files
     return Config(paths=paths, **sections)  # type: ignore[arg-type]
 
 
-def make_store(base: Path, *, max_disk_mib: int = 1 << 20) -> Store:
-    store = Store(StoreLayout(base / "state" / "storage"), max_disk_mib=max_disk_mib)
+def make_store(base: Path, *, max_disk_mib: int = 1 << 20, import_dir: Path | None = None) -> Store:
+    """A store below ``base``; imports may read below ``import_dir`` (default ``base``)."""
+    store = Store(
+        StoreLayout(base / "state" / "storage"),
+        max_disk_mib=max_disk_mib,
+        import_dirs=(str(import_dir or base),),
+    )
     store.ensure_dirs()
     return store
 

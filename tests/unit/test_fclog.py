@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from fcd_common import config
 from fcd_vmm import fclog, jailfs
+from fcd_vmm.plan import jail_paths
 
 
 def test_line_level() -> None:
@@ -67,12 +69,14 @@ async def _forwarding(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
 
 
 def test_plain_file_is_not_forwarded(tmp_path: Path) -> None:
-    f = tmp_path / "firecracker.log"
+    paths = jail_paths(config.decode(f'[paths]\nchroot_base = "{tmp_path}"\n'), "vm-abc")
+    paths.root.mkdir(parents=True)
+    f = paths.log_file
     f.write_text("old jail\n")
 
     async def run() -> None:
         fws = fclog.Forwarders()
         fws.start("vm-abc", f)
-        assert fws.tail(f) == "" and jailfs.log_tail(f) == "old jail"
+        assert fws.tail(f) == "" and jailfs.log_tail(paths) == "old jail"
 
     asyncio.run(run())

@@ -183,7 +183,12 @@ def test_drive_validation(store: Store, tmp_path: Path, kernel: Path) -> None:
 
 
 def test_quota_and_space_refused_before_writing(tmp_path: Path, kernel: Path) -> None:
-    store = Store(make_store(tmp_path).layout, max_disk_mib=1 << 20, max_vm_disk_mib=64)
+    store = Store(
+        make_store(tmp_path).layout,
+        max_disk_mib=1 << 20,
+        max_vm_disk_mib=64,
+        import_dirs=(str(tmp_path),),
+    )
     imported(store, tmp_path, kernel)
     with pytest.raises(ResourceExhausted) as e:
         disks.provision(store, "vm-1", "base", None, [DriveSpec(name="d", size_mib=40)])

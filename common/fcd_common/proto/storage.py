@@ -148,7 +148,9 @@ class TemplateSource(Record):
     ``POST /v1/templates`` body, and the RPC that carries it).
 
     The source paths are read by fcd-storage with its own rights; they must be
-    absolute paths to regular files (fcd-storage checks). The store keeps its own copies.
+    absolute paths to regular files below one of the operator's ``storage.import_dirs``,
+    reached without a symlink (fcd-storage checks; any refusal of what is there reads
+    the same). The store keeps its own copies.
     """
 
     name: Name
@@ -164,8 +166,9 @@ class TemplateTree(Record):
     """A template whose rootfs is a new ext4 image of a directory tree (``mkfs.ext4 -d``)
     (the API's ``POST /v1/templates/build`` body, and the RPC that carries it).
 
-    ``source_dir`` and ``kernel_path`` are read with fcd-storage's own rights
-    (like TemplateSource's paths: the one place a request names a path).
+    ``source_dir`` and ``kernel_path`` are read with fcd-storage's own rights, below
+    ``storage.import_dirs`` only (like TemplateSource's paths: the one place a request
+    names a path).
     Without ``size_mib`` the image is the tree's size plus headroom.
     """
 
