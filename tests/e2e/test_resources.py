@@ -52,7 +52,7 @@ LIMITS = {
 
 def _import_balloon_template(suite: suite_mod.Suite, name: str) -> None:
     """A template whose kernel names the virtio-balloon driver (see guest_kernel.build)."""
-    work = suite.base / f"{name}-src"
+    work = suite.import_dir / f"{name}-src"
     work.mkdir(parents=True, exist_ok=True)
     kernel = guest_kernel.build(work / "vmlinux", balloon_driver=True)
     rootfs = guest_kernel.build_rootfs(work / "rootfs.ext4")
