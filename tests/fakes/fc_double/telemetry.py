@@ -101,7 +101,15 @@ class Logger:
         self.log("Error", msg, thread)
 
 
-_DEVICE_GROUPS: dict[str, list[str]] = {
+_GROUPS: dict[str, list[str]] = {
+    # v1.7.0's layout, key for key (checked against /opt/fc17/firecracker's own lines);
+    # a name ending in ``_agg`` is a latency aggregate {min_us, max_us, sum_us}.
+    "api_server": [
+        "process_startup_time_us",
+        "process_startup_time_cpu_us",
+        "sync_response_fails",
+        "sync_vmm_send_timeout_count",
+    ],
     "balloon": [
         "activate_fails",
         "inflate_count",
@@ -126,10 +134,22 @@ _DEVICE_GROUPS: dict[str, list[str]] = {
         "write_bytes",
         "read_count",
         "write_count",
+        "read_agg",
+        "write_agg",
         "rate_limiter_throttled_events",
         "io_engine_throttled_events",
+        "remaining_reqs_count",
     ],
-    "deprecated_api": ["deprecated_http_api_calls", "deprecated_cmd_line_api_calls"],
+    "deprecated_api": [
+        "deprecated_http_api_calls",
+        "deprecated_cmd_line_api_calls",
+    ],
+    "get_api_requests": [
+        "instance_info_count",
+        "machine_cfg_count",
+        "mmds_count",
+        "vmm_version_count",
+    ],
     "i8042": [
         "error_count",
         "missed_read_count",
@@ -138,7 +158,20 @@ _DEVICE_GROUPS: dict[str, list[str]] = {
         "reset_count",
         "write_count",
     ],
-    "logger": ["missed_metrics_count", "metrics_fails", "missed_log_count", "log_fails"],
+    "uart": [
+        "error_count",
+        "flush_count",
+        "missed_read_count",
+        "missed_write_count",
+        "read_count",
+        "write_count",
+    ],
+    "logger": [
+        "missed_metrics_count",
+        "metrics_fails",
+        "missed_log_count",
+        "log_fails",
+    ],
     "mmds": [
         "rx_accepted",
         "rx_accepted_err",
@@ -170,6 +203,7 @@ _DEVICE_GROUPS: dict[str, list[str]] = {
         "rx_count",
         "tap_read_fails",
         "tap_write_fails",
+        "tap_write_agg",
         "tx_bytes_count",
         "tx_malformed_frames",
         "tx_fails",
@@ -180,26 +214,67 @@ _DEVICE_GROUPS: dict[str, list[str]] = {
         "tx_rate_limiter_event_count",
         "tx_rate_limiter_throttled",
         "tx_spoofed_mac_count",
+        "tx_remaining_reqs_count",
     ],
-    "seccomp": ["num_faults"],
+    "patch_api_requests": [
+        "drive_count",
+        "drive_fails",
+        "network_count",
+        "network_fails",
+        "machine_cfg_count",
+        "machine_cfg_fails",
+        "mmds_count",
+        "mmds_fails",
+    ],
+    "put_api_requests": [
+        "actions_count",
+        "actions_fails",
+        "boot_source_count",
+        "boot_source_fails",
+        "drive_count",
+        "drive_fails",
+        "logger_count",
+        "logger_fails",
+        "machine_cfg_count",
+        "machine_cfg_fails",
+        "cpu_cfg_count",
+        "cpu_cfg_fails",
+        "metrics_count",
+        "metrics_fails",
+        "network_count",
+        "network_fails",
+        "mmds_count",
+        "mmds_fails",
+        "vsock_count",
+        "vsock_fails",
+    ],
+    "seccomp": [
+        "num_faults",
+    ],
     "vcpu": [
         "exit_io_in",
         "exit_io_out",
         "exit_mmio_read",
         "exit_mmio_write",
         "failures",
-        "filter_cpuid",
+        "exit_io_in_agg",
+        "exit_io_out_agg",
+        "exit_mmio_read_agg",
+        "exit_mmio_write_agg",
     ],
-    "vmm": ["device_events", "panic_count"],
-    "uart": [
-        "error_count",
-        "flush_count",
-        "missed_read_count",
-        "missed_write_count",
-        "read_count",
-        "write_count",
+    "vmm": [
+        "device_events",
+        "panic_count",
     ],
-    "signals": ["sigbus", "sigsegv", "sigxfsz", "sigxcpu", "sigpipe", "sighup", "sigill"],
+    "signals": [
+        "sigbus",
+        "sigsegv",
+        "sigxfsz",
+        "sigxcpu",
+        "sigpipe",
+        "sighup",
+        "sigill",
+    ],
     "vsock": [
         "activate_fails",
         "cfg_fails",
@@ -232,46 +307,32 @@ _DEVICE_GROUPS: dict[str, list[str]] = {
         "rate_limiter_event_count",
     ],
 }
-_API = {
-    "get_api_requests": [
-        "instance_info_count",
-        "machine_cfg_count",
-        "mmds_count",
-        "vmm_version_count",
-    ],
-    "put_api_requests": [
-        "actions_count",
-        "actions_fails",
-        "boot_source_count",
-        "boot_source_fails",
-        "drive_count",
-        "drive_fails",
-        "logger_count",
-        "logger_fails",
-        "machine_cfg_count",
-        "machine_cfg_fails",
-        "cpu_cfg_count",
-        "cpu_cfg_fails",
-        "metrics_count",
-        "metrics_fails",
-        "network_count",
-        "network_fails",
-        "mmds_count",
-        "mmds_fails",
-        "vsock_count",
-        "vsock_fails",
-    ],
-    "patch_api_requests": [
-        "drive_count",
-        "drive_fails",
-        "network_count",
-        "network_fails",
-        "machine_cfg_count",
-        "machine_cfg_fails",
-        "mmds_count",
-        "mmds_fails",
-    ],
-}
+_ORDER = [
+    "api_server",
+    "balloon",
+    "block_*",
+    "block",
+    "deprecated_api",
+    "get_api_requests",
+    "i8042",
+    "uart",
+    "latencies_us",
+    "logger",
+    "mmds",
+    "net_*",
+    "net",
+    "patch_api_requests",
+    "put_api_requests",
+    "seccomp",
+    "vcpu",
+    "vmm",
+    "signals",
+    "vsock",
+    "entropy",
+]
+"""Top-level keys in the real order; ``block_*``/``net_*``: one per device, before the sum."""
+_STORED = {"process_startup_time_us", "process_startup_time_cpu_us"}
+"""Stored values (absolute); every other number is a counter reported as a delta."""
 _LATENCIES = [
     "full_create_snapshot",
     "diff_create_snapshot",
@@ -302,41 +363,35 @@ class Metrics:
         g = self.counters.setdefault(group, {})
         g[name] = g.get(name, 0) + by
 
+    def inc_device(self, kind: str, dev_id: str, name: str, by: int = 1) -> None:
+        """A device counter: the device's own entry and the sum over devices move together."""
+        self.inc(f"{kind}_{dev_id}", name, by)
+        self.inc(kind, name, by)
+
+    def _group(self, key: str, fields: list[str]) -> dict[str, Any]:
+        got = self.counters.get(key, {})
+        out: dict[str, Any] = {}
+        for f in fields:
+            if f in _STORED:
+                out[f] = self.startup[f]
+            elif f.endswith("_agg"):
+                out[f] = {"min_us": 0, "max_us": 0, "sum_us": 0}
+            else:
+                out[f] = got.get(f, 0)
+        return out
+
     def snapshot(self) -> dict[str, Any]:
         """The next metrics object; counters are reported as the change since the last one."""
         out: dict[str, Any] = {"utc_timestamp_ms": time.time_ns() // 1_000_000}
-        out["api_server"] = dict(self.startup)
-        groups = {**_API, **_DEVICE_GROUPS}
-        order = [
-            "balloon",
-            "block",
-            "deprecated_api",
-            "get_api_requests",
-            "i8042",
-            "latencies_us",
-            "logger",
-            "mmds",
-            "net",
-            "patch_api_requests",
-            "put_api_requests",
-            "seccomp",
-            "vcpu",
-            "vmm",
-            "uart",
-            "signals",
-            "vsock",
-            "entropy",
-        ]
-        for name in order:
+        for name in _ORDER:
             if name == "latencies_us":
                 out[name] = dict(self.latencies)
-                continue
-            got = self.counters.get(name, {})
-            out[name] = {k: got.get(k, 0) for k in groups[name]}
-        for dev in self.block_ids:
-            out[f"block_{dev}"] = dict.fromkeys(_DEVICE_GROUPS["block"], 0)
-        for dev in self.net_ids:
-            out[f"net_{dev}"] = dict.fromkeys(_DEVICE_GROUPS["net"], 0)
+            elif name.endswith("_*"):
+                kind = name[:-2]
+                for dev in self.block_ids if kind == "block" else self.net_ids:
+                    out[f"{kind}_{dev}"] = self._group(f"{kind}_{dev}", _GROUPS[kind])
+            else:
+                out[name] = self._group(name, _GROUPS[name])
         self.counters = {}
         return out
 
