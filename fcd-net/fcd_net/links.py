@@ -178,7 +178,7 @@ class Links:
             return [_parse(m) for m in ipr.link("dump")]
 
     def stats(self, name: str) -> dict[str, int] | None:
-        """rx/tx bytes, packets, dropped of ``name`` (IFLA_STATS64), None if it is gone."""
+        """rx/tx bytes, packets, dropped, errors of ``name`` (IFLA_STATS64), None if it is gone."""
         with _ipr() as ipr:
             try:
                 msgs = ipr.link("get", ifname=name)
@@ -194,9 +194,11 @@ class Links:
                     "rx_bytes",
                     "rx_packets",
                     "rx_dropped",
+                    "rx_errors",
                     "tx_bytes",
                     "tx_packets",
                     "tx_dropped",
+                    "tx_errors",
                 )
                 return {k: int(st[k]) for k in keys}
             return None

@@ -19,7 +19,9 @@ from typing import Any, TypeVar
 from fcd_common.proto.net import (
     PROTOCOL,
     Counters,
+    CountersList,
     NetCounters,
+    NetCountersAll,
     NetGet,
     NetInfo,
     NetInfoList,
@@ -33,6 +35,7 @@ from fcd_common.proto.net import (
 )
 from fcd_common.rpc import Done, Peer, handles
 
+from . import counters
 from .core import FirewallApi, LinksApi, NamespacesApi, NetCore
 
 T = TypeVar("T")
@@ -98,6 +101,10 @@ class NetService:
     @handles(NetCounters)
     async def on_counters(self, req: NetCounters, _peer: Peer) -> Counters:
         return await self._run(self.core.counters, req.vm_id)
+
+    @handles(NetCountersAll)
+    async def on_counters_all(self, _req: NetCountersAll, _peer: Peer) -> CountersList:
+        return await self._run(lambda: counters.collect(list(self.core.store)))
 
     @handles(NetReconcile)
     async def on_reconcile(self, req: NetReconcile, _peer: Peer) -> ReconcileReport:

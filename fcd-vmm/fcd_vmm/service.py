@@ -27,6 +27,7 @@ from fcd_common.errors import (
 from fcd_common.ids import check_vm_id
 from fcd_common.locks import KeyedLocks
 from fcd_common.proto.console import ConsoleLines, ConsoleRead
+from fcd_common.proto.usage import Usage, UsageAll, VmUsage, VmUsageList
 from fcd_common.proto.vmm import (
     AllocateJail,
     Info,
@@ -74,6 +75,7 @@ from .plan import (
 from .procs import PidWatch, proc_uid, reap_orphans, same_root
 from .resources import ResourceHandlers, check_launch_resources
 from .uidpool import JailRecord, UidPool
+from .usage_rpc import Live, UsageReader
 
 log = logging.getLogger("fcd.vmm")
 
@@ -98,6 +100,7 @@ class VmmService(ResourceHandlers):
         self._info: VmmInfo | None = None
         self._info_lock = asyncio.Lock()
         self.warnings: list[str] = []
+        self.usage = UsageReader(cfg)
 
     # --- start-up ----------------------------------------------------------------------
     def start(self) -> None:
@@ -553,3 +556,14 @@ class VmmService(ResourceHandlers):
         return await console.registry().read(
             check_vm_id(req.vm_id), req.after, req.epoch, req.wait_s, req.max_lines
         )
+
+    @handles(Usage)
+    async def vm_usage(self, req: Usage, _peer: Peer) -> VmUsage:
+        rec = self._require(req.vm_id)
+        live = [Live(rec, self._live(rec.vm_id))]
+        return (await self.usage.sample(live, self._cgroup, flush=req.flush))[0]
+
+    @handles(UsageAll)
+    async def vm_usage_all(self, req: UsageAll, _peer: Peer) -> VmUsageList:
+        live = [Live(r, w) for r in self.pool if (w := self._live(r.vm_id)) is not None]
+        return VmUsageList(items=await self.usage.sample(live, self._cgroup, flush=req.flush))

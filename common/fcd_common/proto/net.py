@@ -14,7 +14,9 @@ from .common import Ping, PortMapping
 __all__ = [
     "PROTOCOL",
     "Counters",
+    "CountersList",
     "NetCounters",
+    "NetCountersAll",
     "NetGet",
     "NetInfo",
     "NetInfoList",
@@ -103,6 +105,15 @@ class Counters(Reply):
     tx_bytes: int
     tx_packets: int
     tx_dropped: int
+    rx_errors: int = 0
+    tx_errors: int = 0
+
+
+class CountersList(Reply):
+    sampled_at: str
+    """RFC 3339, when the link dump was taken."""
+    items: list[Counters]
+    """One per lease whose interface exists."""
 
 
 class ReconcileReport(Reply):
@@ -162,6 +173,10 @@ class NetCounters(Request[Counters], tag="net.counters"):
     vm_id: VmId
 
 
+class NetCountersAll(Request[CountersList], tag="net.counters_all"):
+    """Counters of every lease's host-side interface, from one link dump per namespace."""
+
+
 class NetReconcile(Request[ReconcileReport], tag="net.reconcile"):
     """Remove every fcd-net object no live VM owns.
 
@@ -186,5 +201,6 @@ PROTOCOL = Protocol(
         NetPortsRemove,
         NetCounters,
         NetReconcile,
+        NetCountersAll,
     ],
 )

@@ -13,6 +13,7 @@ from .common import Ping
 from .console import ConsoleRead
 from .net import NetInfo
 from .storage import DiskInfo
+from .usage import Usage, UsageAll
 
 ProcState = Literal["not_started", "running", "paused", "exited", "absent"]
 SnapshotType = Literal["full", "diff"]
@@ -352,5 +353,7 @@ PROTOCOL = Protocol(
         UpdateResources,
         ReadResources,
         ConsoleRead,
+        Usage,
+        UsageAll,
     ],
 )
