@@ -183,6 +183,21 @@ class SecurityConfig(_Section, frozen=True):
     """The user fcd-api runs as: the only non-root peer a helper accepts."""
     api_group: str = "fcd-users"
     """Members may use the public API socket."""
+    readers_group: str = "fcd-readers"
+    """Members may use the read-only API socket (api-ro.sock: GET routes and metrics)."""
+
+
+class ApiConfig(_Section, frozen=True):
+    readonly_socket: bool = True
+    """Also serve the read-only socket ``<run_dir>/api-ro.sock`` (every mutation 403)."""
+    metrics_listen: Annotated[
+        str, msgspec.Meta(pattern=r"^(|[0-9A-Za-z.:\[\]-]+:[0-9]{1,5})\Z")
+    ] = ""
+    """``host:port`` of a TCP listener serving only ``GET /metrics`` (Prometheus text)
+    for a scraper that cannot reach a Unix socket; empty (the default): none."""
+    metrics_interval_s: Annotated[float, msgspec.Meta(ge=1, le=3600)] = 10.0
+    """How often the per-VM usage behind ``/metrics`` is collected (one call per helper);
+    a scrape serves the newest collection and never waits for one."""
 
 
 class Config(_Section, frozen=True):
@@ -192,9 +207,10 @@ class Config(_Section, frozen=True):
     limits: LimitsConfig = msgspec.field(default_factory=LimitsConfig)
     security: SecurityConfig = msgspec.field(default_factory=SecurityConfig)
     storage: StorageConfig = msgspec.field(default_factory=StorageConfig)
+    api: ApiConfig = msgspec.field(default_factory=ApiConfig)
 
     # Derived locations. Kept here so that every daemon agrees on them.
-    def socket(self, daemon: Literal["api", "net", "storage", "vmm"]) -> Path:
+    def socket(self, daemon: Literal["api", "api-ro", "net", "storage", "vmm"]) -> Path:
         return Path(self.paths.run_dir) / f"{daemon}.sock"
 
     def state(self, daemon: Literal["api", "net", "storage", "vmm"]) -> Path:

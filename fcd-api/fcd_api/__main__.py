@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import grp
 import logging
 import socket
 import sys
@@ -14,11 +13,12 @@ from typing import Any
 import uvicorn
 
 from fcd_common import logs, runtime
-from fcd_common.rpc import bind_unix
 
-from . import events, log_routes, logstore, states
+from . import events, listeners, log_routes, logstore, states
 from .app import create_asgi
 from .clients import Helpers
+from .metrics_collect import Collector
+from .prom import Exposition
 from .registry import Registry
 from .service import Flows
 from .storage_routes import reclaim_at_start
@@ -30,9 +30,10 @@ INTERRUPTED = "interrupted by an fcd-api restart"
 
 
 async def start_http(
-    app: Any, sock: socket.socket, *, grace: float = 10.0
+    app: Any, sock: socket.socket | list[socket.socket], *, grace: float = 10.0
 ) -> tuple[uvicorn.Server, asyncio.Task[None]]:
-    """Serve ``app`` on the listening ``sock`` with uvicorn inside the running loop.
+    """Serve ``app`` on the listening ``sock`` (or several) with uvicorn inside the
+    running loop.
 
     Returns once the server accepts connections. This is uvicorn's own
     ``Server._serve`` minus its signal handling (fcd_common.runtime owns signals):
@@ -49,14 +50,16 @@ async def start_http(
     config.load()
     server = uvicorn.Server(config)
     server.lifespan = config.lifespan_class(config)
-    sock.setblocking(False)
-    await server.startup(sockets=[sock])
+    socks = sock if isinstance(sock, list) else [sock]
+    for one in socks:
+        one.setblocking(False)
+    await server.startup(sockets=socks)
 
     async def serve() -> None:
         try:
             await server.main_loop()
         finally:
-            await server.shutdown(sockets=[sock])
+            await server.shutdown(sockets=socks)
 
     return server, asyncio.create_task(serve(), name="uvicorn")
 
@@ -71,6 +74,7 @@ class ApiService:
         server: uvicorn.Server,
         task: asyncio.Task[None],
         watcher: ExitWatcher,
+        collector: Collector | None = None,
     ) -> None:
         self.registry = registry
         self.helpers = helpers
@@ -78,6 +82,7 @@ class ApiService:
         self.server = server
         self.task = task
         self.watcher = watcher
+        self.collector = collector
 
     def status(self) -> str:
         return self.flows.status()
@@ -93,30 +98,14 @@ class ApiService:
         with contextlib.suppress(BaseException):
             await self.task
         await self.watcher.close()
+        if self.collector is not None:
+            await self.collector.close()
         await self.helpers.close()
         self.registry.close()
         s = events.store()
         if s is not None:
             events.install(None)
             s.close()
-
-
-def api_socket(ctx: runtime.Context) -> socket.socket:
-    """The activated socket if systemd passed one, else bound 0660 with the API group."""
-    socks = runtime.inherited_sockets()
-    if socks:
-        log.info("using socket passed by systemd")
-        return socks[0]
-    gid = -1
-    try:
-        gid = grp.getgrnam(ctx.cfg.security.api_group).gr_gid
-    except KeyError:
-        log.warning(
-            "group %s does not exist: %s is usable by its owner only",
-            ctx.cfg.security.api_group,
-            ctx.cfg.socket("api"),
-        )
-    return bind_unix(ctx.cfg.socket("api"), mode=0o660, gid=gid)
 
 
 async def build(ctx: runtime.Context) -> ApiService:
@@ -129,9 +118,16 @@ async def build(ctx: runtime.Context) -> ApiService:
         log.warning("VM %s was left mid-operation; marked error", vm_id, extra={"FCD_VM_ID": vm_id})
     helpers = Helpers.from_config(cfg)
     flows = Flows(registry, helpers, cfg.limits, cfg.network)
+    collector = Collector(flows, cfg.api.metrics_interval_s)
     try:
+        socks = listeners.api_sockets(cfg)
+        app = create_asgi(
+            flows,
+            exposition=Exposition(registry, collector),
+            listeners={listeners.key(s): access for s, access in socks},
+        )
         server, task = await start_http(
-            create_asgi(flows), api_socket(ctx), grace=cfg.limits.shutdown_grace_s
+            app, [s for s, _ in socks], grace=cfg.limits.shutdown_grace_s
         )
     except BaseException:
         await helpers.close()
@@ -141,8 +137,15 @@ async def build(ctx: runtime.Context) -> ApiService:
     reclaim_at_start(registry, helpers.storage)
     watcher = ExitWatcher(flows)
     watcher.start()
+    collector.start()
     return ApiService(
-        registry=registry, helpers=helpers, flows=flows, server=server, task=task, watcher=watcher
+        registry=registry,
+        helpers=helpers,
+        flows=flows,
+        server=server,
+        task=task,
+        watcher=watcher,
+        collector=collector,
     )
 
 

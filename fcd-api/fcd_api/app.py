@@ -15,6 +15,7 @@ import uuid
 from typing import Annotated, Any
 
 from litestar import Controller, Litestar, MediaType, Request, Response, delete, get, post
+from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
 from litestar.enums import ScopeType
 from litestar.exceptions import HTTPException, ValidationException
@@ -26,8 +27,12 @@ from fcd_common.errors import HTTP_STATUS, FcdError
 from fcd_common.version import version
 
 from .log_routes import log_router
+from .metrics_collect import Collector
+from .metrics_routes import metrics_router
 from .models import VM, CreateVMRequest, ErrorBody, ErrorDetail, VersionInfo, VMState
 from .net_routes import net_router
+from .prom import Exposition, OperationsMiddleware
+from .readonly import Access, ListenerPolicy
 from .registry import parse_label_filters
 from .resources_flows import ResourceFlows
 from .resources_routes import resources_router
@@ -177,7 +182,12 @@ async def openapi_json(request: Request[Any, Any, Any]) -> dict[str, Any]:
     return request.app.openapi_schema.to_schema()
 
 
-def build_app(flows: NamedDependency[Flows], *, debug: bool = False) -> Litestar:
+def build_app(
+    flows: NamedDependency[Flows], *, debug: bool = False, exposition: Exposition | None = None
+) -> Litestar:
+    if exposition is None:  # scrapes still work; per-VM series once a collection ran
+        exposition = Exposition(flows.registry, Collector(flows, 10.0))
+
     async def provide_flows() -> Flows:
         return flows
 
@@ -192,8 +202,10 @@ def build_app(flows: NamedDependency[Flows], *, debug: bool = False) -> Litestar
             snapshot_router,
             resources_router,
             log_router,
+            metrics_router,
         ],
         dependencies={"flows": Provide(provide_flows)},
+        state=State({"exposition": exposition}),
         exception_handlers={
             FcdError: _on_fcd_error,
             ValidationException: _on_validation,
@@ -240,6 +252,16 @@ class RequestIdMiddleware:
             request_id.reset(token)
 
 
-def create_asgi(flows: NamedDependency[Flows], *, debug: bool = False) -> RequestIdMiddleware:
-    """The ASGI application fcd-api serves."""
-    return RequestIdMiddleware(build_app(flows, debug=debug))
+def create_asgi(
+    flows: NamedDependency[Flows],
+    *,
+    debug: bool = False,
+    exposition: Exposition | None = None,
+    listeners: dict[str, Access] | None = None,
+) -> RequestIdMiddleware:
+    """The ASGI application fcd-api serves. ``listeners``: the access each listening
+    socket grants (:mod:`fcd_api.readonly`); None: every request has full access."""
+    app: ASGIApp = OperationsMiddleware(build_app(flows, debug=debug, exposition=exposition))
+    if listeners is not None:
+        app = ListenerPolicy(app, listeners, default=Access.SCRAPE)
+    return RequestIdMiddleware(app)

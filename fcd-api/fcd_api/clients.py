@@ -17,6 +17,8 @@ from fcd_common.proto import storage as pstorage
 from fcd_common.proto import vmm as pvmm
 from fcd_common.rpc import RpcClient
 
+from .metrics_rpc import TimedRpcClient
+
 __all__ = ["Helpers"]
 
 
@@ -33,9 +35,9 @@ class Helpers:
     def from_config(cls, cfg: Config) -> Helpers:
         t = cfg.limits.rpc_timeout_s
         return cls(
-            net=RpcClient(cfg.socket("net"), pnet.PROTOCOL, timeout=t),
-            storage=RpcClient(cfg.socket("storage"), pstorage.PROTOCOL, timeout=t),
-            vmm=RpcClient(cfg.socket("vmm"), pvmm.PROTOCOL, timeout=t),
+            net=TimedRpcClient(cfg.socket("net"), pnet.PROTOCOL, timeout=t),
+            storage=TimedRpcClient(cfg.socket("storage"), pstorage.PROTOCOL, timeout=t),
+            vmm=TimedRpcClient(cfg.socket("vmm"), pvmm.PROTOCOL, timeout=t),
             stop_timeout_s=cfg.limits.stop_timeout_s,
         )
 

@@ -152,6 +152,9 @@ def cgroup_settings(
     if version == 1:
         wanted = [
             ("cpu.shares", str(1024 * vcpu_count)),
+            # no limit: makes the jailer create the VM's cpuacct cgroup too (a hierarchy
+            # of its own on some hosts), whose usage and stat fcd-vmm reads for metrics
+            ("cpuacct.usage", "0"),
             ("memory.limit_in_bytes", str(mem_bytes)),
             ("pids.max", str(PIDS_MAX)),
         ]

@@ -165,6 +165,8 @@ class Suite:
     subnet: str = "172.30.0.0/24"
     parent_cgroup: str = "fcd"
     log_to_files: bool = True
+    metrics_interval_s: float = 10.0
+    """fcd-api's background collection of per-VM usage (``api.metrics_interval_s``)."""
     extra_env: dict[str, str] = field(default_factory=dict)
     storage_user: str | None = None
     """Run fcd-storage as this user (as its unit does) instead of the caller's; the
@@ -184,6 +186,11 @@ class Suite:
     @property
     def api_socket(self) -> Path:
         return self.cfg.socket("api")
+
+    @property
+    def api_ro_socket(self) -> Path:
+        """The read-only API socket (GET routes and /metrics only)."""
+        return self.cfg.socket("api-ro")
 
     @property
     def vm_netns_prefix(self) -> str:
@@ -223,6 +230,7 @@ class Suite:
                 # fcd-api runs as this user here: the helpers must know it is fcd-api
                 security=config_mod.SecurityConfig(api_user=pwd.getpwuid(os.getuid()).pw_name),
                 storage=config_mod.StorageConfig(import_dirs=[str(self.import_dir)]),
+                api=config_mod.ApiConfig(metrics_interval_s=self.metrics_interval_s),
             )
         except ValueError as e:  # a __post_init__ check; the type constraints run in decode
             raise config_mod.ConfigError(f"{self.config_path}: {e}") from None
