@@ -16,6 +16,7 @@
     fcctl reclaim
     fcctl logs [-f] [--tail N] [--since T] [--source S]... ID
     fcctl events [-f] [--since ID] [--vm ID] [--type T]...
+    fcctl stats ID | top [--interval S] [--once] | doctor
 
 The socket is ``--socket``, else ``$FCD_SOCKET``, else the configured
 ``api.sock`` (``/run/fcd/api.sock``). Output is a table, or JSON with
@@ -37,7 +38,7 @@ from typing import Any
 
 import httpx
 
-from . import obs_cli, resources_cli, snapshot_cli, storage_cli, tables
+from . import metrics_cli, obs_cli, resources_cli, snapshot_cli, storage_cli, tables
 from .storage_cli import Handler, Request, show
 from .tables import Column
 
@@ -234,6 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     snapshot_cli.add_parsers(sub, out, _label_arg)
     resources_cli.add_parsers(sub, out)
     obs_cli.add_parsers(sub, out)
+    metrics_cli.add_parsers(sub, out)
     return p
 
 
@@ -277,7 +279,8 @@ class Api:
     def close(self) -> None:
         self.http.close()
 
-    def request(self, method: str, url: str, **kw: Any) -> Any:
+    def request(self, method: str, url: str, *, raw: bool = False, **kw: Any) -> Any:
+        """The decoded JSON body (``raw``: the body as text)."""
         try:
             r = self.http.request(method, url, **kw)
         except httpx.TimeoutException:
@@ -291,6 +294,8 @@ class Api:
             except (ValueError, KeyError, TypeError):
                 msg = f"HTTP {r.status_code}: {r.text.strip()[:200]}"
             raise CliError(msg)
+        if raw:
+            return r.text
         if r.status_code == 204 or not r.content:
             return None
         return r.json()
@@ -349,6 +354,7 @@ COMMANDS: dict[str, Handler] = {
     **storage_cli.COMMANDS,
     **snapshot_cli.COMMANDS,
     **resources_cli.COMMANDS,
+    **metrics_cli.COMMANDS,
 }
 
 
@@ -361,6 +367,10 @@ def run(args: argparse.Namespace, api: Api) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)  # bad labels and drives exit 2 here
+    if args.cmd in metrics_cli.STANDALONE:  # doctor: the host, not the API
+        text, status = metrics_cli.doctor(getattr(args, "output", "table") == "json")
+        print(tables.escape_lines(text))
+        return status
     api = Api(args.socket or default_socket(), args.timeout)
     try:
         if args.cmd in obs_cli.STREAMS:
