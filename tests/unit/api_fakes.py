@@ -23,6 +23,7 @@ import msgspec
 
 from fcd_api.app import create_asgi
 from fcd_api.clients import Helpers
+from fcd_api.models import now
 from fcd_api.registry import Registry
 from fcd_api.service import Flows
 from fcd_common import reqid
@@ -30,6 +31,7 @@ from fcd_common.config import LimitsConfig, NetworkConfig
 from fcd_common.errors import Conflict, FailedPrecondition, FcdError, NotFound
 from fcd_common.proto import net as pnet
 from fcd_common.proto import storage as pstorage
+from fcd_common.proto import usage as pusage
 from fcd_common.proto import vmm as pvmm
 from fcd_common.proto.console import ConsoleLines, ConsoleRead
 from fcd_common.rpc import (
@@ -402,6 +404,41 @@ class FakeHelpers:
             tx_dropped=0,
         )
 
+    async def net_counters_all(self, req: pnet.NetCountersAll) -> pnet.CountersList:
+        items = [await self.net_counters(pnet.NetCounters(vm_id=v)) for v in sorted(self.nets)]
+        return pnet.CountersList(sampled_at=now(), items=items)
+
+    async def usage(self, req: pusage.Usage) -> pusage.VmUsage:
+        p = self.procs.get(req.vm_id)
+        if p is None:
+            return pusage.VmUsage(vm_id=req.vm_id, state="exited")
+        at = now()
+        return pusage.VmUsage(
+            vm_id=req.vm_id,
+            state=p.state,
+            pid=p.pid,
+            rss_bytes=30 << 20,
+            rss_at=at,
+            cgroup=pusage.CgroupUsage(
+                sampled_at=at,
+                version=2,
+                cpu_usage_ns=1_500_000_000,
+                cpu_user_ns=1_000_000_000,
+                cpu_system_ns=500_000_000,
+                cpu_throttled_ns=0,
+                memory_usage_bytes=64 << 20,
+                memory_limit_bytes=192 << 20,
+            ),
+            firecracker_at=at,
+            flushed=req.flush,
+            drives=[pusage.DriveIo(drive_id="rootfs", read_bytes=4096, read_ops=1)],
+            nets=[pusage.FirecrackerNetIo(iface_id="eth0", rx_bytes=60, rx_packets=1)],
+        )
+
+    async def usage_all(self, req: pusage.UsageAll) -> pusage.VmUsageList:
+        items = [await self.usage(pusage.Usage(vm_id=v, flush=req.flush)) for v in self.procs]
+        return pusage.VmUsageList(items=items)
+
     async def net_reconcile(self, req: pnet.NetReconcile) -> pnet.ReconcileReport:
         return pnet.ReconcileReport(removed=[])
 
@@ -448,6 +485,8 @@ class FakeHelpers:
                     pvmm.UpdateResources: w(self.update_resources),
                     pvmm.ReadResources: w(self.read_resources),
                     ConsoleRead: w(self.console),
+                    pusage.Usage: w(self.usage),
+                    pusage.UsageAll: w(self.usage_all),
                 },
             ),
             "storage": (
@@ -486,6 +525,7 @@ class FakeHelpers:
                     pnet.NetPortsRemove: w(self.net_ports_remove),
                     pnet.NetCounters: w(self.net_counters),
                     pnet.NetReconcile: w(self.net_reconcile),
+                    pnet.NetCountersAll: w(self.net_counters_all),
                 },
             ),
         }

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from fcd_api import cli, obs_cli, snapshot_cli, storage_cli, tables
+from fcd_api import cli, metrics_cli, obs_cli, snapshot_cli, storage_cli, tables
 from fcd_api.__main__ import start_http
 from fcd_api.app import create_asgi
 from fcd_common.rpc import bind_unix
@@ -331,7 +331,7 @@ def _choices(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentPars
 def test_every_command_has_a_handler() -> None:
     """The dispatch tables and the parser name the same commands, aliases included."""
     top = _choices(cli.build_parser())
-    assert set(top) == set(cli.COMMANDS) | set(obs_cli.STREAMS)
+    assert set(top) == set(cli.COMMANDS) | set(obs_cli.STREAMS) | metrics_cli.STANDALONE
     assert set(_choices(top["templates"])) == set(storage_cli.TEMPLATE_ACTIONS)
     assert set(_choices(top["snapshots"])) == set(snapshot_cli.ACTIONS)
 
