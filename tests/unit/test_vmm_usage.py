@@ -6,16 +6,13 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 
 import pytest
 
 from fcd_vmm import usage
 from fcd_vmm.plan import JailPaths
-
-sys.path.insert(0, str(Path(__file__).parents[1] / "fakes"))
-from fc_double.telemetry import Metrics
+from tests.fakes.fc_double.telemetry import Metrics
 
 AT = "2026-01-01T00:00:00.000Z"
 
