@@ -225,6 +225,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915 -- a linear scr
         )
         _out(f"API socket: {suite.api_socket}")
         _out(f"  export FCD_SOCKET={suite.api_socket}; fcctl ls")
+        _out(f"read-only API socket: {suite.api_ro_socket} (GET routes and /metrics)")
         if args.demo:
             rc = 0 if demo(suite) else 1
         if not args.exit_after_demo:

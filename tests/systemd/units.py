@@ -12,6 +12,7 @@ DAEMONS = ("fcd-api", "fcd-net", "fcd-storage", "fcd-vmm")
 UNITS = (
     "fcd.target",
     *(f"{d}.socket" for d in DAEMONS),
+    "fcd-api-ro.socket",
     *(f"{d}.service" for d in DAEMONS),
 )
 MAX_EXPOSURE = {"fcd-api": 1.5, "fcd-storage": 2.0, "fcd-net": 2.5, "fcd-vmm": 4.0}
