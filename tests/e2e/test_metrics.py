@@ -22,6 +22,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from fcd_dev import devup
+from fcd_dev import suite as suite_mod
 
 from .harness import api, in_ns, proc_status, running_suite
 
@@ -51,6 +52,10 @@ def _tap_stats(ns: str, tap: str) -> dict[str, int]:
     return {f"rx_{k}": v for k, v in link["stats64"]["rx"].items()} | {
         f"tx_{k}": v for k, v in link["stats64"]["tx"].items()
     }
+
+
+def _is_double(suite: Any) -> bool:
+    return bool(suite.firecracker == suite_mod.test_double_paths()[0])
 
 
 def _families(text: str) -> dict[str, Any]:
@@ -88,12 +93,16 @@ def test_metrics_prometheus_and_read_only_socket(tmp_path: Path) -> None:
                 check=False,
             )
         tap = _tap_stats(suite.netns, vm["tap"])
-        assert tap["tx_packets"] >= 1, tap
+        # A TAP counts a frame as sent when its reader takes it (tun_put_user). The
+        # double drains its TAP like a guest with rx buffers; under real Firecracker the
+        # minimal guest kernel has no virtio-net driver, so nothing is read: 0 is right.
+        moved = 1 if _is_double(suite) else 0
+        assert tap["tx_packets"] >= moved, tap
 
         r = c.get("/v1/vms/m1/metrics")
         assert r.status_code == 200, r.text
         limit = _check_vm_metrics(r.json(), vm, tap, suite)
-        _check_scrape(c, limit)
+        _check_scrape(c, limit, moved)
         _check_read_only(c, suite)
         assert c.get("/v1/vms/m1").json()["state"] == "running"
         assert c.delete("/v1/vms/m1", params={"force": True}).status_code == 204
@@ -110,7 +119,7 @@ def _check_vm_metrics(
     cpu, mem = m["cpu"], m["memory"]
     assert cpu["vcpus"] == 1 and cpu["sampled_at"].endswith("Z")
     usage_ns = _cgroup_file(cfg.jail.parent_cgroup, "m1", "cpuacct", "cpuacct.usage")
-    assert 0 < cpu["usage_seconds"] * 1e9 <= usage_ns
+    assert 0 < round(cpu["usage_seconds"] * 1e9) <= usage_ns
     assert cpu["user_seconds"] is not None and cpu["system_seconds"] is not None
     assert cpu["throttled_seconds"] is not None
     limit = _cgroup_file(cfg.jail.parent_cgroup, "m1", "memory", "memory.limit_in_bytes")
@@ -124,11 +133,12 @@ def _check_vm_metrics(
     # network: the TAP's counters (VM side: its rx is the TAP's tx) and Firecracker's
     net = m["network"]
     assert net["iface"] == vm["tap"]
-    assert net["rx_packets"] >= tap["tx_packets"] >= 1
-    assert net["rx_bytes"] >= tap["tx_bytes"] > 0
+    moved = 1 if _is_double(suite) else 0
+    assert net["rx_packets"] >= tap["tx_packets"] >= moved
+    assert net["rx_bytes"] >= tap["tx_bytes"] >= moved
     fc_net = net["firecracker"]
     assert fc_net["iface_id"] == "eth0"
-    assert fc_net["rx_packets"] >= 1 and fc_net["rx_bytes"] > 0  # frames the guest got
+    assert fc_net["rx_packets"] >= moved and fc_net["rx_bytes"] >= moved  # what the guest got
 
     # disk: Firecracker's block_<id> metrics, from lines in the jail's metrics file
     assert [d["drive_id"] for d in m["disk"]] == ["rootfs"]
@@ -147,7 +157,7 @@ def _check_vm_metrics(
     return int(limit)
 
 
-def _check_scrape(c: httpx.Client, limit: int) -> None:
+def _check_scrape(c: httpx.Client, limit: int, moved: int) -> None:
     # Prometheus: parsed by prometheus_client, per-VM series from the collection
     deadline = time.monotonic() + 60
     while True:
@@ -163,7 +173,7 @@ def _check_scrape(c: httpx.Client, limit: int) -> None:
     assert (_sample(fams, "fcd_vm_memory_usage_bytes", **labels) or 0) > 0
     assert _sample(fams, "fcd_vm_memory_limit_bytes", **labels) == limit
     assert (_sample(fams, "fcd_vm_firecracker_rss_bytes", **labels) or 0) > 0
-    assert (_sample(fams, "fcd_vm_network_receive_packets_total", **labels) or 0) >= 1
+    assert (_sample(fams, "fcd_vm_network_receive_packets_total", **labels) or 0) >= moved
     assert _sample(fams, "fcd_vm_disk_read_bytes_total", drive="rootfs", **labels) == 0
     assert _sample(fams, "fcd_vms", state="running") == 1
     assert _sample(fams, "fcd_vms", state="stopped") == 0
