@@ -566,4 +566,5 @@ class VmmService(ResourceHandlers):
     @handles(UsageAll)
     async def vm_usage_all(self, req: UsageAll, _peer: Peer) -> VmUsageList:
         live = [Live(r, w) for r in self.pool if (w := self._live(r.vm_id)) is not None]
+        self.usage.tail.retain({v.rec.vm_id for v in live})
         return VmUsageList(items=await self.usage.sample(live, self._cgroup, flush=req.flush))

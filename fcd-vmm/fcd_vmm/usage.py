@@ -333,6 +333,12 @@ class MetricsTail:
         with self._lock:
             self._files.pop(vm_id, None)
 
+    def retain(self, vm_ids: set[str]) -> None:
+        """Drop the sums of VMs no longer live (their next file starts a new sum)."""
+        with self._lock:
+            for vm_id in [v for v in self._files if v not in vm_ids]:
+                del self._files[vm_id]
+
     def read(self, paths: JailPaths, uid: int) -> tuple[Totals | None, str | None]:
         """Read what was appended since the last call; (totals, problem). Thread-safe:
         concurrent calls (two scrapes) never count a line twice."""

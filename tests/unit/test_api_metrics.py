@@ -5,14 +5,21 @@ listener policy of the read-only socket, and fcctl top's frame."""
 from __future__ import annotations
 
 import asyncio
+import os
+import stat
+from pathlib import Path
 from typing import Any
 
+import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from fcd_api import metrics_cli
+from fcd_api import listeners, metrics_cli
+from fcd_api.__main__ import start_http
+from fcd_api.app import create_asgi
 from fcd_api.metrics_collect import Collector
 from fcd_api.prom import Exposition
 from fcd_api.readonly import Access, ListenerPolicy
+from fcd_common import config
 from fcd_common.errors import Unavailable
 
 from .api_fakes import Harness, api_harness
@@ -172,3 +179,49 @@ def test_listener_policy() -> None:
 
     asyncio.run(main())
     assert seen == ["POST /v1/vms", "GET /v1/vms", "GET /metrics", "GET /metrics"]
+
+
+def test_listeners_over_real_sockets(tmp_path: Path) -> None:
+    """api.sock, api-ro.sock and a TCP scrape listener, bound by fcd-api and served
+    by one uvicorn: each grants what its listener allows."""
+    cfg = config.Config(
+        paths=config.PathsConfig(state_dir=str(tmp_path / "state"), run_dir=str(tmp_path / "run")),
+        api=config.ApiConfig(metrics_listen="127.0.0.1:0"),
+    )
+
+    async def main() -> None:
+        async with api_harness() as h:
+            socks = listeners.api_sockets(cfg)
+            assert [a for _, a in socks] == [Access.FULL, Access.READ, Access.SCRAPE]
+            ro_path = cfg.socket("api-ro")
+            assert stat.S_IMODE(os.stat(ro_path).st_mode) == 0o660
+            port = socks[2][0].getsockname()[1]
+            app = create_asgi(h.flows, listeners={listeners.key(s): a for s, a in socks})
+            server, task = await start_http(app, [s for s, _ in socks], grace=1)
+            try:
+
+                def unix(path: Path) -> httpx.AsyncClient:
+                    t = httpx.AsyncHTTPTransport(uds=str(path))
+                    return httpx.AsyncClient(transport=t, base_url="http://fcd")
+
+                async with (
+                    unix(cfg.socket("api")) as rw,
+                    unix(ro_path) as ro,
+                    httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as tcp,
+                ):
+                    r = await rw.post("/v1/vms", json={"id": "vm1", "template": "base"})
+                    assert r.status_code == 201, r.text
+                    assert (await ro.get("/v1/vms/vm1")).json()["state"] == "running"
+                    r = await ro.post("/v1/vms/vm1/stop")
+                    assert r.status_code == 403
+                    assert r.json()["error"]["code"] == "permission_denied"
+                    assert r.headers["x-request-id"]
+                    assert (await tcp.get("/metrics")).status_code == 200
+                    assert (await tcp.get("/v1/vms")).status_code == 403
+                    assert (await tcp.post("/v1/vms/vm1/stop")).status_code == 403
+                    assert (await rw.get("/v1/vms/vm1")).json()["state"] == "running"
+            finally:
+                server.should_exit = True
+                await task
+
+    asyncio.run(main())

@@ -168,3 +168,16 @@ def test_a_huge_file_is_summed_over_its_end_only(
     totals, problem = usage.MetricsTail().read(paths, os.getuid())
     assert totals is not None and problem is not None and "only its end" in problem
     assert 0 < totals.lines < 20 and totals.bad_lines == 0
+
+
+def test_sums_of_vms_gone_are_dropped(tmp_path: Path) -> None:
+    paths = _jail(tmp_path)
+    paths.metrics_file.write_text('{"utc_timestamp_ms":1,"net_eth0":{"rx_packets_count":2}}\n')
+    tail = usage.MetricsTail()
+    first, _ = tail.read(paths, os.getuid())
+    tail.retain({"vm1"})
+    kept, _ = tail.read(paths, os.getuid())
+    assert first is kept  # still summing on from where it was
+    tail.retain(set())
+    again, _ = tail.read(paths, os.getuid())
+    assert again is not first and again is not None and again.net_io()[0].rx_packets == 2
