@@ -226,6 +226,14 @@ def test_commands_against_live_api(live_api: str, capsys: pytest.CaptureFixture[
     assert rc == 0 and "ip_address:" in out
     rc, out, _ = fcctl("get", "vm1", "-o", "json")
     assert json.loads(out)["state"] == "running"
+    rc, out, _ = fcctl("stats", "vm1")
+    stats = dict(line.split(":", 1) for line in out.splitlines())
+    assert rc == 0 and stats["cpu.vcpus"].strip() == "2" and stats["cpu.usage"].strip() == "1.500s"
+    assert stats["memory.limit"].strip() == "192.0MiB" and "disk.rootfs" in stats
+    rc, out, _ = fcctl("-o", "json", "stats", "vm1")
+    assert json.loads(out)["cpu"]["vcpus"] == 2
+    rc, out, _ = fcctl("top", "--once")  # no collection ran yet: the VM count only
+    assert rc == 0 and out.splitlines()[0] == "VMs: 1 running", out
     for cmd, state in [
         ("pause", "paused"),
         ("resume", "running"),
