@@ -163,6 +163,32 @@ def test_api_socket_only_for_fcd_users(suite: Suite) -> None:
     assert "ermission denied" in cp.stderr or "EACCES" in cp.stderr, cp.stderr
 
 
+def test_read_only_socket_for_fcd_readers(suite: Suite, vm: dict[str, Any]) -> None:
+    """fcd-api-ro.socket: a member of fcd-readers reads VMs, their metrics and /metrics
+    there; every mutation is 403; anyone else cannot connect."""
+    reader = "fcdreader"
+    suite.c.run("useradd", "-M", "-G", "fcd-readers", reader, check=False)
+
+    def ro(*args: str, user: str = reader) -> Any:
+        return suite.c.run(
+            "runuser", "-u", user, "--", "env", "FCD_SOCKET=/run/fcd/api-ro.sock",
+            str(VENV / "bin/fcctl"), "-o", "json", *args, check=False,
+        )  # fmt: skip
+
+    assert suite.active("fcd-api-ro.socket")
+    cp = ro("ls")
+    assert cp.returncode == 0 and vm["id"] in cp.stdout, cp.stderr
+    cp = ro("stats", vm["id"])
+    assert cp.returncode == 0 and '"memory"' in cp.stdout, cp.stderr
+    cp = ro("top", "--once")
+    assert cp.returncode == 0, cp.stderr
+    cp = ro("pause", vm["id"])
+    assert cp.returncode == 1 and "permission_denied" in cp.stderr, cp.stderr
+    cp = ro("ls", user=OTHER)
+    assert cp.returncode != 0 and "ermission denied" in cp.stderr, cp.stderr
+    assert suite.fcctl("get", vm["id"])["state"] == "running"
+
+
 def test_vm_created_through_the_api(suite: Suite) -> None:
     vm = _create_vm(suite)
     assert vm["state"] == "running" and vm["pid"]
