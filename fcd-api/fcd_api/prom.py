@@ -43,6 +43,8 @@ __all__ = [
 ]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+STALE_AFTER = 3
+"""Per-VM series older than this many collection intervals are not served."""
 _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 OPERATIONS = Counter(
@@ -187,13 +189,18 @@ class Exposition:
             self.registry.register(m)
         self.registry.register(_LiveCollector(registry, collector))
         self.vm_text = b""
+        self.collector = collector
         collector.listeners.append(self._rendered)
 
     async def _rendered(self, col: Collection) -> None:
         self.vm_text = await asyncio.to_thread(render_vms, col)
 
     def scrape(self) -> bytes:
-        return generate_latest(self.registry) + self.vm_text
+        """The live series, and the per-VM ones unless their collection is older than
+        :data:`STALE_AFTER` intervals (then they are left out, not shown stale)."""
+        col = self.collector.latest
+        fresh = col is not None and time.time() - col.at <= STALE_AFTER * self.collector.interval_s
+        return generate_latest(self.registry) + (self.vm_text if fresh else b"")
 
 
 # --- operations ----------------------------------------------------------------------------

@@ -5,6 +5,7 @@ listener policy of the read-only socket, and fcctl top's frame."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import stat
 from pathlib import Path
@@ -117,6 +118,14 @@ def test_exposition_and_fcctl_top() -> None:
         assert frame.splitlines()[0] == "VMs: 1 paused, 2 running"
         assert "sb1" in frame and "192.0MiB" in frame
 
+        # a collection that stopped coming: its per-VM series are left out, not served stale
+        latest = collector.latest
+        assert latest is not None
+        collector.latest = dataclasses.replace(latest, at=latest.at - 31)
+        stale = _samples(exp.scrape().decode())
+        assert _get(stale, "fcd_vm_cpu_usage_seconds_total") is None
+        assert (_get(stale, "fcd_vm_metrics_age_seconds") or 0) > 30
+        collector.latest = latest
         # helpers down: the collection says so
         h.fakes.fail["vmm.usage_all"] = Unavailable("down")
         col = await collector.collect()
