@@ -10,6 +10,10 @@ Two set-ups, both printed:
   fcd-net reads the TAP), a scrape of ``/metrics``, one background collection
   (``vmm.usage_all`` + ``net.counters_all``) measured directly against the real
   helpers, and pause+resume latency alone and while scrapes run back to back.
+* **helpers** (``--helpers N``, default 1,000): the helpers' reads behind one
+  collection at N VMs, without RPC: fcd-net's real core in an anonymous netns
+  with N leases and real TAPs (``net.counters_all``: one link dump), and
+  fcd-vmm's usage reader over N real cgroups and N jails with metrics files.
 * **scale** (``--scale M``, default 1,000): fcd-api's real app, registry and
   RPC clients, the VMs created through the API, but the helpers are the unit
   tests' fakes (tests/unit/api_fakes.py) on real Unix sockets: they answer
@@ -27,13 +31,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -191,17 +198,138 @@ def scale(m: int, n: int) -> None:
     asyncio.run(main())
 
 
+# --- the helpers' own reads at N VMs ---------------------------------------------------------
+
+
+def _net_part(cfg: Any, n_vms: int, n: int) -> Callable[[], None]:
+    """fcd-net's real core with N leases (TAPs on the bridge); returns its teardown."""
+    from fcd_net import counters
+    from fcd_net.core import NetCore
+    from fcd_net.firewall import Firewall
+    from fcd_net.leases import LeaseStore
+    from fcd_net.links import Links
+
+    core = NetCore(cfg, LeaseStore(cfg.state("net")), Links(), Firewall(cfg.network))
+    core.start()
+    t0 = time.perf_counter()
+    for i in range(n_vms):
+        core.setup(f"vm-{i}", 900_001, 900_001)
+    print(f"  fcd-net: {n_vms} leases with TAPs in {time.perf_counter() - t0:.1f} s")
+    leases = list(core.store)
+    assert len(counters.collect(leases).items) == n_vms
+    name = f"net.counters_all's read ({n_vms} TAPs, /proc/net/dev)"
+    print(line(name, timed(lambda: counters.collect(leases), n)))
+
+    def teardown() -> None:
+        for lease in list(core.store):
+            core.teardown(lease.vm_id)
+
+    return teardown
+
+
+async def _vmm_part(cfg: Any, n_vms: int, n: int, made: list[Path]) -> None:
+    """fcd-vmm's usage reader over N real cgroups and N jails with metrics files."""
+    import json
+    import os
+
+    from tests.fakes.fc_double.telemetry import Metrics
+
+    from fcd_vmm import cgroups
+    from fcd_vmm.plan import jail_paths
+    from fcd_vmm.procs import PidWatch
+    from fcd_vmm.uidpool import JailRecord
+    from fcd_vmm.usage_rpc import Live, UsageReader
+
+    version = cgroups.detect_version("auto")
+    mounts = cgroups.read_mounts()
+    ctrls = cgroups.available_controllers(version, mounts)
+    parent = cfg.jail.parent_cgroup
+    for base in {m.path for m in mounts if (version == 1 and m.fstype == "cgroup"
+                 and {"cpu", "cpuacct", "memory"} & m.options)
+                 or (version == 2 and m.fstype == "cgroup2")}:  # fmt: skip
+        made.append(base / parent)
+        for i in range(n_vms):
+            (base / parent / f"vm-{i}").mkdir(parents=True, exist_ok=True)
+            made.insert(0, base / parent / f"vm-{i}")
+    m = Metrics(1, 1)
+    m.block_ids, m.net_ids = ["rootfs"], ["eth0"]
+    one_line = (json.dumps(m.snapshot(), separators=(",", ":")) + "\n").encode()
+    uid = os.getuid()
+    me = PidWatch(os.getpid())  # this process stands in as every VM's Firecracker
+    lives = []
+    for i in range(n_vms):
+        paths = jail_paths(cfg, f"vm-{i}")
+        paths.root.mkdir(parents=True)
+        paths.metrics_file.write_bytes(one_line * 10)
+        lives.append(Live(JailRecord(vm_id=f"vm-{i}", uid=uid, gid=uid, state="running"), me))
+    reader = UsageReader(cfg)
+
+    def read_all() -> None:
+        out = reader._read(lives, (version, ctrls), {})
+        assert len(out) == n_vms and out[0].cgroup is not None, out[0]
+
+    print(line(f"vmm.usage_all's read, first ({n_vms} x 10 lines)", timed(read_all, 1)))
+    for live in lives:  # one new line per VM, as a flush between collections adds
+        fd = os.open(jail_paths(cfg, live.rec.vm_id).metrics_file, os.O_WRONLY | os.O_APPEND)
+        os.write(fd, one_line)
+        os.close(fd)
+    print(line(f"vmm.usage_all's read, then ({n_vms} cgroups + files)", timed(read_all, n)))
+    me.close()
+
+
+def helpers_inside(n_vms: int, n: int) -> None:
+    """In an anonymous netns (see main): the reads behind one collection at N VMs, without
+    the RPC -- fcd-net's ``net.counters_all`` and fcd-vmm's ``vmm.usage_all``."""
+    import logging
+    import secrets
+    import shutil
+
+    from fcd_common.config import Config, JailConfig, NetworkConfig, PathsConfig
+
+    logging.basicConfig(level=logging.WARNING)
+    tmp = Path(tempfile.mkdtemp(prefix="fcd-metricsbench-"))
+    cfg = Config(
+        paths=PathsConfig(state_dir=str(tmp), run_dir=str(tmp), chroot_base=str(tmp / "jail")),
+        network=NetworkConfig(subnet="10.200.0.0/16"),
+        jail=JailConfig(
+            uid_min=900_000, uid_max=901_000, parent_cgroup=f"fcdbench-{secrets.token_hex(3)}"
+        ),
+    )
+    made: list[Path] = []
+    teardown = _net_part(cfg, n_vms, n)
+    try:
+        asyncio.run(_vmm_part(cfg, n_vms, n, made))
+    finally:
+        teardown()
+        for d in made:
+            with contextlib.suppress(OSError):
+                d.rmdir()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--real", type=int, default=10, help="VMs with the real daemons (0: skip)")
     p.add_argument("--scale", type=int, default=1000, help="VMs over fake helpers (0: skip)")
+    p.add_argument(
+        "--helpers", type=int, default=1000, help="the helpers' reads at N VMs (0: skip)"
+    )
     p.add_argument("--n", type=int, default=30, help="repetitions per figure")
+    p.add_argument("--inside", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.inside:
+        helpers_inside(args.helpers, args.n)
+        return
     if args.real:
         with tempfile.TemporaryDirectory(prefix="fcd-bench-metrics-") as tmp:
             real(args.real, args.n, Path(tmp))
     if args.scale:
         scale(args.scale, args.n)
+    if args.helpers:
+        print(f"helpers: fcd-net's core and fcd-vmm's usage reader at {args.helpers} VMs")
+        sys.stdout.flush()
+        argv = [sys.executable, __file__, "--inside", "--helpers", str(args.helpers)]
+        subprocess.run(["unshare", "--net", "--", *argv, "--n", str(args.n)], check=True)
 
 
 if __name__ == "__main__":
