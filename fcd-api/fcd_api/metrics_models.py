@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 
 from fcd_common.proto.net import Counters
 from fcd_common.proto.usage import VmUsage
+from fcd_common.proto.vmm import BalloonState
 from fcd_common.schema import Record
 
 from .models import VmRecord
@@ -33,6 +34,7 @@ __all__ = [
 ]
 
 NS = 1_000_000_000
+MIB = 1 << 20
 
 
 class CpuMetrics(Record):
@@ -56,7 +58,9 @@ class MemoryMetrics(Record):
     firecracker_rss_bytes: int | None
     balloon_target_bytes: int | None = None
     balloon_actual_bytes: int | None = None
-    """Only for a VM with a balloon device (null otherwise)."""
+    """Only for a live VM with a balloon device (null otherwise): the target the guest
+    was given (the size asked for while balloon statistics are off) and the size it
+    reached (statistics only)."""
 
 
 class FirecrackerNetMetrics(Record):
@@ -111,6 +115,19 @@ def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def _balloon(b: BalloonState | None) -> dict[str, int | None]:
+    """target: what the guest driver was told (statistics on), else the size asked for;
+    actual: what it reached (statistics only)."""
+    if b is None:
+        return {}
+    target = b.target_mib if b.target_mib is not None else b.requested_mib
+    actual = b.actual_mib
+    return {
+        "balloon_target_bytes": target * MIB,
+        "balloon_actual_bytes": None if actual is None else actual * MIB,
+    }
+
+
 def _secs(ns: int | None) -> float | None:
     return None if ns is None else ns / NS
 
@@ -121,8 +138,11 @@ def build_metrics(
     counters: Counters | None,
     counters_at: str | None,
     problems: list[str] | None = None,
+    *,
+    balloon: BalloonState | None = None,
 ) -> VMMetrics:
-    """The public metrics of ``rec`` from fcd-vmm's usage and fcd-net's counters."""
+    """The public metrics of ``rec`` from fcd-vmm's usage and fcd-net's counters (and,
+    for a VM with a balloon, Firecracker's balloon state)."""
     probs = list(problems or [])
     cpu = memory = None
     disk: list[DiskMetrics] = []
@@ -147,6 +167,7 @@ def build_metrics(
                 usage_bytes=cg.memory_usage_bytes if cg else None,
                 limit_bytes=cg.memory_limit_bytes if cg else None,
                 firecracker_rss_bytes=usage.rss_bytes,
+                **_balloon(balloon),
             )
         fc_at = usage.firecracker_at
         if fc_at is not None:

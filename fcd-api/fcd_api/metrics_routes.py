@@ -18,9 +18,11 @@ from litestar.params import FromPath
 
 from fcd_common.errors import FcdError
 from fcd_common.proto import net as pnet
+from fcd_common.proto import vmm as pvmm
 from fcd_common.proto.usage import Usage, VmUsage
 
 from .metrics_models import VMMetrics, build_metrics, now_iso
+from .models import VMState
 from .prom import CONTENT_TYPE, Exposition
 from .service import Flows
 
@@ -40,12 +42,22 @@ async def vm_metrics(flows: Flows, vm_id: str) -> VMMetrics:
     net_call = (
         h.net.call(pnet.NetCounters(vm_id=rec.id)) if rec.runtime.net is not None else nothing()
     )
-    usage_r, counters_r = await asyncio.gather(usage_call, net_call, return_exceptions=True)
+    # a balloon's target and actual size: Firecracker's balloon statistics (only for a
+    # VM with a balloon device that is live)
+    live = rec.state in (VMState.RUNNING, VMState.PAUSED)
+    balloon_call = (
+        h.vmm.call(pvmm.ReadResources(vm_id=rec.id))
+        if rec.spec.balloon is not None and live
+        else nothing()
+    )
+    usage_r, counters_r, balloon_r = await asyncio.gather(
+        usage_call, net_call, balloon_call, return_exceptions=True
+    )
     counters_at = now_iso()
     problems: list[str] = []
     usage: VmUsage | None = None
     counters: pnet.Counters | None = None
-    for helper, r in (("fcd-vmm", usage_r), ("fcd-net", counters_r)):
+    for helper, r in (("fcd-vmm", usage_r), ("fcd-net", counters_r), ("fcd-vmm", balloon_r)):
         if isinstance(r, FcdError):
             problems.append(f"{helper}: {r.code}: {r.message}")
         elif isinstance(r, BaseException):
@@ -54,7 +66,8 @@ async def vm_metrics(flows: Flows, vm_id: str) -> VMMetrics:
         usage = usage_r
     if isinstance(counters_r, pnet.Counters):
         counters = counters_r
-    return build_metrics(rec, usage, counters, counters_at, problems)
+    balloon = balloon_r.balloon if isinstance(balloon_r, pvmm.ResourcesInForce) else None
+    return build_metrics(rec, usage, counters, counters_at, problems, balloon=balloon)
 
 
 @get("/v1/vms/{vm_id:str}/metrics", summary="A VM's resource usage (CPU, memory, network, disk)")

@@ -298,7 +298,18 @@ class FakeHelpers:
     async def read_resources(self, req: pvmm.ReadResources) -> pvmm.ResourcesInForce:
         if req.vm_id not in self.procs:
             raise FailedPrecondition(f"VM {req.vm_id} is not running")
-        return pvmm.ResourcesInForce(vm_id=req.vm_id, cgroup_version=1)
+        launch = next((x for x in reversed(self.launches) if x.vm_id == req.vm_id), None)
+        balloon = None
+        if launch is not None and launch.balloon is not None:
+            size, stats = launch.balloon_mib or 0, launch.balloon.stats_interval_s > 0
+            balloon = pvmm.BalloonState(  # a driver that reaches every target at once
+                requested_mib=size,
+                deflate_on_oom=launch.balloon.deflate_on_oom,
+                stats_interval_s=launch.balloon.stats_interval_s,
+                target_mib=size if stats else None,
+                actual_mib=size if stats else None,
+            )
+        return pvmm.ResourcesInForce(vm_id=req.vm_id, cgroup_version=1, balloon=balloon)
 
     async def snapshot_create(self, req: pvmm.SnapshotCreate) -> pvmm.SnapshotTaken:
         if self.procs[req.vm_id].state != "paused":

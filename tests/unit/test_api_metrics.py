@@ -75,6 +75,15 @@ def test_vm_metrics_route_and_a_helper_down() -> None:
         assert m["network"] is not None
         assert m["problems"] == ["fcd-vmm: unavailable: fcd-vmm is restarting"]
         assert (await c.get("/v1/vms/nope/metrics")).status_code == 404
+        # a VM with a balloon: its target and actual size from Firecracker's statistics
+        h.fakes.fail.pop("vmm.usage")
+        body = {"id": "vm2", "template": "base", "mem_size_mib": 256, "mem_target_mib": 200}
+        r = await c.post("/v1/vms", json={**body, "balloon": {"stats_interval_s": 1}})
+        assert r.status_code == 201, r.text
+        mem = (await c.get("/v1/vms/vm2/metrics")).json()["memory"]
+        assert mem["balloon_target_bytes"] == mem["balloon_actual_bytes"] == 56 << 20
+        assert ("vmm.resources", "vm2") in h.fakes.calls
+        assert ("vmm.resources", "vm1") not in h.fakes.calls  # no balloon: not asked
 
     async def main() -> None:
         async with api_harness() as h:
