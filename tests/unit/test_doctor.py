@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+import pytest
+
+from fcd_api import cli, metrics_cli
 from fcd_api import doctor as d
-from fcd_api import metrics_cli
 from fcd_api.doctor import KvmFacts, SocketFacts, Status
 
 V1_MOUNTS = """\
@@ -158,3 +163,24 @@ def test_doctor_on_this_host_reports_every_check() -> None:
         assert want in names
     assert {"jail-uids", "host-ports", "reflink", "fcd-api", "fcd-vmm"} <= set(names)
     assert status == (1 if any(line.startswith("FAIL") for line in text.splitlines()) else 0)
+
+
+def test_fcctl_doctor_exits_1_on_a_fail(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`fcctl doctor` needs no API; a missing Firecracker is a FAIL and exit status 1."""
+    conf = tmp_path / "fcd.toml"
+    conf.write_text(
+        f'[paths]\nrun_dir = "{tmp_path}/run"\nstate_dir = "{tmp_path}/state"\n'
+        f'[jail]\nfirecracker = "{tmp_path}/nope/firecracker"\njailer = "{tmp_path}/nope/jailer"\n'
+    )
+    monkeypatch.setenv("FCD_CONFIG", str(conf))
+    monkeypatch.delenv("FCD_FIRECRACKER", raising=False)
+    monkeypatch.delenv("FCD_JAILER", raising=False)
+    assert cli.main(["--socket", str(tmp_path / "no.sock"), "doctor"]) == 1
+    out = capsys.readouterr().out
+    assert f"FAIL  firecracker  {tmp_path}/nope/firecracker does not exist" in out
+    assert f"WARN  fcd-api      {tmp_path}/run/api.sock does not exist" in out
+    assert cli.main(["doctor", "-o", "json"]) == 1
+    results = json.loads(capsys.readouterr().out)
+    assert {r["name"]: r["status"] for r in results}["jailer"] == "FAIL"
