@@ -7,7 +7,7 @@
 
 ``top`` reads the Prometheus exposition (parsed by prometheus_client), so a frame
 costs one request however many VMs there are; CPU% is the change of each VM's
-CPU time between two frames (``-`` on the first).
+CPU time between two of fcd-api's collections (``-`` until the second).
 """
 
 from __future__ import annotations
@@ -125,14 +125,19 @@ _FIELDS = {
 _SUMS = {"fcd_vm_disk_read_bytes_total": "disk_r", "fcd_vm_disk_write_bytes_total": "disk_w"}
 
 
-def parse_top(text: str) -> tuple[dict[str, Row], dict[str, float]]:
-    """Per-VM rows and ``fcd_vms`` by state from one exposition."""
+def parse_top(text: str) -> tuple[dict[str, Row], dict[str, float], float]:
+    """Per-VM rows, ``fcd_vms`` by state and the age of the per-VM series (0 if not
+    given) from one exposition."""
     rows: dict[str, Row] = {}
     states: dict[str, float] = {}
+    age = 0.0
     for fam in text_string_to_metric_families(text):
         for s in fam.samples:
             if s.name == "fcd_vms":
                 states[s.labels.get("state", "?")] = s.value
+                continue
+            if s.name == "fcd_vm_metrics_age_seconds":
+                age = s.value
                 continue
             vm_id = s.labels.get("vm_id")
             attr = _FIELDS.get(s.name) or _SUMS.get(s.name)
@@ -143,7 +148,7 @@ def parse_top(text: str) -> tuple[dict[str, Row], dict[str, float]]:
                 setattr(row, attr, getattr(row, attr) + s.value)
             else:
                 setattr(row, attr, s.value)
-    return rows, states
+    return rows, states, age
 
 
 def with_cpu_pct(rows: dict[str, Row], prev: dict[str, Row], elapsed: float) -> None:
@@ -174,22 +179,38 @@ def render_top(rows: dict[str, Row], states: dict[str, float]) -> str:
     return f"VMs: {summary or 'none'}\n{body}"
 
 
+class CpuRates:
+    """CPU% between two *collections* (fcd-api collects every ``api.metrics_interval_s``;
+    frames in between show the last rate, not a 0 from an unchanged sample)."""
+
+    def __init__(self) -> None:
+        self.prev: dict[str, Row] = {}
+        self.prev_at: float | None = None
+        self.pct: dict[str, float] = {}
+
+    def update(self, rows: dict[str, Row], collected_at: float) -> None:
+        if self.prev_at is None or collected_at - self.prev_at > 0.5:
+            if self.prev_at is not None:
+                with_cpu_pct(rows, self.prev, collected_at - self.prev_at)
+                self.pct = {k: r.cpu_pct for k, r in rows.items() if r.cpu_pct is not None}
+            self.prev, self.prev_at = rows, collected_at
+        for vm_id, row in rows.items():
+            row.cpu_pct = self.pct.get(vm_id)
+
+
 def _frames(request: Request, interval: float) -> Iterator[str]:
-    prev: dict[str, Row] = {}
-    last = 0.0
+    rates = CpuRates()
     while True:
         text = request("GET", "/metrics", raw=True)
-        now = time.monotonic()
-        rows, states = parse_top(text)
-        with_cpu_pct(rows, prev, now - last)
-        prev, last = rows, now
+        rows, states, age = parse_top(text)
+        rates.update(rows, time.time() - age)
         yield render_top(rows, states)
         time.sleep(interval)
 
 
 def _top(args: argparse.Namespace, request: Request, as_json: bool) -> str:
     if args.once:
-        rows, states = parse_top(request("GET", "/metrics", raw=True))
+        rows, states, _age = parse_top(request("GET", "/metrics", raw=True))
         if as_json:
             return show([r.__dict__ for r in rows.values()], True, str)
         return render_top(rows, states)

@@ -121,7 +121,8 @@ def test_exposition_and_fcctl_top() -> None:
         assert (_get(after, "fcd_operations_total", kind="stop_vm", outcome="not_found") or 0) >= 1
         assert (_get(after, "fcd_operation_duration_seconds_count", kind="create_vm") or 0) >= 3
         # fcctl top: one frame from one exposition
-        rows, states = metrics_cli.parse_top(exp.scrape().decode())
+        rows, states, age = metrics_cli.parse_top(exp.scrape().decode())
+        assert 0 <= age < 60
         assert sorted(rows) == ["vm0", "vm1", "vm2"] and states["running"] == 2
         frame = metrics_cli.render_top(rows, states)
         assert frame.splitlines()[0] == "VMs: 1 paused, 2 running"
@@ -243,3 +244,23 @@ def test_listeners_over_real_sockets(tmp_path: Path) -> None:
                 await task
 
     asyncio.run(main())
+
+
+def test_top_cpu_rate_is_between_collections() -> None:
+    rates = metrics_cli.CpuRates()
+
+    def rows(cpu: float) -> dict[str, metrics_cli.Row]:
+        return {"vm": metrics_cli.Row("vm", cpu_s=cpu)}
+
+    first = rows(10.0)
+    rates.update(first, 100.0)
+    assert first["vm"].cpu_pct is None
+    again = rows(10.0)  # a frame before the next collection: same sample
+    rates.update(again, 100.2)
+    assert again["vm"].cpu_pct is None
+    nxt = rows(15.0)  # 5 CPU seconds over 10 s of collections
+    rates.update(nxt, 110.0)
+    assert nxt["vm"].cpu_pct == 50.0
+    between = rows(15.0)
+    rates.update(between, 110.1)
+    assert between["vm"].cpu_pct == 50.0  # the last rate, not 0
