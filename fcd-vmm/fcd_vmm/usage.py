@@ -49,7 +49,10 @@ __all__ = [
 ]
 
 MAX_READ = 8 << 20
-"""Unread bytes of a metrics file read at most per call (about 2,000 lines)."""
+"""Unread bytes of a metrics file summed at most (about 1,500 lines); older lines of a
+longer backlog are skipped (and the reply says so)."""
+MIN_CHUNK = 64 << 10
+"""A read is never cut below this (a line is ~5 KiB), so every call makes progress."""
 V1_UNLIMITED = 1 << 62
 """cgroup v1 reports "no limit" as a page-rounded LONG_MAX; anything above this is that."""
 USER_HZ = os.sysconf("SC_CLK_TCK")
@@ -339,16 +342,21 @@ class MetricsTail:
             for vm_id in [v for v in self._files if v not in vm_ids]:
                 del self._files[vm_id]
 
-    def read(self, paths: JailPaths, uid: int) -> tuple[Totals | None, str | None]:
-        """Read what was appended since the last call; (totals, problem). Thread-safe:
-        concurrent calls (two scrapes) never count a line twice."""
+    def read(
+        self, paths: JailPaths, uid: int, limit: int | None = None
+    ) -> tuple[Totals | None, str | None, int]:
+        """Read what was appended since the last call, at most ``limit`` bytes of it
+        (default :data:`MAX_READ`; the rest waits for the next call); (totals, problem,
+        bytes read). Thread-safe: concurrent calls never count a line twice."""
         with self._lock:
-            return self._read(paths, uid)
+            return self._read(paths, uid, MAX_READ if limit is None else max(MIN_CHUNK, limit))
 
-    def _read(self, paths: JailPaths, uid: int) -> tuple[Totals | None, str | None]:
+    def _read(
+        self, paths: JailPaths, uid: int, limit: int
+    ) -> tuple[Totals | None, str | None, int]:
         fd, problem = _open_metrics(paths, uid)
         if fd is None:
-            return None, problem
+            return None, problem, 0
         try:
             st = os.fstat(fd)
             key = (st.st_dev, st.st_ino)
@@ -356,13 +364,13 @@ class MetricsTail:
             if state is None or state.ino != key or st.st_size < state.offset:
                 state = _FileState(ino=key)
                 self._files[paths.vm_id] = state
-            if st.st_size - state.offset > MAX_READ:
+            skip = st.st_size - state.offset > MAX_READ
+            if skip:  # history too long to sum: only its end
                 state.offset = st.st_size - MAX_READ
                 state.truncated = True
-                skip = True
-            else:
-                skip = False
-            data = os.pread(fd, min(st.st_size - state.offset, MAX_READ), state.offset)
+            want = min(st.st_size - state.offset, limit)
+            data = os.pread(fd, want, state.offset)
+            behind = st.st_size - state.offset - len(data)
         finally:
             os.close(fd)
         end = data.rfind(b"\n") + 1  # a line still being written waits for the next call
@@ -378,4 +386,6 @@ class MetricsTail:
         problem = None
         if state.truncated:
             problem = f"{METRICS_FILE} grew past {MAX_READ} unread bytes: only its end is summed"
-        return state.totals, problem
+        elif behind > 0:
+            problem = f"{METRICS_FILE}: {behind} bytes not summed yet (read on the next call)"
+        return state.totals, problem, len(data)

@@ -101,7 +101,7 @@ def test_metrics_lines_are_summed_incrementally(tmp_path: Path) -> None:
     tail = usage.MetricsTail()
     try:
         _double_lines(m, fd, 3)
-        totals, problem = tail.read(paths, os.getuid())
+        totals, problem, _n = tail.read(paths, os.getuid())
         assert problem is None and totals is not None
         assert totals.lines == 3
         (net,) = totals.net_io()
@@ -110,16 +110,16 @@ def test_metrics_lines_are_summed_incrementally(tmp_path: Path) -> None:
         assert (disk.drive_id, disk.read_bytes, disk.read_ops) == ("rootfs", 3 * 4096, 3)
         # a line half written is left for the next call; only new lines are read then
         os.write(fd, b'{"utc_timestamp_ms":1,"net_eth0":{"rx_bytes_count":5')
-        totals, _ = tail.read(paths, os.getuid())
+        totals, _, _n = tail.read(paths, os.getuid())
         assert totals is not None and totals.lines == 3
         os.write(fd, b',"rx_packets_count":1}}\nnot json\n')
-        totals, _ = tail.read(paths, os.getuid())
+        totals, _, _n = tail.read(paths, os.getuid())
         assert totals is not None and (totals.lines, totals.bad_lines) == (4, 1)
         assert totals.net_io()[0].rx_bytes == 303 + 5 and totals.last_ms == 1
     finally:
         os.close(fd)
     # after an fcd-vmm restart (a fresh tail) the whole file gives the same sums
-    again, _ = usage.MetricsTail().read(paths, os.getuid())
+    again, _, _n = usage.MetricsTail().read(paths, os.getuid())
     assert again is not None and again.net_io() == totals.net_io()
 
 
@@ -147,14 +147,14 @@ def test_a_swapped_metrics_file_is_not_read(tmp_path: Path, swap: str) -> None:
         os.link(secret, paths.metrics_file)
     else:
         os.mkfifo(paths.metrics_file)
-    totals, problem = usage.MetricsTail().read(paths, os.getuid())
+    totals, problem, _n = usage.MetricsTail().read(paths, os.getuid())
     assert totals is None and problem is not None
 
 
 def test_a_file_of_another_uid_is_not_read(tmp_path: Path) -> None:
     paths = _jail(tmp_path)
     paths.metrics_file.write_text('{"utc_timestamp_ms":1}\n')
-    totals, problem = usage.MetricsTail().read(paths, os.getuid() + 1)
+    totals, problem, _n = usage.MetricsTail().read(paths, os.getuid() + 1)
     assert totals is None and problem is not None and "not the file" in problem
 
 
@@ -165,7 +165,7 @@ def test_a_huge_file_is_summed_over_its_end_only(
     paths = _jail(tmp_path)
     line = b'{"utc_timestamp_ms":1,"net_eth0":{"rx_packets_count":1}}\n'
     paths.metrics_file.write_bytes(line * 20)
-    totals, problem = usage.MetricsTail().read(paths, os.getuid())
+    totals, problem, _n = usage.MetricsTail().read(paths, os.getuid())
     assert totals is not None and problem is not None and "only its end" in problem
     assert 0 < totals.lines < 20 and totals.bad_lines == 0
 
@@ -174,10 +174,33 @@ def test_sums_of_vms_gone_are_dropped(tmp_path: Path) -> None:
     paths = _jail(tmp_path)
     paths.metrics_file.write_text('{"utc_timestamp_ms":1,"net_eth0":{"rx_packets_count":2}}\n')
     tail = usage.MetricsTail()
-    first, _ = tail.read(paths, os.getuid())
+    first, _, _n = tail.read(paths, os.getuid())
     tail.retain({"vm1"})
-    kept, _ = tail.read(paths, os.getuid())
+    kept, _, _n = tail.read(paths, os.getuid())
     assert first is kept  # still summing on from where it was
     tail.retain(set())
-    again, _ = tail.read(paths, os.getuid())
+    again, _, _n = tail.read(paths, os.getuid())
     assert again is not first and again is not None and again.net_io()[0].rx_packets == 2
+
+
+def test_a_backlog_is_summed_over_several_calls(tmp_path: Path) -> None:
+    """A read budget (after an fcd-vmm restart, one collection for many VMs) cuts a read at
+    a line end; the next call goes on from there and the sums end up whole."""
+    paths = _jail(tmp_path)
+    m = Metrics(1, 1)
+    m.block_ids, m.net_ids = ["rootfs"], ["eth0"]
+    fd = os.open(paths.metrics_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        _double_lines(m, fd, 60)  # ~330 KiB
+    finally:
+        os.close(fd)
+    size = paths.metrics_file.stat().st_size
+    assert size > 3 * usage.MIN_CHUNK
+    tail = usage.MetricsTail()
+    totals, problem, n = tail.read(paths, os.getuid(), 1)  # below the minimum chunk
+    assert totals is not None and n == usage.MIN_CHUNK and 0 < totals.lines < 60
+    assert problem is not None and "not summed yet" in problem
+    while problem is not None:
+        totals, problem, n = tail.read(paths, os.getuid(), usage.MIN_CHUNK)
+    assert totals is not None and totals.lines == 60
+    assert totals.net_io()[0].rx_packets == 60 and totals.drive_io()[0].read_ops == 60
