@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fcd_common.config import Config
+from fcd_common.subids import subid_overlaps
 
 __all__ = [
     "KVM_REQUIRED_CAPS",
@@ -299,16 +300,6 @@ def probe_binary(name: str, path: str) -> Result:
 # --- uid and port ranges ---------------------------------------------------------------------
 
 
-def _subid_ranges(text: str) -> list[tuple[str, int, int]]:
-    out = []
-    for line in text.splitlines():
-        parts = line.strip().split(":")
-        if len(parts) == 3 and parts[1].isdigit() and parts[2].isdigit():
-            start, count = int(parts[1]), int(parts[2])
-            out.append((parts[0], start, start + count - 1))
-    return out
-
-
 def check_subid_overlap(
     uid_min: int, uid_max: int, subuid: str, subgid: str, users_in_range: Sequence[str] = ()
 ) -> Result:
@@ -316,10 +307,9 @@ def check_subid_overlap(
     (user namespaces would map it) and no account in it."""
     name = "jail-uids"
     clashes = [
-        f"{file} {owner}:{lo}-{hi}"
+        f"{file} {r.owner}:{r.start}-{r.last}"
         for file, text in (("/etc/subuid", subuid), ("/etc/subgid", subgid))
-        for owner, lo, hi in _subid_ranges(text)
-        if lo <= uid_max and hi >= uid_min
+        for r in subid_overlaps(text, uid_min, uid_max)
     ]
     if clashes or users_in_range:
         what = clashes + [f"account {u}" for u in users_in_range]

@@ -67,6 +67,7 @@ KINDS = (
     "restored",
     "suspended",
     "woken",
+    "resources",
 )
 KEEP = 10_000
 QUEUE = 1_000

@@ -19,6 +19,7 @@ from fcd_common.errors import FailedPrecondition, FcdError, InvalidArgument
 from fcd_common.ids import check_vm_id
 from fcd_common.proto import vmm as pvmm
 
+from . import events
 from .models import VM, VmRecord, VMState
 from .plan import check_limits
 from .resources_models import ResourcesUpdate, ResourcesView
@@ -37,14 +38,15 @@ READ_TIMEOUT_S = 5.0
 
 
 def _resources_event(vm_id: str, what: str, changes: dict[str, Any], *, applied: bool) -> None:
-    """One resource change of one VM (a journal line with ``FCD_VM_ID``; meant to become
-    an entry of the events stream)."""
-    log.info(
-        "resources %s (%s): %s",
-        what,
-        "in force now" if applied else "at next start",
-        ", ".join(f"{k}={v}" for k, v in changes.items()),
-        extra={**_extra(vm_id), "FCD_EVENT": "vm.resources"},
+    """One resource change of one VM: an entry of the events stream (``resources``, with
+    the changed fields and whether they are in force now or at the next start) and,
+    through :func:`events.publish`, a journal line with ``FCD_VM_ID``."""
+    events.publish(
+        "resources",
+        vm_id,
+        change=what,
+        in_force="now" if applied else "next_start",
+        **{k: v for k, v in changes.items() if k not in {"change", "in_force"}},
     )
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import subprocess
 import sys
@@ -278,6 +279,14 @@ def test_limits_at_create_and_live_updates(suite: suite_mod.Suite) -> None:  # n
         assert _cg(suite, "cpu", "res-1", "cpu.cfs_quota_us") == "-1"
         assert view["cpu_quota"] is None
         assert view["in_force"]["cpu_quota"] is None
+
+        # every accepted change is an event of the stream, in order, live or at next start
+        r = c.get("/v1/events", params={"vm_id": "res-1", "type": "resources"})
+        assert r.status_code == 200, r.text
+        evs = [json.loads(line) for line in r.text.splitlines() if line]
+        changes = [(e["data"]["in_force"], e["data"].get("cpu_quota")) for e in evs]
+        assert changes[0] == ("now", 1.5), changes
+        assert ("next_start", None) in changes and changes[-1] == ("now", 0), changes
 
         r = c.delete("/v1/vms/res-1", params={"force": "true"})
         assert r.status_code == 204, r.text
