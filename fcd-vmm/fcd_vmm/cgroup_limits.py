@@ -124,7 +124,7 @@ def _controller_mount(version: CgroupVersion, controller: str, mounts: list[Moun
     raise FailedPrecondition(f"no cgroup v{version} mount with the {controller} controller")
 
 
-def _components(parent: str, vm_id: str) -> list[str]:
+def cgroup_components(parent: str, vm_id: str) -> list[str]:
     parts = [p for p in parent.split("/") if p]
     if not parts or any(p in (".", "..") for p in parts):
         raise InvalidArgument(f"parent cgroup {parent!r} is not a plain relative path")
@@ -139,7 +139,7 @@ def open_vm_cgroup(mount: Mount, parent: str, vm_id: str) -> Iterator[int]:
     fd = os.open(mount.path, flags)
     try:
         dev = os.fstat(fd).st_dev
-        for name in _components(parent, vm_id):
+        for name in cgroup_components(parent, vm_id):
             try:
                 nfd = os.open(name, flags, dir_fd=fd)
             except FileNotFoundError:

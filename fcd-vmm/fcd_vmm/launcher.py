@@ -35,7 +35,7 @@ from fcd_common.errors import (
     Unavailable,
 )
 
-from . import cgroup_limits, cgroups, console, fclog, hostcheck, jailfs
+from . import cgroup_limits, cgroups, console, cpuacct, fclog, hostcheck, jailfs
 from .checks import StorageFile, check_snapshot_stage, open_storage_file
 from .fcclient import FirecrackerClient
 from .plan import (
@@ -286,6 +286,12 @@ async def launch(
                 f"Firecracker did not open its API socket within {cfg.limits.boot_timeout_s}s",
                 details={"log_tail": jailfs.log_tail(paths)},
             ) from None
+        if cgroup_version == 1:
+            problem = cpuacct.join_cpuacct(
+                cgroups.read_mounts(), cfg.jail.parent_cgroup, vm_id, watch.pid
+            )
+            if problem:
+                log.warning("%s", problem, extra=logs.vm(vm_id))
         log.info("firecracker pid %d is up, configuring", watch.pid, extra=logs.vm(vm_id))
         await _configure(paths, spec, firecracker_version, uid)
         log.info(

@@ -151,10 +151,11 @@ def cgroup_settings(
     mem_bytes = ((mem_limit_mib or mem_size_mib) + mem_overhead_mib) * MIB
     if version == 1:
         wanted = [
+            # never a cpuacct file: the v1 jailer first copies every file's value down
+            # from the parent cgroup, and the parent's cpuacct.usage (non-zero once any
+            # VM ran) cannot be written (EINVAL: the jailer panics). Where cpuacct is a
+            # hierarchy of its own, a VM's CPU time comes from /proc/PID/stat instead.
             ("cpu.shares", str(1024 * vcpu_count)),
-            # no limit: makes the jailer create the VM's cpuacct cgroup too (a hierarchy
-            # of its own on some hosts), whose usage and stat fcd-vmm reads for metrics
-            ("cpuacct.usage", "0"),
             ("memory.limit_in_bytes", str(mem_bytes)),
             ("pids.max", str(PIDS_MAX)),
         ]

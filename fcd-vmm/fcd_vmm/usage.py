@@ -43,9 +43,11 @@ __all__ = [
     "parse_cgroup_v1",
     "parse_cgroup_v2",
     "parse_metrics_lines",
+    "parse_proc_cpu",
     "parse_rss",
     "read_cgroup",
     "read_rss",
+    "with_process_cpu",
 ]
 
 MAX_READ = 8 << 20
@@ -217,6 +219,34 @@ def parse_rss(status_text: str) -> int | None:
             if len(parts) >= 2 and parts[1].isdigit():
                 return int(parts[1]) * 1024
     return None
+
+
+def parse_proc_cpu(stat_text: str) -> tuple[int, int] | None:
+    """(user, system) nanoseconds of every thread of the process, live and exited,
+    from /proc/PID/stat (``utime`` and ``stime``, fields 14 and 15, in USER_HZ ticks)."""
+    rest = stat_text.rpartition(")")[2].split()
+    if len(rest) < 13 or not (rest[11].isdigit() and rest[12].isdigit()):
+        return None
+    tick_ns = 1_000_000_000 // USER_HZ
+    return int(rest[11]) * tick_ns, int(rest[12]) * tick_ns
+
+
+def with_process_cpu(cg: CgroupUsage, pid: int) -> CgroupUsage:
+    """``cg`` with its CPU time from the Firecracker process where the hierarchy has no
+    cpuacct for the VM (v1 with cpuacct mounted apart): the jail's only process is
+    Firecracker, so its times are the cgroup's."""
+    if cg.cpu_usage_ns is not None:
+        return cg
+    try:
+        times = parse_proc_cpu(Path(f"/proc/{pid}/stat").read_text())
+    except OSError:
+        return cg
+    if times is None:
+        return cg
+    user, system = times
+    return msgspec.structs.replace(
+        cg, cpu_usage_ns=user + system, cpu_user_ns=user, cpu_system_ns=system
+    )
 
 
 def read_rss(pid: int) -> int | None:

@@ -98,6 +98,8 @@ class UsageReader:
                 cg, why = None, f"cgroup: {e.strerror}"
             if why:
                 problems.append(why)
+        if cg is not None:
+            cg = usage.with_process_cpu(cg, watch.pid)
         rss = usage.read_rss(watch.pid)
         rss_at = usage.iso(datetime.now(UTC).timestamp())
         totals, why, used = self.tail.read(jail_paths(self.cfg, rec.vm_id), rec.uid, budget[0])

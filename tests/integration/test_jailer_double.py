@@ -6,6 +6,7 @@ cgroup; everything is removed in ``finally`` blocks.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -512,3 +513,77 @@ def test_cgroup_argument_checks(tmp_path: Path) -> None:
         assert r.returncode == -signal.SIGABRT
         assert "Controller cpu is unavailable" in r.stderr
     assert not (tmp_path / "firecracker").exists()
+
+
+def _jailers() -> list[tuple[str, Path, Path]]:
+    out = [("double", JAILER, FIRECRACKER)]
+    fc, jl = os.environ.get("FCD_FIRECRACKER"), os.environ.get("FCD_JAILER")
+    if fc and jl:
+        out.append(("real", Path(jl), Path(fc)))
+    return out
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("which", _jailers(), ids=lambda w: w[0])
+def test_v1_cgroup_values_are_copied_from_the_parent_first(
+    which: tuple[str, Path, Path], base: Path, jail_uid: int
+) -> None:
+    """The v1 jailer writes the parent's value into a new cgroup before the asked one: a
+    parent that ran anything has a non-zero cpuacct.usage, which the kernel refuses in
+    the child, and the failed write is an unwrap panic (checked against v1.7.0)."""
+    acct = CGROUP_V1 / "cpuacct"
+    if not (acct / "cpuacct.usage").exists():
+        pytest.skip("no cgroup v1 cpuacct hierarchy")
+    _, jailer, fc = which
+    parent = f"fcdt-{secrets.token_hex(3)}"
+    busy = acct / parent / "busy"
+    exe = base / "bin" / "firecracker"  # the jailer names the chroot after the exec file
+    exe.parent.mkdir()
+    shutil.copy2(fc, exe)
+    try:
+        busy.mkdir(parents=True)
+        subprocess.run(
+            [
+                "sh",
+                "-c",
+                f"echo $$ > {busy}/cgroup.procs; i=0; while [ $i -lt 30000 ]; do i=$((i+1)); done",
+            ],
+            check=True,
+        )
+        assert int((acct / parent / "cpuacct.usage").read_text()) > 0
+        r = subprocess.run(
+            [
+                str(jailer),
+                "--id",
+                "acct1",
+                "--exec-file",
+                str(exe),
+                "--uid",
+                str(jail_uid),
+                "--gid",
+                str(jail_uid),
+                "--chroot-base-dir",
+                str(base),
+                "--cgroup-version",
+                "1",
+                "--parent-cgroup",
+                parent,
+                "--cgroup",
+                "cpuacct.usage=0",
+            ],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert r.returncode == -signal.SIGABRT, r.stderr
+        target = acct / parent / "acct1" / "cpuacct.usage"
+        assert "panicked at src/jailer/src/env.rs:622:34:" in r.stderr, r.stderr
+        assert (
+            f'called `Result::unwrap()` on an `Err` value: Write("{target}", Os {{ code: 22, '
+            'kind: InvalidInput, message: "Invalid argument" })'
+        ) in r.stderr, r.stderr
+    finally:
+        for d in (busy, acct / parent / "acct1", acct / parent):
+            with contextlib.suppress(OSError):
+                d.rmdir()

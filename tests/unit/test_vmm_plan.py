@@ -204,8 +204,10 @@ def test_cgroup_settings_v1_and_v2() -> None:
         ("memory.limit_in_bytes", str(320 * 1024 * 1024)),
         ("pids.max", str(plan.PIDS_MAX)),
     ]
+    # the v1 jailer copies the parent's value into a new cgroup first: cpuacct.usage (the
+    # parent's running total) would be EINVAL there, so it is never asked for
     with_acct = plan.cgroup_settings(1, frozenset({"cpu", "cpuacct", "memory"}), 1, 128, 0)
-    assert ("cpuacct.usage", "0") in with_acct  # the VM gets a cpuacct cgroup for its metrics
+    assert not [f for f, _ in with_acct if f.startswith("cpuacct.")]
     v2 = plan.cgroup_settings(2, frozenset({"cpu", "memory"}), 4, 128, 0)
     assert v2 == [("cpu.weight", "400"), ("memory.max", str(128 << 20))]
     assert plan.cgroup_settings(2, frozenset({"hugetlb"}), 1, 128, 0) == []

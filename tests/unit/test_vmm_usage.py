@@ -204,3 +204,22 @@ def test_a_backlog_is_summed_over_several_calls(tmp_path: Path) -> None:
         totals, problem, n = tail.read(paths, os.getuid(), usage.MIN_CHUNK)
     assert totals is not None and totals.lines == 60
     assert totals.net_io()[0].rx_packets == 60 and totals.drive_io()[0].read_ops == 60
+
+
+def test_process_cpu_times_parse_past_a_comm_with_parens_and_spaces() -> None:
+    tick = 1_000_000_000 // usage.USER_HZ
+    fields = ["S"] + ["0"] * 10 + ["250", "40"] + ["0"] * 30
+    text = f"4242 (fire) (cracker) {' '.join(fields)}\n"
+    assert usage.parse_proc_cpu(text) == (250 * tick, 40 * tick)
+    assert usage.parse_proc_cpu("4242 (x) S 1 2") is None
+
+
+def test_cgroup_without_cpuacct_takes_the_process_cpu_time() -> None:
+    cg = usage.parse_cgroup_v1({"memory.usage_in_bytes": "4096\n"}, "2026-01-01T00:00:00Z")
+    assert cg.cpu_usage_ns is None
+    got = usage.with_process_cpu(cg, os.getpid())
+    assert got.cpu_usage_ns is not None and got.cpu_usage_ns > 0
+    assert got.cpu_usage_ns == (got.cpu_user_ns or 0) + (got.cpu_system_ns or 0)
+    assert got.memory_usage_bytes == 4096
+    cg2 = usage.parse_cgroup_v1({"cpuacct.usage": "77\n"}, "2026-01-01T00:00:00Z")
+    assert usage.with_process_cpu(cg2, os.getpid()).cpu_usage_ns == 77

@@ -14,17 +14,17 @@ import sys
 import time
 
 from . import syscalls
-from .cgroups import JailerError
+from .cgroups import CgroupWritePanic, JailerError
 from .env import VERSION, ArgError, build_env, parse_args
 from .run import Jail
 
 PANIC_AT = "src/jailer/src/main.rs:351:6"
 
 
-def panic(msg: str) -> None:
+def panic(msg: str, *, at: str = PANIC_AT, prefix: str = "Jailer error: ") -> None:
     """A Rust panic with panic=abort: message on stderr, then SIGABRT (134 in a shell)."""
     sys.stderr.write(
-        f"thread 'main' panicked at {PANIC_AT}:\nJailer error: {msg}\n"
+        f"thread 'main' panicked at {at}:\n{prefix}{msg}\n"
         "note: run with `RUST_BACKTRACE=1` environment variable to display a backtrace\n"
     )
     sys.stderr.flush()
@@ -67,11 +67,15 @@ def main(argv: list[str]) -> int:
         jail = Jail(env, start_us, start_cpu_us)
         try:
             jail.run()
-        except JailerError:
+        except (JailerError, CgroupWritePanic):
             jail.report(False)
             raise
     except JailerError as e:
         panic(str(e))
+    except CgroupWritePanic as e:
+        panic(
+            str(e), at=CgroupWritePanic.AT, prefix="called `Result::unwrap()` on an `Err` value: "
+        )
     return 0
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 from dataclasses import dataclass
 
@@ -39,6 +40,39 @@ def read_line(path: str) -> str:
         raise JailerError(f"Failed to read file {path} into a string: {_err(e)}") from None
 
 
+# Rust's io::ErrorKind for the errnos a cgroup write gives (std's decode_error_kind)
+_KINDS = {
+    errno.EPERM: "PermissionDenied",
+    errno.EACCES: "PermissionDenied",
+    errno.ENOENT: "NotFound",
+    errno.EINVAL: "InvalidInput",
+    errno.EBUSY: "ResourceBusy",
+    errno.ENOSPC: "StorageFull",
+    errno.EROFS: "ReadOnlyFilesystem",
+    errno.ENOTDIR: "NotADirectory",
+    errno.EISDIR: "IsADirectory",
+    errno.EEXIST: "AlreadyExists",
+}
+
+
+class CgroupWritePanic(Exception):
+    """A failed cgroup file write: v1.7.0 unwraps it (env.rs), a panic, not an Error."""
+
+    AT = "src/jailer/src/env.rs:622:34"
+
+
+def _write_or_panic(path: str, value: str) -> None:
+    try:
+        with open(path, "w") as f:
+            f.write(f"{value}\n")
+    except OSError as e:
+        n = e.errno or 0
+        kind = _KINDS.get(n, "Uncategorized")
+        raise CgroupWritePanic(
+            f'Write("{path}", Os {{ code: {n}, kind: {kind}, message: "{os.strerror(n)}" }})'
+        ) from None
+
+
 @dataclass
 class Cgroup:
     version: int
@@ -47,33 +81,37 @@ class Cgroup:
     file: str
     value: str
     path: str  # <mount>/<parent>/<id>
+    depth: int = 0  # components of --parent-cgroup: how far up a value is looked for
 
     def write_value(self) -> None:
         try:
             os.makedirs(self.path, exist_ok=True)
         except OSError as e:
             raise JailerError(f"Failed to create directory {self.path}: {_err(e)}") from None
-        if self.version == 1 and self.controller == "cpuset":
-            for name in ("cpuset.cpus", "cpuset.mems"):
-                self._inherit(name)
-        if self.version == 2:
+        if self.version == 1:
+            # v1: every file's value is first copied down from the parent (cpuset.cpus
+            # must not be empty; cpuacct.usage of a parent that ran anything is not 0,
+            # which the kernel refuses: the real jailer panics on that write)
+            names = ("cpuset.cpus", "cpuset.mems") if self.controller == "cpuset" else ()
+            for name in dict.fromkeys((*names, self.file)):
+                self._inherit(name, self.path, self.depth)
+        else:
             self._enable_in_ancestors()
-        write_line(os.path.join(self.path, self.file), self.value)
+        _write_or_panic(os.path.join(self.path, self.file), self.value)
 
-    def _inherit(self, name: str) -> None:
-        """Fill empty cpuset values down from the nearest ancestor that has one."""
-        chain = []
-        cur = self.path
-        while cur != self.mount and cur.startswith(self.mount):
-            chain.append(cur)
-            cur = os.path.dirname(cur)
-        value = read_line(os.path.join(self.mount, name))
-        for level in reversed(chain):
-            own = read_line(os.path.join(level, name))
-            if own:
-                value = own
-            else:
-                write_line(os.path.join(level, name), value)
+    def _inherit(self, name: str, path: str, depth: int) -> None:
+        """inherit_from_parent_aux: the parent's line, fetched from further up while it
+        is empty (at most ``depth`` levels), is written into ``path``'s file."""
+        parent_file = os.path.join(os.path.dirname(path), name)
+        line = read_line(parent_file)
+        if not line:
+            if depth <= 0:
+                raise JailerError(
+                    f"Failed to inherit cgroups configurations from parent: {parent_file}"
+                )
+            self._inherit(name, os.path.dirname(path), depth - 1)
+            line = read_line(parent_file)
+        _write_or_panic(os.path.join(path, name), line)
 
     def _enable_in_ancestors(self) -> None:
         rel = os.path.relpath(os.path.dirname(self.path), self.mount)
@@ -122,5 +160,11 @@ class CgroupBuilder:
                 raise JailerError(f"Controller {controller} is unavailable")
             mount = self.unified
         return Cgroup(
-            self.version, mount, controller, file, value, os.path.join(mount, parent, instance_id)
+            self.version,
+            mount,
+            controller,
+            file,
+            value,
+            os.path.join(mount, parent, instance_id),
+            depth=len([p for p in parent.split("/") if p]),
         )
