@@ -200,6 +200,30 @@ class ApiConfig(_Section, frozen=True):
     a scrape serves the newest collection and never waits for one."""
 
 
+class SupervisionConfig(_Section, frozen=True):
+    """fcd-api's supervision: defaults of the per-VM health check and restart policy
+    (a VM's spec overrides each), readiness, and reconciliation with the helpers."""
+
+    health_check: Annotated[
+        str, msgspec.Meta(pattern=r"^(|process|api|tcp:[0-9]{1,5}|serial:.{1,256})\Z")
+    ] = ""
+    """The check of a VM whose spec names none; "" = no health check."""
+    health_interval_s: Seconds = 10.0
+    health_timeout_s: Seconds = 2.0
+    health_retries: Annotated[int, msgspec.Meta(ge=1, le=100)] = 3
+    health_start_period_s: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 0.0
+    restart_mode: Literal["no", "on-failure", "always"] = "no"
+    restart_max_retries: Annotated[int, msgspec.Meta(ge=0, le=1000)] = 3
+    restart_backoff_s: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 1.0
+    """Before the first restart attempt; doubled for each further one."""
+    restart_backoff_max_s: Seconds = 60.0
+    wait_timeout_s: Seconds = 60.0
+    """How long a create or start with ``wait_for`` waits for the guest by default."""
+    reconcile_interval_s: Annotated[float, msgspec.Meta(ge=0, le=86400)] = 60.0
+    """fcd-api compares its registry with the helpers this often (and at start); 0 = at
+    start only."""
+
+
 class Config(_Section, frozen=True):
     paths: PathsConfig = msgspec.field(default_factory=PathsConfig)
     network: NetworkConfig = msgspec.field(default_factory=NetworkConfig)
@@ -208,6 +232,7 @@ class Config(_Section, frozen=True):
     security: SecurityConfig = msgspec.field(default_factory=SecurityConfig)
     storage: StorageConfig = msgspec.field(default_factory=StorageConfig)
     api: ApiConfig = msgspec.field(default_factory=ApiConfig)
+    supervision: SupervisionConfig = msgspec.field(default_factory=SupervisionConfig)
 
     # Derived locations. Kept here so that every daemon agrees on them.
     def socket(self, daemon: Literal["api", "api-ro", "net", "storage", "vmm"]) -> Path:

@@ -14,19 +14,16 @@ import uvicorn
 
 from fcd_common import logs, runtime
 
-from . import events, listeners, log_routes, logstore, states
+from . import events, listeners, log_routes, logstore
 from .app import create_asgi
 from .clients import Helpers
 from .metrics_collect import Collector
 from .prom import Exposition
 from .registry import Registry
 from .service import Flows
-from .storage_routes import reclaim_at_start
-from .supervise import ExitWatcher
+from .supervision import Supervision
 
 log = logging.getLogger("fcd.api")
-
-INTERRUPTED = "interrupted by an fcd-api restart"
 
 
 async def start_http(
@@ -73,7 +70,7 @@ class ApiService:
         flows: Flows,
         server: uvicorn.Server,
         task: asyncio.Task[None],
-        watcher: ExitWatcher,
+        supervision: Supervision,
         collector: Collector | None = None,
     ) -> None:
         self.registry = registry
@@ -81,7 +78,7 @@ class ApiService:
         self.flows = flows
         self.server = server
         self.task = task
-        self.watcher = watcher
+        self.supervision = supervision
         self.collector = collector
 
     def status(self) -> str:
@@ -97,7 +94,7 @@ class ApiService:
             self.task.cancel()
         with contextlib.suppress(BaseException):
             await self.task
-        await self.watcher.close()
+        await self.supervision.close()
         if self.collector is not None:
             await self.collector.close()
         await self.helpers.close()
@@ -113,12 +110,11 @@ async def build(ctx: runtime.Context) -> ApiService:
     registry = Registry.open(cfg.state("api") / "registry.db")
     events.install(events.EventStore.open(cfg.state("api") / "events.db"))
     log_routes.install(logstore.open_store(cfg.paths.state_dir, logs.to_journal()))
-    interrupted = registry.mark_interrupted(states.TRANSIENT, INTERRUPTED)
-    for vm_id in interrupted:
-        log.warning("VM %s was left mid-operation; marked error", vm_id, extra={"FCD_VM_ID": vm_id})
     helpers = Helpers.from_config(cfg)
     flows = Flows(registry, helpers, cfg.limits, cfg.network)
     collector = Collector(flows, cfg.api.metrics_interval_s)
+    # VMs left mid-operation by a crash are repaired by the first reconcile round
+    supervision = Supervision(flows, cfg.supervision)
     try:
         socks = listeners.api_sockets(cfg)
         app = create_asgi(
@@ -134,9 +130,7 @@ async def build(ctx: runtime.Context) -> ApiService:
         registry.close()
         raise
     log.info("serving the API on %s", cfg.socket("api"))
-    reclaim_at_start(registry, helpers.storage)
-    watcher = ExitWatcher(flows)
-    watcher.start()
+    supervision.start()
     collector.start()
     return ApiService(
         registry=registry,
@@ -144,7 +138,7 @@ async def build(ctx: runtime.Context) -> ApiService:
         flows=flows,
         server=server,
         task=task,
-        watcher=watcher,
+        supervision=supervision,
         collector=collector,
     )
 

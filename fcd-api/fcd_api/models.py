@@ -21,6 +21,8 @@ from fcd_common.proto.vmm import BalloonSpec, CpuQuota, JailInfo, RateLimits
 from fcd_common.schema import Record
 from fcd_common.types import KernelArgs, MiB, Name, NetMode, VcpuCount, VmId
 
+from .supervision_models import Health, HealthCheck, RestartPolicy, WaitFor
+
 __all__ = [
     "VM",
     "CreateVMRequest",
@@ -56,6 +58,8 @@ class VMState(enum.StrEnum):
     PAUSED = "paused"
     STOPPING = "stopping"
     STOPPED = "stopped"
+    DELETING = "deleting"
+    """A delete under way (or cut short: fcd-api's reconciliation finishes it)."""
     SUSPENDED = "suspended"
     """Firecracker gone, memory and state on disk (the VM's own); id, disk, IP and port
     mappings kept. Not in the seed's list: its closest seed state is ``stopped``."""
@@ -111,6 +115,15 @@ class CreateVMRequest(Record):
     added to it for the hard limit."""
     mem_target_mib: Annotated[int, msgspec.Meta(ge=0, le=MAX_MEM_MIB)] | None = None
     """Guest memory to leave the guest through the balloon (needs ``balloon``)."""
+    health_check: HealthCheck | None = None
+    """None: ``supervision.health_check`` of the configuration (none by default)."""
+    restart_policy: RestartPolicy | None = None
+    """None: ``supervision.restart_mode`` (``no`` by default)."""
+    wait_for: WaitFor | None = None
+    """Create and start answer ``running`` only once the guest accepts a TCP connection
+    on this port (``tcp:PORT``) or printed a line matching (``serial:REGEX``)."""
+    wait_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] | None = None
+    """None: ``supervision.wait_timeout_s``. A create that times out is undone."""
 
 
 class VMConfig(Record):
@@ -155,6 +168,10 @@ class VM(Record):
     """The VM's unique address on the host (netns mode: its veth; else ``ip_address``)."""
     restored_from: str | None = None
     """The snapshot this VM was restored from (its first start)."""
+    health: Health | None = None
+    """starting, healthy or unhealthy while running with a health check; else None."""
+    restarts: int = 0
+    """Restarts by the restart policy since the VM last was healthy (or a client started it)."""
 
 
 class ErrorDetail(Record):
@@ -187,6 +204,8 @@ class Runtime(Record):
     """The VM's latest snapshot: the parent of its next diff snapshot."""
     suspend: SuspendInfo | None = None
     """The VM's committed suspend files (a wake loads them)."""
+    health: Health | None = None
+    restarts: int = 0
 
 
 class VmRecord(Record):
@@ -240,4 +259,6 @@ class VmRecord(Record):
             network_mode=net.mode if net else None,
             host_ip=net.host_ip if net else None,
             restored_from=r.restored_from,
+            health=r.health,
+            restarts=r.restarts,
         )

@@ -55,6 +55,7 @@ from .plan import (
 from .registry import Registry
 from .resources_plan import check_resource_spec, normalized
 from .states import Action
+from .supervision_models import check_wait_for
 
 __all__ = ["Flows", "request_id"]
 
@@ -101,6 +102,9 @@ class Flows:
         self.network = network or NetworkConfig()
         """What the operator lets API users allow (fcd-net re-checks it)."""
         self.locks = KeyedLocks()
+        self.ready: Callable[[VmRecord], Awaitable[None]] | None = None
+        """Set by fcd-api's composition root (fcd_api.readiness): waits for a guest with
+        ``wait_for`` to be up; a create or start answers only after it returned."""
 
     def write(self, rec: VmRecord, state: VMState | None = None, **changes: Any) -> VmRecord:
         """Write ``rec`` with a new state (checked against states.EDGES) and other fields."""
@@ -170,6 +174,7 @@ class Flows:
         spec = normalized(spec)
         if spec.network_policy is not None:
             allowlist.check_allow(self.network, spec.network_policy.allow, "network_policy.allow")
+        check_wait_for(spec.wait_for)
         async with self.locks.hold(vm_id):
             existing = self.registry.get(vm_id)
             if existing is not None:
@@ -264,10 +269,12 @@ class Flows:
         else:
             proc = await h.vmm.call(launch_request(rec, source.files, resume=source.resume))
         final = VMState.PAUSED if proc.state == "paused" else VMState.RUNNING
+        rec = self.write(rec, runtime=msgspec.structs.replace(rec.runtime, pid=proc.pid))
+        if final is VMState.RUNNING and self.ready is not None:
+            await self.ready(rec)  # a timeout fails the create: the undo kills it
         rec = self.write(
             rec,
             final,
-            runtime=msgspec.structs.replace(rec.runtime, pid=proc.pid),
             started_at=now(),
             error=None,
         )
@@ -275,6 +282,12 @@ class Flows:
         return rec
 
     # --- the undo/delete steps (each idempotent) ----------------------------------
+    async def _kill(self, vm_id: str) -> None:
+        try:
+            await self.helpers.vmm.call(pvmm.Stop(vm_id=vm_id, force=True))
+        except FcdError as e:
+            log.error("could not kill it: %s", e.message, extra=_extra(vm_id))
+
     async def _release_jail(self, vm_id: str) -> None:
         await self.helpers.vmm.call(pvmm.ReleaseJail(vm_id=vm_id))
 
@@ -331,12 +344,19 @@ class Flows:
             events.publish(_EVENT_OF[action], vm_id, state=rec.state.value)
             return rec
 
-    async def start(self, vm_id: str) -> VmRecord:
-        """stopped -> starting -> running: a fresh jailer + Firecracker on the same disk/TAP/IP."""
+    async def start(self, vm_id: str, *, restarts: int = 0) -> VmRecord:
+        """stopped -> starting -> running: a fresh jailer + Firecracker on the same disk/TAP/IP.
+        ``restarts``: the restart policy's attempt (0: a client's start)."""
 
         async def call(rec: VmRecord) -> dict[str, Any]:
             proc = await self.helpers.vmm.call(launch_request(rec))
-            runtime = msgspec.structs.replace(rec.runtime, pid=proc.pid)
+            runtime = msgspec.structs.replace(rec.runtime, pid=proc.pid, restarts=restarts)
+            if self.ready is not None:
+                try:
+                    await self.ready(self.write(rec, runtime=runtime))
+                except BaseException:  # not up in time: it does not run on half-started
+                    await asyncio.shield(self._kill(vm_id))
+                    raise
             return {"runtime": runtime, "started_at": now(), "stopped_at": None, "error": None}
 
         return await self._lifecycle(vm_id, Action.START, call)
@@ -379,6 +399,7 @@ class Flows:
             rec = self.registry.require(vm_id)
             states.check(Action.DELETE, rec.state, force=force)
             log.info("deleting (from %s, force=%s)", rec.state.value, force, extra=_extra(vm_id))
+            rec = self.write(rec, VMState.DELETING)  # cut short: reconciliation finishes it
             steps: list[Step] = [
                 ("vmm.release", lambda: self._release_jail(vm_id)),
                 ("net.teardown", lambda: self._teardown_net(vm_id)),

@@ -48,6 +48,7 @@ TABLE: dict[tuple[Action, VMState], Step] = {
     (Action.DELETE, S.STOPPED): Step(None, None),
     (Action.DELETE, S.ERROR): Step(None, None),
     (Action.DELETE, S.SUSPENDED): Step(None, None),
+    (Action.DELETE, S.DELETING): Step(None, None),  # finish a delete cut short
 }
 
 FORCE_DELETE = Step(None, None)
@@ -78,10 +79,17 @@ EDGES: frozenset[tuple[VMState | None, VMState]] = frozenset(
         (S.PAUSING, S.RUNNING),
         (S.STOPPING, S.RUNNING),
         (S.STARTING, S.STOPPED),
+        # fcd_api.reconcile: an error VM whose Firecracker is alive is what it really is
+        (S.ERROR, S.RUNNING),
+        (S.ERROR, S.PAUSED),
     }
+    # a delete writes ``deleting`` first, from any state it is allowed from
+    | {(s, S.DELETING) for s in S if s is not S.DELETING}
 )
 
-TRANSIENT: frozenset[VMState] = frozenset({S.CREATING, S.STARTING, S.PAUSING, S.STOPPING})
+TRANSIENT: frozenset[VMState] = frozenset(
+    {S.CREATING, S.STARTING, S.PAUSING, S.STOPPING, S.DELETING}
+)
 """States that only exist while a flow is running; found at start-up, they mean a crash."""
 
 

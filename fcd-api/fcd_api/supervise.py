@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -72,6 +73,8 @@ class ExitWatcher:
         self.flows = flows
         self._task: asyncio.Task[None] | None = None
         self.epoch: str | None = None
+        self.on_exit: Callable[[VmRecord], None] | None = None
+        """Told of every end recorded (the record as written): fcd_api.recovery."""
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="exit-watcher")
@@ -139,15 +142,17 @@ class ExitWatcher:
     def _record(self, rec: VmRecord, code: int | None, tail: list[str], resync: bool) -> None:
         f, extra = self.flows, logs.vm(rec.id)
         pid = rec.runtime.pid
-        runtime = msgspec.structs.replace(rec.runtime, pid=None)
+        runtime = msgspec.structs.replace(rec.runtime, pid=None, health=None)
         if code == 0 and rec.state is VMState.RUNNING:  # a paused guest cannot shut down
-            f.write(rec, VMState.STOPPED, runtime=runtime, stopped_at=now(), error=None)
+            rec = f.write(rec, VMState.STOPPED, runtime=runtime, stopped_at=now(), error=None)
             log.info("the guest shut down: Firecracker exited 0", extra=extra)
             events.publish("stopped", rec.id, state="stopped", reason="guest shutdown")
-            return
-        what = describe_exit(code) + (" (found at resync)" if resync else "")
-        if tail:
-            what += "; last log lines: " + " | ".join(tail[-3:])
-        f.write(rec, VMState.ERROR, runtime=runtime, stopped_at=now(), error=what)
-        log.error("%s", what, extra=extra)
-        events.publish("died", rec.id, **exit_details(code), pid=pid, message=what)
+        else:
+            what = describe_exit(code) + (" (found at resync)" if resync else "")
+            if tail:
+                what += "; last log lines: " + " | ".join(tail[-3:])
+            rec = f.write(rec, VMState.ERROR, runtime=runtime, stopped_at=now(), error=what)
+            log.error("%s", what, extra=extra)
+            events.publish("died", rec.id, **exit_details(code), pid=pid, message=what)
+        if self.on_exit is not None:
+            self.on_exit(rec)

@@ -121,7 +121,9 @@ class SuspendFlows:
             except BaseException:
                 f.write(rec, VMState.SUSPENDED)
                 raise
-            rt = msgspec.structs.replace(rec.runtime, pid=proc.pid)
+            # the suspend files are used up: fcd_api.reconcile reads a set ``suspend`` as
+            # "this VM's memory is on disk"
+            rt = msgspec.structs.replace(rec.runtime, pid=proc.pid, suspend=None)
             rec = f.write(
                 rec, VMState.RUNNING, runtime=rt, started_at=now(), stopped_at=None, error=None
             )

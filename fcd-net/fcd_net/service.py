@@ -16,6 +16,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
+from fcd_common.proto.common import ProbeResult
 from fcd_common.proto.net import (
     PROTOCOL,
     Counters,
@@ -28,6 +29,7 @@ from fcd_common.proto.net import (
     NetList,
     NetPortsAdd,
     NetPortsRemove,
+    NetProbeTcp,
     NetReconcile,
     NetSetup,
     NetTeardown,
@@ -35,7 +37,7 @@ from fcd_common.proto.net import (
 )
 from fcd_common.rpc import Done, Peer, handles
 
-from . import counters
+from . import counters, probe
 from .core import FirewallApi, LinksApi, NamespacesApi, NetCore
 
 T = TypeVar("T")
@@ -109,6 +111,17 @@ class NetService:
     @handles(NetReconcile)
     async def on_reconcile(self, req: NetReconcile, _peer: Peer) -> ReconcileReport:
         return await self._run(self.core.reconcile, req.live)
+
+    @handles(NetProbeTcp)
+    async def on_probe_tcp(self, req: NetProbeTcp, _peer: Peer) -> ProbeResult:
+        """Socket made on the worker thread (in the VM's namespace); connect on the loop."""
+
+        def make() -> probe.Target:
+            return probe.target(self.core.store.get(req.vm_id), req.vm_id)
+
+        t = await self._run(make)
+        sock = await self._run(probe.open_socket, t)
+        return await probe.connect(sock, t.ip, req.port, req.timeout_s)
 
     def status(self) -> str:
         return self.core.status()

@@ -26,6 +26,7 @@ from fcd_common.errors import (
 )
 from fcd_common.ids import check_vm_id
 from fcd_common.locks import KeyedLocks
+from fcd_common.proto.common import ProbeResult
 from fcd_common.proto.console import ConsoleLines, ConsoleRead
 from fcd_common.proto.usage import Usage, UsageAll, VmUsage, VmUsageList
 from fcd_common.proto.vmm import (
@@ -35,6 +36,7 @@ from fcd_common.proto.vmm import (
     Launch,
     ListVms,
     Pause,
+    Probe,
     ProcState,
     ReleaseJail,
     Resume,
@@ -539,6 +541,26 @@ class VmmService(ResourceHandlers):
     @handles(Status)
     async def status(self, req: Status, _peer: Peer) -> VmProcess:
         return await self._process(check_vm_id(req.vm_id))
+
+    @handles(Probe)
+    async def probe(self, req: Probe, _peer: Peer) -> ProbeResult:
+        """Health probe ``api``: Firecracker answers ``GET /`` within the timeout."""
+        vm_id = check_vm_id(req.vm_id)
+        self._require(vm_id)
+        if self._live(vm_id) is None:
+            return ProbeResult(ok=False, detail="Firecracker is not running")
+        t0 = time.monotonic()
+        try:
+            sock = jail_paths(self.cfg, vm_id).api_socket
+            async with FirecrackerClient(sock, timeout=req.timeout_s) as fc:
+                info = await asyncio.wait_for(fc.get("/"), req.timeout_s)
+            ok, detail = True, f"state {info.get('state')}"
+        except TimeoutError:
+            ok, detail = False, f"GET / not answered within {req.timeout_s:g}s"
+        except FcdError as e:
+            ok, detail = False, f"GET /: {e.message}"
+        took = round((time.monotonic() - t0) * 1000, 3)
+        return ProbeResult(ok=ok, detail=detail, took_ms=took)
 
     @handles(WatchExits)
     async def watch_exits(self, req: WatchExits, _peer: Peer) -> VmExits:

@@ -33,6 +33,7 @@ from fcd_common.proto import net as pnet
 from fcd_common.proto import storage as pstorage
 from fcd_common.proto import usage as pusage
 from fcd_common.proto import vmm as pvmm
+from fcd_common.proto.common import ProbeResult
 from fcd_common.proto.console import ConsoleLines, ConsoleRead
 from fcd_common.rpc import (
     ANY_CALLER,
@@ -80,6 +81,8 @@ class FakeHelpers:
     stops: list[pvmm.Stop] = field(default_factory=list)
     exits: list[pvmm.VmExit] = field(default_factory=list)
     epoch: str = "e1"
+    tcp_up: dict[tuple[str, int], bool] = field(default_factory=dict)
+    """(vm id, guest port) -> does the guest accept a connection (net.probe_tcp)."""
     _exit_added: asyncio.Event = field(default_factory=asyncio.Event)
     info: pvmm.VmmInfo = FIRECRACKER_V1_7
     _next_uid: int = 900_000
@@ -135,7 +138,19 @@ class FakeHelpers:
         return self.procs.get(req.vm_id) or pvmm.VmProcess(vm_id=req.vm_id, state="absent")
 
     async def list_vms(self, req: pvmm.ListVms) -> pvmm.VmProcessList:
-        return pvmm.VmProcessList(items=list(self.procs.values()))
+        listed = {**{v: pvmm.VmProcess(vm_id=v, state="not_started") for v in self.jails}}
+        return pvmm.VmProcessList(items=list({**listed, **self.procs}.values()))
+
+    async def vmm_probe(self, req: pvmm.Probe) -> ProbeResult:
+        p = self.procs.get(req.vm_id)
+        ok = p is not None and p.state in ("running", "paused")
+        return ProbeResult(ok=ok, detail="state Running" if ok else "Firecracker is not running")
+
+    async def net_probe_tcp(self, req: pnet.NetProbeTcp) -> ProbeResult:
+        if req.vm_id not in self.nets:
+            raise NotFound(f"VM {req.vm_id} has no network lease")
+        ok = self.tcp_up.get((req.vm_id, req.port), False)
+        return ProbeResult(ok=ok, detail="accepted" if ok else "Connection refused")
 
     # --- storage -----------------------------------------------------------------
     async def template_get(self, req: pstorage.TemplateGet) -> pstorage.TemplateInfo:
@@ -498,6 +513,7 @@ class FakeHelpers:
                     ConsoleRead: w(self.console),
                     pusage.Usage: w(self.usage),
                     pusage.UsageAll: w(self.usage_all),
+                    pvmm.Probe: w(self.vmm_probe),
                 },
             ),
             "storage": (
@@ -537,6 +553,7 @@ class FakeHelpers:
                     pnet.NetCounters: w(self.net_counters),
                     pnet.NetReconcile: w(self.net_reconcile),
                     pnet.NetCountersAll: w(self.net_counters_all),
+                    pnet.NetProbeTcp: w(self.net_probe_tcp),
                 },
             ),
         }

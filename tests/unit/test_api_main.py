@@ -1,4 +1,4 @@
-"""fcd-api's composition root: crash marking at start, serving on the UDS, clean close."""
+"""fcd-api's composition root: serving on the UDS with the helpers down, clean close."""
 
 from __future__ import annotations
 
@@ -11,14 +11,14 @@ from pathlib import Path
 
 import httpx
 
-from fcd_api.__main__ import INTERRUPTED, build
+from fcd_api.__main__ import build
 from fcd_api.models import CreateVMRequest, VmRecord, VMState, now
 from fcd_api.registry import Registry
 from fcd_common import runtime
 from fcd_common.config import Config, PathsConfig
 
 
-def test_build_marks_interrupted_and_serves() -> None:
+def test_build_serves_and_leaves_interrupted_vms_to_reconciliation() -> None:
     base = Path(tempfile.mkdtemp(prefix="fcdm-", dir="/tmp"))
     try:
         cfg = Config(
@@ -46,8 +46,10 @@ def test_build_marks_interrupted_and_serves() -> None:
                 async with httpx.AsyncClient(transport=transport, base_url="http://fcd") as c:
                     assert (await c.get("/_ping")).text == "OK"
                     vms = {v["id"]: v for v in (await c.get("/v1/vms")).json()}
-                    assert vms["a"]["state"] == "error"
-                    assert vms["a"]["error"] == f"{INTERRUPTED} while starting"
+                    # no helper answers: nothing is decided about the cut-short start
+                    # (fcd_api.reconcile rolls it forward or back once they do)
+                    assert vms["a"]["state"] == "starting"
+                    assert vms["a"]["error"] is None
                     assert vms["b"]["state"] == "running"
             finally:
                 await service.close(2.0)

@@ -23,6 +23,7 @@ EXPECTED: dict[tuple[Action, VMState], Step] = {
     (Action.DELETE, S.STOPPED): Step(None, None),
     (Action.DELETE, S.ERROR): Step(None, None),
     (Action.DELETE, S.SUSPENDED): Step(None, None),  # its files go with its disks
+    (Action.DELETE, S.DELETING): Step(None, None),  # a delete cut short is finished
 }
 
 
@@ -79,7 +80,8 @@ def test_create_path_and_error_from_anywhere() -> None:
         (S.STOPPED, S.RUNNING),
         (S.CREATING, S.RUNNING),
         (S.PAUSED, S.STOPPED),
-        (S.ERROR, S.RUNNING),
+        (S.ERROR, S.STOPPED),
+        (S.SUSPENDED, S.RUNNING),
         (S.RUNNING, S.PAUSED),
     ],
 )
@@ -89,6 +91,13 @@ def test_illegal_edges_are_bugs(old: VMState | None, new: VMState) -> None:
 
 
 def test_transient_states() -> None:
-    assert {S.CREATING, S.STARTING, S.STOPPING, S.PAUSING} == states.TRANSIENT
+    assert {S.CREATING, S.STARTING, S.STOPPING, S.PAUSING, S.DELETING} == states.TRANSIENT
     vias = {step.via for step in states.TABLE.values() if step.via is not None}
-    assert vias | {S.CREATING} == states.TRANSIENT
+    assert vias | {S.CREATING, S.DELETING} == states.TRANSIENT  # both written by their flows
+
+
+def test_a_delete_passes_through_deleting_from_anywhere_and_an_error_vm_can_be_adopted() -> None:
+    for s in VMState:
+        if s is not S.DELETING:
+            assert states.can_move(s, S.DELETING)
+    assert states.can_move(S.ERROR, S.RUNNING) and states.can_move(S.ERROR, S.PAUSED)

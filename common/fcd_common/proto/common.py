@@ -27,3 +27,12 @@ class PortMapping(Record):
     host_port: HostPort
     guest_port: Port
     protocol: PortProtocol = "tcp"
+
+
+class ProbeResult(Reply):
+    """One health probe of a VM (``vmm.probe``, ``net.probe_tcp``): did it answer in time."""
+
+    ok: bool
+    detail: str = ""
+    """Why not (``connection refused``, ``timed out after 2.0s`` ...), or what answered."""
+    took_ms: float = 0.0

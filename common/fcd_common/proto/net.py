@@ -9,7 +9,7 @@ import msgspec
 from ..rpc import Caller, Done, Protocol, Reply, Request
 from ..schema import Record
 from ..types import Cidr, NetMode, Port, Uid, VmId
-from .common import Ping, PortMapping
+from .common import Ping, PortMapping, ProbeResult
 
 __all__ = [
     "PROTOCOL",
@@ -24,6 +24,7 @@ __all__ = [
     "NetMode",
     "NetPortsAdd",
     "NetPortsRemove",
+    "NetProbeTcp",
     "NetReconcile",
     "NetSetup",
     "NetTeardown",
@@ -189,6 +190,17 @@ class NetReconcile(Request[ReconcileReport], tag="net.reconcile"):
     live: Annotated[list[VmId], msgspec.Meta(max_length=100_000)] | None = None
 
 
+class NetProbeTcp(Request[ProbeResult], tag="net.probe_tcp"):
+    """Health probe: can a TCP connection to the guest's ``port`` be made within
+    ``timeout_s``, from where a client reaches the guest -- fcd-net's own namespace
+    (bridge mode), or inside the VM's namespace (netns mode)? Only the VM's lease
+    says where the guest is; nothing is sent on the connection."""
+
+    vm_id: VmId
+    port: Port
+    timeout_s: Annotated[float, msgspec.Meta(gt=0, le=60)] = 2.0
+
+
 PROTOCOL = Protocol(
     "fcd-net",
     [
@@ -202,5 +214,6 @@ PROTOCOL = Protocol(
         NetCounters,
         NetReconcile,
         NetCountersAll,
+        NetProbeTcp,
     ],
 )

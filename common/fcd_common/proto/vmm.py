@@ -9,7 +9,7 @@ import msgspec
 from ..rpc import Protocol, Reply, Request
 from ..schema import Record
 from ..types import DriveName, KernelArgs, MiB, Name, VcpuCount, VmId
-from .common import Ping
+from .common import Ping, ProbeResult
 from .console import ConsoleRead
 from .net import NetInfo
 from .storage import DiskInfo
@@ -335,6 +335,14 @@ class ReadResources(Request[ResourcesInForce], tag="vmm.resources"):
     vm_id: VmId
 
 
+class Probe(Request[ProbeResult], tag="vmm.probe"):
+    """Health probe: does the VM's Firecracker answer ``GET /`` on its API socket within
+    ``timeout_s``? A VM without a live Firecracker is a failed probe, not an error."""
+
+    vm_id: VmId
+    timeout_s: Annotated[float, msgspec.Meta(gt=0, le=60)] = 2.0
+
+
 PROTOCOL = Protocol(
     "fcd-vmm",
     [
@@ -355,5 +363,6 @@ PROTOCOL = Protocol(
         ConsoleRead,
         Usage,
         UsageAll,
+        Probe,
     ],
 )
