@@ -110,6 +110,7 @@ def _vm_columns(now: datetime) -> tuple[Column[dict[str, Any]], ...]:
         Column("IP", lambda vm: vm.get("ip_address") or "-"),
         Column("PID", lambda vm: vm.get("pid") or "-"),
         Column("AGE", lambda vm: _age(vm.get("created_at"), now)),
+        Column("HEALTH", lambda vm: vm.get("health") or "-"),
     )
 
 

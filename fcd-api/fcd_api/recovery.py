@@ -184,7 +184,8 @@ class Recovery:
             current = f.registry.get(vm_id)
             if current is None or current.state not in (VMState.ERROR, VMState.STOPPED):
                 return
-            f.write(current, VMState.ERROR, error=why)
+            runtime = msgspec.structs.replace(current.runtime, health=None)
+            f.write(current, VMState.ERROR, error=why, runtime=runtime)
         health_event("restart_gave_up", vm_id, why, "error", attempts=retries)
 
 

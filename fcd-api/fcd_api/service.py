@@ -369,7 +369,7 @@ class Flows:
             h = self.helpers
             res = await h.vmm.call(pvmm.Stop(vm_id=vm_id), timeout=h.vmm.timeout + h.stop_timeout_s)
             log.info("stopped (graceful=%s)", res.graceful, extra=_extra(vm_id))
-            runtime = msgspec.structs.replace(rec.runtime, pid=None)
+            runtime = msgspec.structs.replace(rec.runtime, pid=None, health=None)
             return {"runtime": runtime, "stopped_at": now()}
 
         return await self._lifecycle(vm_id, Action.STOP, call)

@@ -113,7 +113,8 @@ def test_render_table() -> None:
         now=now,
     ).splitlines()
     assert lines[0].split() == list(cli.COLUMNS)
-    assert lines[1].split() == ["vm1", "running", "base", "2", "256MiB", "172.30.0.2", "4243", "2m"]
+    row = ["vm1", "running", "base", "2", "256MiB", "172.30.0.2", "4243", "2m", "-"]
+    assert lines[1].split() == row  # no health check: HEALTH is "-"
     assert lines[2].split() == [
         "a-much-longer-id",
         "stopped",
@@ -123,6 +124,7 @@ def test_render_table() -> None:
         "-",
         "-",
         "2m",
+        "-",
     ]
     # columns are aligned
     assert lines[0].index("STATE") == lines[1].index("running") == lines[2].index("stopped")
