@@ -171,6 +171,8 @@ class Suite:
     storage_user: str | None = None
     """Run fcd-storage as this user (as its unit does) instead of the caller's; the
     base directory must be traversable by it. None: the caller's user (root)."""
+    supervision: config_mod.SupervisionConfig | None = None
+    """fcd-api's supervision settings (None: the defaults)."""
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     _logs: list[IO[bytes]] = field(default_factory=list)
 
@@ -231,6 +233,7 @@ class Suite:
                 security=config_mod.SecurityConfig(api_user=pwd.getpwuid(os.getuid()).pw_name),
                 storage=config_mod.StorageConfig(import_dirs=[str(self.import_dir)]),
                 api=config_mod.ApiConfig(metrics_interval_s=self.metrics_interval_s),
+                supervision=self.supervision or config_mod.SupervisionConfig(),
             )
         except ValueError as e:  # a __post_init__ check; the type constraints run in decode
             raise config_mod.ConfigError(f"{self.config_path}: {e}") from None
