@@ -28,7 +28,13 @@ Runs at fcd-api's start (retrying until every helper answers) and then every
    deleting   any                         the delete is finished
    error      running / paused            running / paused (never ``error``
                                           with a live guest)
+   error,     a Firecracker that never    killed (a launch cut short after the
+   stopped,   booted (or any process)     jailer ran); the state is kept
+   suspended
    ========== =========================== ===================================
+
+   A VM that ends up neither running nor paused never keeps a process: one
+   still there (booted or not) is killed (``vmm.stop``, force) first.
 
    A helper that cannot be reached leaves the VM as it is until the next round
    (which comes within seconds while anything is left); any other failure
@@ -99,6 +105,9 @@ def decide(rec: VmRecord, proc: pvmm.VmProcess) -> Decision:
         return rule(rec, alive, S.PAUSED if proc.state == "paused" else S.RUNNING)
     if st is S.ERROR and alive and proc.pid is not None:
         return Decision("set", _live(proc), "Firecracker is alive: error was not its state")
+    if st in (S.ERROR, S.STOPPED, S.SUSPENDED) and proc.pid is not None:
+        # e.g. a launch cut short after the jailer ran: a Firecracker never booted
+        return Decision("kill_then", st, f"a Firecracker ({proc.state}) runs for a {st} VM")
     return Decision("keep")
 
 
@@ -274,9 +283,11 @@ class Reconciler:
             await f.helpers.storage.call(_release_disk(vm_id))
             f.registry.delete(vm_id)
             return
-        if d.verb == "kill_then":
-            await f.helpers.vmm.call(pvmm.Stop(vm_id=vm_id, force=True))
         assert d.to is not None
+        if d.verb == "kill_then" or (d.to not in (S.RUNNING, S.PAUSED) and proc.pid is not None):
+            await f.helpers.vmm.call(pvmm.Stop(vm_id=vm_id, force=True))  # nothing runs half
+        if d.to is rec.state:
+            return
         if d.to in (S.RUNNING, S.PAUSED):
             runtime = msgspec.structs.replace(rec.runtime, pid=proc.pid)
             f.write(rec, d.to, runtime=runtime, started_at=rec.started_at or now(), error=None)

@@ -45,7 +45,7 @@ from .harness import api, nft_ruleset, pids_with_uid_in, proc_status, sh, taps
 
 DAEMONS: tuple[suite_mod.Daemon, ...] = ("net", "storage", "vmm", "api")
 OPS = ("create", "pause", "resume", "stop", "start", "delete", "snapshot", "restore")
-WEIGHTS = (4, 2, 2, 2, 2, 2, 1, 1)
+WEIGHTS = (4, 2, 2, 2, 2, 2, 2, 2)
 TRANSIENT = {"creating", "starting", "pausing", "stopping", "deleting"}
 STATIC_NFT = {"private", "gw_addrs", "gw_services"}
 

@@ -39,7 +39,8 @@ def _rec(state: VMState, *, started: bool = True, suspend: bool = False) -> VmRe
 
 
 def _proc(state: pvmm.ProcState) -> pvmm.VmProcess:
-    return pvmm.VmProcess(vm_id="v", state=state, pid=7 if state in ("running", "paused") else None)
+    pid = 7 if state in ("running", "paused", "not_started") else None
+    return pvmm.VmProcess(vm_id="v", state=state, pid=pid)
 
 
 @pytest.mark.parametrize(
@@ -64,6 +65,9 @@ def _proc(state: pvmm.ProcState) -> pvmm.VmProcess:
         (_rec(S.ERROR), "exited", "keep", None),
         (_rec(S.RUNNING), "running", "keep", None),
         (_rec(S.STOPPED), "exited", "keep", None),
+        (_rec(S.ERROR), "not_started", "kill_then", S.ERROR),
+        (_rec(S.STOPPED), "not_started", "kill_then", S.STOPPED),
+        (_rec(S.SUSPENDED), "running", "kill_then", S.SUSPENDED),
     ],
 )
 def test_decide(rec: VmRecord, proc: pvmm.ProcState, verb: str, to: VMState | None) -> None:
