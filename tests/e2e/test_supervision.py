@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -83,3 +84,69 @@ def test_a_helper_outage_is_a_503_and_strands_nothing(tmp_path: Path) -> None:
         assert r.status_code == 200 and r.json()["state"] == "paused", r.text
         assert c.get("/v1/vms/steady").json()["pid"] == vm["pid"]  # the same Firecracker
         assert c.delete("/v1/vms/steady", params={"force": "true"}).status_code == 204
+
+
+def _quietly(call: Any) -> Any:
+    """``call`` for a thread whose request dies with the fcd-api the test kills."""
+
+    def run() -> None:
+        with contextlib.suppress(httpx.HTTPError):
+            call()
+
+    return run
+
+
+def _until(c: httpx.Client, vm_id: str, within: float = 60, **want: Any) -> dict[str, Any]:
+    deadline = time.monotonic() + within
+    while True:
+        r = c.get(f"/v1/vms/{vm_id}")
+        vm: dict[str, Any] = r.json() if r.status_code == 200 else {"status": r.status_code}
+        if all(vm.get(k) == v for k, v in want.items()):
+            return vm
+        assert time.monotonic() < deadline, (want, vm)
+        time.sleep(0.05)
+
+
+def test_fcd_api_killed_mid_create_adopts_the_guest_and_mid_delete_finishes_it(
+    tmp_path: Path,
+) -> None:
+    """#13: fcd-api killed mid-create left a live guest `error` with pid null; killed
+    mid-delete it left a phantom `running` VM. Reconciliation rolls both forward."""
+    import threading
+
+    with running_suite(tmp_path) as suite, api(suite, timeout=120) as c:
+        devup.import_demo_template(suite, "demo")
+        # a create waiting for a guest port nobody opens: starting, Firecracker running
+        body = {"id": "mid", "template": "demo", "wait_for": "tcp:9", "wait_timeout_s": 600}
+        threading.Thread(target=_quietly(lambda: c.post("/v1/vms", json=body))).start()
+        vm = _until(c, "mid", state="starting")
+        while vm["pid"] is None:
+            vm = _until(c, "mid", state="starting")
+        suite.procs["api"].kill()
+        suite.procs["api"].wait()
+        suite.restart("api")
+        with api(suite) as c2:
+            adopted = _until(c2, "mid", state="running")
+            assert adopted["pid"] == vm["pid"] and adopted["error"] is None
+            assert Path(f"/proc/{vm['pid']}").exists()
+
+            # a delete held up in fcd-vmm (stopped), then fcd-api killed: deleting
+            vmm = suite.procs["vmm"]
+            os.kill(vmm.pid, signal.SIGSTOP)
+            try:
+                delete = _quietly(lambda: c2.delete("/v1/vms/mid", params={"force": "true"}))
+                threading.Thread(target=delete).start()
+                _until(c2, "mid", state="deleting")
+                suite.procs["api"].kill()
+                suite.procs["api"].wait()
+            finally:
+                os.kill(vmm.pid, signal.SIGCONT)
+        suite.restart("api")
+        with api(suite) as c3:
+            _until(c3, "mid", status=404)
+            deadline = time.monotonic() + 30
+            while Path(f"/proc/{vm['pid']}").exists() and time.monotonic() < deadline:
+                time.sleep(0.1)
+            stat = Path(f"/proc/{vm['pid']}/stat")
+            assert not stat.exists() or ") Z " in stat.read_text()
+            assert c3.post("/v1/network/reconcile").json() == {"removed": []}
