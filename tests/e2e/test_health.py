@@ -243,3 +243,25 @@ def test_wait_for_tcp_at_create_and_a_timeout_that_undoes_the_create(tmp_path: P
         assert c.get("/v1/vms/late").status_code == 404
         assert [n for n in os.listdir("/run/netns") if n.startswith(prefix)] == []
         assert c.post("/v1/network/reconcile").json() == {"removed": []}
+
+
+def test_api_check_follows_a_firecracker_that_stops_answering(tmp_path: Path) -> None:
+    """check "api": fcd-vmm's GET / on the API socket; a stopped (SIGSTOP) Firecracker does
+    not answer and the VM turns unhealthy (no restart policy: it is only reported)."""
+    with running_suite(tmp_path) as suite, api(suite) as c:
+        devup.import_demo_template(suite, "demo")
+        body = {
+            "id": "frozen",
+            "template": "demo",
+            "health_check": {"check": "api", "interval_s": 0.2, "timeout_s": 0.5, "retries": 2},
+        }
+        vm = c.post("/v1/vms", json=body).json()
+        until(c, "frozen", health="healthy")
+        os.kill(vm["pid"], signal.SIGSTOP)
+        try:
+            bad = until(c, "frozen", health="unhealthy")
+            assert bad["state"] == "running" and bad["restarts"] == 0
+        finally:
+            os.kill(vm["pid"], signal.SIGCONT)
+        until(c, "frozen", health="healthy")
+        assert c.delete("/v1/vms/frozen", params={"force": "true"}).status_code == 204
