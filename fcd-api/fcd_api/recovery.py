@@ -45,6 +45,9 @@ log = logging.getLogger("fcd.api.recovery")
 
 Trigger = Literal["crashed", "halted", "unhealthy"]
 
+CRASH_PREFIXES = ("Firecracker ", "start failed")
+"""``error`` texts of a crash (fcd_api.supervise.describe_exit) and of a failed start."""
+
 
 def wants_restart(mode: str, trigger: Trigger) -> bool:
     """Does restart policy ``mode`` act on ``trigger``? (pure)"""
@@ -101,6 +104,17 @@ class Recovery:
         """fcd_api.supervise recorded the end of ``rec``'s Firecracker (``rec`` as written)."""
         trigger: Trigger = "halted" if rec.state is VMState.STOPPED else "crashed"
         self._schedule(rec, trigger, rec.error or "the guest shut down")
+
+    def after_restart(self) -> list[str]:
+        """At fcd-api's start (after the first reconcile round): a crash recorded before
+        it, whose restart an earlier fcd-api did not finish, is taken up again."""
+        taken = []
+        for rec in self.flows.registry.list_vms(state=VMState.ERROR):
+            err = rec.error or ""
+            if err.startswith(CRASH_PREFIXES) and not self.busy(rec.id):
+                self._schedule(rec, "crashed", err)
+                taken.append(rec.id)
+        return taken
 
     def unhealthy(self, vm_id: str, pid: int, reason: str) -> None:
         rec = self.flows.registry.get(vm_id)

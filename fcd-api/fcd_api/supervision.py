@@ -10,6 +10,9 @@ the restart policy; a create or start waits for readiness through
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+
 from fcd_common.config import SupervisionConfig
 
 from .health import HealthMonitor
@@ -31,13 +34,24 @@ class Supervision:
         self.reconciler = Reconciler(flows, self.watcher, cfg.reconcile_interval_s)
         self.readiness = Readiness(flows.helpers, cfg)
         flows.ready = self.readiness.wait
+        self._resume: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         self.watcher.start()
         self.reconciler.start()
         self.health.start()
+        self._resume = asyncio.get_running_loop().create_task(self._resume_restarts())
+
+    async def _resume_restarts(self) -> None:
+        """Restarts a previous fcd-api left pending, once the first round has run."""
+        await self.reconciler.done_once.wait()
+        self.recovery.after_restart()
 
     async def close(self) -> None:
+        if self._resume is not None:
+            self._resume.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._resume
         await self.health.close()
         await self.recovery.close()
         await self.reconciler.close()

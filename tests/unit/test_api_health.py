@@ -9,10 +9,12 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 
+import msgspec
 import pytest
 
 from fcd_api import cli
 from fcd_api.health import Tracker, step
+from fcd_api.models import VMState
 from fcd_api.recovery import backoff_delay, wants_restart
 from fcd_api.supervision import Supervision
 from fcd_api.supervision_models import (
@@ -313,3 +315,23 @@ def test_health_shows_in_fcctl_ls() -> None:
     cols = {c.header: c for c in cli._vm_columns(datetime.now(UTC))}
     assert cols["HEALTH"].cell({"id": "a", "health": "healthy"}) == "healthy"
     assert cols["HEALTH"].cell({"id": "b", "health": None}) == "-"
+
+
+def test_a_restart_pending_when_fcd_api_went_down_is_taken_up_at_its_start() -> None:
+    async def t(h: Harness) -> None:
+        body = {**CREATE, "restart_policy": {"mode": "on-failure", "max_retries": 2}}
+        assert (await h.client.post("/v1/vms", json=body)).status_code == 201
+        await h.client.post("/v1/vms", json={**CREATE, "id": "manual"})
+        # recorded by an fcd-api that died before restarting it
+        rec = h.registry.require("vm1")
+        h.fakes.procs.pop("vm1")
+        h.registry.update(
+            msgspec.structs.replace(
+                rec, state=VMState.ERROR, error="Firecracker was killed by SIGKILL (9)"
+            )
+        )
+        async with supervised(h):
+            await until(h, "vm1", state="running", restarts=1)
+        assert (await h.client.get("/v1/vms/manual")).json()["restarts"] == 0
+
+    run(t)
