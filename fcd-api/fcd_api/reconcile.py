@@ -168,6 +168,7 @@ class Reconciler:
         self.interval_s = interval_s
         self._task: asyncio.Task[None] | None = None
         self.rounds = 0
+        self._aborted = False
         self.done_once = asyncio.Event()
         """Set after the first complete round (every helper answered)."""
 
@@ -229,8 +230,9 @@ class Reconciler:
         report.removed += net.removed
         disks = await reclaim(f.registry, h.storage)
         report.removed += disks.removed
-        if at_start:
+        if at_start and not self._aborted:  # once: later ones may be snapshots under way
             report.removed += [f"snapshot:{n}" for n in await abort_pending_snapshots(h.storage)]
+            self._aborted = True
         self.rounds += 1
         if report.repaired or report.removed:
             log.warning(

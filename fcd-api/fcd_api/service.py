@@ -356,6 +356,8 @@ class Flows:
                     await self.ready(self.write(rec, runtime=runtime))
                 except BaseException:  # not up in time: it does not run on half-started
                     await asyncio.shield(self._kill(vm_id))
+                    current = self.registry.get(vm_id) or rec
+                    self.write(current, runtime=msgspec.structs.replace(runtime, pid=None))
                     raise
             return {"runtime": runtime, "started_at": now(), "stopped_at": None, "error": None}
 

@@ -286,7 +286,7 @@ def test_wait_for_timeout_fails_the_create_cleanly_and_a_start_leaves_error() ->
             r = await h.client.post("/v1/vms/vm1/start")
             assert r.status_code == 504, r.text
             vm = (await h.client.get("/v1/vms/vm1")).json()
-            assert vm["state"] == "error" and "vm1" not in h.fakes.procs
+            assert vm["state"] == "error" and "vm1" not in h.fakes.procs and vm["pid"] is None
             assert h.fakes.stops[-1].force  # killed, not left half-started
 
     run(t)
