@@ -17,7 +17,6 @@ never holds the worker that serves every other request.
 from __future__ import annotations
 
 import asyncio
-import errno
 import os
 import socket
 import time
@@ -78,9 +77,9 @@ async def connect(sock: socket.socket, ip: str, port: int, timeout_s: float) -> 
         ok, detail = True, f"{ip}:{port} accepted the connection"
     except TimeoutError:
         ok, detail = False, f"{ip}:{port}: no answer within {timeout_s:g}s"
-    except OSError as e:
-        name = errno.errorcode.get(e.errno or 0, "error")
-        ok, detail = False, f"{ip}:{port}: {e.strerror or name}"
+    except OSError as e:  # uvloop words it "Connect call failed": say the errno's text
+        text = os.strerror(e.errno) if e.errno else str(e)
+        ok, detail = False, f"{ip}:{port}: {text}"
     finally:
         sock.close()
     took = round((time.monotonic() - t0) * 1000, 3)
