@@ -3,6 +3,7 @@
     fcctl create --template T [--id ID] [--vcpus N] [--mem MiB] [--disk MiB]
                  [--kernel-args ARGS] [--label k=v]... [--network-mode bridge|netns]
                  [--port HOST:GUEST[/udp]]... [--track-dirty-pages]
+                 [--health CHECK ...] [--restart MODE[:MAX]] [--wait-for TARGET]
     fcctl ls [--state S] [--label k=v]...
     fcctl get ID
     fcctl start|stop|pause|resume|suspend|wake ID
@@ -38,7 +39,15 @@ from typing import Any
 
 import httpx
 
-from . import metrics_cli, obs_cli, resources_cli, snapshot_cli, storage_cli, tables
+from . import (
+    metrics_cli,
+    obs_cli,
+    resources_cli,
+    snapshot_cli,
+    storage_cli,
+    supervision_cli,
+    tables,
+)
 from .storage_cli import Handler, Request, show
 from .tables import Column
 
@@ -204,6 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     c.add_argument("--track-dirty-pages", action="store_true", help="allow diff snapshots")
     resources_cli.add_limit_args(c, create=True)
+    supervision_cli.add_arguments(c)
 
     ls = sub.add_parser("ls", aliases=["list"], parents=[out], help="list VMs")
     ls.add_argument("--state")
@@ -264,6 +274,7 @@ def create_body(args: argparse.Namespace) -> dict[str, Any]:
     if getattr(args, "track_dirty_pages", False):
         body["track_dirty_pages"] = True
     body.update(resources_cli.limit_fields(args))
+    body.update(supervision_cli.body(args))
     return body
 
 

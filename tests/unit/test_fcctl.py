@@ -393,3 +393,29 @@ def test_logs_and_events_commands_build_their_queries() -> None:
         {"id": 9, "time": 0, "type": "died", "vm_id": "vm1", "data": {"signal": "SIGKILL"}}
     )
     assert line == "9 1970-01-01T00:00:00.000Z died vm1 signal=SIGKILL"
+
+
+def test_create_supervision_options() -> None:
+    args = cli.build_parser().parse_args(
+        [
+            "create",
+            "-t",
+            "base",
+            "--health",
+            "tcp:80",
+            "--health-retries",
+            "2",
+            "--restart",
+            "on-failure:5",
+            "--wait-for",
+            "tcp:22",
+            "--wait-timeout",
+            "30",
+        ]
+    )
+    body = cli.create_body(args)
+    assert body["health_check"] == {"check": "tcp:80", "retries": 2}
+    assert body["restart_policy"] == {"mode": "on-failure", "max_retries": 5}
+    assert (body["wait_for"], body["wait_timeout_s"]) == ("tcp:22", 30.0)
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["create", "-t", "b", "--restart", "sometimes"])
