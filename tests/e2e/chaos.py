@@ -140,7 +140,7 @@ class Chaos:
     def _one(self, kill: suite_mod.Daemon | None) -> None:
         op = self.rng.choices(OPS, WEIGHTS)[0]
         call = self._plan(op)
-        for other in ("create", "stop", "start", "delete"):  # op impossible now: another
+        for other in self.rng.sample(OPS, len(OPS)):  # op impossible now: another
             if call is None:
                 op, call = other, self._plan(other)
         assert call is not None
@@ -175,7 +175,10 @@ class Chaos:
             self._n += 1
             vm_id = f"c{self._n}"
             mode = rng.choice(["bridge", "netns"])
-            body = {"id": vm_id, "template": self.template, "network_mode": mode}
+            body: dict[str, Any] = {"id": vm_id, "template": self.template, "network_mode": mode}
+            if rng.random() < 0.5:  # supervised: restarts run while the daemons die too
+                body["restart_policy"] = {"mode": "on-failure", "max_retries": 2, "backoff": 0.2}
+                body["health_check"] = {"check": rng.choice(["process", "api"]), "interval_s": 0.5}
             return lambda: self._create(vm_id, "/v1/vms", body, mode == "netns")
         if op == "restore":
             if not m.snapshots or len(existing) >= self.max_vms:
