@@ -26,6 +26,9 @@ Runs at fcd-api's start (retrying until every helper answers) and then every
    stopping   running / paused            running / paused (the stop is
                                           rolled back; it was never answered)
    deleting   any                         the delete is finished
+   error,     any                         undone, as creating (a create that
+   never                                  failed and could not undo itself)
+   started
    error      running / paused            running / paused (never ``error``
                                           with a live guest)
    error,     a Firecracker that never    killed (a launch cut short after the
@@ -103,6 +106,10 @@ def decide(rec: VmRecord, proc: pvmm.VmProcess) -> Decision:
     rule = _RULES.get(st)
     if rule is not None:
         return rule(rec, alive, S.PAUSED if proc.state == "paused" else S.RUNNING)
+    if st is S.ERROR and rec.started_at is None:
+        # only a failed create leaves such a row (its undo could not finish): no client
+        # got a 2xx for it, so the undo is finished now
+        return Decision("undo", why="create failed and its undo did not finish")
     if st is S.ERROR and alive and proc.pid is not None:
         return Decision("set", _live(proc), "Firecracker is alive: error was not its state")
     if st in (S.ERROR, S.STOPPED, S.SUSPENDED) and proc.pid is not None:

@@ -334,6 +334,14 @@ class Chaos:
                     bad.append(f"{vm_id}: {state} without a namespace")
             elif vm_id in by_vm:
                 bad.append(f"{vm_id}: {state} but Firecracker {by_vm[vm_id]} runs")
+            store = cfg.state("storage") / "disks" / vm_id
+            for what, path in (
+                ("lease", cfg.state("net") / "leases" / f"{vm_id}.json"),
+                ("disk", store),
+                ("jail record", cfg.state("vmm") / "vms" / f"{vm_id}.json"),
+            ):
+                if not path.exists():
+                    bad.append(f"{vm_id}: {state} without its {what}")
         listed = {v["id"] for v in vms}
         bad += [f"Firecracker {p} of unknown VM {v}" for p, v in fcs.items() if v not in listed]
 

@@ -63,6 +63,7 @@ def _proc(state: pvmm.ProcState) -> pvmm.VmProcess:
         (_rec(S.DELETING), "running", "finish_delete", None),
         (_rec(S.ERROR), "running", "set", S.RUNNING),
         (_rec(S.ERROR), "exited", "keep", None),
+        (_rec(S.ERROR, started=False), "not_started", "undo", None),
         (_rec(S.RUNNING), "running", "keep", None),
         (_rec(S.STOPPED), "exited", "keep", None),
         (_rec(S.ERROR), "not_started", "kill_then", S.ERROR),
