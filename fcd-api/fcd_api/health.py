@@ -121,6 +121,7 @@ class HealthMonitor:
 
     async def _watch(self, vm_id: str, pid: int, check: Effective) -> None:
         t0 = time.monotonic()
+        since = time.time() - check.interval_s  # serial: lines since the previous probe
         tracker = Tracker()
         await self._set(vm_id, pid, Health.STARTING, "started")
         while True:
@@ -130,13 +131,15 @@ class HealthMonitor:
                 return
             if rec.state is VMState.PAUSED:
                 continue
+            probed_at = time.time()
             try:
                 res = await run_probe(
-                    self.flows.helpers, vm_id, check.kind, check.arg, check.timeout_s
+                    self.flows.helpers, vm_id, check.kind, check.arg, check.timeout_s, since=since
                 )
             except Unavailable as e:
                 log.info("health probe skipped: %s", e.message, extra={"FCD_VM_ID": vm_id})
                 continue
+            since = probed_at
             new = step(tracker, res.ok, time.monotonic() - t0, check)
             if not res.ok:
                 log.info(

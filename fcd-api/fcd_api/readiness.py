@@ -40,8 +40,9 @@ class Readiness:
         self.helpers = helpers
         self.cfg = cfg
 
-    async def wait(self, rec: VmRecord) -> None:
-        """Return once ``rec``'s guest is ready (at once without ``wait_for``)."""
+    async def wait(self, rec: VmRecord, launched_at: float) -> None:
+        """Return once ``rec``'s guest is ready (at once without ``wait_for``);
+        ``launched_at``: wall clock before the launch (older console lines do not count)."""
         spec = rec.spec
         if spec.wait_for is None:
             return
@@ -60,7 +61,12 @@ class Readiness:
                 )
             try:
                 res = await run_probe(
-                    self.helpers, rec.id, kind, arg, min(PROBE_TIMEOUT_S, max(left, 0.05))
+                    self.helpers,
+                    rec.id,
+                    kind,
+                    arg,
+                    min(PROBE_TIMEOUT_S, max(left, 0.05)),
+                    since=launched_at,
                 )
                 if res.ok:
                     log.info(

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -102,7 +103,7 @@ class Flows:
         self.network = network or NetworkConfig()
         """What the operator lets API users allow (fcd-net re-checks it)."""
         self.locks = KeyedLocks()
-        self.ready: Callable[[VmRecord], Awaitable[None]] | None = None
+        self.ready: Callable[[VmRecord, float], Awaitable[None]] | None = None
         """Set by fcd-api's composition root (fcd_api.readiness): waits for a guest with
         ``wait_for`` to be up; a create or start answers only after it returned."""
 
@@ -264,6 +265,7 @@ class Flows:
         rt = msgspec.structs.replace(rec.runtime, disk=disk, net=net)
         rec = self.write(rec, VMState.STARTING, runtime=rt)
 
+        launched_at = time.time()  # readiness: console lines before it are not this boot's
         if source is None:
             proc = await h.vmm.call(launch_request(rec))
         else:
@@ -271,7 +273,7 @@ class Flows:
         final = VMState.PAUSED if proc.state == "paused" else VMState.RUNNING
         rec = self.write(rec, runtime=msgspec.structs.replace(rec.runtime, pid=proc.pid))
         if final is VMState.RUNNING and self.ready is not None:
-            await self.ready(rec)  # a timeout fails the create: the undo kills it
+            await self.ready(rec, launched_at)  # a timeout fails the create: undone
         rec = self.write(
             rec,
             final,
@@ -349,11 +351,12 @@ class Flows:
         ``restarts``: the restart policy's attempt (0: a client's start)."""
 
         async def call(rec: VmRecord) -> dict[str, Any]:
+            launched_at = time.time()
             proc = await self.helpers.vmm.call(launch_request(rec))
             runtime = msgspec.structs.replace(rec.runtime, pid=proc.pid, restarts=restarts)
             if self.ready is not None:
                 try:
-                    await self.ready(self.write(rec, runtime=runtime))
+                    await self.ready(self.write(rec, runtime=runtime), launched_at)
                 except BaseException:  # not up in time: it does not run on half-started
                     await asyncio.shield(self._kill(vm_id))
                     current = self.registry.get(vm_id) or rec

@@ -1,10 +1,11 @@
 """The one way supervision reports what it did: health changes, restarts, reconciliation.
 
-Every report is a journal entry with structured fields (``FCD_VM_ID``,
-``FCD_EVENT`` = the kind, and one ``FCD_<KEY>`` per datum), so
-``journalctl FCD_EVENT=health`` lists every health change. When fcd-api's
-events stream (``GET /v1/events``, fcd_api.events) is present, this is the one
-function to point at its ``publish(kind, vm_id, **data)`` as well.
+Every report is an event of :mod:`fcd_api.events` (``GET /v1/events``, stored, and
+a journal entry with ``FCD_EVENT`` = the kind and ``MESSAGE_ID``), with the
+message and the data as its fields; a warning or an error is also logged at
+that level, so ``journalctl -p warning`` shows failed checks and restarts.
+Kinds: ``health``, ``restart_scheduled``, ``restart``, ``restarted``,
+``restart_failed``, ``restart_gave_up``, ``reconcile``.
 """
 
 from __future__ import annotations
@@ -14,14 +15,18 @@ from typing import Any
 
 from fcd_common import logs
 
+from . import events
+
 __all__ = ["health_event"]
 
-log = logging.getLogger("fcd.api.events")
+log = logging.getLogger("fcd.api.supervision")
 
 _LEVELS = {"warning": logging.WARNING, "error": logging.ERROR}
 
 
 def health_event(kind: str, vm_id: str, message: str, /, level: str = "info", **data: Any) -> None:
-    """Report supervision event ``kind`` of ``vm_id`` (journal; events stream at merge)."""
-    extra = logs.vm(vm_id, event=kind, **{k: v for k, v in data.items() if v is not None})
-    log.log(_LEVELS.get(level, logging.INFO), "%s: %s", kind, message, extra=extra)
+    """Publish supervision event ``kind`` of ``vm_id``; log it too when it is bad news."""
+    fields = {k: v for k, v in data.items() if v is not None}
+    events.publish(kind, vm_id, message=message, **fields)
+    if level in _LEVELS:
+        log.log(_LEVELS[level], "%s: %s", kind, message, extra=logs.vm(vm_id, event=kind))

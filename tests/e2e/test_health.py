@@ -265,3 +265,24 @@ def test_api_check_follows_a_firecracker_that_stops_answering(tmp_path: Path) ->
             os.kill(vm["pid"], signal.SIGCONT)
         until(c, "frozen", health="healthy")
         assert c.delete("/v1/vms/frozen", params={"force": "true"}).status_code == 204
+
+
+def test_wait_for_serial_with_the_minimal_guest(tmp_path: Path) -> None:
+    """The minimal guest prints ``fcd-guest: hello`` on its serial console at boot (the
+    double runs its UART loop; the real Firecracker runs it): create answers once fcd-vmm
+    captured that line; a line that never comes fails the create cleanly."""
+    with running_suite(tmp_path) as suite, api(suite) as c:
+        devup.import_demo_template(suite, "demo")
+        body = {"id": "hello", "template": "demo", "wait_for": "serial:^fcd-guest: hello$"}
+        r = c.post("/v1/vms", json=body)
+        assert r.status_code == 201 and r.json()["state"] == "running", r.text
+        assert c.post("/v1/vms/hello/stop").status_code == 200
+        r = c.post("/v1/vms/hello/start")  # the next boot prints it again
+        assert r.status_code == 200 and r.json()["state"] == "running", r.text
+        assert c.delete("/v1/vms/hello", params={"force": "true"}).status_code == 204
+
+        body = {"id": "mute", "template": "demo", "wait_for": "serial:^login:", "wait_timeout_s": 2}
+        r = c.post("/v1/vms", json=body)
+        assert r.status_code == 504, r.text
+        assert "no console line matching" in r.json()["error"]["message"]
+        assert c.get("/v1/vms/mute").status_code == 404

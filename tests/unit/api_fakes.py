@@ -13,6 +13,7 @@ import contextlib
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +35,7 @@ from fcd_common.proto import storage as pstorage
 from fcd_common.proto import usage as pusage
 from fcd_common.proto import vmm as pvmm
 from fcd_common.proto.common import ProbeResult
-from fcd_common.proto.console import ConsoleLines, ConsoleRead
+from fcd_common.proto.console import ConsoleLine, ConsoleLines, ConsoleRead
 from fcd_common.rpc import (
     ANY_CALLER,
     Done,
@@ -81,6 +82,7 @@ class FakeHelpers:
     stops: list[pvmm.Stop] = field(default_factory=list)
     exits: list[pvmm.VmExit] = field(default_factory=list)
     epoch: str = "e1"
+    console_lines: dict[str, list[ConsoleLine]] = field(default_factory=dict)
     tcp_up: dict[tuple[str, int], bool] = field(default_factory=dict)
     """(vm id, guest port) -> does the guest accept a connection (net.probe_tcp)."""
     _exit_added: asyncio.Event = field(default_factory=asyncio.Event)
@@ -297,8 +299,24 @@ class FakeHelpers:
         items = [x for x in self.exits if x.seq > since]
         return pvmm.VmExits(epoch=self.epoch, items=items, next=items[-1].seq if items else since)
 
+    def print_line(self, vm_id: str, text: str, at: float | None = None) -> None:
+        """The guest printed ``text`` on its console (read by fcd-vmm at ``at``)."""
+        lines = self.console_lines.setdefault(vm_id, [])
+        lines.append(
+            ConsoleLine(seq=len(lines) + 1, time=time.time() if at is None else at, text=text)
+        )
+
     async def console(self, req: ConsoleRead) -> ConsoleLines:
-        return ConsoleLines(vm_id=req.vm_id, epoch=self.epoch, lines=[], next_after=req.after)
+        after = req.after if req.epoch == self.epoch else 0
+        lines = [x for x in self.console_lines.get(req.vm_id, []) if x.seq > after]
+        if not lines and req.wait_s > 0:
+            await asyncio.sleep(min(req.wait_s, 0.05))
+        return ConsoleLines(
+            vm_id=req.vm_id,
+            epoch=self.epoch,
+            lines=lines,
+            next_after=lines[-1].seq if lines else after,
+        )
 
     async def vmm_info(self, req: pvmm.Info) -> pvmm.VmmInfo:
         return self.info

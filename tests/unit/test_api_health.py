@@ -335,3 +335,58 @@ def test_a_restart_pending_when_fcd_api_went_down_is_taken_up_at_its_start() -> 
         assert (await h.client.get("/v1/vms/manual")).json()["restarts"] == 0
 
     run(t)
+
+
+def test_wait_for_serial_counts_only_lines_of_this_boot() -> None:
+    async def t(h: Harness) -> None:
+        async with supervised(h):
+
+            async def boots() -> None:
+                await h.fakes.arrived("vmm.launch").wait()
+                await asyncio.sleep(0.2)
+                h.fakes.print_line("vm1", "fcd-guest: hello")
+
+            task = asyncio.create_task(boots())
+            body = {**CREATE, "wait_for": "serial:guest: hel+o$", "wait_timeout_s": 30}
+            r = await h.client.post("/v1/vms", json=body)
+            await task
+            assert r.status_code == 201 and r.json()["state"] == "running", r.text
+            assert (await h.client.post("/v1/vms/vm1/stop")).status_code == 200
+            # the line of the previous boot does not make the next start ready
+            h.fakes.fail.clear()
+            body_start = h.registry.require("vm1").spec
+            assert body_start.wait_for == "serial:guest: hel+o$"
+            rec = h.registry.require("vm1")
+            h.registry.update(
+                msgspec.structs.replace(
+                    rec, spec=msgspec.structs.replace(rec.spec, wait_timeout_s=0.5)
+                )
+            )
+            r = await h.client.post("/v1/vms/vm1/start")
+            assert r.status_code == 504 and "no console line matching" in r.text, r.text
+
+    run(t)
+
+
+def test_serial_health_check_wants_a_line_per_interval() -> None:
+    async def t(h: Harness) -> None:
+        body = {
+            **CREATE,
+            "health_check": {"check": "serial:heartbeat", "interval_s": 0.1, "retries": 2},
+        }
+        assert (await h.client.post("/v1/vms", json=body)).status_code == 201
+        beating = True
+
+        async def heart() -> None:
+            while beating:
+                h.fakes.print_line("vm1", "heartbeat")
+                await asyncio.sleep(0.03)
+
+        task = asyncio.create_task(heart())
+        async with supervised(h, msgspec.structs.replace(FAST, health_timeout_s=0.05)):
+            await until(h, "vm1", health="healthy")
+            beating = False
+            await task
+            await until(h, "vm1", health="unhealthy")
+
+    run(t)
