@@ -173,25 +173,6 @@ class Registry:
             cur = self._conn.execute("DELETE FROM vms WHERE id = ?", (vm_id,))
         return cur.rowcount == 1
 
-    def mark_interrupted(self, states: Iterable[VMState], message: str) -> list[str]:
-        """Move every VM in one of ``states`` to ``error`` (after a crash); return their ids."""
-        wanted = [s.value for s in states]
-        marks = ",".join("?" * len(wanted))
-        ts = now()
-        with _tx(self._conn):
-            ids = [
-                r[0]
-                for r in self._conn.execute(
-                    f"SELECT id, state FROM vms WHERE state IN ({marks})", wanted
-                )
-            ]
-            self._conn.execute(
-                f"UPDATE vms SET error = ? || ' while ' || state, state = ?, updated_at = ?"
-                f" WHERE state IN ({marks})",
-                (message, VMState.ERROR.value, ts, *wanted),
-            )
-        return ids
-
 
 @contextlib.contextmanager
 def _tx(conn: sqlite3.Connection) -> Iterator[None]:

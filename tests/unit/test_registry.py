@@ -94,17 +94,6 @@ def test_persists_across_reopen(tmp_path: Path) -> None:
         r2.close()
 
 
-def test_mark_interrupted(reg: Registry) -> None:
-    for vm_id, state in [("a", VMState.CREATING), ("b", VMState.RUNNING), ("c", VMState.STOPPING)]:
-        reg.insert(rec(vm_id, state))
-    ids = reg.mark_interrupted([VMState.CREATING, VMState.STOPPING], "interrupted")
-    assert sorted(ids) == ["a", "c"]
-    assert reg.require("a").state is VMState.ERROR
-    assert reg.require("a").error == "interrupted while creating"
-    assert reg.require("c").error == "interrupted while stopping"
-    assert reg.require("b").state is VMState.RUNNING
-
-
 def test_refuses_newer_schema(tmp_path: Path) -> None:
     path = tmp_path / "registry.db"
     conn = sqlite3.connect(path)
