@@ -34,6 +34,7 @@ from fcd_common.errors import (
     FcdError,
     Internal,
     ResourceExhausted,
+    Unavailable,
     not_sent,
 )
 from fcd_common.ids import check_vm_id, new_vm_id
@@ -396,14 +397,17 @@ class Flows:
     async def delete(self, vm_id: str, *, force: bool = False) -> None:
         """Release everything (vmm, then net, then storage) and remove the record.
 
-        Allowed from stopped and error, from any state with ``force``. If a
-        helper fails the VM is left in ``error`` (so the delete can be retried)
-        and the error is returned.
+        Allowed from stopped and error, from any state with ``force``. The VM is
+        ``deleting`` meanwhile. A helper that cannot be reached leaves it ``deleting``
+        (fcd_api.reconcile finishes the delete once the helper is back; a client may
+        repeat it); a helper that refuses leaves it ``error``. Either way the error is
+        returned.
         """
         async with self.locks.hold(check_vm_id(vm_id)):
             rec = self.registry.require(vm_id)
             states.check(Action.DELETE, rec.state, force=force)
             log.info("deleting (from %s, force=%s)", rec.state.value, force, extra=_extra(vm_id))
+            was = rec.state
             rec = self.write(rec, VMState.DELETING)  # cut short: reconciliation finishes it
             steps: list[Step] = [
                 ("vmm.release", lambda: self._release_jail(vm_id)),
@@ -411,11 +415,21 @@ class Flows:
                 ("storage.release", lambda: self._release_disk(vm_id)),
             ]
             for name, fn in steps:
-                with self.guard(rec, f"delete ({name})"):
+                try:
                     await fn()
+                except Unavailable as e:  # every step is idempotent: it is finished later
+                    log.warning(
+                        "delete (%s): %s; still deleting", name, e.message, extra=_extra(vm_id)
+                    )
+                    raise
+                except Exception as exc:
+                    err = self._fail(rec, f"delete ({name})", exc)
+                    if err is exc:
+                        raise
+                    raise err from exc
             self.registry.delete(vm_id)
             log.info("deleted", extra=_extra(vm_id))
-            events.publish("deleted", vm_id, forced=force, was=rec.state.value)
+            events.publish("deleted", vm_id, forced=force, was=was.value)
 
     # --- network ---------------------------------------------------------------
     async def change_ports(self, vm_id: str, add: bool, ports: list[PortMapping]) -> VmRecord:

@@ -325,7 +325,8 @@ def test_failed_undo_leaves_error_row_then_delete_finishes() -> None:
         assert not h.fakes.jails and not h.fakes.disks
         r = await h.client.delete("/v1/vms/vm1")
         assert r.status_code == 503 and err(r)["code"] == "unavailable"
-        assert (await h.client.get("/v1/vms/vm1")).json()["state"] == "error"
+        # fcd-net unreachable: still deleting (reconciliation or a repeat finishes it)
+        assert (await h.client.get("/v1/vms/vm1")).json()["state"] == "deleting"
         del h.fakes.fail["net.teardown"]
         assert (await h.client.delete("/v1/vms/vm1")).status_code == 204
         assert not h.fakes.nets and h.registry.count() == 0
