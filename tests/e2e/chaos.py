@@ -2,7 +2,8 @@
 
 The engine of tests/e2e/test_chaos.py (a short run in CI) and bench/chaos.py (as
 long as you like). With a seeded RNG it runs N operations through the public
-API -- create, pause, resume, stop, start, delete, snapshot, restore -- and,
+API -- create, pause, resume, stop, start, delete, snapshot, restore, resources
+update -- and,
 with probability ``kill_p`` per operation, SIGKILLs one of the four daemons
 at a random moment (often while the operation is in flight) and restarts it,
 sometimes only after the next operation ran against the dead daemon (as
@@ -44,8 +45,8 @@ from fcd_dev import suite as suite_mod
 from .harness import api, nft_ruleset, pids_with_uid_in, proc_status, sh, taps
 
 DAEMONS: tuple[suite_mod.Daemon, ...] = ("net", "storage", "vmm", "api")
-OPS = ("create", "pause", "resume", "stop", "start", "delete", "snapshot", "restore")
-WEIGHTS = (4, 2, 2, 2, 2, 2, 2, 2)
+OPS = ("create", "pause", "resume", "stop", "start", "delete", "snapshot", "restore", "update")
+WEIGHTS = (4, 2, 2, 2, 2, 2, 2, 2, 1)
 TRANSIENT = {"creating", "starting", "pausing", "stopping", "deleting"}
 STATIC_NFT = {"private", "gw_addrs", "gw_services"}
 
@@ -149,7 +150,7 @@ class Chaos:
         done = threading.Event()
         killer = None
         if kill is not None:
-            delay = self.rng.uniform(0, 0.4)
+            delay = self.rng.uniform(0, 0.25)
 
             def do_kill() -> None:
                 time.sleep(delay)
@@ -200,6 +201,9 @@ class Chaos:
             then = rng.choice(["resume", "pause", "stop"])
             body = {"name": name, "then": then}
             return lambda: self._snapshot(vm_id, name, body)
+        if op == "update":  # live on a running VM (cgroup), kept in the spec otherwise
+            quota = rng.choice([0.5, 1.0, 2.0])
+            return lambda: self._patch(f"/v1/vms/{vm_id}/resources", {"cpu_quota": quota})
         return lambda: self._post(f"/v1/vms/{vm_id}/{op}")
 
     # --- API calls (any failure is an outcome, not an error of the run) -------------------
@@ -215,6 +219,11 @@ class Chaos:
         if r is not None and r.status_code < 300:
             self.fig.ok += 1
         return r
+
+    def _patch(self, path: str, body: Any) -> None:
+        r = self._request("PATCH", path, json=body)
+        if r is not None and r.status_code < 300:
+            self.fig.ok += 1
 
     def _create(self, vm_id: str, path: str, body: dict[str, Any], netns: bool) -> None:
         self.model.tried.add(vm_id)
