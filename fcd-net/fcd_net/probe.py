@@ -17,6 +17,7 @@ never holds the worker that serves every other request.
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import socket
 import time
@@ -79,6 +80,8 @@ async def connect(sock: socket.socket, ip: str, port: int, timeout_s: float) -> 
         ok, detail = False, f"{ip}:{port}: no answer within {timeout_s:g}s"
     except OSError as e:  # uvloop words it "Connect call failed": say the errno's text
         text = os.strerror(e.errno) if e.errno else str(e)
+        if e.errno == errno.EPERM:  # the unit's IPAddressDeny= (systemd/install allows pools)
+            text += " (is the guest pool in fcd-net.service's IPAddressAllow=?)"
         ok, detail = False, f"{ip}:{port}: {text}"
     finally:
         sock.close()

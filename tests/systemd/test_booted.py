@@ -388,6 +388,22 @@ def test_port_mappings_check_listeners_under_the_unit_sandbox(
         c.run("systemctl", "stop", "fcd-test-listener", check=False)
 
 
+def test_tcp_probes_reach_guests_from_fcd_net_sandbox(suite: Suite) -> None:
+    """#13: fcd-net.service denies every IP address but the guest pools (systemd/install's
+    drop-in, from the configuration) and has AF_INET for tcp: probes. The double runs no
+    guest, so a wait_for tcp: create gets no answer and times out -- it is not refused by
+    the sandbox (EPERM) -- and is undone."""
+    cp = suite.fcctl("create", "--template", "demo", "--id", "probe", "--wait-for", "tcp:22",
+                     "--wait-timeout", "2", check=False)  # fmt: skip
+    out = cp.stdout + cp.stderr
+    assert cp.returncode == 1 and "deadline_exceeded" in out, out
+    assert "not permitted" not in out and "IPAddressAllow" not in out, out
+    assert "probe" not in _vm_ids(suite)
+    dropin = suite.c.run("systemctl", "cat", "fcd-net.service").stdout
+    assert "IPAddressAllow=10.99.0.0/24" in dropin, dropin
+    REPORT.append("fcd-net.service: tcp: probes reach the guest pool (IPAddressAllow drop-in)")
+
+
 def test_vm_deleted_through_the_api(suite: Suite, vm: dict[str, Any]) -> None:
     others = [i for i in _vm_ids(suite) if i != vm["id"]]
     suite.fcctl("rm", "--force", vm["id"])
