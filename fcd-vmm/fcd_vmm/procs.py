@@ -58,8 +58,37 @@ def reap(pid: int) -> int | None:
 
 
 def reap_orphans() -> dict[int, int]:
-    """Reap every zombie child adopted through the subreaper; {pid: exit code}."""
-    me, my_session = os.getpid(), os.getsid(0)
+    """Reap every zombie child adopted through the subreaper; {pid: exit code}.
+
+    Fast path: ``waitid(WNOWAIT)`` names a zombie child without reaping it, so
+    the cost is one syscall per zombie instead of a read of every process's
+    ``/proc/<pid>/stat`` on the host (3.6 ms with ~100 processes, and O(N) in
+    live VMs, each of them our child). A zombie in our own session (a direct
+    child whose status asyncio owns) blocks that peek; then every process is
+    scanned as before, so the same set is reaped either way.
+    """
+    my_session = os.getsid(0)
+    out: dict[int, int] = {}
+    while True:
+        try:
+            info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            return out
+        if info is None or info.si_pid == 0:
+            return out
+        stat = read_stat(info.si_pid)
+        if stat is None or stat[2] == my_session:
+            break
+        code = reap(info.si_pid)
+        if code is None:
+            break
+        out[info.si_pid] = code
+    out.update(_reap_orphans_scan(my_session))
+    return out
+
+
+def _reap_orphans_scan(my_session: int) -> dict[int, int]:
+    me = os.getpid()
     out: dict[int, int] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
