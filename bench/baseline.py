@@ -431,6 +431,11 @@ class Baseline:
         for i in list(self._live):
             with contextlib.suppress(Exception):
                 self._kill(self._live.pop(i))
+        for pid_file in self.base.glob("*/*/root/*.pid"):  # a create that failed half-way
+            with contextlib.suppress(OSError, ValueError):
+                pid = int(pid_file.read_text())
+                if os.stat(f"/proc/{pid}/root").st_ino == pid_file.parent.stat().st_ino:
+                    os.kill(pid, signal.SIGKILL)
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None

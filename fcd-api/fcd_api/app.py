@@ -23,6 +23,7 @@ from litestar.openapi import OpenAPIConfig
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
+from fcd_common import spans
 from fcd_common.errors import HTTP_STATUS, FcdError
 from fcd_common.version import version
 
@@ -236,6 +237,8 @@ class RequestIdMiddleware:
         if not _RID_RE.fullmatch(rid):
             rid = uuid.uuid4().hex
         token = request_id.set(rid)
+        timings = spans.Spans()
+        spans_token = spans.current.set(timings)
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -243,12 +246,17 @@ class RequestIdMiddleware:
                     (k, v) for k, v in message.get("headers", []) if k.lower() != b"x-request-id"
                 ]
                 headers.append((b"x-request-id", rid.encode()))
+                if timings.items:  # a flow marked its phases: say where the time went
+                    timings.since_start("api.total")
+                    headers.append((b"server-timing", timings.server_timing().encode()))
+                    timings.log(log, f"{scope['method']} {scope['path']}", {"FCD_REQUEST_ID": rid})
                 message = {**message, "headers": headers}
             await send(message)
 
         try:
             await self.app(scope, receive, send_with_id)
         finally:
+            spans.current.reset(spans_token)
             request_id.reset(token)
 
 

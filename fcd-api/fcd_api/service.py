@@ -22,11 +22,11 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 
-from fcd_common import allowlist, logs, reqid
+from fcd_common import allowlist, logs, reqid, spans
 from fcd_common.config import LimitsConfig, NetworkConfig
 from fcd_common.errors import (
     Conflict,
@@ -68,6 +68,7 @@ request_id: contextvars.ContextVar[str] = reqid.request_id
 the one variable of :mod:`fcd_common.reqid`, so RPC calls carry it on)."""
 
 Step = tuple[str, Callable[[], Awaitable[None]]]
+T = TypeVar("T")
 
 _EVENT_OF = {
     Action.START: "started",
@@ -80,6 +81,11 @@ _EVENT_OF = {
 
 def _extra(vm_id: str) -> dict[str, Any]:
     return logs.vm(vm_id, request_id=request_id.get())
+
+
+async def _timed(name: str, call: Awaitable[T]) -> T:
+    with spans.span(name):
+        return await call
 
 
 def _as_fcd(exc: BaseException) -> FcdError:
@@ -169,6 +175,9 @@ class Flows:
     ) -> tuple[VmRecord, bool]:
         """Create and boot a VM (or, with ``source``, start it from a snapshot); return
         (record, created). Idempotent per id: the same spec returns the existing VM."""
+        timings = spans.current.get()
+        if timings is not None:
+            timings.since_start("api.decode")
         vm_id = req.id or new_vm_id()
         spec = msgspec.structs.replace(req, id=vm_id)
         check_limits(spec, self.limits)
@@ -178,7 +187,8 @@ class Flows:
             allowlist.check_allow(self.network, spec.network_policy.allow, "network_policy.allow")
         check_wait_for(spec.wait_for)
         async with self.locks.hold(vm_id):
-            existing = self.registry.get(vm_id)
+            with spans.span("api.registry"):
+                existing = self.registry.get(vm_id)
             if existing is not None:
                 if existing.spec == spec:
                     return existing, False
@@ -196,7 +206,8 @@ class Flows:
                 id=vm_id, spec=spec, state=VMState.CREATING, created_at=ts, updated_at=ts
             )
             states.move(None, VMState.CREATING)
-            self.registry.insert(rec)
+            with spans.span("api.registry"):
+                self.registry.insert(rec)
             what = f"snapshot {source.files.name}" if source else f"template {spec.template}"
             log.info("creating from %s", what, extra=_extra(vm_id))
             undo = Undo()
@@ -218,21 +229,24 @@ class Flows:
         h, vm_id, spec = self.helpers, rec.id, rec.spec
         if source is None:
             # unknown template: nothing to undo
-            template = await h.storage.call(pstorage.TemplateGet(name=spec.template))
+            with spans.span("api.template"):
+                template = await h.storage.call(pstorage.TemplateGet(name=spec.template))
             check_kernel_args(template.kernel_args, spec.kernel_args)
             base_args = template.kernel_args
         else:
             base_args = source.origin.kernel_args
 
         undo.push("vmm.release", lambda: self._release_jail(vm_id))
-        jail = await h.vmm.call(pvmm.AllocateJail(vm_id=vm_id))
+        with spans.span("api.uid"):
+            jail = await h.vmm.call(pvmm.AllocateJail(vm_id=vm_id))
         rt = msgspec.structs.replace(
             rec.runtime,
             jail=jail,
             template_kernel_args=base_args,
             restored_from=source.files.name if source else None,
         )
-        rec = self.write(rec, runtime=rt)
+        with spans.span("api.registry"):
+            rec = self.write(rec, runtime=rt)
 
         # Storage and network need only the jail's uid/gid: run them together.
         undo.push("storage.release", lambda: self._release_disk(vm_id))
@@ -253,7 +267,9 @@ class Flows:
             mode=spec.network_mode,
         )
         disk, net = await asyncio.gather(
-            h.storage.call(provision), h.net.call(setup), return_exceptions=True
+            _timed("api.storage", h.storage.call(provision)),
+            _timed("api.network", h.net.call(setup)),
+            return_exceptions=True,
         )
         if isinstance(disk, BaseException):
             if isinstance(net, BaseException):
@@ -264,23 +280,31 @@ class Flows:
         if source is not None:
             check_same_guest_network(source.origin, net)
         rt = msgspec.structs.replace(rec.runtime, disk=disk, net=net)
-        rec = self.write(rec, VMState.STARTING, runtime=rt)
+        with spans.span("api.registry"):
+            rec = self.write(rec, VMState.STARTING, runtime=rt)
 
         launched_at = time.time()  # readiness: console lines before it are not this boot's
-        if source is None:
-            proc = await h.vmm.call(launch_request(rec))
-        else:
-            proc = await h.vmm.call(launch_request(rec, source.files, resume=source.resume))
+        with spans.span("api.launch"):
+            if source is None:
+                proc = await h.vmm.call(launch_request(rec))
+            else:
+                proc = await h.vmm.call(launch_request(rec, source.files, resume=source.resume))
+        timings = spans.current.get()
+        if timings is not None:
+            timings.merge("vmm.", proc.timings)
         final = VMState.PAUSED if proc.state == "paused" else VMState.RUNNING
-        rec = self.write(rec, runtime=msgspec.structs.replace(rec.runtime, pid=proc.pid))
+        with spans.span("api.registry"):
+            rec = self.write(rec, runtime=msgspec.structs.replace(rec.runtime, pid=proc.pid))
         if final is VMState.RUNNING and self.ready is not None:
-            await self.ready(rec, launched_at)  # a timeout fails the create: undone
-        rec = self.write(
-            rec,
-            final,
-            started_at=now(),
-            error=None,
-        )
+            with spans.span("api.ready"):
+                await self.ready(rec, launched_at)  # a timeout fails the create: undone
+        with spans.span("api.final_write"):
+            rec = self.write(
+                rec,
+                final,
+                started_at=now(),
+                error=None,
+            )
         log.info("%s (pid %s, ip %s)", final.value, proc.pid, net.ip, extra=_extra(vm_id))
         return rec
 
@@ -416,7 +440,8 @@ class Flows:
             ]
             for name, fn in steps:
                 try:
-                    await fn()
+                    with spans.span(f"api.{name}"):
+                        await fn()
                 except Unavailable as e:  # every step is idempotent: it is finished later
                     log.warning(
                         "delete (%s): %s; still deleting", name, e.message, extra=_extra(vm_id)
@@ -427,7 +452,8 @@ class Flows:
                     if err is exc:
                         raise
                     raise err from exc
-            self.registry.delete(vm_id)
+            with spans.span("api.registry"):
+                self.registry.delete(vm_id)
             log.info("deleted", extra=_extra(vm_id))
             events.publish("deleted", vm_id, forced=force, was=was.value)
 

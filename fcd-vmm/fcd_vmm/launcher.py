@@ -24,7 +24,7 @@ import os
 import signal
 import tempfile
 
-from fcd_common import logs
+from fcd_common import logs, spans
 from fcd_common.config import Config
 from fcd_common.errors import (
     DeadlineExceeded,
@@ -39,6 +39,7 @@ from . import cgroup_limits, cgroups, console, cpuacct, fclog, hostcheck, jailfs
 from .checks import StorageFile, check_snapshot_stage, open_storage_file
 from .fcclient import FirecrackerClient
 from .plan import (
+    ApiCall,
     CgroupVersion,
     JailPaths,
     LaunchSpec,
@@ -215,10 +216,12 @@ async def _configure(
     paths: JailPaths, spec: LaunchSpec, firecracker_version: str, uid: int
 ) -> None:
     async with FirecrackerClient.in_jail(paths, uid) as fc:
-        await fc.wait_ready()
+        with spans.span("fc.get.ready"):
+            await fc.wait_ready()
         for call in configure_calls(spec, firecracker_version):
             try:
-                await fc.call(call)
+                with spans.span(_span_name(call)):
+                    await fc.call(call)
             except FirecrackerError as e:
                 tail = jailfs.log_tail(paths)
                 if tail:
@@ -252,7 +255,8 @@ async def launch(
     kernel = open_storage_file(spec.req.disk.kernel_path, str(cfg.state("storage")), "kernel_path")
     watch: PidWatch | None = None
     try:
-        await _prepare(cfg, spec, paths, kernel, uid=uid, gid=gid)
+        with spans.span("jail_prep"):
+            await _prepare(cfg, spec, paths, kernel, uid=uid, gid=gid)
         kernel.close()
         fclog.forwarders.start(vm_id, paths.log_file)
         settings = cgroup_settings(
@@ -276,11 +280,13 @@ async def launch(
         try:
             async with asyncio.timeout(cfg.limits.boot_timeout_s):
                 try:
-                    await _run_jailer(argv, vm_id, out_fd)
+                    with spans.span("jailer"):
+                        await _run_jailer(argv, vm_id, out_fd)
                 finally:
                     if out_fd is not None:
                         os.close(out_fd)
-                watch = await _await_process(paths, uid)
+                with spans.span("socket"):
+                    watch = await _await_process(paths, uid)
         except TimeoutError:
             raise DeadlineExceeded(
                 f"Firecracker did not open its API socket within {cfg.limits.boot_timeout_s}s",
@@ -325,6 +331,12 @@ def _console(cfg: Config, paths: JailPaths, vm_id: str) -> int | None:
     console.make_fifo(path)
     console.registry().start(vm_id, path)
     return console.open_for_firecracker(path)
+
+
+def _span_name(call: ApiCall) -> str:
+    if call.path == "/actions" and call.body is not None:
+        return str(call.body.get("action_type", "/actions"))
+    return f"fc.{call.method.lower()}.{call.path.strip('/').replace('/', '.')}"
 
 
 def _load_failed(spec: LaunchSpec, e: FirecrackerError) -> FirecrackerError:

@@ -14,7 +14,9 @@ import os
 import time
 from pathlib import Path
 
-from fcd_common import logs
+import msgspec
+
+from fcd_common import logs, spans
 from fcd_common.config import Config
 from fcd_common.errors import (
     Conflict,
@@ -277,8 +279,19 @@ class VmmService(ResourceHandlers):
 
     @handles(Launch)
     async def launch(self, req: Launch, _peer: Peer) -> VmProcess:
-        spec = check_launch(req, self.cfg)
-        check_launch_resources(req, self.cfg)
+        timings = spans.Spans()
+        token = spans.current.set(timings)
+        try:
+            proc = await self._launch(req)
+        finally:
+            spans.current.reset(token)
+        timings.log(log, "launch", logs.vm(req.vm_id))
+        return msgspec.structs.replace(proc, timings=timings.as_ms())
+
+    async def _launch(self, req: Launch) -> VmProcess:
+        with spans.span("check"):
+            spec = check_launch(req, self.cfg)
+            check_launch_resources(req, self.cfg)
         async with self._locks.hold(spec.vm_id):
             rec = self._require(spec.vm_id)
             live = self._live(spec.vm_id)
@@ -318,12 +331,14 @@ class VmmService(ResourceHandlers):
             self.record_launch(rec, spec.req)
             self._watch(rec, watch)
             try:
-                self.pool.save(rec)
+                with spans.span("record"):
+                    self.pool.save(rec)
             except OSError as e:
                 await launcher.teardown(self.cfg, spec.vm_id, watch)
                 self._mark_exited(rec, None)
                 raise Internal(f"cannot record VM state: {e}") from e
-            return await self._process(spec.vm_id)
+            with spans.span("state"):
+                return await self._process(spec.vm_id)
 
     async def _set_paused(self, vm_id: str, paused: bool) -> VmProcess:
         async with self._locks.hold(vm_id):

@@ -76,6 +76,10 @@ def test_create_pause_resume_stop_start_delete(tmp_path: Path) -> None:  # noqa:
         vm = r.json()
         assert vm["state"] == "running"
         assert r.headers.get("x-request-id")
+        # where the create's time went: fcd-api's phases and fcd-vmm's (bench/create_delete.py)
+        phases = [item.split(";dur=")[0] for item in r.headers["server-timing"].split(", ")]
+        for phase in ("api.uid", "api.storage", "api.network", "vmm.jailer", "vmm.InstanceStart"):
+            assert phase in phases, phases
         ip, pid = vm["ip_address"], vm["pid"]
         tap = ids.tap_name("e2e-1", cfg.network.tap_prefix)
         assert ip.startswith("10.77.0.")

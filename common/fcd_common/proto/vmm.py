@@ -137,6 +137,8 @@ class VmProcess(Reply):
     chroot_dir: str | None = None
     api_socket: str | None = None
     exit_code: int | None = None
+    timings: dict[str, float] = {}
+    """Where a Launch's time went, ms per phase (``fcd_common.spans``); empty otherwise."""
 
 
 class StopResult(Reply):
