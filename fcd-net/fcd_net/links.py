@@ -79,6 +79,13 @@ def _parse(msg: Any) -> Link:
     )
 
 
+def _index(name: str) -> int | None:
+    try:
+        return socket.if_nametoindex(name)
+    except OSError:
+        return None
+
+
 def _err(action: str, e: NetlinkError | OSError) -> FcdError:
     code = e.code if isinstance(e, NetlinkError) else e.errno
     text = errno.errorcode.get(code or 0, str(code))
@@ -185,15 +192,17 @@ class Links:
 
     def attach(self, name: str, bridge: str) -> None:
         """Make ``name`` a port of ``bridge`` and bring it up."""
+        # indexes by name (SIOCGIFINDEX in this thread's namespace): the same answer as
+        # an RTM_GETLINK without decoding every attribute of two full link messages
+        br = _index(bridge)
+        if br is None:
+            raise Internal(f"bridge {bridge} is missing")
+        tap = _index(name)
+        if tap is None:
+            raise Internal(f"{name} vanished while attaching it to {bridge}")
         with self._ipr() as ipr:
-            br = self._get(ipr, bridge)
-            if br is None:
-                raise Internal(f"bridge {bridge} is missing")
-            tap = self._get(ipr, name)  # RTM_GETLINK by name: O(1), unlike link_lookup's dump
-            if tap is None:
-                raise Internal(f"{name} vanished while attaching it to {bridge}")
             try:
-                ipr.link("set", index=tap.index, master=br.index, state="up")
+                ipr.link("set", index=tap, master=br, state="up")
             except NetlinkError as e:
                 raise _err(f"attach {name} to {bridge}", e) from None
 
