@@ -1,4 +1,4 @@
-"""Firecracker API client over the jail's Unix socket (httpx).
+"""Firecracker API client over the jail's Unix socket (h11, :mod:`fcd_vmm.fchttp`).
 
 The one seam where Firecracker's answers become fcd errors:
 
@@ -20,11 +20,12 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-import httpx
+import h11
+import msgspec
 
 from fcd_common.errors import DeadlineExceeded, FirecrackerError, Internal, Unavailable
 
-from . import jailopen
+from . import fchttp, jailopen
 from .plan import ApiCall, JailPaths
 
 DEFAULT_TIMEOUT = 10.0
@@ -57,13 +58,9 @@ class FirecrackerClient:
             self._dir_fd, self._connect_path = _sock_fd, f"/proc/self/fd/{_sock_fd}"
         else:
             self._dir_fd, self._connect_path = _short_path(self.socket_path)
-        self._client = httpx.AsyncClient(
-            # Plain HTTP over a Unix socket: no TLS is ever negotiated, and verify=False
-            # skips loading the CA bundle, which cost ~33 ms per client (one per VM call).
-            transport=httpx.AsyncHTTPTransport(uds=self._connect_path, verify=False),
-            base_url="http://localhost",
-            timeout=timeout,
-        )
+        self.timeout = timeout
+        # plain HTTP/1.1 over the Unix socket, one keep-alive connection (fchttp.py)
+        self._conn = fchttp.Connection(self._connect_path)
 
     @classmethod
     def in_jail(
@@ -94,7 +91,7 @@ class FirecrackerClient:
 
     async def aclose(self) -> None:
         try:
-            await self._client.aclose()
+            self._conn.close()
         finally:
             if self._dir_fd >= 0:
                 os.close(self._dir_fd)
@@ -104,35 +101,37 @@ class FirecrackerClient:
         if method == "PATCH" and path.rstrip("/") == NEVER_PATCH:
             # v1.7.0 aborts on it after boot (FIRECRACKER.md §9): the VM would be gone
             raise Internal(f"refusing PATCH {NEVER_PATCH}: the interval is set at create only")
+        data = None if body is None else msgspec.json.encode(body)
         try:
-            resp = await self._client.request(method, path, json=body)
-        except httpx.TimeoutException:
+            async with asyncio.timeout(self.timeout):
+                status, content = await self._conn.request(method, path, data)
+        except TimeoutError:
             raise DeadlineExceeded(
                 f"Firecracker API {method} {path}: no answer on {self.socket_path}",
                 details={"path": path},
             ) from None
-        except (httpx.TransportError, OSError) as e:
+        except (h11.ProtocolError, fchttp.TooLarge, OSError) as e:
             raise Unavailable(
                 f"Firecracker API {method} {path}: cannot reach {self.socket_path}: {e}",
                 details={"path": path},
             ) from None
-        if resp.status_code in (200, 204):
-            if resp.status_code == 200 and resp.content:
+        if status in (200, 204):
+            if status == 200 and content:
                 try:
-                    return resp.json()
+                    return json.loads(content)
                 except ValueError:
                     raise FirecrackerError(
                         f"Firecracker API {method} {path}: reply is not JSON",
-                        details={"path": path, "status": resp.status_code},
+                        details={"path": path, "status": status},
                     ) from None
             return None
-        fault = fault_text(resp.status_code, resp.content)
+        fault = fault_text(status, content)
         raise FirecrackerError(
             f"Firecracker API {method} {path}: {fault}",
             details={
                 "path": path,
                 "method": method,
-                "status": resp.status_code,
+                "status": status,
                 "fault_message": fault,
             },
         )
