@@ -35,7 +35,7 @@ from fcd_common.errors import (
     Unavailable,
 )
 
-from . import cgroup_limits, cgroups, console, cpuacct, fclog, hostcheck, jailfs
+from . import cgroup_limits, cgroups, console, cpuacct, fclog, hostcheck, jailfs, spawn
 from .checks import StorageFile, check_snapshot_stage, open_storage_file
 from .fcclient import FirecrackerClient
 from .plan import (
@@ -89,26 +89,10 @@ async def _run_jailer(argv: list[str], vm_id: str, stdout: int | None = None) ->
     # and would otherwise hold the pipe open for the VM's whole life.
     with tempfile.TemporaryFile() as err:
         log.info("starting jailer: %s", " ".join(argv), extra=logs.vm(vm_id))
-        try:
-            proc = await asyncio.create_subprocess_exec(
-                *argv,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.DEVNULL if stdout is None else stdout,
-                stderr=err,
-                env={},
-                cwd="/",
-                close_fds=True,
-                start_new_session=True,  # what --daemonize did, besides /dev/null
-            )
+        try:  # vfork, not uvloop's fork of the whole daemon (spawn.py)
+            rc = await spawn.run(argv, stderr=err, stdout=stdout, new_session=True)
         except OSError as e:  # vanished since the check in launch(): still the host's fault
             raise FailedPrecondition(f"cannot run jailer {argv[0]}: {e.strerror}") from None
-        try:
-            rc = await proc.wait()
-        except BaseException:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGKILL)
-            await asyncio.shield(proc.wait())
-            raise
         err.seek(0)
         text = err.read(16384).decode(errors="replace").strip()
     if rc != 0:

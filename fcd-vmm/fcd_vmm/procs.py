@@ -5,8 +5,9 @@ With ``--daemonize`` the jailer double-forks and exits, so Firecracker is not
 our child. fcd-vmm marks itself a *child subreaper*: the orphaned processes of
 that chain (the jailer's intermediate forks, and Firecracker itself once its
 parent exits) are reparented to fcd-vmm, and it reaps them. It never reaps a
-process that shares its session: those are its direct children (the jailer),
-whose status belongs to asyncio's own child watcher.
+process that shares its session (its direct children, whose status belongs to
+asyncio's own child watcher), nor one a caller reaps itself (:func:`owning`:
+the jailer, started by :mod:`fcd_vmm.spawn` in a session of its own).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import ctypes
 import logging
 import os
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from asyncinotify import Inotify, Mask
@@ -57,6 +58,26 @@ def reap(pid: int) -> int | None:
     return os.waitstatus_to_exitcode(status)
 
 
+_owned: set[int] = set()
+"""Children whose exit status a caller awaits itself (spawn.run): never reaped here."""
+
+
+@contextlib.contextmanager
+def owning() -> Iterator[Callable[[int], None]]:
+    """``with owning() as own: own(pid)``: while the block runs, ``reap_orphans``
+    leaves those children alone (their caller reaps them)."""
+    mine: list[int] = []
+
+    def own(pid: int) -> None:
+        mine.append(pid)
+        _owned.add(pid)
+
+    try:
+        yield own
+    finally:
+        _owned.difference_update(mine)
+
+
 def reap_orphans() -> dict[int, int]:
     """Reap every zombie child adopted through the subreaper; {pid: exit code}.
 
@@ -77,7 +98,7 @@ def reap_orphans() -> dict[int, int]:
         if info is None or info.si_pid == 0:
             return out
         stat = read_stat(info.si_pid)
-        if stat is None or stat[2] == my_session:
+        if stat is None or stat[2] == my_session or info.si_pid in _owned:
             break
         code = reap(info.si_pid)
         if code is None:
@@ -97,7 +118,7 @@ def _reap_orphans_scan(my_session: int) -> dict[int, int]:
         if info is None:
             continue
         state, ppid, session = info
-        if ppid != me or state != "Z" or session == my_session:
+        if ppid != me or state != "Z" or session == my_session or int(entry) in _owned:
             continue
         code = reap(int(entry))
         if code is not None:
