@@ -50,13 +50,16 @@ def _mkdir(path: Path, mode: int) -> None:
 def mounts_below(path: Path, mountinfo: str) -> list[Path]:
     """Mount points strictly below ``path`` in ``/proc/self/mountinfo`` text, deepest first."""
     out: list[Path] = []
+    below = str(path).rstrip("/") + "/"  # mount points are normalized absolute paths
     for line in mountinfo.splitlines():
         fields = line.split()
         if len(fields) < 5:
             continue
-        mnt = Path(fields[4].encode().decode("unicode_escape"))
-        if mnt != path and mnt.is_relative_to(path):
-            out.append(mnt)
+        point = fields[4]
+        if "\\" in point:
+            point = point.encode().decode("unicode_escape")
+        if point.startswith(below) and len(point) > len(below):  # a Path only for a hit
+            out.append(Path(point))
     return sorted(set(out), key=lambda p: (-len(p.parts), str(p)))
 
 
