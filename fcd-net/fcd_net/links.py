@@ -17,9 +17,11 @@ CAP_NET_ADMIN -- and no other unprivileged user can.
 from __future__ import annotations
 
 import errno
+import fcntl
 import ipaddress
 import logging
 import socket
+import struct
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -79,11 +81,24 @@ def _parse(msg: Any) -> Link:
     )
 
 
+_SIOCGIFINDEX = 0x8933
+_IFREQ = struct.Struct("16si20x")  # struct ifreq: name, then ifr_ifindex in the union
+
+
 def _index(name: str) -> int | None:
+    """The interface's index in this thread's namespace, None if there is none by that
+    name (ENODEV); any other failure is an FcdError, as from netlink. One ioctl."""
+    raw = name.encode()
+    if not 0 < len(raw) < 16:  # IFNAMSIZ: the kernel would cut it, never find it
+        raise _err(f"look up {name!r}", OSError(errno.EINVAL, "invalid interface name"))
     try:
-        return socket.if_nametoindex(name)
-    except OSError:
-        return None
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
+            out = fcntl.ioctl(s.fileno(), _SIOCGIFINDEX, _IFREQ.pack(raw, 0))
+    except OSError as e:
+        if e.errno == errno.ENODEV:
+            return None
+        raise _err(f"look up {name}", e) from None
+    return int(_IFREQ.unpack(out)[1])
 
 
 def _err(action: str, e: NetlinkError | OSError) -> FcdError:
@@ -131,6 +146,8 @@ class Links:
                 ipr.close()
 
     def get(self, name: str) -> Link | None:
+        if _index(name) is None:  # absent (a new VM's TAP): no netlink round trip to learn it
+            return None
         with self._ipr() as ipr:
             return self._get(ipr, name)
 

@@ -1,0 +1,82 @@
+"""fcd_net.links against the kernel, in a network namespace of the test's own."""
+
+from __future__ import annotations
+
+import ipaddress
+import secrets
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+import pytest
+from pyroute2 import netns
+
+from fcd_common.errors import Internal
+from fcd_net import links
+
+pytestmark = pytest.mark.root
+T = TypeVar("T")
+
+
+@pytest.fixture
+def in_ns() -> Iterator[Callable[[Callable[[], Any]], Any]]:
+    """Run a function on a thread that has joined a fresh namespace (setns is per thread)."""
+    name = f"fcdt-{secrets.token_hex(3)}"
+    netns.create(name)
+
+    def run(fn: Callable[[], T]) -> T:
+        out: list[Any] = []
+
+        def body() -> None:
+            netns.setns(name, flags=0)
+            try:
+                out.append(fn())
+            except BaseException as e:
+                out.append(e)
+
+        t = threading.Thread(target=body)
+        t.start()
+        t.join()
+        if isinstance(out[0], BaseException):
+            raise out[0]
+        result: T = out[0]
+        return result
+
+    try:
+        yield run
+    finally:
+        netns.remove(name)
+
+
+def test_index_and_get_of_present_absent_and_invalid_names(in_ns: Any) -> None:
+    def body() -> tuple[Any, ...]:
+        ln = links.Links()
+        ln.create_tap("tap0", 1234, 1234)
+        present = ln.get("tap0")
+        return links._index("lo"), links._index("nope0"), ln.get("nope0"), present
+
+    lo, absent, get_absent, tap = in_ns(body)
+    assert lo == 1 and absent is None and get_absent is None
+    assert tap is not None and tap.is_tap and (tap.owner, tap.group) == (1234, 1234)
+    with pytest.raises(Internal):
+        in_ns(lambda: links._index("x" * 16))
+
+
+def test_attach_uses_indexes_and_keeps_its_errors(in_ns: Any) -> None:
+    def body() -> tuple[Any, ...]:
+        ln = links.Links()
+        br = ln.ensure_bridge("br0", ipaddress.IPv4Interface("10.9.0.1/24"))
+        ln.create_tap("tap1", 1000, 1000)
+        ln.attach("tap1", "br0")
+        tap = ln.get("tap1")
+        errors = []
+        for tap_name, bridge in (("tap1", "nobr0"), ("gone0", "br0")):
+            try:
+                ln.attach(tap_name, bridge)
+            except Internal as e:
+                errors.append(e.message)
+        return br, tap, errors
+
+    br, tap, errors = in_ns(body)
+    assert tap.master == br.index and tap.up
+    assert errors == ["bridge nobr0 is missing", "gone0 vanished while attaching it to br0"]
