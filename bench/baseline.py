@@ -67,6 +67,8 @@ BARE_UID = 960_000
 """Jail uids of the bare sequence: outside fcd's pool (and snapshot.py's 970000+)."""
 MEM_MIB = 128
 BOOT_TIMEOUT_S = 60.0
+PHASES = ("network", "disk+kernel", "jailer+socket", "4 PUTs+InstanceStart")
+"""The phases of a bare create, in ms, appended to ``Baseline.phases`` per create."""
 
 
 @dataclass
@@ -143,6 +145,7 @@ class Baseline:
         self._live: dict[int, BareVm] = {}
         self._lock = threading.Lock()
         self._bridge_index = 0
+        self.phases: list[dict[str, float]] = []
 
     @classmethod
     def from_suite(cls, suite: Any, template: str) -> Baseline:
@@ -278,13 +281,20 @@ class Baseline:
         jail = self.base / Path(self.fc).name / vm_id
         t0 = time.perf_counter()
         self._network(tap, ip, uid)  # 1, 2
+        t1 = time.perf_counter()
         self._files(jail / "root", uid)  # 3, 4
+        t2 = time.perf_counter()
         pid, pidfd = self._start(vm_id, jail / "root", uid)  # 5, 6
+        t3 = time.perf_counter()
         vm = BareVm(i, vm_id, uid, tap, ip, jail, pidfd, pid, os.getpgid(pid))
         with self._lock:
             self._live[i] = vm
         self._configure(vm, jail / "root" / "run" / "firecracker.socket")  # 7
-        return vm, time.perf_counter() - t0
+        t4 = time.perf_counter()
+        ms = [(b - a) * 1000 for a, b in ((t0, t1), (t1, t2), (t2, t3), (t3, t4))]
+        with self._lock:
+            self.phases.append(dict(zip(PHASES, ms, strict=True)))
+        return vm, t4 - t0
 
     def _network(self, tap: str, ip: str, uid: int) -> None:
         """A TAP owned by the jail uid, on the bridge, up; one nft element."""

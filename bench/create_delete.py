@@ -172,6 +172,8 @@ def run_rounds(fcd: Fcd, bare: Baseline, n: int, rounds: int) -> None:
         )
     print("create phases, median ms (Server-Timing; storage and network run concurrently):")
     print(wrap(f"{k} {v:.2f}" for k, v in phase_medians(fcd.create_phases)))
+    print("bare create phases, median ms:")
+    print(wrap(f"{k} {v:.2f}" for k, v in phase_medians(bare.phases)))
     print("delete phases, median ms:")
     print(wrap(f"{k} {v:.2f}" for k, v in phase_medians(fcd.delete_phases)))
     total = rounds * n

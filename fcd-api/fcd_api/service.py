@@ -316,7 +316,10 @@ class Flows:
             log.error("could not kill it: %s", e.message, extra=_extra(vm_id))
 
     async def _release_jail(self, vm_id: str) -> None:
-        await self.helpers.vmm.call(pvmm.ReleaseJail(vm_id=vm_id))
+        released = await self.helpers.vmm.call(pvmm.ReleaseJail(vm_id=vm_id))
+        timings = spans.current.get()
+        if timings is not None:  # fcd-vmm's phases of it (kill, jail dir, cgroups)
+            timings.merge("vmm.", released.timings)
 
     async def _teardown_net(self, vm_id: str) -> None:
         await self.helpers.net.call(pnet.NetTeardown(vm_id=vm_id))

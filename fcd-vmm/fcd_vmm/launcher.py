@@ -111,18 +111,21 @@ async def teardown(cfg: Config, vm_id: str, watch: PidWatch | None) -> list[str]
     console.registry().stop(vm_id)
     if watch is not None:
         if watch.alive:
-            watch.kill(signal.SIGKILL)
-            if not await watch.wait(KILL_WAIT_S):
-                problems.append(f"pid {watch.pid} survived SIGKILL")
+            with spans.span("kill"):
+                watch.kill(signal.SIGKILL)
+                if not await watch.wait(KILL_WAIT_S):
+                    problems.append(f"pid {watch.pid} survived SIGKILL")
         watch.close()
     reap_orphans()
     paths = jail_paths(cfg, vm_id)
     try:
-        await asyncio.to_thread(jailfs.remove_jail_dir, paths)
+        with spans.span("jail_dir"):
+            await asyncio.to_thread(jailfs.remove_jail_dir, paths)
     except OSError as e:
         problems.append(f"{paths.jail_dir}: {e}")
         log.error("cannot remove %s: %s", paths.jail_dir, e, extra=logs.vm(vm_id))
-    problems += await cgroups.remove_vm_cgroups(cfg.jail.parent_cgroup, vm_id)
+    with spans.span("cgroups"):
+        problems += await cgroups.remove_vm_cgroups(cfg.jail.parent_cgroup, vm_id)
     return problems
 
 

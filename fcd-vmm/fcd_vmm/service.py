@@ -405,6 +405,16 @@ class VmmService(ResourceHandlers):
 
     @handles(ReleaseJail)
     async def release_jail(self, req: ReleaseJail, _peer: Peer) -> VmProcess:
+        timings = spans.Spans()
+        token = spans.current.set(timings)
+        try:
+            proc = await self._release_jail(req)
+        finally:
+            spans.current.reset(token)
+        timings.log(log, "release", logs.vm(req.vm_id))
+        return msgspec.structs.replace(proc, timings=timings.as_ms())
+
+    async def _release_jail(self, req: ReleaseJail) -> VmProcess:
         vm_id = check_vm_id(req.vm_id)
         async with self._locks.hold(vm_id):
             old = self.watches.pop(vm_id, None)

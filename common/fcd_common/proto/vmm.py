@@ -138,7 +138,8 @@ class VmProcess(Reply):
     api_socket: str | None = None
     exit_code: int | None = None
     timings: dict[str, float] = {}
-    """Where a Launch's time went, ms per phase (``fcd_common.spans``); empty otherwise."""
+    """Where a Launch's or a ReleaseJail's time went, ms per phase (``fcd_common.spans``);
+    empty otherwise."""
 
 
 class StopResult(Reply):
