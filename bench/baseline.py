@@ -63,8 +63,8 @@ from fcd_vmm import cgroups  # noqa: E402
 from fcd_vmm.plan import cgroup_settings  # noqa: E402
 from fcd_vmm.procs import set_child_subreaper  # noqa: E402
 
-BARE_UID = 960_000
-"""Jail uids of the bare sequence: outside fcd's pool (and snapshot.py's 970000+)."""
+BARE_UID = 980_000
+"""Jail uids of the bare sequence: above fcd's default pool and snapshot.py's 970000+."""
 MEM_MIB = 128
 BOOT_TIMEOUT_S = 60.0
 PHASES = ("network", "disk+kernel", "jailer+socket", "4 PUTs+InstanceStart")

@@ -30,16 +30,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
+import msgspec
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
@@ -275,6 +277,27 @@ def run_scale(fcd: Fcd, target: int) -> None:
           f"{hi:.1f} ms with ~{n}")  # fmt: skip
 
 
+@contextlib.contextmanager
+def max_vms(n: int) -> Iterator[None]:
+    """Suites written meanwhile allow ``n`` VMs (the default limit is 512)."""
+    from fcd_common import config as config_mod
+    from fcd_dev import suite as suite_mod
+
+    orig = suite_mod.Suite.write_config
+
+    def write_config(self: suite_mod.Suite) -> config_mod.Config:
+        cfg = orig(self)
+        limits = msgspec.structs.replace(cfg.limits, max_vms=max(n, cfg.limits.max_vms))
+        self.config_path.write_text(config_mod.render(msgspec.structs.replace(cfg, limits=limits)))
+        return self.cfg
+
+    suite_mod.Suite.write_config = write_config  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        suite_mod.Suite.write_config = orig  # type: ignore[method-assign]
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--vms", type=int, default=20, help="VMs per round")
@@ -285,7 +308,11 @@ def main() -> int:
     if os.geteuid() != 0:
         print("needs root", file=sys.stderr)
         return 1
-    with tempfile.TemporaryDirectory(prefix="fcd-bench-") as tmp, running_suite(Path(tmp)) as suite:
+    with (
+        tempfile.TemporaryDirectory(prefix="fcd-bench-") as tmp,
+        max_vms(args.scale + 100) if args.scale else contextlib.nullcontext(),
+        running_suite(Path(tmp), subnet="10.64.0.0/16") as suite,
+    ):
         devup.import_demo_template(suite, "bench")
         backend = (
             "real Firecracker" if os.environ.get("FCD_FIRECRACKER") else "Firecracker TEST DOUBLE"

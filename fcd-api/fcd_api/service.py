@@ -230,7 +230,9 @@ class Flows:
         if source is None:
             # unknown template: nothing to undo
             with spans.span("api.template"):
-                template = await h.storage.call(pstorage.TemplateGet(name=spec.template))
+                template = await h.storage.call(
+                    pstorage.TemplateGet(name=spec.template, users=False)
+                )
             check_kernel_args(template.kernel_args, spec.kernel_args)
             base_args = template.kernel_args
         else:

@@ -84,7 +84,8 @@ class StorageService:
     async def template_get(self, req: proto.TemplateGet, _peer: Peer) -> proto.TemplateInfo:
         def get() -> proto.TemplateInfo:
             m = self.store.template(req.name)
-            return m.info(self.store.layout, templates.users(self.store).get(m.name))
+            used = templates.users(self.store).get(m.name) if req.users else None
+            return m.info(self.store.layout, used)
 
         return await asyncio.to_thread(get)
 

@@ -112,6 +112,14 @@ def test_daemon_serves_the_contract(
             assert await c.call(DiskGet(vm_id="vm-1")) == d
             assert (await c.call(DiskList())).items == [d]
             assert (await c.call(Ping())).status == "1 templates, 1 disks"
+            # a create's lookup (users=False) skips the walk of every manifest used_by needs
+            assert [
+                (t.used_by, t.kernel_args)
+                for t in [
+                    await c.call(TemplateGet(name="base")),
+                    await c.call(TemplateGet(name="base", users=False)),
+                ]
+            ] == [(["vm:vm-1"], "quiet"), ([], "quiet")]
 
             # concurrent provisions of different VMs on one connection
             many = await asyncio.gather(

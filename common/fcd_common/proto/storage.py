@@ -196,6 +196,9 @@ class TemplateDelete(Request[Done], tag="storage.template_delete"):
 
 class TemplateGet(Request[TemplateInfo], tag="storage.template_get"):
     name: Name
+    users: bool = True
+    """Fill ``used_by``: a read of every disk and snapshot manifest (O(VMs)); a create,
+    which needs only the template's own fields, asks without."""
 
 
 class TemplateList(Request[TemplateInfoList], tag="storage.template_list"):
