@@ -134,8 +134,18 @@ class SnapshotFlows:
     async def restore(self, name: str, req: RestoreRequest) -> tuple[VmRecord, bool]:
         """A new VM from snapshot ``name``; (record, created), idempotent per id."""
         h = self.flows.helpers
-        snap = await h.storage.call(pstorage.SnapshotGet(name=check_name(name, "snapshot")))
-        info = await h.vmm.call(pvmm.Info())
+        # both reads at once (users=False: no walk of every disk manifest); the
+        # snapshot's error first, as when they ran one after the other
+        got_snap, got_info = await asyncio.gather(
+            h.storage.call(pstorage.SnapshotGet(name=check_name(name, "snapshot"), users=False)),
+            h.vmm.call(pvmm.Info()),
+            return_exceptions=True,
+        )
+        if isinstance(got_snap, BaseException):
+            raise got_snap
+        if isinstance(got_info, BaseException):
+            raise got_info
+        snap, info = got_snap, got_info
         origin = check_restorable(snap, info)
         spec = restored_spec(req.id or new_vm_id(), origin, req)
         source = Restore(files=snapshot_files(snap), origin=origin, resume=req.resume)

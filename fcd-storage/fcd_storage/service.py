@@ -130,9 +130,10 @@ class StorageService:
 
     # -- snapshots --------------------------------------------------------------
 
-    def _snapshot_info(self, name: str) -> proto.SnapshotInfo:
+    def _snapshot_info(self, name: str, *, users: bool = True) -> proto.SnapshotInfo:
         m = snapshots.get(self.store, name)
-        return m.info(self.store.layout, snapshots.users(self.store).get(m.name))
+        used = snapshots.users(self.store).get(m.name) if users else None
+        return m.info(self.store.layout, used)
 
     @handles(proto.SnapshotPrepare)
     async def snapshot_prepare(self, req: proto.SnapshotPrepare, _peer: Peer) -> proto.SnapshotInfo:
@@ -150,7 +151,10 @@ class StorageService:
 
     @handles(proto.SnapshotGet)
     async def snapshot_get(self, req: proto.SnapshotGet, _peer: Peer) -> proto.SnapshotInfo:
-        return await asyncio.to_thread(self._snapshot_info, check_name(req.name))
+        name = check_name(req.name)
+        return await asyncio.to_thread(
+            functools.partial(self._snapshot_info, name, users=req.users)
+        )
 
     @handles(proto.SnapshotList)
     async def snapshot_list(self, _req: proto.SnapshotList, _peer: Peer) -> proto.SnapshotInfoList:

@@ -263,6 +263,8 @@ class SnapshotCommit(Request[SnapshotInfo], tag="storage.snapshot_commit"):
 
 class SnapshotGet(Request[SnapshotInfo], tag="storage.snapshot_get"):
     name: Name
+    users: bool = True
+    """Fill ``used_by`` (a read of every disk manifest, O(VMs)); a restore asks without."""
 
 
 class SnapshotList(Request[SnapshotInfoList], tag="storage.snapshot_list"):
