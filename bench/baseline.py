@@ -60,6 +60,7 @@ from asyncinotify import Inotify, Mask  # noqa: E402
 
 from fcd_storage import fileio  # noqa: E402
 from fcd_vmm import cgroups  # noqa: E402
+from fcd_vmm.closer import closed_later  # noqa: E402
 from fcd_vmm.plan import cgroup_settings  # noqa: E402
 from fcd_vmm.procs import set_child_subreaper  # noqa: E402
 
@@ -340,7 +341,7 @@ class Baseline:
         pid_file = root / f"{Path(self.fc).name}.pid"
         sock = root / "run" / "firecracker.socket"
         deadline = time.monotonic() + BOOT_TIMEOUT_S
-        with Inotify() as ino:
+        with closed_later(Inotify()) as ino:  # closing waits ~12 ms in the kernel: not here
             ino.sync_timeout = 1.0
             ino.add_watch(root, Mask.CREATE | Mask.CLOSE_WRITE | Mask.MOVED_TO | Mask.ONLYDIR)
             rc = os.spawnv(os.P_WAIT, self.jailer, argv)
