@@ -20,6 +20,8 @@ namespace before the next request.
 
 from __future__ import annotations
 
+import concurrent.futures
+import ctypes
 import errno
 import ipaddress
 import logging
@@ -41,6 +43,10 @@ from .links import set_route_localnet
 from .plan import NETNS_DIR, NETNS_VETH, Lease, netns_guest, netns_path, netns_tap
 
 log = logging.getLogger("fcd.net.netns")
+
+CLONE_NEWNET = 0x40000000
+_libc = ctypes.CDLL(None, use_errno=True)
+_freer = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="fcd-net-free")
 
 
 class Namespaces:
@@ -79,6 +85,22 @@ class Namespaces:
             os.close(fd)
 
     # --- changes -----------------------------------------------------------------
+    def _create(self, name: str) -> None:
+        """A new namespace bound at ``/run/netns/<name>``, made by this thread.
+
+        ``unshare(CLONE_NEWNET)`` moves only the calling thread; the bind mount of
+        ``/proc/thread-self/ns/net`` keeps the namespace alive, and the thread goes
+        back to the daemon's namespace whatever happens. (pyroute2's ``netns.create``
+        forks the whole daemon to do the same: ~8 ms of CPU per VM.)"""
+        self._check(name)
+        if _libc.unshare(CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"unshare(CLONE_NEWNET): {os.strerror(err)}")
+        try:
+            pnetns.attach(name, "thread-self")
+        finally:
+            pnetns.setns(self._home)
+
     def _check(self, name: str) -> None:
         if not name.startswith(self.net.netns_prefix) or "/" in name:
             raise Internal(f"refusing namespace {name!r}: not under fcd-net's prefix")
@@ -88,7 +110,7 @@ class Namespaces:
         assert lease.netns and lease.veth and lease.host_ip and lease.veth_gateway
         self._check(lease.netns)
         if not self.exists(lease.netns):
-            pnetns.create(lease.netns)
+            self._create(lease.netns)
             log.info("created namespace %s", lease.netns)
         gw, _ = netns_guest(self.net)
         tap_net = ipaddress.IPv4Network(self.net.netns_subnet)
@@ -164,5 +186,10 @@ def _nft_run(cmd: dict[str, Any], what: str) -> None:
     nft = nftables.Nftables()  # a new context: its netlink socket lives in this namespace
     nft.set_json_output(True)
     rc, _, err = nft.json_cmd(cmd)
+    # freeing the context closes its socket, which waits in the kernel (3-15 ms of wall
+    # time, ~0.1 ms of CPU): done on a thread of its own, not on fcd-net's only worker
+    box = [nft]
+    del nft
+    _freer.submit(box.clear)
     if rc != 0:
         raise Internal(f"nftables refused {what}: {str(err).strip() or f'rc {rc}'}")
