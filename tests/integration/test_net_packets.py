@@ -82,35 +82,40 @@ api_user = "root"  # the test plays fcd-api (reconcile is fcd-api's call only)
 """)
         for ns in (self.host, self.inet):
             sh("ip", "netns", "add", ns)
-        self.daemon = NetDaemon(self.host, cfg)
-        sh(
-            "ip",
-            "-n",
-            self.host,
-            "link",
-            "add",
-            "up0",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            self.inet,
-        )
-        self.ns(self.host, "ip", "addr", "add", f"{HOST_UP}/24", "dev", "up0")
-        self.ns(self.inet, "ip", "addr", "add", f"{INET}/24", "dev", "eth0")
-        self.ns(self.inet, "ip", "addr", "add", f"{PRIVATE}/32", "dev", "lo")
-        for ns, dev in (
-            (self.host, "up0"),
-            (self.host, "lo"),
-            (self.inet, "eth0"),
-            (self.inet, "lo"),
-        ):
-            self.ns(ns, "ip", "link", "set", dev, "up")
-        self.ns(self.host, "ip", "route", "add", "default", "via", INET)
-        self.ns(self.host, "ip", "route", "add", "10.99.0.0/24", "via", INET)
-        self.ns(self.inet, "ip", "route", "add", "10.214.0.0/16", "via", HOST_UP)
+        try:
+            self.daemon = NetDaemon(self.host, cfg)
+            sh(
+                "ip",
+                "-n",
+                self.host,
+                "link",
+                "add",
+                "up0",
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                self.inet,
+            )
+            self.ns(self.host, "ip", "addr", "add", f"{HOST_UP}/24", "dev", "up0")
+            self.ns(self.inet, "ip", "addr", "add", f"{INET}/24", "dev", "eth0")
+            self.ns(self.inet, "ip", "addr", "add", f"{PRIVATE}/32", "dev", "lo")
+            for ns, dev in (
+                (self.host, "up0"),
+                (self.host, "lo"),
+                (self.inet, "eth0"),
+                (self.inet, "lo"),
+            ):
+                self.ns(ns, "ip", "link", "set", dev, "up")
+            self.ns(self.host, "ip", "route", "add", "default", "via", INET)
+            self.ns(self.host, "ip", "route", "add", "10.99.0.0/24", "via", INET)
+            self.ns(self.inet, "ip", "route", "add", "10.214.0.0/16", "via", HOST_UP)
+        except BaseException:  # nothing made so far outlives a failed set-up
+            for ns in (self.host, self.inet):
+                subprocess.run(["ip", "netns", "del", ns], check=False)
+            raise
 
     # --- helpers -------------------------------------------------------------------
     @staticmethod
