@@ -14,6 +14,7 @@ import pytest
 
 from fcd_common.errors import (
     DeadlineExceeded,
+    InvalidArgument,
     NotFound,
     PermissionDenied,
     ProtocolError,
@@ -101,15 +102,16 @@ def test_frame_decoder_rejects_oversized() -> None:
         frame(b"x" * (MAX_FRAME + 1))
 
 
-def test_unknown_tag_and_bad_field_are_protocol_errors() -> None:
+def test_unknown_tag_is_a_protocol_error_and_bad_field_invalid_argument() -> None:
     raw = msgspec.msgpack.encode({"t": "t.nope"})
     with pytest.raises(ProtocolError, match="invalid request"):
         PROTO.decode_request(msgspec.Raw(raw))
     raw = msgspec.msgpack.encode({"t": "t.echo", "text": 5})
-    with pytest.raises(ProtocolError, match=r"\$\.text"):
+    with pytest.raises(InvalidArgument, match=r"\$\.text") as ei:
         PROTO.decode_request(msgspec.Raw(raw))
+    assert ei.value.details == {"field": "text"}
     raw = msgspec.msgpack.encode({"t": "t.echo", "text": "a", "extra": 1})
-    with pytest.raises(ProtocolError):
+    with pytest.raises(InvalidArgument):
         PROTO.decode_request(msgspec.Raw(raw))
 
 

@@ -9,11 +9,23 @@ an error reply addressed to the right request id.
 
 Frames larger than ``MAX_FRAME`` (1 MiB) are a protocol error; the stream
 cannot be resynchronised after one, so the transport closes the connection.
+
+Nesting is capped too: msgspec decodes recursively and stops a frame nested
+deeper than the interpreter's recursion limit allows with ``RecursionError``
+(before it uses up the C stack). Every decode here turns that into a
+``ProtocolError`` for the one call it belongs to: the call id is read from the
+frame's head (:func:`peek_call_id`), which precedes the body, so the answer
+reaches the right caller and the connection, with its other calls, stays up.
+
+A request of a known method whose fields do not validate is the caller's
+mistake, not a broken peer: it is an ``InvalidArgument`` (HTTP 400 when it
+came from the API), naming the field; an unknown method stays a protocol error.
 """
 
 from __future__ import annotations
 
 import enum
+import re
 import struct
 import typing
 from collections.abc import Iterable
@@ -21,7 +33,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 
 import msgspec
 
-from ..errors import FcdError, ProtocolError, from_code
+from ..errors import FcdError, InvalidArgument, ProtocolError, from_code
 from ..schema import Record
 
 MAX_FRAME = 1 << 20
@@ -162,6 +174,7 @@ class Protocol:
         for r in self.requests[1:]:
             union = union | r
         self._request_decoder: msgspec.msgpack.Decoder[Any] = msgspec.msgpack.Decoder(union)
+        self._methods = frozenset(r.method() for r in self.requests)
         self._reply_decoders: dict[type[Request[Any]], msgspec.msgpack.Decoder[Any]] = {
             r: msgspec.msgpack.Decoder(r.reply) for r in self.requests
         }
@@ -182,6 +195,8 @@ class Protocol:
             result: R = decoder.decode(body)
         except msgspec.DecodeError as e:  # ValidationError is a DecodeError
             raise ProtocolError(f"malformed {type(request).reply.__name__} reply: {e}") from None
+        except RecursionError:
+            raise ProtocolError(f"{type(request).reply.__name__} reply {TOO_DEEP}") from None
         return result
 
     # --- server side -------------------------------------------------------------
@@ -189,9 +204,16 @@ class Protocol:
         try:
             req: Request[Any] = self._request_decoder.decode(body)
         except msgspec.ValidationError as e:
-            raise ProtocolError(f"invalid request: {e}") from None
+            method = method_of(body)
+            if method is None or method not in self._methods:
+                raise ProtocolError(f"invalid request: {e}") from None
+            raise InvalidArgument(
+                f"invalid {method} request: {e}", details={"field": _field_of(str(e))}
+            ) from None
         except msgspec.DecodeError as e:
             raise ProtocolError(f"malformed request: {e}") from None
+        except RecursionError:
+            raise ProtocolError(f"request {TOO_DEEP}") from None
         return req
 
     @staticmethod
@@ -208,9 +230,96 @@ class Protocol:
         return frame(_encoder.encode(Failure(call_id, err.code, err.message, details)))
 
 
+TOO_DEEP = "is nested too deeply"
+
+
+class FrameError(ProtocolError):
+    """A frame that does not decode; ``call_id`` is the call it belongs to when its
+    head could still be read (0: unknown, the whole connection is at fault)."""
+
+    def __init__(self, message: str, call_id: int) -> None:
+        super().__init__(message)
+        self.call_id = call_id
+
+
 def decode_envelope(payload: bytes) -> Envelope:
+    """One frame's envelope; :class:`FrameError` (with the call id when the head is
+    readable) for a malformed or too deeply nested one."""
     try:
         env: Envelope = _envelope_decoder.decode(payload)
     except msgspec.DecodeError as e:
-        raise ProtocolError(f"malformed frame: {e}") from None
+        raise FrameError(f"malformed frame: {e}", peek_call_id(payload)) from None
+    except RecursionError:
+        raise FrameError(f"frame {TOO_DEEP}", peek_call_id(payload)) from None
     return env
+
+
+class _Tag(msgspec.Struct):
+    t: str
+
+
+_tag_decoder = msgspec.msgpack.Decoder(_Tag)
+_FIELD_RE = re.compile(r"at `\$\.([A-Za-z0-9_]+)")
+
+
+def method_of(body: bytes) -> str | None:
+    """The ``t`` of a request body that failed to validate (error path only)."""
+    try:
+        return _tag_decoder.decode(body).t
+    except (msgspec.DecodeError, RecursionError):
+        return None
+
+
+def _field_of(message: str) -> str | None:
+    m = _FIELD_RE.search(message)
+    return m.group(1) if m else None
+
+
+def peek_call_id(payload: bytes) -> int:
+    """The ``id`` of an envelope whose body did not decode, read from the map's first
+    entries without touching the rest (msgspec writes ``k`` and ``id`` before ``body``);
+    0 if the head is not a well-formed envelope head."""
+    try:
+        pos, entries = _map_header(payload, 0)
+        for _ in range(min(entries, 2)):
+            pos, key = _short_str(payload, pos)
+            if key == "k":
+                pos, _kind = _short_str(payload, pos)
+            elif key == "id":
+                return _uint(payload, pos)
+            else:
+                return 0
+    except (IndexError, ValueError, struct.error):
+        return 0
+    return 0
+
+
+def _map_header(b: bytes, pos: int) -> tuple[int, int]:
+    h = b[pos]
+    if 0x80 <= h <= 0x8F:
+        return pos + 1, h & 0x0F
+    if h == 0xDE:
+        return pos + 3, struct.unpack_from(">H", b, pos + 1)[0]
+    raise ValueError("not a map")
+
+
+def _short_str(b: bytes, pos: int) -> tuple[int, str]:
+    h = b[pos]
+    if 0xA0 <= h <= 0xBF:
+        n, start = h & 0x1F, pos + 1
+    elif h == 0xD9:
+        n, start = b[pos + 1], pos + 2
+    else:
+        raise ValueError("not a short string")
+    return start + n, b[start : start + n].decode("ascii")
+
+
+def _uint(b: bytes, pos: int) -> int:
+    h = b[pos]
+    if h <= 0x7F:
+        return h
+    fmt = {0xCC: ">B", 0xCD: ">H", 0xCE: ">I", 0xCF: ">Q"}.get(h)
+    if fmt is None:
+        raise ValueError("not an unsigned int")
+    value: int = struct.unpack_from(fmt, b, pos + 1)[0]
+    return value

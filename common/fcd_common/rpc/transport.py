@@ -36,17 +36,20 @@ from ..errors import (
     ProtocolError,
     Unavailable,
 )
+from ..oserrors import from_os_error
 from .codec import (
     RID_MAX,
     Call,
     Caller,
     Failure,
     FrameDecoder,
+    FrameError,
     Protocol,
     Reply,
     Request,
     Result,
     decode_envelope,
+    method_of,
 )
 
 log = logging.getLogger("fcd.rpc")
@@ -193,8 +196,9 @@ class RpcServer:
             for payload in frames:
                 try:
                     env = decode_envelope(payload)
-                except ProtocolError as e:
-                    writer.write(self.protocol.encode_failure(0, e))
+                except FrameError as e:  # answered to its call (if known); connection kept
+                    log.warning("%s: bad frame: %s", self.protocol.name, e.message)
+                    writer.write(self.protocol.encode_failure(e.call_id, e))
                     continue
                 if not isinstance(env, Call):
                     writer.write(
@@ -235,13 +239,22 @@ class RpcServer:
             out = self.protocol.encode_failure(call.id, e)
         except asyncio.CancelledError:
             out = self.protocol.encode_failure(call.id, Unavailable("daemon is shutting down"))
+        except OSError as e:  # the log keeps the path; the caller gets a stable code
+            log.warning("%s handler failed: %s", self.protocol.name, e, exc_info=True)
+            out = self.protocol.encode_failure(call.id, from_os_error(e, _method_name(call)))
         except Exception as e:
             log.exception("%s handler failed", self.protocol.name)
-            out = self.protocol.encode_failure(call.id, Internal(f"{type(e).__name__}: {e}"))
+            err = Internal(f"{type(e).__name__} in {_method_name(call)} (see the daemon's log)")
+            out = self.protocol.encode_failure(call.id, err)
         if not writer.is_closing():
             writer.write(out)
             with contextlib.suppress(ConnectionError):
                 await writer.drain()
+
+
+def _method_name(call: Call) -> str:
+
+    return method_of(call.body) or "call"
 
 
 class RpcClient:
@@ -281,7 +294,13 @@ class RpcClient:
                 if not data:
                     break
                 for payload in decoder.feed(data):
-                    self._deliver(decode_envelope(payload))
+                    try:
+                        env = decode_envelope(payload)
+                    except FrameError as e:
+                        if not e.call_id:
+                            raise
+                        env = Failure(e.call_id, e.code, e.message)  # that call only
+                    self._deliver(env)
         except FcdError as e:
             error = e
         except (OSError, asyncio.IncompleteReadError) as e:
