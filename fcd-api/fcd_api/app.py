@@ -1,10 +1,15 @@
 """The public HTTP/JSON API (Litestar): routes, one error shape, request ids.
 
 Every error leaves as ``{"error": {"code", "message", "details"}}`` with the
-status from ``fcd_common.errors.HTTP_STATUS``; Litestar's own validation
-errors become ``400 invalid_argument`` naming the field. Every response
-carries ``X-Request-Id`` (the client's, or a generated one), which is also
-logged with each line a flow writes (journal field ``FCD_REQUEST_ID``).
+status from ``fcd_common.errors.HTTP_STATUS`` (:mod:`fcd_api.http_errors`);
+Litestar's own validation errors become ``400 invalid_argument`` naming the
+field. Bodies are decoded strictly into the route's type
+(:mod:`fcd_api.strict_body`), at most ``MAX_BODY_BYTES`` of them; path
+parameters that are names are checked against the shared types before a
+handler runs (:mod:`fcd_api.path_params`); the OpenAPI document lists every
+route's real statuses and error body (:mod:`fcd_api.openapi_doc`). Every
+response carries ``X-Request-Id`` (the client's, or a generated one), which
+is also logged with each line a flow writes (journal field ``FCD_REQUEST_ID``).
 """
 
 from __future__ import annotations
@@ -18,20 +23,21 @@ from litestar import Controller, Litestar, MediaType, Request, Response, delete,
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
 from litestar.enums import ScopeType
-from litestar.exceptions import HTTPException, ValidationException
-from litestar.openapi import OpenAPIConfig
+from litestar.openapi import OpenAPIConfig, ResponseSpec
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from fcd_common import spans
-from fcd_common.errors import HTTP_STATUS, FcdError
 from fcd_common.version import version
 
+from .http_errors import EXCEPTION_HANDLERS, MAX_BODY_BYTES, error_response
 from .log_routes import log_router
 from .metrics_collect import Collector
 from .metrics_routes import metrics_router
-from .models import VM, CreateVMRequest, ErrorBody, ErrorDetail, VersionInfo, VMState
+from .models import VM, CreateVMRequest, VersionInfo, VMState
 from .net_routes import net_router
+from .openapi_doc import document
+from .path_params import PathParamCheck
 from .prom import Exposition, OperationsMiddleware
 from .readonly import Access, ListenerPolicy
 from .registry import parse_label_filters
@@ -40,75 +46,16 @@ from .resources_routes import resources_router
 from .service import Flows, request_id
 from .snapshot_routes import snapshot_router
 from .storage_routes import storage_router
+from .strict_body import StrictRequest
 from .suspend_flows import SuspendFlows
 
-__all__ = ["RequestIdMiddleware", "build_app", "create_asgi", "version"]
+__all__ = ["RequestIdMiddleware", "build_app", "create_asgi", "error_response", "version"]
 
 log = logging.getLogger("fcd.api.http")
 
+AGAIN = ResponseSpec(VM, description="It already exists with this spec (a repeated create)")
+
 _RID_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
-_FIELD_RE = re.compile(r"at `\$\.?([^`]*)`")
-_NAMED_FIELD_RE = re.compile(r"(?:unknown|missing required) field `([^`]*)`")
-_PARAM_ALIASES = {"vm_state": "state", "data": ""}
-
-
-# --- errors ----------------------------------------------------------------------
-def error_response(
-    status: int, code: str, message: str, details: Any = None
-) -> Response[ErrorBody]:
-    body = ErrorBody(error=ErrorDetail(code=code, message=message, details=details))
-    return Response(body, status_code=status, media_type=MediaType.JSON)
-
-
-def _on_fcd_error(_: Request[Any, Any, Any], exc: FcdError) -> Response[ErrorBody]:
-    status = HTTP_STATUS.get(exc.code, 500)
-    if status >= 500:
-        log.warning(
-            "request failed: %s: %s",
-            exc.code,
-            exc.message,
-            extra={"FCD_REQUEST_ID": request_id.get()},
-        )
-    resp = error_response(status, exc.code, exc.message, exc.details)
-    if status == 503:  # a helper is down or restarting: ask again shortly
-        resp.headers["Retry-After"] = "1"
-    return resp
-
-
-def _on_validation(_: Request[Any, Any, Any], exc: ValidationException) -> Response[ErrorBody]:
-    problems = exc.extra if isinstance(exc.extra, list) else []
-    fields: list[str] = []
-    messages: list[str] = []
-    for p in problems:
-        if not isinstance(p, dict):
-            continue
-        msg = str(p.get("message", ""))
-        m = _NAMED_FIELD_RE.search(msg) or _FIELD_RE.search(msg)
-        key = str(p.get("key") or "")
-        field = m.group(1) if m else _PARAM_ALIASES.get(key, key)
-        if field:
-            fields.append(field)
-        messages.append(msg)
-    message = "; ".join(messages) or exc.detail
-    if fields and not any(f in message for f in fields):
-        message = f"{message} (field {', '.join(fields)})"
-    details: dict[str, Any] = {"errors": problems}
-    if fields:
-        details["field"] = fields[0]
-    return error_response(400, "invalid_argument", message, details)
-
-
-def _on_http(_: Request[Any, Any, Any], exc: HTTPException) -> Response[ErrorBody]:
-    status = exc.status_code
-    code = {404: "not_found", 403: "permission_denied", 503: "unavailable"}.get(
-        status, "invalid_argument" if 400 <= status < 500 else "internal"
-    )
-    return error_response(status, code, exc.detail, exc.extra or None)
-
-
-def _on_unexpected(_: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
-    log.exception("unhandled error", exc_info=exc)
-    return error_response(500, "internal", f"{type(exc).__name__}: {exc}")
 
 
 # --- routes ----------------------------------------------------------------------
@@ -116,7 +63,12 @@ class VMController(Controller):
     path = "/v1/vms"
     tags = ["vms"]
 
-    @post("/", status_code=201, summary="Create a VM (200 if it already exists with this spec)")
+    @post(
+        "/",
+        status_code=201,
+        summary="Create a VM (200 if it already exists with this spec)",
+        responses={200: AGAIN},
+    )
     async def create_vm(
         self, flows: NamedDependency[Flows], data: JSONBody[CreateVMRequest]
     ) -> Response[VM]:
@@ -180,7 +132,7 @@ async def get_version() -> VersionInfo:
 
 @get("/openapi.json", include_in_schema=False)
 async def openapi_json(request: Request[Any, Any, Any]) -> dict[str, Any]:
-    return request.app.openapi_schema.to_schema()
+    return document(request.app)
 
 
 def build_app(
@@ -192,7 +144,7 @@ def build_app(
     async def provide_flows() -> Flows:
         return flows
 
-    return Litestar(
+    app = Litestar(
         route_handlers=[
             VMController,
             ping,
@@ -207,16 +159,16 @@ def build_app(
         ],
         dependencies={"flows": Provide(provide_flows)},
         state=State({"exposition": exposition}),
-        exception_handlers={
-            FcdError: _on_fcd_error,
-            ValidationException: _on_validation,
-            HTTPException: _on_http,
-            Exception: _on_unexpected,
-        },
+        exception_handlers=EXCEPTION_HANDLERS,
+        middleware=[PathParamCheck],
+        request_class=StrictRequest,
+        request_max_body_size=MAX_BODY_BYTES,
         openapi_config=OpenAPIConfig(title="fcd", version=version(), path="/schema"),
         logging_config=None,
         debug=debug,
     )
+    document(app)  # finish the OpenAPI document now: every route is registered
+    return app
 
 
 class RequestIdMiddleware:

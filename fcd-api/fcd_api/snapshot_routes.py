@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from litestar import Response, Router, post
 from litestar.di import NamedDependency
+from litestar.openapi import ResponseSpec
 from litestar.params import FromPath, JSONBody
 
 from fcd_common.proto import storage as ps
@@ -33,6 +34,7 @@ async def take_snapshot(
     "/v1/snapshots/{name:str}/restore",
     status_code=201,
     summary="Restore a new VM from a snapshot (200 if it already exists with this spec)",
+    responses={200: ResponseSpec(VM, description="It already exists with this spec")},
 )
 async def restore_snapshot(
     flows: NamedDependency[Flows], name: FromPath[str], data: JSONBody[RestoreRequest]

@@ -12,7 +12,7 @@ import pytest
 
 from fcd_common.errors import ProtocolError
 from fcd_common.rpc import FrameDecoder, RpcClient
-from fcd_common.rpc.codec import Failure, FrameError, Result, decode_envelope, frame, peek_call_id
+from fcd_common.rpc.codec import Envelope, Failure, FrameError, Result, decode_envelope, frame, peek_call_id
 
 from .test_rpc import PROTO, Echo, _serve
 
@@ -55,7 +55,7 @@ def test_finding8_deep_frame_gets_a_reply_and_the_connection_lives(
         await loop.sock_connect(s, str(sock_path))
         # the deep frame and a good call behind it, in one write, on one connection
         await loop.sock_sendall(s, frame(_deep_call(1)) + PROTO.encode_call(2, Echo(text="after")))
-        dec, got = FrameDecoder(), []
+        dec, got = FrameDecoder(), list[Envelope]()
         while len(got) < 2:
             data = await asyncio.wait_for(loop.sock_recv(s, 65536), 10)
             assert data, "the server dropped the connection"
