@@ -24,11 +24,15 @@ from fcd_common.types import KernelArgs, MiB, Name, NetMode, VcpuCount, VmId
 from .supervision_models import Health, HealthCheck, RestartPolicy, WaitFor
 
 __all__ = [
+    "MAX_ANNOTATIONS",
+    "MAX_LABELS",
     "VM",
+    "Annotations",
     "CreateVMRequest",
     "DriveSpec",
     "ErrorBody",
     "ErrorDetail",
+    "Labels",
     "PortMapping",
     "Runtime",
     "VMConfig",
@@ -47,6 +51,15 @@ LabelKey = Annotated[
 LabelValue = Annotated[str, msgspec.Meta(max_length=256)]
 AnnotationKey = Annotated[str, msgspec.Meta(min_length=1, max_length=253)]
 AnnotationValue = Annotated[str, msgspec.Meta(max_length=4096)]
+MAX_LABELS = 64
+MAX_ANNOTATIONS = 64
+Labels = Annotated[dict[LabelKey, LabelValue], msgspec.Meta(max_length=MAX_LABELS)]
+"""At most 64 labels of at most 63 + 256 characters (#9 finding 14: 100,000 were taken)."""
+Annotations = Annotated[
+    dict[AnnotationKey, AnnotationValue], msgspec.Meta(max_length=MAX_ANNOTATIONS)
+]
+"""At most 64 annotations of at most 253 + 4096 characters: about 277 KiB in all, under
+fcd-api's 1 MiB body limit."""
 
 
 class VMState(enum.StrEnum):
@@ -98,8 +111,8 @@ class CreateVMRequest(Record):
     """None: the safe defaults (no VM-to-VM, internet yes, private ranges and host no).
     ``allow`` may only name CIDRs inside the operator's ``network.allowable_cidrs``
     (none by default); anything else is a 403 naming the rule."""
-    labels: dict[LabelKey, LabelValue] = {}
-    annotations: dict[AnnotationKey, AnnotationValue] = {}
+    labels: Labels = {}
+    annotations: Annotations = {}
     drives: list[DriveSpec] = []
     """Extra drives (data or shared read-only), attached after the root disk."""
     track_dirty_pages: bool = False

@@ -10,7 +10,7 @@ from fcd_common.proto.common import PortMapping
 from fcd_common.schema import Record
 from fcd_common.types import Name, NetMode, VmId
 
-from .models import AnnotationKey, AnnotationValue, LabelKey, LabelValue
+from .models import Annotations, Labels
 
 __all__ = ["RestoreRequest", "SnapshotRequest"]
 
@@ -36,8 +36,8 @@ class RestoreRequest(Record):
 
     id: VmId | None = None
     sandbox_id: Annotated[str, msgspec.Meta(max_length=256)] | None = None
-    labels: dict[LabelKey, LabelValue] = {}
-    annotations: dict[AnnotationKey, AnnotationValue] = {}
+    labels: Labels = {}
+    annotations: Annotations = {}
     port_mappings: Annotated[list[PortMapping], msgspec.Meta(max_length=64)] = []
     network_mode: NetMode | None = None
     """None or netns; bridge cannot hold two guests with the same address."""
