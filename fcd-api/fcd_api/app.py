@@ -19,6 +19,7 @@ import re
 import uuid
 from typing import Annotated, Any
 
+import msgspec
 from litestar import Controller, Litestar, MediaType, Request, Response, delete, get, post
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
@@ -30,6 +31,7 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from fcd_common import spans
 from fcd_common.version import version
 
+from .allow_header import AllowHeader
 from .http_errors import EXCEPTION_HANDLERS, MAX_BODY_BYTES, error_response
 from .log_routes import log_router
 from .metrics_collect import Collector
@@ -52,6 +54,9 @@ from .suspend_flows import SuspendFlows
 __all__ = ["RequestIdMiddleware", "build_app", "create_asgi", "error_response", "version"]
 
 log = logging.getLogger("fcd.api.http")
+
+LabelFilter = Annotated[str, msgspec.Meta(pattern=r"^[^=]+=", max_length=512)]
+"""``k=v`` (the value may be empty, or contain ``=``)."""
 
 AGAIN = ResponseSpec(VM, description="It already exists with this spec (a repeated create)")
 
@@ -83,7 +88,8 @@ class VMController(Controller):
             VMState | None, QueryParameter(name="state", description="only VMs in this state")
         ] = None,
         label: Annotated[
-            list[str] | None, QueryParameter(description="k=v; repeat to require several labels")
+            list[LabelFilter] | None,
+            QueryParameter(description="k=v; repeat to require several labels"),
         ] = None,
     ) -> list[VM]:
         labels = parse_label_filters(label or [])
@@ -160,7 +166,7 @@ def build_app(
         dependencies={"flows": Provide(provide_flows)},
         state=State({"exposition": exposition}),
         exception_handlers=EXCEPTION_HANDLERS,
-        middleware=[PathParamCheck],
+        middleware=[AllowHeader, PathParamCheck],
         request_class=StrictRequest,
         request_max_body_size=MAX_BODY_BYTES,
         openapi_config=OpenAPIConfig(title="fcd", version=version(), path="/schema"),

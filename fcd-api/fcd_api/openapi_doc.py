@@ -13,7 +13,11 @@ operation it finds (so a route added later is covered without a word):
   413 only where the route takes a body;
 * 405 documents its ``Allow`` header and 503 its ``Retry-After``;
 * a path parameter gets the constraints of its shared type
-  (:data:`fcd_api.path_params.PATH_PARAM_TYPES`), which fcd-api enforces.
+  (:data:`fcd_api.path_params.PATH_PARAM_TYPES`), which fcd-api enforces;
+* the schemas of bodies, responses and query parameters are msgspec's own
+  JSON schemas of the types fcd-api decodes and encodes with (Litestar's leave
+  out ``additionalProperties: false``, ``maxProperties`` and the patterns of
+  list items, all of which the decoder enforces).
 
 Every route can meet every helper error (a flow calls fcd-vmm, fcd-net and
 fcd-storage), so listing all of them is the truth, not padding.
@@ -23,11 +27,15 @@ fcd-storage), so listing all of them is the truth, not padding.
 from __future__ import annotations
 
 import http
-from typing import Any
+import typing
+from typing import Annotated, Any
 
 import msgspec
-from litestar import Litestar
+from litestar import Litestar, Response
 from litestar._openapi.plugin import OpenAPIPlugin
+from litestar.handlers import HTTPRouteHandler
+from litestar.params import ParameterKwarg
+from litestar.routes import HTTPRoute
 
 from .http_errors import codes_for, statuses
 from .models import ErrorBody
@@ -38,6 +46,8 @@ __all__ = ["document", "error_statuses", "finish"]
 _METHODS = {"get", "put", "post", "delete", "patch", "head", "options", "trace"}
 _REF = "#/components/schemas/{name}"
 _FINISHED = "fcd_openapi_finished"
+_LIMITS = ("gt", "ge", "lt", "le", "min_length", "max_length", "pattern")
+"""A ``QueryParameter(...)``'s constraints, which Litestar enforces through msgspec too."""
 _HEADERS: dict[int, dict[str, Any]] = {
     405: {
         "Allow": {
@@ -78,13 +88,76 @@ def _error_response(status: int) -> dict[str, Any]:
     return resp
 
 
-def finish(doc: dict[str, Any]) -> dict[str, Any]:
-    """Rewrite ``doc`` (a Litestar-generated OpenAPI dict) in place, and return it."""
-    _, components = msgspec.json.schema_components([ErrorBody], ref_template=_REF)
+def _handlers(app: Litestar) -> dict[tuple[str, str], HTTPRouteHandler]:
+    """(path as the document writes it, method) -> the handler, for documented routes."""
+    out = {}
+    for route in app.routes:
+        if not isinstance(route, HTTPRoute):
+            continue
+        for handler in route.route_handlers:
+            if handler.resolve_include_in_schema():
+                for method in handler.http_methods:
+                    out[(route.path_format, method.lower())] = handler
+    return out
+
+
+def _unwrap(annotation: Any) -> Any:
+    """``Response[T]`` -> ``T``; anything else as it is."""
+    if typing.get_origin(annotation) is Response:
+        (inner,) = typing.get_args(annotation)
+        return inner
+    return annotation
+
+
+def _query_params(handler: HTTPRouteHandler) -> dict[str, Any]:
+    """The URL name -> annotation of each query parameter of ``handler``."""
+    out = {}
+    for name, field in handler.parsed_fn_signature.parameters.items():
+        kw = field.kwarg_definition
+        if isinstance(kw, ParameterKwarg) and not (kw.header or kw.cookie) and name != "data":
+            if name in PATH_PARAM_TYPES:
+                continue
+            limits = {k: getattr(kw, k) for k in _LIMITS if getattr(kw, k, None) is not None}
+            ann = field.annotation
+            out[kw.query or name] = Annotated[ann, msgspec.Meta(**limits)] if limits else ann
+    return out
+
+
+def _types(handlers: dict[tuple[str, str], HTTPRouteHandler]) -> list[Any]:
+    found: list[Any] = [ErrorBody]
+    for handler in handlers.values():
+        data = handler.parsed_data_field
+        if data is not None:
+            found.append(data.annotation)
+        ret = _unwrap(handler.parsed_fn_signature.return_type.annotation)
+        if ret not in (None, type(None)) and ret is not Any:
+            found.append(ret)
+        found += [spec.data_container for spec in (handler.responses or {}).values()]
+    return found
+
+
+def finish(doc: dict[str, Any], app: Litestar | None = None) -> dict[str, Any]:
+    """Rewrite ``doc`` (a Litestar-generated OpenAPI dict of ``app``) in place, and return it."""
+    handlers = _handlers(app) if app is not None else {}
+    queries: dict[tuple[str, str], dict[str, Any]] = {}
+    for path, item in doc.get("paths", {}).items():
+        for method, operation in item.items():
+            handler = handlers.get((path, method))
+            if method not in _METHODS or handler is None:
+                continue
+            named = {
+                p.get("name") for p in operation.get("parameters", []) if p.get("in") == "query"
+            }
+            params = _query_params(handler)
+            queries[(path, method)] = {n: t for n, t in params.items() if n in named}
+    query_types = [t for params in queries.values() for t in params.values()]
+    all_types = _types(handlers) + query_types
+    schemas, components = msgspec.json.schema_components(all_types, ref_template=_REF)
+    query_schema = dict(zip(map(id, all_types), schemas, strict=True))
     all_codes = sorted({c for st in statuses() for c in codes_for(st)})
     components["ErrorDetail"]["properties"]["code"]["enum"] = all_codes
     doc.setdefault("components", {}).setdefault("schemas", {}).update(components)
-    for item in doc.get("paths", {}).values():
+    for path, item in doc.get("paths", {}).items():
         for method, operation in item.items():
             if method not in _METHODS:
                 continue
@@ -99,6 +172,9 @@ def finish(doc: dict[str, Any]) -> dict[str, Any]:
                 kind = PATH_PARAM_TYPES.get(param.get("name"))
                 if param.get("in") == "path" and kind is not None:
                     param["schema"] = msgspec.json.schema(kind)
+                query = queries.get((path, method), {}).get(param.get("name"))
+                if param.get("in") == "query" and query is not None:
+                    param["schema"] = query_schema[id(query)]
     return doc
 
 
@@ -107,6 +183,6 @@ def document(app: Litestar) -> dict[str, Any]:
     Litestar's own ``/schema`` endpoints, serve the same dict)."""
     doc = app.plugins.get(OpenAPIPlugin).provide_openapi_schema()
     if not app.state.get(_FINISHED):
-        finish(doc)
+        finish(doc, app)
         app.state[_FINISHED] = True
     return doc

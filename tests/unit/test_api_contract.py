@@ -248,3 +248,34 @@ def test_finding7_untyped_deep_json_is_400() -> None:
     with pytest.raises(ValidationException) as ei:
         decode_body(b"[" * 200_000, Any)
     assert "nested too deeply" in str(ei.value.extra)
+
+
+def test_schemas_are_the_decoders_own(doc: dict[str, Any]) -> None:
+    """Bodies refuse unknown fields and the document says so; every $ref resolves."""
+    schemas = doc["components"]["schemas"]
+    for path, method, op in operations(doc):
+        body = op.get("requestBody")
+        if body is None:
+            continue
+        ref = body["content"]["application/json"]["schema"]["$ref"]
+        name = ref.rsplit("/", 1)[1]
+        assert schemas[name].get("additionalProperties") is False, (method, path, name)
+    for ref in re.findall(r"'\$ref': '#/components/schemas/([^']+)'", str(doc)):
+        assert ref in schemas, ref
+    create = schemas["CreateVMRequest"]["properties"]
+    assert create["labels"]["maxProperties"] == MAX_LABELS
+    assert create["annotations"]["maxProperties"] == MAX_ANNOTATIONS
+
+
+def test_finding15_options_names_every_method_of_the_path() -> None:
+    async def t(h: Harness) -> None:
+        for path, allowed in [
+            ("/v1/vms", {"GET", "POST", "OPTIONS"}),
+            ("/v1/templates/base", {"GET", "DELETE", "OPTIONS"}),
+            ("/v1/vms/a/ports", {"POST", "DELETE", "OPTIONS"}),
+        ]:
+            r = await h.client.options(path)
+            assert r.status_code == 204
+            assert {m.strip() for m in r.headers["allow"].split(",")} == allowed, path
+
+    run(t)
