@@ -18,8 +18,10 @@ __all__ = [
     "DRIVE_NAME_PATTERN",
     "KERNEL_ARGS_MAX",
     "KERNEL_ARGS_PATTERN",
+    "MAX_MIB",
     "NAME_PATTERN",
     "SHA256_PATTERN",
+    "SOURCE_PATH_PATTERN",
     "VM_ID_PATTERN",
     "Cidr",
     "DriveName",
@@ -62,11 +64,18 @@ Sha256 = Annotated[str, msgspec.Meta(pattern=SHA256_PATTERN)]
 KernelArgs = Annotated[str, msgspec.Meta(pattern=KERNEL_ARGS_PATTERN, max_length=KERNEL_ARGS_MAX)]
 """Printable ASCII only: the command line goes to Firecracker verbatim."""
 
-SourcePath = Annotated[str, msgspec.Meta(min_length=1, max_length=4096)]
-"""A host path fcd-storage reads an import from (it checks: absolute, normalized, regular)."""
+SOURCE_PATH_PATTERN = r"^(?:/(?!\.\.?(?:/|\Z))[^/\x00]+)+\Z"
+"""Absolute and normalized: ``/``-separated non-empty parts, none ``.`` or ``..``, no NUL."""
+SourcePath = Annotated[
+    str, msgspec.Meta(pattern=SOURCE_PATH_PATTERN, min_length=2, max_length=4096)
+]
+"""A host path fcd-storage reads an import from (it checks again: absolute, normalized,
+regular file or directory, inside its import directories)."""
 
 Uid = Annotated[int, msgspec.Meta(ge=0, le=2**32 - 2)]
-MiB = Annotated[int, msgspec.Meta(ge=1)]
+MAX_MIB = 1 << 30
+"""1 PiB: far above any disk, small enough for every RPC and for Firecracker."""
+MiB = Annotated[int, msgspec.Meta(ge=1, le=MAX_MIB)]
 VcpuCount = Annotated[int, msgspec.Meta(ge=1, le=32)]
 Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
 HostPort = Annotated[int, msgspec.Meta(ge=0, le=65535)]

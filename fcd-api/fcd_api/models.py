@@ -113,8 +113,9 @@ class CreateVMRequest(Record):
     (none by default); anything else is a 403 naming the rule."""
     labels: Labels = {}
     annotations: Annotations = {}
-    drives: list[DriveSpec] = []
-    """Extra drives (data or shared read-only), attached after the root disk."""
+    drives: Annotated[list[DriveSpec], msgspec.Meta(max_length=16)] = []
+    """Extra drives (data or shared read-only), attached after the root disk: at most
+    ``limits.max_drives`` (itself at most 16)."""
     track_dirty_pages: bool = False
     """Let Firecracker track dirty pages, so the VM can take diff snapshots."""
     rate_limits: RateLimits | None = None

@@ -183,7 +183,10 @@ class Protocol:
     def encode_call(self, call_id: int, request: Request[Any], rid: str | None = None) -> bytes:
         if type(request) not in self._reply_decoders:
             raise ProtocolError(f"{type(request).__name__} is not a {self.name} request")
-        body = msgspec.Raw(_encoder.encode(request))
+        try:
+            body = msgspec.Raw(_encoder.encode(request))
+        except (OverflowError, msgspec.EncodeError) as e:  # an unbounded value slipped in
+            raise InvalidArgument(f"{request.method()} cannot be sent: {e}") from None
         return frame(_encoder.encode(Call(call_id, body, rid[:RID_MAX] if rid else None)))
 
     def decode_reply(self, request: Request[R], body: msgspec.Raw) -> R:
