@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Literal
+from typing import IO, Any, Literal
 
 from fcd_common import config as config_mod
 from fcd_common.rpc.transport import bind_unix
@@ -173,6 +173,8 @@ class Suite:
     base directory must be traversable by it. None: the caller's user (root)."""
     supervision: config_mod.SupervisionConfig | None = None
     """fcd-api's supervision settings (None: the defaults)."""
+    limits: dict[str, Any] = field(default_factory=dict)
+    """Overrides of ``[limits]`` (e.g. a disk quota below the test machine's free space)."""
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     _logs: list[IO[bytes]] = field(default_factory=list)
 
@@ -228,7 +230,7 @@ class Suite:
                     jailer=self.jailer,
                     parent_cgroup=self.parent_cgroup,
                 ),
-                limits=config_mod.LimitsConfig(shutdown_grace_s=5.0),
+                limits=config_mod.LimitsConfig(**{"shutdown_grace_s": 5.0, **self.limits}),
                 # fcd-api runs as this user here: the helpers must know it is fcd-api
                 security=config_mod.SecurityConfig(api_user=pwd.getpwuid(os.getuid()).pw_name),
                 storage=config_mod.StorageConfig(import_dirs=[str(self.import_dir)]),

@@ -279,3 +279,24 @@ def test_finding15_options_names_every_method_of_the_path() -> None:
             assert {m.strip() for m in r.headers["allow"].split(",")} == allowed, path
 
     run(t)
+
+
+def test_finding15_sizes_and_source_paths_are_bounded_before_any_rpc() -> None:
+    """The fuzzer's ``size_mib`` of 2**70 gave 500 (fcd-api could not encode the RPC)."""
+
+    async def t(h: Harness) -> None:
+        tree = {"name": "t", "kernel_path": "/k", "source_dir": "/d"}
+        for body, field in [
+            ({**tree, "size_mib": 2**70}, "size_mib"),
+            ({**tree, "kernel_path": "vmlinux"}, "kernel_path"),
+            ({**tree, "source_dir": "/a/../etc"}, "source_dir"),
+        ]:
+            r = await h.client.post("/v1/templates/build", json=body)
+            assert r.status_code == 400, r.text
+            assert err(r)["details"]["field"] == field
+        drives = [{"name": f"d{i}", "size_mib": 1} for i in range(17)]
+        r = await h.client.post("/v1/vms", json={"template": "base", "drives": drives})
+        assert r.status_code == 400 and err(r)["details"]["field"] == "drives"
+        assert not [c for c in h.fakes.calls if c[0].startswith("storage.template")]
+
+    run(t)
