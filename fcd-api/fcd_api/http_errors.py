@@ -129,6 +129,8 @@ def _on_http(_: Request[Any, Any, Any], exc: HTTPException) -> Response[ErrorBod
     details = exc.extra or None
     if status == 413:
         details = {"max_bytes": MAX_BODY_BYTES}
+    if status == 503:
+        headers.setdefault("Retry-After", "1")
     return error_response(status, code, exc.detail, details, headers or None)
 
 
