@@ -18,8 +18,9 @@ rules no JSON Schema can state, so the run is told about them:
 * the operator's limits and the files a request names: the host port range
   (fcd-net's config), ``limits.max_vcpu``/``max_mem_mib``/``max_disk_mib``, a
   template's kernel arguments plus the request's, source files that must exist
-  and hash to the given sha256. The operations whose bodies carry them may
-  answer 400 (naming the field) to a schema-valid request.
+  and hash to the given sha256; and a resources PATCH must change something,
+  and a memory target needs a VM made with a balloon. The operations whose
+  bodies carry them may answer 400 to a schema-valid request.
 
 Budget: ``FCD_FUZZ_MAX_TIME`` seconds (default 150) and ``FCD_FUZZ_EXAMPLES``
 examples per operation (default 25); a longer run is
