@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -56,7 +57,7 @@ CONFIG_LIMITED = (
     r"^/v1/vms$|^/v1/vms/\{vm_id\}/ports$|^/v1/snapshots/\{name\}/restore$|^/v1/templates"
 )
 """Operations whose schema-valid bodies can break an operator's limit or name a file."""
-STRICT_INT = "Expected `int`, got `float`"
+STRICT_INT = re.compile(r"Expected `int[^`]*`, got `float`")
 
 
 def _config(base_url: str) -> SchemathesisConfig:
@@ -75,7 +76,12 @@ def _config(base_url: str) -> SchemathesisConfig:
                     "include-path-regex": CONFIG_LIMITED,
                     "include-method": "POST",
                     "checks": {"positive_data_acceptance": {"expected-statuses": [*accepted, 400]}},
-                }
+                },
+                {
+                    "include-path-regex": r"^/v1/vms/\{vm_id\}/resources$",
+                    "include-method": "PATCH",
+                    "checks": {"positive_data_acceptance": {"expected-statuses": [*accepted, 400]}},
+                },
             ],
         }
     )
@@ -86,7 +92,7 @@ def _strict_int(response: Any) -> bool:
     if response is None or response.status_code != 400:
         return False
     try:
-        return STRICT_INT in json.loads(response.content)["error"]["message"]
+        return STRICT_INT.search(json.loads(response.content)["error"]["message"]) is not None
     except (ValueError, KeyError, TypeError):
         return False
 
