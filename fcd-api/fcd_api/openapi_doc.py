@@ -118,9 +118,24 @@ def _query_params(handler: HTTPRouteHandler) -> dict[str, Any]:
             if name in PATH_PARAM_TYPES:
                 continue
             limits = {k: getattr(kw, k) for k in _LIMITS if getattr(kw, k, None) is not None}
-            ann = field.annotation
-            out[kw.query or name] = Annotated[ann, msgspec.Meta(**limits)] if limits else ann
+            ann = _constrained(field.annotation, limits)
+            if ann is not None:
+                out[kw.query or name] = ann
     return out
+
+
+def _constrained(annotation: Any, limits: dict[str, Any]) -> Any:
+    """``annotation`` with ``limits`` on it (on the non-None part of an optional one);
+    None if msgspec cannot describe the result (the parameter keeps Litestar's schema)."""
+    ann = annotation
+    if limits:
+        args = typing.get_args(annotation)
+        if type(None) in args and len(args) == 2:
+            (inner,) = [a for a in args if a is not type(None)]
+            ann = Annotated[inner, msgspec.Meta(**limits)] | None
+        else:
+            ann = Annotated[annotation, msgspec.Meta(**limits)]
+    return ann if _describable(ann) else None
 
 
 def _types(handlers: dict[tuple[str, str], HTTPRouteHandler]) -> list[Any]:
@@ -133,7 +148,17 @@ def _types(handlers: dict[tuple[str, str], HTTPRouteHandler]) -> list[Any]:
         if ret not in (None, type(None)) and ret is not Any:
             found.append(ret)
         found += [spec.data_container for spec in (handler.responses or {}).values()]
-    return found
+    return [t for t in found if _describable(t)]
+
+
+def _describable(annotation: Any) -> bool:
+    """True if msgspec can write a JSON schema for it (a streamed or raw response cannot:
+    those keep the schema Litestar gave them)."""
+    try:
+        msgspec.json.schema(annotation)
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 def finish(doc: dict[str, Any], app: Litestar | None = None) -> dict[str, Any]:
