@@ -70,6 +70,9 @@ def _config(base_url: str) -> SchemathesisConfig:
             "workers": 1,
             "request-timeout": 60,
             "generation": {"max-examples": EXAMPLES},
+            # a followed log or event stream has no end by design: it is read to its end
+            # (follow=false) here, and followed in the logs/events tests
+            "parameters": {"query.follow": False},
             "checks": {"enabled": True},
             "operations": [
                 {
