@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -98,7 +98,7 @@ def parse_since(value: str | None) -> float | None:
     return t.timestamp()
 
 
-def parse_sources(values: list[str] | None) -> frozenset[str]:
+def parse_sources(values: Sequence[str] | None) -> frozenset[str]:
     out = {s.strip() for v in values or [] for s in v.split(",") if s.strip()}
     bad = out - SOURCES
     if bad:
@@ -119,7 +119,11 @@ def _line(e: Entry, fmt: str) -> bytes:
     return text_line(e) if fmt == "text" else _enc.encode(e) + b"\n"
 
 
-@get("/v1/vms/{vm_id:str}/logs", summary="A VM's console, Firecracker and fcd log lines")
+@get(
+    "/v1/vms/{vm_id:str}/logs",
+    summary="A VM's console, Firecracker and fcd log lines",
+    opt={"media_types": (NDJSON, TEXT)},
+)
 async def vm_logs(
     *,
     request: Request[Any, Any, Any],
@@ -128,8 +132,8 @@ async def vm_logs(
     follow: FromQuery[bool] = False,
     tail: Annotated[int | None, QueryParameter(ge=0, le=100_000)] = None,
     since: FromQuery[str | None] = None,
-    source: FromQuery[list[str] | None] = None,
-    format: FromQuery[str | None] = None,
+    source: FromQuery[list[Literal["console", "firecracker", "fcd"]] | None] = None,
+    format: FromQuery[Literal["json", "text"] | None] = None,
 ) -> Stream:
     check_vm_id(vm_id)
     store: logstore.Store | None = _state["store"]
@@ -161,7 +165,11 @@ async def vm_logs(
     return Stream(body(), media_type=TEXT if fmt == "text" else NDJSON)
 
 
-@get("/v1/events", summary="VM events (created, started, paused, ..., died, deleted)")
+@get(
+    "/v1/events",
+    summary="VM events (created, started, paused, ..., died, deleted)",
+    opt={"media_types": (NDJSON,)},
+)
 async def list_events(
     *,
     follow: FromQuery[bool] = False,

@@ -14,6 +14,8 @@ operation it finds (so a route added later is covered without a word):
 * 405 documents its ``Allow`` header and 503 its ``Retry-After``;
 * a path parameter gets the constraints of its shared type
   (:data:`fcd_api.path_params.PATH_PARAM_TYPES`), which fcd-api enforces;
+* a streamed route (``opt={"media_types": (...)}`` on its decorator) documents
+  those media types for its success answer;
 * the schemas of bodies, responses and query parameters are msgspec's own
   JSON schemas of the types fcd-api decodes and encodes with (Litestar's leave
   out ``additionalProperties: false``, ``maxProperties`` and the patterns of
@@ -46,6 +48,9 @@ __all__ = ["document", "error_statuses", "finish"]
 _METHODS = {"get", "put", "post", "delete", "patch", "head", "options", "trace"}
 _REF = "#/components/schemas/{name}"
 _FINISHED = "fcd_openapi_finished"
+QUERY_NAMES = frozenset({"vm_id"})
+"""Query parameters that are the same kind of name as the path parameter (checked by the
+route with ``check_vm_id``)."""
 _LIMITS = ("gt", "ge", "lt", "le", "min_length", "max_length", "pattern")
 """A ``QueryParameter(...)``'s constraints, which Litestar enforces through msgspec too."""
 _HEADERS: dict[int, dict[str, Any]] = {
@@ -161,45 +166,66 @@ def _describable(annotation: Any) -> bool:
     return True
 
 
+def _operations(doc: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
+    return [
+        (path, method, operation)
+        for path, item in doc.get("paths", {}).items()
+        for method, operation in item.items()
+        if method in _METHODS
+    ]
+
+
+def _finish_responses(operation: dict[str, Any], streamed: Any) -> None:
+    wanted = error_statuses(operation)
+    responses = operation.setdefault("responses", {})
+    for status in list(responses):
+        if status.isdigit() and int(status) >= 400:
+            del responses[status]  # Litestar's {status_code, detail, extra}
+    for status in sorted(wanted):
+        responses[str(status)] = _error_response(status)
+    if streamed:  # a Stream: its media types, one line per item
+        for status, resp in responses.items():
+            if status.startswith("2"):
+                resp["content"] = {key: {"schema": {"type": "string"}} for key in streamed}
+
+
+def _finish_parameters(operation: dict[str, Any], queries: dict[str, dict[str, Any]]) -> None:
+    """``queries``: name -> msgspec's schema of the query parameter's type."""
+    for param in operation.get("parameters", []):
+        name, where = param.get("name"), param.get("in")
+        if where == "path" and name in PATH_PARAM_TYPES:
+            param["schema"] = msgspec.json.schema(PATH_PARAM_TYPES[name])
+        elif where == "query" and name in QUERY_NAMES:
+            schema = msgspec.json.schema(PATH_PARAM_TYPES[name])
+            param["schema"] = {"anyOf": [schema, {"type": "null"}]}
+        elif where == "query" and name in queries:
+            param["schema"] = queries[name]
+
+
 def finish(doc: dict[str, Any], app: Litestar | None = None) -> dict[str, Any]:
     """Rewrite ``doc`` (a Litestar-generated OpenAPI dict of ``app``) in place, and return it."""
     handlers = _handlers(app) if app is not None else {}
     queries: dict[tuple[str, str], dict[str, Any]] = {}
-    for path, item in doc.get("paths", {}).items():
-        for method, operation in item.items():
-            handler = handlers.get((path, method))
-            if method not in _METHODS or handler is None:
-                continue
-            named = {
-                p.get("name") for p in operation.get("parameters", []) if p.get("in") == "query"
+    for path, method, operation in _operations(doc):
+        handler = handlers.get((path, method))
+        if handler is not None:
+            params = operation.get("parameters", [])
+            named = {p.get("name") for p in params if p.get("in") == "query"}
+            queries[(path, method)] = {
+                n: t for n, t in _query_params(handler).items() if n in named
             }
-            params = _query_params(handler)
-            queries[(path, method)] = {n: t for n, t in params.items() if n in named}
     query_types = [t for params in queries.values() for t in params.values()]
     all_types = _types(handlers) + query_types
     schemas, components = msgspec.json.schema_components(all_types, ref_template=_REF)
-    query_schema = dict(zip(map(id, all_types), schemas, strict=True))
+    by_id = dict(zip(map(id, all_types), schemas, strict=True))
     all_codes = sorted({c for st in statuses() for c in codes_for(st)})
     components["ErrorDetail"]["properties"]["code"]["enum"] = all_codes
     doc.setdefault("components", {}).setdefault("schemas", {}).update(components)
-    for path, item in doc.get("paths", {}).items():
-        for method, operation in item.items():
-            if method not in _METHODS:
-                continue
-            wanted = error_statuses(operation)
-            responses = operation.setdefault("responses", {})
-            for status in list(responses):
-                if status.isdigit() and int(status) >= 400:
-                    del responses[status]  # Litestar's {status_code, detail, extra}
-            for status in sorted(wanted):
-                responses[str(status)] = _error_response(status)
-            for param in operation.get("parameters", []):
-                kind = PATH_PARAM_TYPES.get(param.get("name"))
-                if param.get("in") == "path" and kind is not None:
-                    param["schema"] = msgspec.json.schema(kind)
-                query = queries.get((path, method), {}).get(param.get("name"))
-                if param.get("in") == "query" and query is not None:
-                    param["schema"] = query_schema[id(query)]
+    for path, method, operation in _operations(doc):
+        handler = handlers.get((path, method))
+        _finish_responses(operation, handler.opt.get("media_types") if handler else None)
+        query = {n: by_id[id(t)] for n, t in queries.get((path, method), {}).items()}
+        _finish_parameters(operation, query)
     return doc
 
 

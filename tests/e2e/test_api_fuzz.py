@@ -19,7 +19,9 @@ rules no JSON Schema can state, so the run is told about them:
   (fcd-net's config), ``limits.max_vcpu``/``max_mem_mib``/``max_disk_mib``, a
   template's kernel arguments plus the request's, source files that must exist
   and hash to the given sha256; and a resources PATCH must change something,
-  and a memory target needs a VM made with a balloon. The operations whose
+  and a memory target needs a VM made with a balloon; a log query's ``since``
+  is seconds or an ISO 8601 time and an event query's ``type`` a
+  comma-separated list of kinds (free-form strings in the document). The operations whose
   bodies carry them may answer 400 to a schema-valid request.
 
 Budget: ``FCD_FUZZ_MAX_TIME`` seconds (default 150) and ``FCD_FUZZ_EXAMPLES``
@@ -83,6 +85,11 @@ def _config(base_url: str) -> SchemathesisConfig:
                 {
                     "include-path-regex": r"^/v1/vms/\{vm_id\}/resources$",
                     "include-method": "PATCH",
+                    "checks": {"positive_data_acceptance": {"expected-statuses": [*accepted, 400]}},
+                },
+                {
+                    "include-path-regex": r"^/v1/vms/\{vm_id\}/logs$|^/v1/events$",
+                    "include-method": "GET",
                     "checks": {"positive_data_acceptance": {"expected-statuses": [*accepted, 400]}},
                 },
             ],
