@@ -300,3 +300,23 @@ def test_finding15_sizes_and_source_paths_are_bounded_before_any_rpc() -> None:
         assert not [c for c in h.fakes.calls if c[0].startswith("storage.template")]
 
     run(t)
+
+
+def test_streamed_routes_document_their_media_types(doc: dict[str, Any]) -> None:
+    from litestar.routes import HTTPRoute
+
+    app = build_app(None)  # type: ignore[arg-type]
+    seen = 0
+    for route in app.routes:
+        if not isinstance(route, HTTPRoute):
+            continue
+        for handler in route.route_handlers:
+            types = handler.opt.get("media_types")
+            if not types:
+                continue
+            for method in handler.http_methods:
+                op = doc["paths"][route.path_format][method.lower()]
+                ok = [s for s in op["responses"] if s.startswith("2")]
+                assert ok and all(set(op["responses"][s]["content"]) == set(types) for s in ok)
+                seen += 1
+    assert seen >= 1
