@@ -173,7 +173,7 @@ async def vm_logs(
 async def list_events(
     *,
     follow: FromQuery[bool] = False,
-    since: Annotated[int, QueryParameter(ge=0)] = 0,
+    since: Annotated[int, QueryParameter(ge=0, le=2**63 - 1)] = 0,
     vm_id: FromQuery[str | None] = None,
     type: FromQuery[list[str] | None] = None,
 ) -> Response[Any]:

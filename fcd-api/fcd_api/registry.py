@@ -23,6 +23,7 @@ from fcd_common.errors import Conflict, Internal, InvalidArgument, NotFound
 
 from .models import CreateVMRequest, Runtime, VmRecord, VMState, now
 from .registry_migrate import runtime_from_v1
+from .spec_check import checked_spec
 
 __all__ = ["SCHEMA_VERSION", "Registry", "parse_label_filters"]
 
@@ -198,7 +199,7 @@ def _migrate_v1(conn: sqlite3.Connection) -> None:
 def _row(rec: VmRecord) -> tuple[object, ...]:
     return (
         rec.id,
-        _enc.encode(rec.spec).decode(),
+        _enc.encode(checked_spec(rec.spec)).decode(),
         rec.state.value,
         _enc.encode(rec.runtime).decode(),
         rec.error,

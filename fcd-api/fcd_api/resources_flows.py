@@ -25,6 +25,7 @@ from .plan import check_limits
 from .resources_models import ResourcesUpdate, ResourcesView
 from .resources_plan import check_resource_spec, merge_update, size_change_refused, update_request
 from .service import Flows, _extra
+from .spec_check import checked_spec
 
 __all__ = ["ResourceFlows"]
 
@@ -83,7 +84,7 @@ class ResourceFlows:
                 )
             if state in FIXED_SIZE:
                 size_change_refused(rec.spec, upd, state.value)
-            new = merge_update(rec.spec, upd)
+            new = checked_spec(merge_update(rec.spec, upd))
             check_limits(new, f.limits)
             check_resource_spec(new, f.limits)
             in_force = None

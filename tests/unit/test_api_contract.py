@@ -320,3 +320,28 @@ def test_streamed_routes_document_their_media_types(doc: dict[str, Any]) -> None
                 assert ok and all(set(op["responses"][s]["content"]) == set(types) for s in ok)
                 seen += 1
     assert seen >= 1
+
+
+# --- found by the fuzz test (tests/e2e/test_api_fuzz.py) -----------------------------
+def test_fuzz_found_a_quota_below_the_minimum_is_400_and_the_vm_stays_readable() -> None:
+    """``cpu_quota`` 0.005 passed the update's type (ge=0) but not the spec's (ge=0.01):
+    it was stored, and every later call on the VM, and the VM list, answered 500."""
+
+    async def t(h: Harness) -> None:
+        r = await h.client.post("/v1/vms", json={"id": "q", "template": "base"})
+        assert r.status_code == 201, r.text
+        r = await h.client.patch("/v1/vms/q/resources", json={"cpu_quota": 0.005})
+        assert r.status_code == 400, r.text
+        assert err(r)["details"]["field"] == "cpu_quota"
+        assert (await h.client.get("/v1/vms/q")).status_code == 200
+        assert (await h.client.get("/v1/vms")).status_code == 200
+
+    run(t)
+
+
+def test_fuzz_found_an_event_cursor_past_sqlite_integers_is_400() -> None:
+    async def t(h: Harness) -> None:
+        r = await h.client.get("/v1/events", params={"since": 2**70})
+        assert r.status_code == 400 and err(r)["details"]["field"] == "since"
+
+    run(t)
