@@ -13,6 +13,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
+from litestar import Litestar
+from litestar.routes import HTTPRoute
 
 from fcd_api.app import build_app
 from fcd_api.http_errors import MAX_BODY_BYTES, codes_for, statuses
@@ -50,9 +52,25 @@ def operations(doc: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
     ]
 
 
+def _app() -> Litestar:
+    """The app as fcd-api builds it (over fake helpers: building it needs real flows)."""
+    out: list[Litestar] = []
+
+    async def t(h: Harness) -> None:
+        out.append(build_app(h.flows))
+
+    run(t)
+    return out[0]
+
+
 @pytest.fixture(scope="module")
-def doc() -> dict[str, Any]:
-    return document(build_app(None))  # type: ignore[arg-type]  # the document needs no flows
+def app() -> Litestar:
+    return _app()
+
+
+@pytest.fixture(scope="module")
+def doc(app: Litestar) -> dict[str, Any]:
+    return document(app)
 
 
 def test_every_route_documents_every_error_status_with_the_real_body(
@@ -302,10 +320,7 @@ def test_finding15_sizes_and_source_paths_are_bounded_before_any_rpc() -> None:
     run(t)
 
 
-def test_streamed_routes_document_their_media_types(doc: dict[str, Any]) -> None:
-    from litestar.routes import HTTPRoute
-
-    app = build_app(None)  # type: ignore[arg-type]
+def test_streamed_routes_document_their_media_types(app: Litestar, doc: dict[str, Any]) -> None:
     seen = 0
     for route in app.routes:
         if not isinstance(route, HTTPRoute):
