@@ -35,6 +35,7 @@ import json
 import os
 import re
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -150,7 +151,11 @@ LIMITS = {
 names the field; without them a 80 GiB disk is a true 507 (the store is full)."""
 
 
-def test_api_fuzz_finds_no_server_error_and_no_broken_contract(tmp_path: Path) -> None:
+def test_api_fuzz_finds_no_server_error_and_no_broken_contract(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    record_property: Callable[[str, object], None],
+) -> None:
     with running_suite(tmp_path, limits=LIMITS) as suite:
         devup.import_demo_template(suite, "tiny")
         with api(suite) as c:  # one VM for the id-taking routes to find
@@ -163,7 +168,9 @@ def test_api_fuzz_finds_no_server_error_and_no_broken_contract(tmp_path: Path) -
         "by_status": dict(sorted(by_status.items())),
         "failures": len(failures),
     }
-    print(f"\napi fuzz: {json.dumps(summary)}")
+    with capsys.disabled():  # shown on success too: the closing note counts requests
+        print(f"\napi fuzz: {json.dumps(summary)}")
+    record_property("fuzz_requests", requests)
     if report := os.environ.get("FCD_FUZZ_REPORT"):
         Path(report).write_text(json.dumps({**summary, "details": failures}, indent=2))
     assert requests > 0
