@@ -151,6 +151,7 @@ LIMITS = {
 names the field; without them a 80 GiB disk is a true 507 (the store is full)."""
 
 
+@pytest.mark.timeout(MAX_TIME + 300)  # the run's own budget, plus the suite and its template
 def test_api_fuzz_finds_no_server_error_and_no_broken_contract(
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
