@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import msgspec
@@ -25,6 +27,18 @@ from fcd_common.rpc.codec import (
 from .test_rpc import PROTO, Echo, _serve
 
 DEEP = 5000
+
+
+@pytest.fixture(autouse=True)
+def _daemon_recursion_limit() -> Iterator[None]:
+    """The daemons run with CPython's default recursion limit (1000), which is what caps
+    msgspec's nesting; other tests' libraries (hypothesis) may have raised it."""
+    old = sys.getrecursionlimit()
+    sys.setrecursionlimit(1000)
+    try:
+        yield
+    finally:
+        sys.setrecursionlimit(old)
 
 
 def _deep_call(call_id: int, depth: int = DEEP) -> bytes:
