@@ -220,8 +220,8 @@ def place_shared(
     src: StorageFile, dst: Path, vm_id: str, uid: int, gid: int, *, what: str = "shared drive"
 ) -> None:
     """A file many VMs read (a template's kernel or image): a hard link the jail uid
-    reads through its own ACL entry (added here, removed at release, owner and mode of
-    the store's file untouched: it is not world-readable). A store of an older version
+    reads through its own ACL entry (added here, revoked when the launch is over; owner
+    and mode of the store's file untouched: it is not world-readable). A store of an older version
     with world-readable templates needs no entry. Another filesystem than the chroot
     base (EXDEV), or an inode whose ACL is full, gets a private read-only copy."""
     try:
@@ -301,7 +301,8 @@ def place_snapshot(
     paths: JailPaths, state: StorageFile, memory: StorageFile, uid: int, gid: int
 ) -> None:
     """Restore: link the (ready, shared) state and memory files into the jail,
-    owner and mode untouched; the jail uid reads them through its ACL entry.
+    owner and mode untouched; the jail uid reads them through its ACL entry (revoked
+    when the launch is over: Firecracker has read the state and mapped the memory).
 
     On another filesystem than the chroot base a link is impossible: the VM then
     gets its own copy, owned by it and read-only (slow for a large memory file).

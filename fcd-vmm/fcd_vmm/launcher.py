@@ -230,8 +230,9 @@ async def launch(
 ) -> PidWatch:
     """Start and boot (or restore) the VM; returns the watch on its Firecracker process.
 
-    A restore's state and memory files get an ACL entry for ``uid`` here; taking
-    it away again (also after a failure) is the caller's, which recorded them.
+    The shared kernel, read-only images and a restore's state and memory files get
+    an ACL entry for ``uid`` here; taking it away again as soon as this returns or
+    fails (Firecracker holds them open by then) is the caller's, which recorded them.
     """
     vm_id = spec.vm_id
     # before anything is made: a missing or hidden binary is the host's state, not a bug

@@ -236,9 +236,9 @@ class LaunchSpec:
 
 
 def acl_paths(spec: LaunchSpec) -> list[str]:
-    """The store files the VM's jail uid reads through an ACL entry of its own: the
-    template's kernel, the shared read-only images and a restore's state and memory
-    (its own disk and data drives it owns instead)."""
+    """The store files the VM's jail uid reads through an ACL entry of its own for the
+    length of its launch: the template's kernel, the shared read-only images and a
+    restore's state and memory (its own disk and data drives it owns instead)."""
     out = [spec.req.disk.kernel_path]
     out += [d.path for d in spec.drives if d.read_only]
     if spec.req.restore is not None:

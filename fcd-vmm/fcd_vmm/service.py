@@ -129,6 +129,9 @@ class VmmService(ResourceHandlers):
                 w,
             )
         for rec in self.pool.load():
+            if rec.acl_files:  # a crash cut a launch short: no launch is in flight now
+                for problem in self._revoke_acls_sync(rec):
+                    log.warning("%s", problem, extra=logs.vm(rec.vm_id))
             paths = jail_paths(self.cfg, rec.vm_id)
             candidates = [p for p in (rec.pid, read_pid_file(paths)) if p is not None]
             adopted = False
@@ -313,6 +316,7 @@ class VmmService(ResourceHandlers):
             if new:
                 rec.acl_files = [*rec.acl_files, *new]
                 self.pool.save(rec)
+            launched = False
             try:
                 watch = await launcher.launch(
                     self.cfg,
@@ -323,10 +327,16 @@ class VmmService(ResourceHandlers):
                     controllers=controllers,
                     **launch_kw,
                 )
-            except BaseException:
-                if rec.acl_files:
-                    await asyncio.shield(self._revoke_acls(rec))
-                raise
+                launched = True
+            finally:
+                # by the end of a launch Firecracker holds every granted file open (a
+                # restore's memory mapped), and a failed launch needs none: the entries go
+                # now, so a shared file's ACL lists only the launches in flight
+                if rec.acl_files:  # on success recorded with the pid below (a crash
+                    # before that: start() revokes again, which is idempotent)
+                    left = await asyncio.shield(self._revoke_acls(rec, save=not launched))
+                    for problem in left:  # retried at release (still in rec.acl_files)
+                        log.warning("%s", problem, extra=logs.vm(spec.vm_id))
             rec.pid, rec.state, rec.exit_code = watch.pid, "running", None
             self.record_launch(rec, spec.req)
             self._watch(rec, watch)
@@ -429,8 +439,21 @@ class VmmService(ResourceHandlers):
             console.registry().forget(vm_id)
         return VmProcess(vm_id=vm_id, state="absent")
 
-    async def _revoke_acls(self, rec: JailRecord) -> list[str]:
-        """Take the VM's uid out of the ACL of every snapshot file it was given."""
+    async def _revoke_acls(self, rec: JailRecord, *, save: bool = True) -> list[str]:
+        """Take the VM's uid out of the ACL of every store file it was given
+        (``save=False``: the caller records ``rec`` next)."""
+        kept, problems = await asyncio.to_thread(self._revoke_acl_files, rec)
+        if not save:
+            rec.acl_files = kept
+            return problems
+        return problems + self._save_acl_files(rec, kept)
+
+    def _revoke_acls_sync(self, rec: JailRecord) -> list[str]:
+        kept, problems = self._revoke_acl_files(rec)
+        return problems + self._save_acl_files(rec, kept)
+
+    def _revoke_acl_files(self, rec: JailRecord) -> tuple[list[str], list[str]]:
+        """Blocking (one thread hop for all files): (the paths still granted, problems)."""
         storage = str(self.cfg.state("storage"))
         kept: list[str] = []
         problems: list[str] = []
@@ -441,8 +464,8 @@ class VmmService(ResourceHandlers):
                 log.warning("ACL of %s: %s", path, e.message, extra=logs.vm(rec.vm_id))
                 continue
             try:
-                if await asyncio.to_thread(jailfs.revoke, f.proc_path, rec.uid):
-                    log.info(
+                if jailfs.revoke(f.proc_path, rec.uid):
+                    log.debug(
                         "uid %d removed from the ACL of %s", rec.uid, path, extra=logs.vm(rec.vm_id)
                     )
             except OSError as e:
@@ -450,13 +473,16 @@ class VmmService(ResourceHandlers):
                 problems.append(f"ACL of {path}: {e.strerror or e}")
             finally:
                 f.close()
+        return kept, problems
+
+    def _save_acl_files(self, rec: JailRecord, kept: list[str]) -> list[str]:
         rec.acl_files = kept
         if self.pool.get(rec.vm_id) is rec:
             try:
                 self.pool.save(rec)
             except OSError as e:
-                problems.append(f"cannot record VM state: {e}")
-        return problems
+                return [f"cannot record VM state: {e}"]
+        return []
 
     # --- snapshots -----------------------------------------------------------------------
     async def _vmm_info(self) -> VmmInfo:

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from fcd_common.errors import FcdError, Unavailable
-from fcd_common.proto.vmm import AllocateJail, Pause, ReleaseJail, Status
+from fcd_common.proto.vmm import AllocateJail, Pause, ReleaseJail, Status, Stop
 from fcd_vmm import jailfs
 from fcd_vmm.plan import jail_paths
 
@@ -157,8 +157,9 @@ def test_finding3_fifo_pid_file_does_not_hang_daemon_start(env: Env) -> None:
 @needs_doubles
 def test_finding6_shared_template_files_are_read_through_the_jail_uids_acl(env: Env) -> None:
     """Templates are 0640 and fcd-storage's (not world-readable): a VM reads the kernel
-    and a shared image through a hard link and an ACL entry for its own uid, which
-    release takes away again; no other uid gets anything."""
+    and a shared image through a hard link and an ACL entry for its own uid that lasts
+    only as long as the launch (Firecracker holds the files open by its end), so a
+    shared file's ACL never grows with the VMs running; no other uid gets anything."""
     env.start()
     a = f"a-{secrets.token_hex(3)}"
     kernel, _ = env.storage_files(a)
@@ -171,16 +172,21 @@ def test_finding6_shared_template_files_are_read_through_the_jail_uids_acl(env: 
     tap = env.make_tap(a, jail.uid)
     ro = drive(str(image), "shared", read_only=True)
     vm = env.call(env.launch_req(a, tap, drives=[ro]))
-    assert vm.state == "running"  # the double opened the kernel as the jail uid
+    # the double opened the kernel and the image as the jail uid: only the entry let it
+    assert vm.state == "running"
     pa = jail_paths(env.cfg, a)
     for store_file, linked in ((kernel, pa.kernel), (image, pa.drive("shared"))):
         assert os.stat(linked).st_ino == os.stat(store_file).st_ino, "a link, not a copy"
-        assert acl_uids(store_file) == [jail.uid]
+        assert acl_uids(store_file) == [], "the entry goes once the launch is over"
         st = os.stat(store_file)
-        assert (st.st_uid, stat.S_IMODE(st.st_mode) & 0o707) == (owner, 0o600)
+        assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (owner, 0o640)
+    # a stop and a second launch (a start) grant again for that launch only
+    env.call(Stop(vm_id=a, force=True))
+    assert env.call(env.launch_req(a, tap, drives=[ro])).state == "running"
+    assert acl_uids(kernel) == [] == acl_uids(image)
     env.call(ReleaseJail(vm_id=a))
     for f in (kernel, image):
-        assert acl_uids(f) == [], "release must take the uid's entry away"
+        assert acl_uids(f) == []
         assert stat.S_IMODE(os.stat(f).st_mode) == 0o640
 
 
