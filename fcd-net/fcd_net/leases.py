@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterator
+from collections.abc import Set as AbstractSet
 from pathlib import Path
 
 import msgspec
@@ -107,7 +108,34 @@ class LeaseStore:
             legacy.unlink()
             fsync_dir(state_dir)
             self._leases = load(self.path)
+        self._reindex()
         log.info("loaded %d lease(s) from %s", len(self._leases), self.path)
+
+    # Indexes kept beside the leases, so a setup or teardown looks an address, a TAP
+    # or a host port up instead of scanning every lease (O(VMs) per call at scale).
+    def _reindex(self) -> None:
+        self._by_addr: dict[str, str] = {}
+        self._by_tap: dict[str, dict[str, None]] = {}  # netns clones share one TAP name
+        self._port_owner: dict[tuple[str, int], str] = {}
+        for lease in self._leases.values():
+            self._index(lease)
+
+    def _index(self, lease: Lease) -> None:
+        self._by_addr[lease.addr] = lease.vm_id
+        self._by_tap.setdefault(lease.tap, {})[lease.vm_id] = None
+        for p in lease.ports:
+            self._port_owner[(p.protocol, p.host_port)] = lease.vm_id
+
+    def _unindex(self, lease: Lease) -> None:
+        if self._by_addr.get(lease.addr) == lease.vm_id:
+            del self._by_addr[lease.addr]
+        holders = self._by_tap.get(lease.tap, {})
+        holders.pop(lease.vm_id, None)
+        if not holders:
+            self._by_tap.pop(lease.tap, None)
+        for p in lease.ports:
+            if self._port_owner.get((p.protocol, p.host_port)) == lease.vm_id:
+                del self._port_owner[(p.protocol, p.host_port)]
 
     def __len__(self) -> int:
         return len(self._leases)
@@ -119,37 +147,42 @@ class LeaseStore:
         return self._leases.get(vm_id)
 
     def by_tap(self, tap: str) -> Lease | None:
-        return next((x for x in self._leases.values() if x.tap == tap), None)
+        for vm_id in self._by_tap.get(tap, ()):
+            return self._leases[vm_id]
+        return None
 
-    def used_ips(self) -> set[str]:
-        """Unique addresses in use (bridge IPs and netns veth addresses)."""
-        return {x.addr for x in self._leases.values()}
+    def used_ips(self) -> AbstractSet[str]:
+        """Unique addresses in use (bridge IPs and netns veth addresses): a live view."""
+        return self._by_addr.keys()
 
-    def used_ports(self, except_vm: str | None = None) -> set[tuple[str, int]]:
+    def used_ports(self, except_vm: str | None = None) -> AbstractSet[tuple[str, int]]:
         """(protocol, host port) of every mapping, optionally leaving one VM out."""
-        return {
-            (p.protocol, p.host_port)
-            for x in self._leases.values()
-            if x.vm_id != except_vm
-            for p in x.ports
-        }
+        if except_vm is None:
+            return self._port_owner.keys()
+        return {k for k, owner in self._port_owner.items() if owner != except_vm}
 
     def put(self, lease: Lease) -> None:
-        other = next(
-            (x for x in self._leases.values() if x.addr == lease.addr and x.vm_id != lease.vm_id),
-            None,
-        )
-        if other is not None:  # a bug upstream; never persist a double lease
-            raise Internal(f"address {lease.addr} is already leased to {other.vm_id}")
-        taken = self.used_ports(except_vm=lease.vm_id)
-        clash = [p for p in lease.ports if (p.protocol, p.host_port) in taken]
+        holder = self._by_addr.get(lease.addr)
+        if holder is not None and holder != lease.vm_id:  # a bug upstream; never persist
+            raise Internal(f"address {lease.addr} is already leased to {holder}")
+        clash = [
+            p
+            for p in lease.ports
+            if self._port_owner.get((p.protocol, p.host_port), lease.vm_id) != lease.vm_id
+        ]
         if clash:
             raise Internal(f"host port {clash[0].protocol}/{clash[0].host_port} is mapped twice")
         save(self.path, lease)
+        old = self._leases.get(lease.vm_id)
+        if old is not None:
+            self._unindex(old)
         self._leases[lease.vm_id] = lease
+        self._index(lease)
 
     def remove(self, vm_id: str) -> Lease | None:
         if vm_id not in self._leases:
             return None
         delete(self.path, vm_id)
-        return self._leases.pop(vm_id)
+        lease = self._leases.pop(vm_id)
+        self._unindex(lease)
+        return lease

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 from collections.abc import Iterable
+from collections.abc import Set as AbstractSet
 
 from fcd_common import ids
 from fcd_common.config import JailConfig, NetworkConfig
@@ -89,7 +90,7 @@ def allocate_ip(net: NetworkConfig, used: Iterable[str]) -> ipaddress.IPv4Addres
     network = net.network
     # Leases store canonical dotted quads: compare strings, parse nothing per lease
     # (building IPv4Address objects for every lease made this O(N) in slow Python).
-    taken = used if isinstance(used, set | frozenset) else set(used)
+    taken = used if isinstance(used, AbstractSet) else set(used)
     first = int(net.gateway) + 1
     last = int(network.broadcast_address) - 1
     for value in range(first, last + 1):
@@ -138,12 +139,13 @@ def netns_guest(net: NetworkConfig) -> tuple[ipaddress.IPv4Address, ipaddress.IP
 def allocate_veth(net: NetworkConfig, used: Iterable[str]) -> ipaddress.IPv4Address:
     """The lowest free VM-side veth address: the odd half of a /31 of ``veth_subnet``."""
     network = ipaddress.IPv4Network(net.veth_subnet)
-    taken = {ipaddress.IPv4Address(a) for a in used}
+    # dotted quads compared as strings, as in allocate_ip: nothing parsed per lease
+    taken = used if isinstance(used, AbstractSet) else set(used)
     base = int(network.network_address)
     for pair in range(network.num_addresses // 2):
-        addr = ipaddress.IPv4Address(base + 2 * pair + 1)
-        if addr not in taken:
-            return addr
+        value = base + 2 * pair + 1
+        if socket.inet_ntoa(value.to_bytes(4, "big")) not in taken:
+            return ipaddress.IPv4Address(value)
     raise ResourceExhausted(f"veth pool {network} is exhausted")
 
 

@@ -79,6 +79,15 @@ def _check_memory_private(memory: Path, clone_uids: set[int]) -> None:
         assert [e.perm for e in entries if e.tag in (acl.GROUP_OBJ, acl.GROUP)] == [0]
 
 
+def _snapshot_a_clone(c: Any, vm_id: str) -> None:
+    """A clone's Firecracker lost its ACL entry once its load returned: a snapshot of it
+    is written from its mapped memory, never by reading the shared file again."""
+    r = c.post(f"/v1/vms/{vm_id}/snapshots", json={"name": "of-clone"})
+    assert r.status_code == 201, r.text
+    assert c.get(f"/v1/vms/{vm_id}").json()["state"] == "running"
+    assert c.delete("/v1/snapshots/of-clone").status_code == 204
+
+
 def _check_own_disks(storage: Path, src_disk: Path, clones: list[dict[str, Any]]) -> None:
     inodes = set()
     for v in clones:
@@ -146,12 +155,7 @@ def test_snapshot_then_ten_clones_in_their_own_namespaces(tmp_path: Path) -> Non
         guest_ip = clones[0]["ip_address"]
         _check_ports_reach_their_own_tap(suite.netns or "", host, guest_ip, ports, namespaces)
 
-        # a clone's Firecracker lost its ACL entry once its load returned: a snapshot of
-        # it is written from its mapped memory, never by reading the shared file again
-        r = c.post("/v1/vms/clone-0/snapshots", json={"name": "of-clone"})
-        assert r.status_code == 201, r.text
-        assert c.get("/v1/vms/clone-0").json()["state"] == "running"
-        assert c.delete("/v1/snapshots/of-clone").status_code == 204
+        _snapshot_a_clone(c, "clone-0")
 
         r = c.delete("/v1/snapshots/warm")
         assert r.status_code == 409  # in use by the clones
