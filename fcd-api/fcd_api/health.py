@@ -78,6 +78,8 @@ class HealthMonitor:
         self.on_unhealthy = on_unhealthy
         self._tasks: dict[tuple[str, int], asyncio.Task[None]] = {}
         self._scan: asyncio.Task[None] | None = None
+        self._seen: tuple[int, int] | None = None
+        """The registry generation of the last full scan."""
 
     def start(self) -> None:
         self._scan = asyncio.get_running_loop().create_task(self._run(), name="health-scan")
@@ -100,7 +102,14 @@ class HealthMonitor:
             await asyncio.sleep(SCAN_S)
 
     async def scan(self) -> None:
-        """Start a probe task per probed Firecracker; end the others; clear stale health."""
+        """Start a probe task per probed Firecracker; end the others; clear stale health.
+
+        Reads every record only when the registry changed (or a probe task ended):
+        with nothing changed the result is the same, and reading all records every
+        second was O(VMs) on the event loop."""
+        generation = self.flows.registry.generation()
+        if generation == self._seen and not any(t.done() for t in self._tasks.values()):
+            return
         wanted: dict[tuple[str, int], Effective] = {}
         for rec in self.flows.registry.list_vms():
             check = effective_check(rec.spec.health_check, self.cfg)
@@ -118,6 +127,7 @@ class HealthMonitor:
                 self._tasks[key] = asyncio.get_running_loop().create_task(
                     self._watch(key[0], key[1], check), name=f"health-{key[0]}"
                 )
+        self._seen = generation  # only after a whole scan: a failed one is repeated
 
     async def _watch(self, vm_id: str, pid: int, check: Effective) -> None:
         t0 = time.monotonic()

@@ -138,6 +138,12 @@ class Registry:
             ]
         return records
 
+    def generation(self) -> tuple[int, int]:
+        """Changes when any record may have: rows this connection changed, and SQLite's
+        ``data_version`` (bumped by another connection's commit). Cheap: no row is read."""
+        other = int(self._conn.execute("PRAGMA data_version").fetchone()[0])
+        return self._conn.total_changes, other
+
     def count(self) -> int:
         return int(self._conn.execute("SELECT count(*) FROM vms").fetchone()[0])
 

@@ -176,3 +176,26 @@ def test_schema_1_rows_are_migrated_not_lost(tmp_path: Path) -> None:
         assert reg.require("b").runtime == Runtime()
     finally:
         reg.close()
+
+
+def test_generation_changes_with_every_write_and_only_then(reg: Registry) -> None:
+    """The health scan reads all records only when this changed: a write through this
+    registry, or a commit through another connection, must change it."""
+    g = reg.generation()
+    reg.list_vms()
+    reg.get("a")
+    assert reg.generation() == g  # reads change nothing
+    reg.insert(rec("a", VMState.CREATING))
+    assert reg.generation() != g
+    g = reg.generation()
+    reg.update(msgspec.structs.replace(reg.require("a"), state=VMState.RUNNING))
+    assert reg.generation() != g
+    g = reg.generation()
+    other = sqlite3.connect(reg.path)
+    other.execute("UPDATE vms SET state = 'stopped' WHERE id = 'a'")
+    other.commit()
+    other.close()
+    assert reg.generation() != g
+    g = reg.generation()
+    assert reg.delete("a")
+    assert reg.generation() != g
