@@ -257,8 +257,12 @@ class VmmService(ResourceHandlers):
                     log.warning("GET / failed: %s", e, extra=logs.vm(vm_id))
         else:
             state = "exited" if rec.state != "allocated" else "not_started"
+        return self._describe(rec, watch, state)
+
+    def _describe(self, rec: JailRecord, watch: PidWatch | None, state: ProcState) -> VmProcess:
+        paths = jail_paths(self.cfg, rec.vm_id)
         return VmProcess(
-            vm_id=vm_id,
+            vm_id=rec.vm_id,
             state=state,
             pid=watch.pid if watch else None,
             uid=rec.uid,
@@ -348,7 +352,12 @@ class VmmService(ResourceHandlers):
                 self._mark_exited(rec, None)
                 raise Internal(f"cannot record VM state: {e}") from e
             with spans.span("state"):
-                return await self._process(spec.vm_id)
+                # the launch's last call succeeded (InstanceStart, or a load with or
+                # without resume_vm): the state is known without asking Firecracker
+                if self._live(spec.vm_id) is watch:
+                    known: ProcState = "running" if restore is None or spec.req.resume else "paused"
+                    return self._describe(rec, watch, known)
+                return await self._process(spec.vm_id)  # it exited meanwhile
 
     async def _set_paused(self, vm_id: str, paused: bool) -> VmProcess:
         async with self._locks.hold(vm_id):
