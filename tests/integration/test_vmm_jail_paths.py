@@ -190,6 +190,34 @@ def test_finding6_shared_template_files_are_read_through_the_jail_uids_acl(env: 
         assert stat.S_IMODE(os.stat(f).st_mode) == 0o640
 
 
+def test_an_entry_a_crash_left_between_grant_and_revoke_goes_at_start(env: Env) -> None:
+    """The launch records the files before granting; a daemon killed before the revoke
+    leaves the entry and the record: the next start revokes it (no launch is in flight
+    then) and the running VM keeps working."""
+    env.start()
+    a = f"a-{secrets.token_hex(3)}"
+    kernel, _ = env.storage_files(a)
+    owner = env.cfg.jail.uid_max + 1000
+    os.chown(kernel, owner, owner)
+    os.chmod(kernel, 0o640)
+    jail = env.call(AllocateJail(vm_id=a))
+    vm = env.call(env.launch_req(a, env.make_tap(a, jail.uid)))
+    assert vm.state == "running" and acl_uids(kernel) == []
+    env.stop()
+    # the state a kill between the grant and the revoke leaves
+    jailfs.grant_read(str(kernel), jail.uid)
+    record = env.cfg.state("vmm") / "vms" / f"{a}.json"
+    data = json.loads(record.read_text())
+    record.write_text(json.dumps({**data, "acl_files": [str(kernel)]}))
+    assert acl_uids(kernel) == [jail.uid]
+    env.start()
+    assert acl_uids(kernel) == []
+    assert json.loads(record.read_text())["acl_files"] == []
+    assert env.call(Status(vm_id=a)).state == "running"
+    env.call(ReleaseJail(vm_id=a))
+    assert stat.S_IMODE(os.stat(kernel).st_mode) == 0o640
+
+
 def test_finding3_log_tail_never_reads_through_a_jail_symlink(tmp_path: Path) -> None:
     """A failed launch's error details carry the tail of Firecracker's log: a jail
     that swaps it for a link to a host file must not get that file into them."""
