@@ -111,12 +111,12 @@ class HealthMonitor:
         if generation == self._seen and not any(t.done() for t in self._tasks.values()):
             return
         wanted: dict[tuple[str, int], Effective] = {}
-        for rec in self.flows.registry.list_vms():
-            check = effective_check(rec.spec.health_check, self.cfg)
-            pid = rec.runtime.pid
+        for rec in self.flows.registry.health_rows():
+            check = effective_check(rec.check, self.cfg)
+            pid = rec.pid
             if check is not None and rec.state in PROBED and pid is not None:
                 wanted[(rec.id, pid)] = check
-            elif rec.runtime.health is not None and rec.state not in PROBED:
+            elif rec.has_health and rec.state not in PROBED:
                 await self._set(rec.id, None, None)
         for key, task in list(self._tasks.items()):
             if key not in wanted or task.done():

@@ -16,6 +16,7 @@ import logging
 import sqlite3
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
+from typing import NamedTuple
 
 import msgspec
 
@@ -24,6 +25,7 @@ from fcd_common.errors import Conflict, Internal, InvalidArgument, NotFound
 from .models import CreateVMRequest, Runtime, VmRecord, VMState, now
 from .registry_migrate import runtime_from_v1
 from .spec_check import checked_spec
+from .supervision_models import HealthCheck
 
 __all__ = ["SCHEMA_VERSION", "Registry", "parse_label_filters"]
 
@@ -50,6 +52,17 @@ CREATE INDEX IF NOT EXISTS vms_state ON vms (state);
 _COLUMNS = "id, spec, state, runtime, error, created_at, started_at, stopped_at, updated_at"
 
 _spec_dec = msgspec.json.Decoder(CreateVMRequest)
+_check_dec = msgspec.json.Decoder(HealthCheck)
+
+
+class HealthRow(NamedTuple):
+    id: str
+    state: VMState
+    check: HealthCheck | None
+    pid: int | None
+    has_health: bool
+
+
 _runtime_dec = msgspec.json.Decoder(Runtime)
 _enc = msgspec.json.Encoder()
 
@@ -137,6 +150,25 @@ class Registry:
                 r for r in records if all(r.spec.labels.get(k) == v for k, v in labels.items())
             ]
         return records
+
+    def health_rows(self) -> list[HealthRow]:
+        """What the health scan uses of every VM -- id, state, the spec's check, pid, and
+        whether health is set -- extracted by SQLite instead of decoding whole records."""
+        rows = self._conn.execute(
+            "SELECT id, state, json_extract(spec, '$.health_check'),"
+            " json_extract(runtime, '$.pid'), json_extract(runtime, '$.health') IS NOT NULL"
+            " FROM vms ORDER BY created_at, id"
+        )
+        return [
+            HealthRow(
+                id=str(vm_id),
+                state=VMState(str(state)),
+                check=None if check is None else _check_dec.decode(str(check)),
+                pid=None if pid is None else int(pid),
+                has_health=bool(has_health),
+            )
+            for vm_id, state, check, pid, has_health in rows
+        ]
 
     def generation(self) -> tuple[int, int]:
         """Changes when any record may have: rows this connection changed, and SQLite's

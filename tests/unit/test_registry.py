@@ -199,3 +199,26 @@ def test_generation_changes_with_every_write_and_only_then(reg: Registry) -> Non
     g = reg.generation()
     assert reg.delete("a")
     assert reg.generation() != g
+
+
+def test_health_rows_agree_with_the_decoded_records(reg: Registry) -> None:
+    from fcd_api.supervision_models import Health, HealthCheck
+
+    check = HealthCheck(check="tcp:8080", interval_s=1)
+    plain = rec("a", VMState.RUNNING)
+    reg.insert(plain)
+    spec = msgspec.structs.replace(rec("b").spec, health_check=check)
+    probed = msgspec.structs.replace(rec("b", VMState.CREATING), spec=spec)
+    reg.insert(probed)
+    live = reg.require("b")
+    runtime = msgspec.structs.replace(live.runtime, pid=4242, health=Health.HEALTHY)
+    reg.update(msgspec.structs.replace(live, state=VMState.STOPPED, runtime=runtime))
+    rows = {r.id: r for r in reg.health_rows()}
+    for full in reg.list_vms():
+        row = rows.pop(full.id)
+        assert row.state is full.state
+        assert row.check == full.spec.health_check
+        assert row.pid == full.runtime.pid
+        assert row.has_health == (full.runtime.health is not None)
+    assert rows == {}
+    assert reg.health_rows()[1].check == check and reg.health_rows()[1].pid == 4242
