@@ -63,6 +63,11 @@ def reap(pid: int) -> int | None:
 _owned: set[int] = set()
 """Children whose exit status a caller awaits itself (spawn.run): never reaped here."""
 
+_watched: set[int] = set()
+"""Processes a :class:`PidWatch` reaps itself when its pidfd fires: ``reap_orphans``,
+run for another exit, must not take their status first (two Firecrackers killed
+at once would leave the second one's signal unknown)."""
+
 
 @contextlib.contextmanager
 def owning() -> Iterator[Callable[[int], None]]:
@@ -100,7 +105,12 @@ def reap_orphans() -> dict[int, int]:
         if info is None or info.si_pid == 0:
             return out
         stat = read_stat(info.si_pid)
-        if stat is None or stat[2] == my_session or info.si_pid in _owned:
+        if (
+            stat is None
+            or stat[2] == my_session
+            or info.si_pid in _owned
+            or info.si_pid in _watched
+        ):
             break
         code = reap(info.si_pid)
         if code is None:
@@ -120,7 +130,9 @@ def _reap_orphans_scan(my_session: int) -> dict[int, int]:
         if info is None:
             continue
         state, ppid, session = info
-        if ppid != me or state != "Z" or session == my_session or int(entry) in _owned:
+        if ppid != me or state != "Z" or session == my_session:
+            continue
+        if int(entry) in _owned or int(entry) in _watched:
             continue
         code = reap(int(entry))
         if code is not None:
@@ -156,14 +168,16 @@ class PidWatch:
         self.exited: asyncio.Future[None] = self._loop.create_future()
         self._loop.add_reader(self.fd, self._on_exit)
         self.exit_code: int | None = None
+        _watched.add(pid)
 
     def _on_exit(self) -> None:
         self._loop.remove_reader(self.fd)
-        if not self.exited.done():
-            self.exited.set_result(None)
-        code = reap(self.pid)
+        code = reap(self.pid)  # before anyone is told: they read exit_code
+        _watched.discard(self.pid)
         if code is not None:
             self.exit_code = code
+        if not self.exited.done():
+            self.exited.set_result(None)
 
     @property
     def alive(self) -> bool:
@@ -184,6 +198,8 @@ class PidWatch:
 
     def close(self) -> None:
         if self.fd >= 0:
+            if self.alive:  # nobody reaps it here any more: reap_orphans may
+                _watched.discard(self.pid)
             self._loop.remove_reader(self.fd)
             os.close(self.fd)
             self.fd = -1
