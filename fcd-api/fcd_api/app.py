@@ -93,7 +93,8 @@ class VMController(Controller):
         ] = None,
     ) -> list[VM]:
         labels = parse_label_filters(label or [])
-        return [r.to_public() for r in flows.list_vms(state=vm_state, labels=labels)]
+        public = flows.registry.public
+        return [public(r) for r in flows.list_vms(state=vm_state, labels=labels)]
 
     @get("/{vm_id:str}", summary="Get a VM")
     async def get_vm(self, flows: NamedDependency[Flows], vm_id: FromPath[str]) -> VM:

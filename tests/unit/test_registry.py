@@ -222,3 +222,38 @@ def test_health_rows_agree_with_the_decoded_records(reg: Registry) -> None:
         assert row.has_health == (full.runtime.health is not None)
     assert rows == {}
     assert reg.health_rows()[1].check == check and reg.health_rows()[1].pid == 4242
+
+
+def test_reads_reuse_a_decoded_record_only_while_its_row_is_unchanged(
+    reg: Registry, tmp_path: Path
+) -> None:
+    reg.insert(rec("a", team="x"))
+    reg.insert(rec("b"))
+    first = {r.id: r for r in reg.list_vms()}
+    again = {r.id: r for r in reg.list_vms()}
+    assert again["a"] is first["a"] and again["b"] is first["b"]  # not decoded twice
+    assert reg.get("a") is first["a"]
+    view = reg.public(first["a"])
+    assert reg.public(again["a"]) is view
+    # a write through this registry
+    reg.update(msgspec.structs.replace(first["a"], state=VMState.STOPPED, error="x"))
+    a = reg.require("a")
+    assert a is not first["a"] and a.state is VMState.STOPPED and a.error == "x"
+    assert reg.public(a) is not view and reg.public(a).state is VMState.STOPPED
+    # a write by another connection (sqlite3 CLI, a second process) is seen too
+    other = sqlite3.connect(reg.path)
+    with other:
+        other.execute("UPDATE vms SET error = 'changed elsewhere' WHERE id = 'b'")
+    other.close()
+    b = next(r for r in reg.list_vms() if r.id == "b")
+    assert b is not first["b"] and b.error == "changed elsewhere"
+    assert reg.public(b).error == "changed elsewhere"
+    # a deleted VM is gone, even if its id comes back with another spec
+    assert reg.delete("a")
+    assert [r.id for r in reg.list_vms()] == ["b"]
+    reg.insert(rec("a", team="y"))
+    assert reg.require("a").spec.labels == {"team": "y"}
+    # a view of a record the table no longer holds is built, never kept
+    stale = first["b"]
+    assert reg.public(stale).error is None
+    assert reg.public(reg.require("b")).error == "changed elsewhere"
