@@ -231,9 +231,25 @@ def run_concurrency(fcd: Fcd, bare: Baseline, concurrency: int, offset: int) -> 
     )
 
 
-def run_scale(fcd: Fcd, target: int) -> None:
-    """Keep up to ``target`` VMs alive: latency and CPU at 10 vs N, GET /v1/vms, RSS."""
+def _bare_ten(bare: Baseline, offset: int) -> tuple[float, float, dict[str, float]]:
+    """Median create and delete of 10 bare VMs, one after another (ms), and the
+    median of each phase of those creates."""
+    idx = range(offset, offset + 10)
+    p0 = len(bare.phases)
+    creates = [bare.create(i) for i in idx]
+    deletes = [bare.delete(i) for i in idx]
+    return ms_stats(creates)[0], ms_stats(deletes)[0], dict(phase_medians(bare.phases[p0:]))
+
+
+def run_scale(fcd: Fcd, bare: Baseline, target: int, offset: int) -> None:
+    """Keep up to ``target`` VMs alive: latency and CPU at 10 vs N, GET /v1/vms, RSS.
+
+    The bare sequence creates and deletes 10 VMs before the population grows and
+    again with it alive: what the same kernel work and the same jailer and
+    Firecracker cost with N VMs around, without fcd."""
+    bare_lo = _bare_ten(bare, offset)
     rss0 = fcd.rss()
+    c0 = len(fcd.create_phases)
     creates: list[float] = []
     snaps: list[dict[str, float]] = []  # CPU before create i, then after the last
     for i in range(target):
@@ -251,8 +267,10 @@ def run_scale(fcd: Fcd, target: int) -> None:
         lists.append(time.perf_counter() - t0)
         r.raise_for_status()
     rss_n = fcd.rss()
+    bare_hi = _bare_ten(bare, offset + 10)
     deletes: list[float] = []
     dsnaps: list[dict[str, float]] = []
+    d0 = len(fcd.delete_phases)
     for i in range(n):
         dsnaps.append(fcd.cpu())
         deletes.append(fcd.delete(f"scale-{i}"))
@@ -274,6 +292,23 @@ def run_scale(fcd: Fcd, target: int) -> None:
           f"({hi_c / lo_c:.2f}x)")  # fmt: skip
     print(f"  delete median with 10..1 alive {lo_d:.1f} ms, with {n}..{n - 9} {hi_d:.1f} ms "
           f"({hi_d / lo_d:.2f}x)")  # fmt: skip
+    for what, k in (("create", 0), ("delete", 1)):
+        lo_b, hi_b = float(bare_lo[k]), float(bare_hi[k])  # type: ignore[arg-type]
+        print(f"  bare {what} median with 0 -> {n} alive: {lo_b:.1f} -> {hi_b:.1f} ms "
+              f"({hi_b / lo_b:.2f}x)")  # fmt: skip
+    print("  bare create phases, median ms with 0 -> ~{n} alive:")
+    print(
+        wrap((f"{k} {bare_lo[2][k]:.2f}->{bare_hi[2].get(k, 0.0):.2f}" for k in bare_lo[2]), "    ")
+    )
+    cph, dph = fcd.create_phases[c0:], fcd.delete_phases[d0:]
+    for what, few, many in (
+        ("create", cph[:10], cph[-10:]),
+        ("delete", dph[-10:], dph[:10]),
+    ):
+        lo_p, hi_p = dict(phase_medians(few)), dict(phase_medians(many))
+        grew = sorted(hi_p, key=lambda k: hi_p[k] - lo_p.get(k, 0.0), reverse=True)[:6]
+        print(f"  {what} phases that grew most, median ms with ~10 -> ~{n} alive:")
+        print(wrap((f"{k} {lo_p.get(k, 0.0):.2f}->{hi_p[k]:.2f}" for k in grew), "    "))
     print(f"  GET /v1/vms with {n} VMs: median {med(lists):.1f} ms")
     total0, total_n = sum(rss0.values()), sum(rss_n.values())
     print(
@@ -344,7 +379,7 @@ def main() -> int:
             if args.concurrency:
                 run_concurrency(fcd, bare, args.concurrency, offset=args.vms * args.rounds)
             if args.scale:
-                run_scale(fcd, args.scale)
+                run_scale(fcd, bare, args.scale, offset=args.vms * args.rounds + args.concurrency)
     return 0
 
 
