@@ -233,7 +233,7 @@ class Reconciler:
             await self._orphan(vm_id, "jail", self._release_jail, report)
         for vm_id in sorted(set(leases) - known):
             await self._orphan(vm_id, "lease", self._teardown_net, report)
-        net = await h.net.call(pnet.NetReconcile(live=None))
+        net = await h.net.call(pnet.NetReconcile(live=None, rebuild=at_start))
         report.removed += net.removed
         disks = await reclaim(f.registry, h.storage)
         report.removed += disks.removed

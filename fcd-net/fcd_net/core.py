@@ -55,7 +55,7 @@ class LinksApi(Protocol):
     def create_tap(self, name: str, uid: int, gid: int) -> None: ...
     def attach(self, name: str, bridge: str) -> None: ...
     def delete(self, name: str) -> bool: ...
-    def list(self) -> list[Link]: ...
+    def names(self) -> list[str]: ...
     def stats(self, name: str) -> dict[str, int] | None: ...
 
 
@@ -390,22 +390,30 @@ class NetCore:
         return f"{len(self.store)} leases, bridge {self.net.bridge} {state}"
 
     # --- reconciliation --------------------------------------------------------------
-    def reconcile(self, live: Sequence[str] | None) -> ReconcileReport:
-        """Tear down leases of dead VMs, delete unowned TAPs/veths/namespaces, rebuild nft."""
+    def reconcile(self, live: Sequence[str] | None, rebuild: bool = True) -> ReconcileReport:
+        """Tear down leases of dead VMs, delete unowned TAPs/veths/namespaces, and
+        rebuild nft (``rebuild``; else only if the tables are gone).
+
+        Interfaces are listed by name only (``if_nameindex``, in C); only a name
+        under fcd's prefixes that no lease owns is looked up in full. A decoded
+        dump of every link took 0.35 s and 70 MiB of RSS at 1,000 VMs."""
         removed: list[str] = []
         for lease in reconcile.dead_leases(list(self.store), live):
             self.teardown(lease.vm_id)
             removed.append(f"lease {lease.vm_id}")
         leases = list(self.store)
         nss = self.namespaces.list() if self.namespaces is not None else []
-        found = reconcile.orphans(self.net, leases, self.links.list(), nss)
+        names = reconcile.unowned_names(self.net, leases, self.links.names())
+        links = [x for x in map(self.links.get, names) if x is not None]
+        found = reconcile.orphans(self.net, leases, links, nss)
         for name in found.taps + found.veths:
             self.links.delete(name)
         if self.namespaces is not None:
             for name in found.namespaces:
                 self.namespaces.remove(name)
         removed += found.describe()
-        self.firewall.ensure_base(leases)
+        if rebuild or not self.firewall.present():
+            self.firewall.ensure_base(leases)
         self._localnet(leases)
         for item in removed:
             log.info("reconcile: removed %s", item)

@@ -223,6 +223,10 @@ class Links:
             except NetlinkError as e:
                 raise _err(f"attach {name} to {bridge}", e) from None
 
+    def names(self) -> list[str]:
+        """The name of every interface of this thread's namespace (no attributes decoded)."""
+        return [name for _index, name in socket.if_nameindex()]
+
     def list(self) -> list[Link]:
         """Every interface of this namespace."""
         with self._ipr() as ipr:

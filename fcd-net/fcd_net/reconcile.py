@@ -40,6 +40,14 @@ def dead_leases(leases: Iterable[Lease], live: Iterable[str] | None) -> list[Lea
     return [x for x in leases if x.vm_id not in alive]
 
 
+def unowned_names(net: NetworkConfig, leases: Sequence[Lease], names: Iterable[str]) -> list[str]:
+    """Interface names under fcd-net's TAP or veth prefix that no lease owns (the
+    bridge aside): the only ones :func:`orphans` needs to see in full."""
+    owned = {x.tap for x in leases if x.mode == "bridge"} | {x.veth for x in leases if x.veth}
+    prefixes = (net.tap_prefix, net.veth_prefix)
+    return [n for n in names if n.startswith(prefixes) and n != net.bridge and n not in owned]
+
+
 def orphans(
     net: NetworkConfig, leases: Sequence[Lease], links: Iterable[Link], namespaces: Iterable[str]
 ) -> Orphans:

@@ -110,7 +110,7 @@ class NetService:
 
     @handles(NetReconcile)
     async def on_reconcile(self, req: NetReconcile, _peer: Peer) -> ReconcileReport:
-        return await self._run(self.core.reconcile, req.live)
+        return await self._run(self.core.reconcile, req.live, req.rebuild)
 
     @handles(NetProbeTcp)
     async def on_probe_tcp(self, req: NetProbeTcp, _peer: Peer) -> ProbeResult:

@@ -252,6 +252,21 @@ def test_leases_survive_restart_and_ruleset_is_repaired(daemon: NetDaemon) -> No
     assert daemon.call(Ping()).status == "2 leases, bridge fcbr0 up"
 
 
+def test_start_removes_only_the_leftover_taps_under_its_prefix(daemon: NetDaemon) -> None:
+    """Interfaces are found by name (if_nameindex), then looked at in full only if
+    fcd-net's prefix names them and no lease owns them."""
+    a = setup(daemon, "vm-a")
+    daemon.stop()
+    daemon.ns_sh("ip", "tuntap", "add", "fcleft0", "mode", "tap")  # a crash's leftover
+    daemon.ns_sh("ip", "tuntap", "add", "other0", "mode", "tap")  # not fcd's
+    # fcd's TAP prefix on something that is not a TAP
+    daemon.ns_sh("ip", "link", "add", "fcpair0", "type", "veth", "peer", "name", "zzpair0")
+    daemon.start()
+    assert sorted(daemon.taps()) == sorted([a.tap, "other0"])
+    assert daemon.link("fcpair0") is not None
+    assert daemon.call(NetGet(vm_id="vm-a")) == a
+
+
 def test_owner_outside_jail_pool_is_refused(daemon: NetDaemon) -> None:
     with pytest.raises(InvalidArgument) as e:
         setup(daemon, "vm-a", uid=0)

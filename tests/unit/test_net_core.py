@@ -13,6 +13,7 @@ from fcd_common import ids
 from fcd_common.config import Config, JailConfig, NetworkConfig, PathsConfig
 from fcd_common.errors import Conflict, Internal, InvalidArgument, NotFound, ResourceExhausted
 from fcd_common.proto.net import PortMapping
+from fcd_net import reconcile
 from fcd_net.leases import LeaseStore
 from fcd_net.links import Link
 from fcd_net.plan import Lease
@@ -67,6 +68,9 @@ class FakeLinks:
 
     def list(self) -> list[Link]:
         return list(self.links.values())
+
+    def names(self) -> list[str]:
+        return list(self.links)
 
     def stats(self, name: str) -> dict[str, int] | None:
         if name not in self.links:
@@ -228,3 +232,31 @@ def test_tables_removed_by_someone_else_are_rebuilt(tmp_path: Path) -> None:
     assert core.guard_tables()
     assert fw.builds == 2 and fw.identities == {"vm-a"}
     assert links.localnet == {"fcbr0": False}
+
+
+def test_periodic_reconcile_removes_orphans_and_rebuilds_only_missing_tables(
+    tmp_path: Path,
+) -> None:
+    core, links, fw = make_core(tmp_path)
+    a = core.setup("vm-a", 900_001, 900_001)
+    links.create_tap("fctapstale", 900_009, 900_009)  # a crash's leftover, under the prefix
+    links.links["eth9"] = Link(99, "eth9", "tun", True, None, 2, 0, 0)  # not fcd's: never
+    builds = fw.builds
+    report = core.reconcile(None, rebuild=False)
+    assert report.removed == ["tap fctapstale"]
+    assert set(links.links) == {"fcbr0", a.tap, "eth9"}
+    assert fw.builds == builds  # the tables are there: no rebuild of every VM
+    fw.tables, fw.identities = False, set()
+    core.reconcile(None, rebuild=False)
+    assert fw.builds == builds + 1 and fw.identities == {"vm-a"}
+    core.reconcile(None)  # an explicit round rebuilds
+    assert fw.builds == builds + 2
+
+
+def test_unowned_names_are_the_prefixed_ones_no_lease_holds(tmp_path: Path) -> None:
+    core, _, _ = make_core(tmp_path)
+    a = core.setup("vm-a", 900_001, 900_001)
+    net = core.net
+    names = ["lo", "eth0", net.bridge, a.tap, net.tap_prefix + "zz", net.veth_prefix + "yy"]
+    got = reconcile.unowned_names(net, list(core.store), names)
+    assert got == [net.tap_prefix + "zz", net.veth_prefix + "yy"]

@@ -188,6 +188,10 @@ class NetReconcile(Request[ReconcileReport], tag="net.reconcile"):
 
     access = Caller.API
     live: Annotated[list[VmId], msgspec.Meta(max_length=100_000)] | None = None
+    rebuild: bool = True
+    """Rebuild fcd's nft tables from the leases, one transaction with every VM (0.3 s
+    of fcd-net's only worker thread at 1,000 VMs). False: only if they are gone --
+    fcd-api's periodic rounds, which look for leftovers, not for drift."""
 
 
 class NetProbeTcp(Request[ProbeResult], tag="net.probe_tcp"):
