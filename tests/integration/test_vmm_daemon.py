@@ -526,10 +526,12 @@ def test_snapshot_create_then_restore_clones_through_the_acl(env: Env) -> None: 
     assert not (root / "snapshot.vmstate").exists() and not (root / "snapshot.mem").exists()
     assert env.call(Status(vm_id=src)).state == "paused"  # the VM stays paused
 
-    # a diff needs dirty page tracking (v1.7): Firecracker's refusal comes back as such
-    with pytest.raises(FirecrackerError, match="dirty page tracking"):
-        env.call(SnapshotCreate(vm_id=src, files=files, type="diff"))
-    assert state.stat().st_uid == owner and not (root / "snapshot.mem").exists()
+    # before 1.13 (v1.7.0 included) a diff needs dirty page tracking: Firecracker's
+    # refusal comes back as such; from 1.13 it falls back to mincore (FIRECRACKER.md)
+    if tuple(int(x) for x in info.firecracker_version.split(".")[:2]) < (1, 13):
+        with pytest.raises(FirecrackerError, match="dirty page tracking"):
+            env.call(SnapshotCreate(vm_id=src, files=files, type="diff"))
+        assert state.stat().st_uid == owner and not (root / "snapshot.mem").exists()
 
     clone = f"t-{secrets.token_hex(3)}"
     cjail = env.call(AllocateJail(vm_id=clone))

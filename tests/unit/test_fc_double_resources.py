@@ -334,9 +334,10 @@ def test_double_path_exists() -> None:
 MMDS = "MMMDS config error: "
 
 
-def mmds_steps(tap: str) -> list[Step]:
+def mmds_steps(tap: str, version: tuple[int, int] = (1, 7)) -> list[Step]:
     """``PUT /mmds/config`` validation (v1.7.0 transcript; the error replies of a V1 config
-    still carry ``Deprecation: true``, checked separately)."""
+    still carry ``Deprecation: true``, checked separately). ``version``: of the binary
+    that answers -- from 1.13 the config also reports ``imds_compat``."""
     ids_bad = MMDS + (
         "The list of network interface IDs provided contains at least one ID that does not "
         "correspond to any existing network interface."
@@ -393,6 +394,7 @@ def mmds_steps(tap: str) -> list[Step]:
                         "version": "V1",
                         "network_interfaces": ["eth0"],
                         "ipv4_address": "169.254.169.254",
+                        **({"imds_compat": False} if version >= (1, 13) else {}),
                     },
                     {"kernel_image_path": "", "initrd_path": None, "boot_args": None},
                 ],
@@ -426,7 +428,11 @@ def test_mmds_steps_against_the_real_binary(tmp_path: Path) -> None:
         while not sock.exists():
             assert time.monotonic() < deadline
             time.sleep(0.01)  # a foreign binary's socket, in a test
-        _run(Api(sock), mmds_steps(f"fcdr{os.getpid() % 100000}"))
+        out = subprocess.run([fc, "--version"], check=True, capture_output=True, text=True).stdout
+        m = re.search(r"v(\d+)\.(\d+)", out)
+        assert m, out
+        version = (int(m.group(1)), int(m.group(2)))
+        _run(Api(sock), mmds_steps(f"fcdr{os.getpid() % 100000}", version))
     finally:
         proc.kill()
         proc.wait()
