@@ -39,6 +39,7 @@ async def start_http(
     config = uvicorn.Config(
         app,
         lifespan="off",
+        http="httptools",  # not h11 (pure Python): ~10 % of fcd-api's CPU per create+delete
         log_config=None,
         access_log=False,
         server_header=False,
