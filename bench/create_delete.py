@@ -296,7 +296,7 @@ def run_scale(fcd: Fcd, bare: Baseline, target: int, offset: int) -> None:
         lo_b, hi_b = float(bare_lo[k]), float(bare_hi[k])  # type: ignore[arg-type]
         print(f"  bare {what} median with 0 -> {n} alive: {lo_b:.1f} -> {hi_b:.1f} ms "
               f"({hi_b / lo_b:.2f}x)")  # fmt: skip
-    print("  bare create phases, median ms with 0 -> ~{n} alive:")
+    print(f"  bare create phases, median ms with 0 -> {n} alive:")
     print(
         wrap((f"{k} {bare_lo[2][k]:.2f}->{bare_hi[2].get(k, 0.0):.2f}" for k in bare_lo[2]), "    ")
     )
