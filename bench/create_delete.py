@@ -292,14 +292,15 @@ def run_scale(fcd: Fcd, bare: Baseline, target: int, offset: int) -> None:
           f"({hi_c / lo_c:.2f}x)")  # fmt: skip
     print(f"  delete median with 10..1 alive {lo_d:.1f} ms, with {n}..{n - 9} {hi_d:.1f} ms "
           f"({hi_d / lo_d:.2f}x)")  # fmt: skip
-    for what, k in (("create", 0), ("delete", 1)):
-        lo_b, hi_b = float(bare_lo[k]), float(bare_hi[k])  # type: ignore[arg-type]
+    for what, lo_b, hi_b in (
+        ("create", bare_lo[0], bare_hi[0]),
+        ("delete", bare_lo[1], bare_hi[1]),
+    ):
         print(f"  bare {what} median with 0 -> {n} alive: {lo_b:.1f} -> {hi_b:.1f} ms "
               f"({hi_b / lo_b:.2f}x)")  # fmt: skip
     print(f"  bare create phases, median ms with 0 -> {n} alive:")
-    print(
-        wrap((f"{k} {bare_lo[2][k]:.2f}->{bare_hi[2].get(k, 0.0):.2f}" for k in bare_lo[2]), "    ")
-    )
+    lo_ph, hi_ph = bare_lo[2], bare_hi[2]
+    print(wrap((f"{k} {lo_ph[k]:.2f}->{hi_ph.get(k, 0.0):.2f}" for k in lo_ph), "    "))
     cph, dph = fcd.create_phases[c0:], fcd.delete_phases[d0:]
     for what, few, many in (
         ("create", cph[:10], cph[-10:]),
