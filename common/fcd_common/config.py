@@ -161,6 +161,9 @@ class LimitsConfig(_Section, frozen=True):
     """Graceful shutdown budget of every daemon on SIGTERM."""
     mem_overhead_mib: Annotated[int, msgspec.Meta(ge=0)] = 64
     """Added to a VM's memory for its cgroup memory limit (VMM + page tables)."""
+    max_wait_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 600.0
+    """The longest a create or start may hold its HTTP request waiting for the guest
+    (``wait_timeout_s`` of a body, above it: 400 naming the field)."""
 
 
 class StorageConfig(_Section, frozen=True):

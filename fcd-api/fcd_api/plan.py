@@ -90,6 +90,12 @@ def check_limits(spec: CreateVMRequest, limits: LimitsConfig) -> None:
             f"disk_size_mib {spec.disk_size_mib} exceeds the limit of {limits.max_disk_mib}",
             details={"field": "disk_size_mib", "max": limits.max_disk_mib},
         )
+    if spec.wait_timeout_s is not None and spec.wait_timeout_s > limits.max_wait_timeout_s:
+        raise InvalidArgument(
+            f"wait_timeout_s {spec.wait_timeout_s:g} exceeds the limit of "
+            f"{limits.max_wait_timeout_s:g}",
+            details={"field": "wait_timeout_s", "max": limits.max_wait_timeout_s},
+        )
 
 
 # --- snapshots ---------------------------------------------------------------------

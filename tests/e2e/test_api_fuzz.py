@@ -44,6 +44,7 @@ import schemathesis
 from schemathesis.config import SchemathesisConfig
 from schemathesis.engine import events
 
+from fcd_common import config
 from fcd_dev import devup
 
 from .harness import api, running_suite
@@ -151,9 +152,14 @@ LIMITS = {
     "max_mem_mib": 1024,
     "max_disk_mib": 1024,
     "max_vm_disk_mib": 2048,
+    "max_wait_timeout_s": 5.0,  # a create waiting for its guest ends well within a request
 }
 """An operator's limits below what this machine has: a request past them is a 400 that
 names the field; without them a 80 GiB disk is a true 507 (the store is full)."""
+
+SUPERVISION = config.SupervisionConfig(wait_timeout_s=5.0)
+"""A create or start with ``wait_for`` (the minimal guest never opens a port) waits
+this long by default: with the default 60 s it outlived the fuzzer's request timeout."""
 
 
 @pytest.mark.timeout(MAX_TIME + 300)  # the run's own budget, plus the suite and its template
@@ -162,7 +168,7 @@ def test_api_fuzz_finds_no_server_error_and_no_broken_contract(
     capsys: pytest.CaptureFixture[str],
     record_property: Callable[[str, object], None],
 ) -> None:
-    with running_suite(tmp_path, limits=LIMITS) as suite:
+    with running_suite(tmp_path, limits=LIMITS, supervision=SUPERVISION) as suite:
         devup.import_demo_template(suite, "tiny")
         with api(suite) as c:  # one VM for the id-taking routes to find
             r = c.post("/v1/vms", json={"id": "fz", "template": "tiny"})

@@ -93,6 +93,8 @@ def test_defaults_come_from_the_config_and_the_spec_overrides_them() -> None:
         ({"restart_policy": {"mode": "sometimes"}}, "restart_policy.mode"),
         ({"wait_for": "tcp:70000"}, "wait_for"),
         ({"wait_for": "api"}, "wait_for"),
+        # the operator's limits.max_wait_timeout_s (600 s): no request held for an hour
+        ({"wait_for": "tcp:22", "wait_timeout_s": 3600}, "wait_timeout_s"),
     ],
 )
 def test_bad_supervision_fields_are_400_naming_the_field(body: dict[str, Any], field: str) -> None:
