@@ -49,6 +49,7 @@ log = logging.getLogger("fcd.net")
 
 class LinksApi(Protocol):
     def get(self, name: str) -> Link | None: ...
+    def is_tap(self, name: str) -> bool | None: ...
     def addresses(self) -> tuple[str, ...]: ...
     def set_route_localnet(self, iface: str, on: bool) -> bool: ...
     def ensure_bridge(self, name: str, gateway: ipaddress.IPv4Interface) -> Link: ...
@@ -286,10 +287,8 @@ class NetCore:
                 self._need_namespaces().remove(lease.netns, lease.veth)
         else:
             holder = self.store.by_tap(lease.tap)
-            if holder is None or holder.vm_id == lease.vm_id:
-                link = self.links.get(lease.tap)
-                if link is not None and link.is_tap:
-                    self.links.delete(lease.tap)
+            if (holder is None or holder.vm_id == lease.vm_id) and self.links.is_tap(lease.tap):
+                self.links.delete(lease.tap)
 
     def teardown(self, vm_id: str) -> None:
         ids.check_vm_id(vm_id)
@@ -297,8 +296,7 @@ class NetCore:
         if lease is None:
             tap = ids.tap_name(vm_id, self.net.tap_prefix)
             holder = self.store.by_tap(tap)
-            link = self.links.get(tap) if holder is None else None
-            if link is not None and link.is_tap:
+            if holder is None and self.links.is_tap(tap):
                 self.links.delete(tap)
             if self.namespaces is not None:
                 self.namespaces.remove(

@@ -16,6 +16,7 @@ CAP_NET_ADMIN -- and no other unprivileged user can.
 
 from __future__ import annotations
 
+import array
 import errno
 import fcntl
 import ipaddress
@@ -101,6 +102,41 @@ def _index(name: str) -> int | None:
     return int(_IFREQ.unpack(out)[1])
 
 
+_SIOCETHTOOL = 0x8946
+_ETHTOOL_GDRVINFO = 0x00000003
+_DRVINFO_LEN = 196  # struct ethtool_drvinfo
+_IFREQ_DATA = struct.Struct("16sP16x")  # struct ifreq: name, then ifr_data (a pointer)
+
+
+def _tun_type(name: str) -> str | None:
+    """``"tap"`` or ``"tun"`` if ``name`` is a tun-driver device of this thread's
+    namespace, ``""`` for any other interface, None if there is none by that name.
+
+    One ``ETHTOOL_GDRVINFO`` ioctl (what ``ethtool -i`` prints): the tun driver names
+    itself ``tun`` and puts the device type in ``bus_info``. The same answer as
+    decoding ``IFLA_LINKINFO`` from an ``RTM_GETLINK``, at a fortieth of the CPU."""
+    raw = name.encode()
+    if not 0 < len(raw) < 16:
+        raise _err(f"look up {name!r}", OSError(errno.EINVAL, "invalid interface name"))
+    buf = array.array("B", struct.pack("I", _ETHTOOL_GDRVINFO) + bytes(_DRVINFO_LEN - 4))
+    addr, _ = buf.buffer_info()
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
+            fcntl.ioctl(s.fileno(), _SIOCETHTOOL, _IFREQ_DATA.pack(raw, addr))
+    except OSError as e:
+        if e.errno == errno.ENODEV:
+            return None
+        if e.errno == errno.EOPNOTSUPP:  # no ethtool ops (lo): not a tun device
+            return ""
+        raise _err(f"look up {name}", e) from None
+    data = buf.tobytes()
+    driver = data[4:36].split(b"\0", 1)[0]
+    bus_info = data[100:132].split(b"\0", 1)[0]
+    if driver != b"tun":
+        return ""
+    return bus_info.decode(errors="replace")
+
+
 def _err(action: str, e: NetlinkError | OSError) -> FcdError:
     code = e.code if isinstance(e, NetlinkError) else e.errno
     text = errno.errorcode.get(code or 0, str(code))
@@ -150,6 +186,11 @@ class Links:
             return None
         with self._ipr() as ipr:
             return self._get(ipr, name)
+
+    def is_tap(self, name: str) -> bool | None:
+        """True if ``name`` is a TAP, False if it is another interface, None if absent."""
+        kind = _tun_type(name)
+        return None if kind is None else kind == "tap"
 
     @staticmethod
     def _get(ipr: Any, name: str) -> Link | None:

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import pytest
-from pyroute2 import netns
+from pyroute2 import IPRoute, netns
 
 from fcd_common.errors import Internal
 from fcd_net import links
@@ -60,6 +60,36 @@ def test_index_and_get_of_present_absent_and_invalid_names(in_ns: Any) -> None:
     assert tap is not None and tap.is_tap and (tap.owner, tap.group) == (1234, 1234)
     with pytest.raises(Internal):
         in_ns(lambda: links._index("x" * 16))
+
+
+def test_is_tap_tells_taps_from_every_other_kind_of_interface(in_ns: Any) -> None:
+    """The ethtool answer teardown relies on agrees with the decoded RTM_GETLINK."""
+
+    def body() -> dict[str, Any]:
+        ln = links.Links()
+        ln.create_tap("tap0", 1234, 1234)
+        ln.ensure_bridge("br0", ipaddress.IPv4Interface("10.9.0.1/24"))
+        with IPRoute() as ipr:
+            ipr.link("add", ifname="tun0", kind="tuntap", mode="tun")
+            ipr.link("add", ifname="ve0", kind="veth", peer="ve1")
+        out: dict[str, Any] = {}
+        for name in ("tap0", "tun0", "br0", "ve0", "lo", "nope0"):
+            link = ln.get(name)
+            out[name] = (ln.is_tap(name), None if link is None else link.is_tap)
+        return out
+
+    got = in_ns(body)
+    assert {k: v[0] for k, v in got.items()} == {
+        "tap0": True,
+        "tun0": False,
+        "br0": False,
+        "ve0": False,
+        "lo": False,
+        "nope0": None,
+    }
+    assert all(mine == decoded for mine, decoded in got.values())
+    with pytest.raises(Internal):
+        in_ns(lambda: links.Links().is_tap("x" * 16))
 
 
 def test_attach_uses_indexes_and_keeps_its_errors(in_ns: Any) -> None:

@@ -40,6 +40,10 @@ class FakeLinks:
     def get(self, name: str) -> Link | None:
         return self.links.get(name)
 
+    def is_tap(self, name: str) -> bool | None:
+        link = self.links.get(name)
+        return None if link is None else link.is_tap
+
     def addresses(self) -> tuple[str, ...]:
         return ("10.213.0.1", "192.0.2.10")
 
