@@ -21,6 +21,7 @@ Jail layout (FIRECRACKER.md §3, §9), seen from the host::
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import os
 import re
@@ -73,55 +74,58 @@ def check_resource_id(value: str) -> str:
 
 @dataclass(frozen=True)
 class JailPaths:
+    """One VM's paths under the chroot base; each is built once per instance (a launch
+    asks for them dozens of times, and pathlib joins are not free)."""
+
     chroot_base: Path
     exec_name: str
     vm_id: str
 
-    @property
+    @functools.cached_property
     def jail_dir(self) -> Path:
         """``<base>/<exec>/<vm_id>``: removed whole on teardown."""
         return self.chroot_base / self.exec_name / self.vm_id
 
-    @property
+    @functools.cached_property
     def root(self) -> Path:
         return self.jail_dir / "root"
 
-    @property
+    @functools.cached_property
     def run_dir(self) -> Path:
         return self.root / "run"
 
-    @property
+    @functools.cached_property
     def api_socket(self) -> Path:
         return self.root / API_SOCK.lstrip("/")
 
-    @property
+    @functools.cached_property
     def pid_file(self) -> Path:
         return self.root / f"{self.exec_name}.pid"
 
-    @property
+    @functools.cached_property
     def kernel(self) -> Path:
         return self.root / KERNEL
 
-    @property
+    @functools.cached_property
     def rootfs(self) -> Path:
         return self.root / ROOTFS
 
     def drive(self, drive_id: str) -> Path:
         return self.root / drive_file(drive_id)
 
-    @property
+    @functools.cached_property
     def log_file(self) -> Path:
         return self.root / LOG_FILE
 
-    @property
+    @functools.cached_property
     def metrics_file(self) -> Path:
         return self.root / METRICS_FILE
 
-    @property
+    @functools.cached_property
     def snapshot_state(self) -> Path:
         return self.root / SNAPSHOT_STATE_FILE
 
-    @property
+    @functools.cached_property
     def snapshot_memory(self) -> Path:
         return self.root / SNAPSHOT_MEMORY_FILE
 
