@@ -1,4 +1,4 @@
-"""Firecracker API client over the jail's Unix socket (h11, :mod:`fcd_vmm.fchttp`).
+"""Firecracker API client over the jail's Unix socket (httptools, :mod:`fcd_vmm.fchttp`).
 
 The one seam where Firecracker's answers become fcd errors:
 
@@ -20,7 +20,6 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-import h11
 import msgspec
 
 from fcd_common.errors import DeadlineExceeded, FirecrackerError, Internal, Unavailable
@@ -110,7 +109,9 @@ class FirecrackerClient:
                 f"Firecracker API {method} {path}: no answer on {self.socket_path}",
                 details={"path": path},
             ) from None
-        except (h11.ProtocolError, fchttp.TooLarge, OSError) as e:
+        except fchttp.BadRequest as e:  # fcd's own paths: a bug, not Firecracker's fault
+            raise Internal(f"Firecracker API: {e}") from None
+        except (fchttp.ProtocolError, fchttp.TooLarge, OSError) as e:
             raise Unavailable(
                 f"Firecracker API {method} {path}: cannot reach {self.socket_path}: {e}",
                 details={"path": path},

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-import h11
 import pytest
 
 from fcd_vmm import fchttp
@@ -105,8 +104,67 @@ def test_a_server_that_hangs_up_mid_answer_is_an_os_error(tmp_path: Path) -> Non
         server = await _server(sock, [cut], conns)
         async with server:
             c = fchttp.Connection(str(sock))
-            with pytest.raises(h11.RemoteProtocolError):
+            with pytest.raises(fchttp.ProtocolError):
                 await c.request("GET", "/", None)
             c.close()
 
     asyncio.run(main())
+
+
+def test_a_malformed_answer_is_a_protocol_error_and_the_connection_is_dropped(
+    tmp_path: Path,
+) -> None:
+    sock, conns = tmp_path / "s", []
+    garbage = b"HTTP/1.1 2x0 OK\r\n\r\n"
+
+    async def main() -> None:
+        server = await _server(sock, [garbage, NO_CONTENT], conns)
+        async with server:
+            c = fchttp.Connection(str(sock))
+            with pytest.raises(fchttp.ProtocolError):
+                await c.request("GET", "/", None)
+            assert await c.request("PUT", "/a", b"{}") == (204, b"")  # a new connection
+            c.close()
+
+    asyncio.run(main())
+    assert len(conns) == 2
+
+
+def test_chunked_answers_and_bytes_past_the_answer(tmp_path: Path) -> None:
+    sock, conns = tmp_path / "s", []
+    chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+    two = NO_CONTENT + NO_CONTENT  # a second answer nobody asked for: the connection goes
+
+    async def main() -> list[tuple[int, bytes]]:
+        server = await _server(sock, [chunked, two, NO_CONTENT], conns)
+        async with server:
+            c = fchttp.Connection(str(sock))
+            out = [
+                await c.request("GET", "/", None),
+                await c.request("PUT", "/a", b"{}"),
+                await c.request("PUT", "/b", b"{}"),
+            ]
+            c.close()
+            return out
+
+    assert asyncio.run(main()) == [(200, b"abc"), (204, b""), (204, b"")]
+    assert len(conns) == 2
+
+
+@pytest.mark.parametrize(
+    ("method", "target"),
+    [("POST", "/a"), ("GET", "a"), ("GET", "/a b"), ("PUT", "/a\r\nX-Evil: 1"), ("GET", "/\u00e9")],
+)
+def test_a_request_that_could_smuggle_a_header_is_refused(method: str, target: str) -> None:
+    with pytest.raises(fchttp.BadRequest):
+        fchttp.request_bytes(method, target, None)
+
+
+def test_the_request_bytes() -> None:
+    assert fchttp.request_bytes("PUT", "/drives/rootfs", b"{}") == (
+        b"PUT /drives/rootfs HTTP/1.1\r\nHost: localhost\r\nAccept: application/json\r\n"
+        b"Content-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
+    )
+    assert fchttp.request_bytes("GET", "/", None) == (
+        b"GET / HTTP/1.1\r\nHost: localhost\r\nAccept: application/json\r\n\r\n"
+    )
