@@ -2,16 +2,16 @@
 
 Each VM gets ``uid = gid`` from ``[uid_min, uid_max]``; no two VMs ever share
 one. The allocation itself is a pure function (:func:`pick_uid`); the
-:class:`UidPool` keeps one JSON record per VM in ``<state>/vms/<vm_id>.json``
-(written atomically: temp file, fsync, rename), reloads them at start and
-refuses a record that would reuse a uid already taken.
+:class:`UidPool` keeps one JSON record per VM in ``<state>/jails.log``
+(:mod:`fcd_common.recordlog`: one fdatasync'd line per change), reloads them
+at start and refuses a record that would reuse a uid already taken. Records of
+an older fcd (one file per VM in ``<state>/vms/``) are folded into the log at
+load and their files removed.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Literal
@@ -19,9 +19,9 @@ from typing import Literal
 import msgspec
 
 from fcd_common import logs
-from fcd_common.atomicfile import write_atomic
 from fcd_common.errors import Internal, ResourceExhausted
 from fcd_common.ids import check_vm_id, is_vm_id
+from fcd_common.recordlog import RecordLog, read_records
 
 log = logging.getLogger("fcd.vmm.uidpool")
 
@@ -75,10 +75,12 @@ def pick_uid(used: Iterable[int], lo: int, hi: int, start: int | None = None) ->
 
 
 class UidPool:
-    """Records of every VM that holds a jail uid, persisted one file per VM."""
+    """Records of every VM that holds a jail uid, persisted in one append-only log."""
 
     def __init__(self, state_dir: Path, uid_min: int, uid_max: int, max_vms: int) -> None:
         self.dir = state_dir / "vms"
+        """Where an older fcd kept one file per VM (migrated at load)."""
+        self.log = RecordLog(log_path(state_dir), JailRecord)
         self.uid_min = uid_min
         self.uid_max = uid_max
         self.max_vms = max_vms
@@ -87,24 +89,20 @@ class UidPool:
 
     # --- persistence -----------------------------------------------------------------
     def load(self) -> list[JailRecord]:
-        """(Re)read every record file; returns the records kept."""
-        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        """(Re)read every record; returns the records kept."""
+        stored = self.log.load()
+        self._migrate(stored)
         self._records.clear()
         by_uid: dict[int, str] = {}
-        for path in sorted(self.dir.glob("*.json")):
-            vm_id = path.stem
-            try:
-                rec = _decoder.decode(path.read_bytes())
-            except (OSError, msgspec.DecodeError) as e:
-                log.error("ignoring unreadable VM record %s: %s", path, e, extra=logs.vm(vm_id))
-                continue
+        for vm_id in sorted(stored):
+            rec = stored[vm_id]
             if not is_vm_id(vm_id) or rec.vm_id != vm_id:
-                log.error("ignoring VM record %s: id mismatch (%r)", path, rec.vm_id)
+                log.error("ignoring VM record %s: id mismatch (%r)", vm_id, rec.vm_id)
                 continue
             if not (self.uid_min <= rec.uid <= self.uid_max) or rec.gid != rec.uid:
                 log.error(
                     "VM record %s has uid %d/gid %d outside the pool [%d, %d]; keeping it reserved",
-                    path,
+                    vm_id,
                     rec.uid,
                     rec.gid,
                     self.uid_min,
@@ -114,7 +112,7 @@ class UidPool:
             if rec.uid in by_uid:
                 log.error(
                     "VM record %s reuses uid %d of %s; ignoring it",
-                    path,
+                    vm_id,
                     rec.uid,
                     by_uid[rec.uid],
                     extra=logs.vm(vm_id),
@@ -124,13 +122,31 @@ class UidPool:
             self._records[vm_id] = rec
         return list(self._records.values())
 
+    def _migrate(self, stored: dict[str, JailRecord]) -> None:
+        """Fold an older fcd's per-VM files into the log, then remove them. A file
+        whose VM the log knows already was folded in by an earlier, interrupted load."""
+        if not self.dir.is_dir():
+            return
+        for path in sorted(self.dir.glob("*.json")):
+            vm_id = path.stem
+            if vm_id not in stored:
+                try:
+                    rec = _decoder.decode(path.read_bytes())
+                except (OSError, msgspec.DecodeError) as e:
+                    log.error("ignoring unreadable VM record %s: %s", path, e)
+                    continue  # kept on disk: a failure never deletes state
+                if not is_vm_id(vm_id):
+                    log.error("ignoring VM record %s: not a VM id", path)
+                    continue
+                self.log.put(vm_id, rec)
+                stored[vm_id] = rec
+            path.unlink()
+            log.info("VM record %s moved into %s", path.name, self.log.path)
+
     def save(self, rec: JailRecord) -> None:
         if self._records.get(rec.vm_id) is not rec:
             raise Internal(f"saving a record that is not in the pool: {rec.vm_id}")
-        write_atomic(self._path(rec.vm_id), _encoder.encode(rec))
-
-    def _path(self, vm_id: str) -> Path:
-        return self.dir / f"{check_vm_id(vm_id)}.json"
+        self.log.put(check_vm_id(rec.vm_id), rec)
 
     # --- queries ---------------------------------------------------------------------
     def get(self, vm_id: str) -> JailRecord | None:
@@ -170,8 +186,16 @@ class UidPool:
     def release(self, vm_id: str) -> JailRecord | None:
         """Forget the VM and free its uid (idempotent); returns the old record."""
         rec = self._records.pop(check_vm_id(vm_id), None)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self._path(vm_id))
+        self.log.delete(vm_id)
         if rec is not None:
             log.info("freed uid/gid %d", rec.uid, extra=logs.vm(vm_id))
         return rec
+
+
+def log_path(state_dir: Path) -> Path:
+    return state_dir / "jails.log"
+
+
+def stored_records(state_dir: Path) -> dict[str, JailRecord]:
+    """The records on disk, read only (tests, tools): what a restart would load."""
+    return read_records(log_path(state_dir), JailRecord)

@@ -41,6 +41,7 @@ import httpx
 
 from fcd_common import ids
 from fcd_dev import suite as suite_mod
+from fcd_vmm import uidpool
 
 from .harness import api, nft_ruleset, pids_with_uid_in, proc_status, sh, taps
 
@@ -327,6 +328,7 @@ class Chaos:
         by_vm = {v: p for p, v in fcs.items()}
         links = set(taps(self.suite.netns or "", cfg.network.tap_prefix))
         namespaces = _netns()
+        jail_records = uidpool.stored_records(cfg.state("vmm"))
         for vm in vms:
             vm_id, state, pid = vm["id"], vm["state"], vm["pid"]
             if state in ("running", "paused"):
@@ -347,10 +349,11 @@ class Chaos:
             for what, path in (
                 ("lease", cfg.state("net") / "leases" / f"{vm_id}.json"),
                 ("disk", store),
-                ("jail record", cfg.state("vmm") / "vms" / f"{vm_id}.json"),
             ):
                 if not path.exists():
                     bad.append(f"{vm_id}: {state} without its {what}")
+            if vm_id not in jail_records:
+                bad.append(f"{vm_id}: {state} without its jail record")
         listed = {v["id"] for v in vms}
         bad += [f"Firecracker {p} of unknown VM {v}" for p, v in fcs.items() if v not in listed]
 
@@ -397,7 +400,8 @@ class Chaos:
         out += [f"cgroup {p}" for p in root.glob(f"*/{s.parent_cgroup}/*") if p.is_dir()]
         out += [f"cgroup {p}" for p in root.glob(f"{s.parent_cgroup}/*") if p.is_dir()]
         out += [f"process {p}" for p in self._pool_pids()]
-        out += [f"vmm record {p.name}" for p in (cfg.state("vmm") / "vms").glob("*.json")]
+        out += [f"vmm record {v}" for v in uidpool.stored_records(cfg.state("vmm"))]
+        out += [f"vmm record file {p.name}" for p in (cfg.state("vmm") / "vms").glob("*.json")]
         return out
 
 

@@ -46,6 +46,7 @@ from fcd_dev.suite import SuiteError, spawn, terminate
 from fcd_vmm import acl, cgroups, jailfs
 from fcd_vmm.fcclient import FirecrackerClient
 
+from .. import jailrecords
 from ..launches import drive, make_launch
 
 pytestmark = pytest.mark.root
@@ -393,7 +394,7 @@ def test_lifecycle_allocate_launch_pause_resume_stop_relaunch_release(env: Env) 
     assert not root.parent.exists()
     assert env.cgroup_dirs(vm_id) == []
     assert env.call(Status(vm_id=vm_id)).state == "absent"
-    assert not (env.cfg.state("vmm") / "vms" / f"{vm_id}.json").exists()
+    assert jailrecords.record(env.cfg.state("vmm"), vm_id) is None
     assert env.call(ReleaseJail(vm_id=vm_id)).state == "absent"  # idempotent
     assert env.call(ListVms()).items == []
     assert env.proc is not None
@@ -461,13 +462,12 @@ def test_daemon_restart_readopts_running_vm(env: Env) -> None:
     assert env.call(Pause(vm_id=vm_id)).state == "paused"
     # a crash between boot and recording the pid: the jailer's pid file still finds it
     env.stop()
-    record = env.cfg.state("vmm") / "vms" / f"{vm_id}.json"
-    data = json.loads(record.read_text())
-    record.write_text(json.dumps({**data, "pid": None, "state": "allocated"}))
+    jailrecords.edit(env.cfg.state("vmm"), vm_id, pid=None, state="allocated")
     env.start()
     st = env.call(Status(vm_id=vm_id))
     assert (st.state, st.pid) == ("paused", vm.pid)
-    assert json.loads(record.read_text())["pid"] == vm.pid
+    rec = jailrecords.record(env.cfg.state("vmm"), vm_id)
+    assert rec is not None and rec.pid == vm.pid
     env.call(ReleaseJail(vm_id=vm_id))
     assert not alive(vm.pid)
     assert not Path(jail.chroot_dir).parent.exists()

@@ -7,7 +7,6 @@ a FIFO or a link to ``/dev/zero``. Real daemon, real jails, real Unix sockets
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
 import stat
@@ -21,6 +20,7 @@ from fcd_common.proto.vmm import AllocateJail, Pause, ReleaseJail, Status, Stop
 from fcd_vmm import jailfs
 from fcd_vmm.plan import jail_paths
 
+from .. import jailrecords
 from ..launches import drive
 from . import test_vmm_daemon as daemon
 from .test_vmm_daemon import Env, acl_uids, fc_get, needs_doubles
@@ -145,9 +145,7 @@ def test_finding3_fifo_pid_file_does_not_hang_daemon_start(env: Env) -> None:
     _launch(env, a, "172.30.0.2")
     pa = jail_paths(env.cfg, a)
     env.stop()
-    record = env.cfg.state("vmm") / "vms" / f"{a}.json"
-    data = json.loads(record.read_text())
-    record.write_text(json.dumps({**data, "pid": None, "state": "allocated"}))
+    jailrecords.edit(env.cfg.state("vmm"), a, pid=None, state="allocated")
     pa.pid_file.unlink()
     os.mkfifo(pa.pid_file)
     env.start()  # spawn() fails if the daemon is not ready within its timeout
@@ -206,13 +204,12 @@ def test_an_entry_a_crash_left_between_grant_and_revoke_goes_at_start(env: Env) 
     env.stop()
     # the state a kill between the grant and the revoke leaves
     jailfs.grant_read(str(kernel), jail.uid)
-    record = env.cfg.state("vmm") / "vms" / f"{a}.json"
-    data = json.loads(record.read_text())
-    record.write_text(json.dumps({**data, "acl_files": [str(kernel)]}))
+    jailrecords.edit(env.cfg.state("vmm"), a, acl_files=[str(kernel)])
     assert acl_uids(kernel) == [jail.uid]
     env.start()
     assert acl_uids(kernel) == []
-    assert json.loads(record.read_text())["acl_files"] == []
+    rec = jailrecords.record(env.cfg.state("vmm"), a)
+    assert rec is not None and rec.acl_files == []
     assert env.call(Status(vm_id=a)).state == "running"
     env.call(ReleaseJail(vm_id=a))
     assert stat.S_IMODE(os.stat(kernel).st_mode) == 0o640

@@ -23,7 +23,7 @@ from fcd_common.proto.vmm import Launch, SnapshotFiles
 from fcd_vmm import cgroups, checks, plan
 from fcd_vmm.fcclient import FirecrackerClient, fault_text
 from fcd_vmm.procs import Aborted, wait_for_path
-from fcd_vmm.uidpool import UidPool, pick_uid
+from fcd_vmm.uidpool import UidPool, pick_uid, stored_records
 
 from ..launches import make_launch
 
@@ -125,38 +125,61 @@ def test_pool_persists_and_reloads(tmp_path: Path) -> None:
     b = pool.allocate("vm-b")
     b.pid, b.state = 4242, "running"
     pool.save(b)
-    on_disk = json.loads((tmp_path / "vms" / "vm-b.json").read_text())
-    assert on_disk == {
-        "vm_id": "vm-b",
-        "uid": b.uid,
-        "gid": b.uid,
-        "pid": 4242,
-        "state": "running",
-        "exit_code": None,
-        "acl_files": [],
-        "mem_size_mib": None,
-        "drives": [],
-        "balloon": False,
-    }
-    assert not list((tmp_path / "vms").glob(".*tmp"))  # atomic write left no temp file
+    last = (tmp_path / "jails.log").read_bytes().splitlines()[-1]
+    assert json.loads(last) == [
+        "vm-b",
+        {
+            "vm_id": "vm-b",
+            "uid": b.uid,
+            "gid": b.uid,
+            "pid": 4242,
+            "state": "running",
+            "exit_code": None,
+            "acl_files": [],
+            "mem_size_mib": None,
+            "drives": [],
+            "balloon": False,
+        },
+    ]
+    assert stored_records(tmp_path) == {"vm-a": a, "vm-b": b}
+    assert os.listdir(tmp_path) == ["jails.log"]  # one file, no per-VM or temp files
     again = UidPool(tmp_path, 100, 109, max_vms=50)
     again.load()
     assert again.get("vm-a") == a and again.get("vm-b") == b
     assert again.allocate("vm-c").uid not in {a.uid, b.uid}
     again.release("vm-a")
-    assert not (tmp_path / "vms" / "vm-a.json").exists()
-    again.release("vm-a")  # idempotent
+    assert "vm-a" not in stored_records(tmp_path)
+    size = (tmp_path / "jails.log").stat().st_size
+    again.release("vm-a")  # idempotent, and writes nothing
+    assert (tmp_path / "jails.log").stat().st_size == size
     third = UidPool(tmp_path, 100, 109, max_vms=50)
     assert {r.vm_id for r in third.load()} == {"vm-b", "vm-c"}
 
 
-def test_pool_reload_skips_garbage_and_duplicate_uids(tmp_path: Path) -> None:
+def test_pool_moves_an_older_fcds_record_files_into_its_log(tmp_path: Path) -> None:
     d = tmp_path / "vms"
     d.mkdir()
-    (d / "vm-a.json").write_text('{"vm_id": "vm-a", "uid": 100, "gid": 100}')
-    (d / "vm-b.json").write_text('{"vm_id": "vm-b", "uid": 100, "gid": 100}')  # same uid
-    (d / "vm-c.json").write_text("not json")
-    (d / "vm-d.json").write_text('{"vm_id": "other", "uid": 103, "gid": 103}')  # id mismatch
+    (d / "vm-a.json").write_text('{"vm_id": "vm-a", "uid": 100, "gid": 100, "pid": 7}')
+    (d / "vm-b.json").write_text('{"vm_id": "vm-b", "uid": 101, "gid": 101}')
+    (d / "vm-c.json").write_text("not json")  # unreadable: kept where it is
+    pool = UidPool(tmp_path, 100, 109, max_vms=50)
+    assert {(r.vm_id, r.pid) for r in pool.load()} == {("vm-a", 7), ("vm-b", None)}
+    assert sorted(p.name for p in d.iterdir()) == ["vm-c.json"]
+    assert set(stored_records(tmp_path)) == {"vm-a", "vm-b"}
+    # an interrupted migration: the log has vm-a already, its file came back (stale)
+    (d / "vm-a.json").write_text('{"vm_id": "vm-a", "uid": 100, "gid": 100, "pid": 1}')
+    again = UidPool(tmp_path, 100, 109, max_vms=50)
+    assert {(r.vm_id, r.pid) for r in again.load()} == {("vm-a", 7), ("vm-b", None)}
+    assert not (d / "vm-a.json").exists()
+
+
+def test_pool_reload_skips_garbage_and_duplicate_uids(tmp_path: Path) -> None:
+    with (tmp_path / "jails.log").open("wb") as f:
+        f.write(b'["vm-a", {"vm_id": "vm-a", "uid": 100, "gid": 100}]\n')
+        f.write(b'["vm-b", {"vm_id": "vm-b", "uid": 100, "gid": 100}]\n')  # same uid
+        f.write(b"not json\n")
+        f.write(b'["vm-c", {"vm_id": "vm-c", "uid": "x"}]\n')  # not a record
+        f.write(b'["vm-d", {"vm_id": "other", "uid": 103, "gid": 103}]\n')  # id mismatch
     pool = UidPool(tmp_path, 100, 109, max_vms=50)
     assert [r.vm_id for r in pool.load()] == ["vm-a"]
     assert pool.allocate("vm-e").uid != 100
