@@ -94,7 +94,7 @@ def run(sizes: list[int], repeat: int) -> None:
             add.append(timed(functools.partial(fw.add_vm, lease)))  # nft transaction alone
             rm.append(timed(functools.partial(fw.remove_vm, lease)))
         rules, elems = count(nft)
-        size = sum(p.stat().st_size for p in (cfg.state("net") / "leases").glob("*.json"))
+        size = (cfg.state("net") / "leases.log").stat().st_size
         print(
             f"{n:>6} {statistics.median(up) * 1000:>8.2f}ms {pct(up, 0.9):>6.2f}ms "
             f"{statistics.median(down) * 1000:>11.2f}ms {pct(down, 0.9):>6.2f}ms "

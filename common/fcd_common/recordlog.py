@@ -18,7 +18,9 @@ a key wins. Crash safety:
 - a failed append is truncated back at once, so a later line never lands after
   a torn one;
 - a line in the middle that does not decode (corruption) is skipped and logged,
-  and the lines after it still count;
+  and the lines after it still count -- or, for a store that must fail closed
+  (``strict``: fcd-net's leases, where a lost lease could hand an address out
+  twice), refuses the load with ``Internal``;
 - once the file holds more than ``4 x`` the live records (and at least
   ``min_compact`` lines), it is rewritten with the live records only, through
   :func:`~fcd_common.atomicfile.write_atomic`: a reader sees the old log or the
@@ -38,6 +40,7 @@ from typing import Generic, TypeVar
 import msgspec
 
 from .atomicfile import fsync_dir, write_atomic
+from .errors import Internal
 
 log = logging.getLogger("fcd.recordlog")
 
@@ -51,8 +54,11 @@ _enc = msgspec.json.Encoder()
 class RecordLog(Generic[T]):
     """The records of one store: :meth:`load` once, then :meth:`put` / :meth:`delete`."""
 
-    def __init__(self, path: Path, type_: type[T], *, min_compact: int = 256) -> None:
+    def __init__(
+        self, path: Path, type_: type[T], *, min_compact: int = 256, strict: bool = False
+    ) -> None:
         self.path = path
+        self.strict = strict
         self._dec = msgspec.json.Decoder(type_)
         self.min_compact = min_compact
         self._live: dict[str, bytes] = {}
@@ -86,21 +92,7 @@ class RecordLog(Generic[T]):
                 os.ftruncate(fd, good)
                 os.fdatasync(fd)
                 data = data[:good]
-            live: dict[str, bytes] = {}
-            lines = 0
-            for n, line in enumerate(data.splitlines(), 1):
-                if not line:
-                    continue
-                lines += 1
-                try:
-                    key, raw = _line_dec.decode(line)
-                except msgspec.DecodeError as e:
-                    log.error("%s: skipping unreadable line %d: %s", self.path, n, e)
-                    continue
-                if bytes(raw) == _NULL:
-                    live.pop(key, None)
-                else:
-                    live[key] = line + b"\n"
+            live, lines = self._replay(data)
         except BaseException:
             os.close(fd)
             raise
@@ -113,10 +105,34 @@ class RecordLog(Generic[T]):
             try:
                 out[key] = self._dec.decode(raw)
             except msgspec.DecodeError as e:
+                if self.strict:
+                    self.close()
+                    raise Internal(f"{self.path}: the record of {key!r} is corrupt: {e}") from None
                 log.error("%s: ignoring the record of %r: %s", self.path, key, e)
         if self._lines >= self.min_compact and self._lines > 4 * len(self._live):
             self._compact()
         return out
+
+    def _replay(self, data: bytes) -> tuple[dict[str, bytes], int]:
+        """(key -> its last put line, number of lines) of whole lines ``data``."""
+        live: dict[str, bytes] = {}
+        lines = 0
+        for n, line in enumerate(data.splitlines(), 1):
+            if not line:
+                continue
+            lines += 1
+            try:
+                key, raw = _line_dec.decode(line)
+            except msgspec.DecodeError as e:
+                if self.strict:
+                    raise Internal(f"{self.path}: line {n} is corrupt: {e}") from None
+                log.error("%s: skipping unreadable line %d: %s", self.path, n, e)
+                continue
+            if bytes(raw) == _NULL:
+                live.pop(key, None)
+            else:
+                live[key] = line + b"\n"
+        return live, lines
 
     def keys(self) -> Iterator[str]:
         return iter(list(self._live))

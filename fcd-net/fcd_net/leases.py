@@ -1,17 +1,20 @@
-"""Persisted address leases: one file per VM, ``<state>/net/leases/<vm_id>.json``.
+"""Persisted address leases: one append-only log, ``<state>/net/leases.log``.
 
-The files are the source of truth for which VM holds which address and host
-ports: loaded at start, and each change rewrites only that VM's file
-atomically (temp file, fsync, rename, fsync of the directory), so a setup or
-teardown costs the same with 10 VMs or 10,000 and a crash leaves either the
-old or the new lease, never a torn one. The in-memory view refuses to persist
-an address or host port twice, so nothing is ever handed out twice -- not even
-across restarts.
+The log is the source of truth for which VM holds which address and host
+ports: loaded at start, and each change is one fdatasync'd line
+(:mod:`fcd_common.recordlog`), so a setup or teardown costs the same with 10
+VMs or 10,000 and a crash leaves either the old or the new lease, never a torn
+one. Unlike fcd-vmm's jail records the log fails closed: a corrupt line stops
+fcd-net from starting rather than forget a lease and hand its address out
+again. The in-memory view refuses to persist an address or host port twice, so
+nothing is ever handed out twice -- not even across restarts.
+
+Older layouts are folded into the log at start and removed: one file per VM in
+``<state>/net/leases/`` and, before that, one ``leases.json`` for all.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import Iterator
 from collections.abc import Set as AbstractSet
@@ -19,20 +22,24 @@ from pathlib import Path
 
 import msgspec
 
-from fcd_common.atomicfile import fsync_dir, write_atomic
+from fcd_common.atomicfile import fsync_dir
 from fcd_common.errors import Internal
 from fcd_common.ids import is_vm_id
+from fcd_common.recordlog import RecordLog, read_records
 
 from .plan import Lease
 
 log = logging.getLogger("fcd.net.leases")
 
-DIR_NAME = "leases"
+LOG_NAME = "leases.log"
+DIR_NAME = "leases"  # one file per VM (before the log)
 LEGACY_FILE = "leases.json"  # one file for all leases (before per-VM files)
 VERSION = 1
 
 
 class LeaseRecord(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """A per-VM lease file of the older layout, read once to migrate."""
+
     version: int = VERSION
     lease: Lease
 
@@ -52,7 +59,8 @@ def _check(out: dict[str, Lease], where: Path) -> dict[str, Lease]:
 
 
 def load(directory: Path) -> dict[str, Lease]:
-    """Leases by VM id; no directory is an empty set, a corrupt file is an error."""
+    """Leases by VM id from per-VM files (the older layout); no directory is an empty
+    set, a corrupt file is an error."""
     out: dict[str, Lease] = {}
     if not directory.is_dir():
         return out
@@ -82,34 +90,50 @@ def load_legacy(path: Path) -> dict[str, Lease]:
     return _check(out, path)
 
 
-def save(directory: Path, lease: Lease) -> None:
-    data = msgspec.json.format(msgspec.json.encode(LeaseRecord(lease=lease)), indent=2) + b"\n"
-    write_atomic(directory / f"{lease.vm_id}.json", data)
-
-
-def delete(directory: Path, vm_id: str) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        (directory / f"{vm_id}.json").unlink()
-    fsync_dir(directory)
+def stored(state_dir: Path) -> dict[str, Lease]:
+    """The leases on disk, read only (tests, tools): what a restart would load."""
+    return read_records(state_dir / LOG_NAME, Lease)
 
 
 class LeaseStore:
-    """In-memory view of the lease file; every mutation is persisted before it returns."""
+    """In-memory view of the lease log; every mutation is persisted before it returns."""
 
     def __init__(self, state_dir: Path) -> None:
-        self.path = state_dir / DIR_NAME
-        self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self._leases = load(self.path)
-        legacy = state_dir / LEGACY_FILE
-        if legacy.exists():  # migrate: per-VM files first, then drop the old file
-            for lease in load_legacy(legacy).values():
-                if lease.vm_id not in self._leases:
-                    save(self.path, lease)
-            legacy.unlink()
-            fsync_dir(state_dir)
-            self._leases = load(self.path)
+        state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.path = state_dir / LOG_NAME
+        self.log = RecordLog(self.path, Lease, strict=True)
+        self._leases = self.log.load()
+        for vm_id, lease in self._leases.items():
+            if lease.vm_id != vm_id or not is_vm_id(vm_id):
+                raise Internal(f"{self.path}: {vm_id!r} holds the lease of {lease.vm_id!r}")
+        self._migrate(state_dir)
+        _check(self._leases, self.path)
         self._reindex()
         log.info("loaded %d lease(s) from %s", len(self._leases), self.path)
+
+    def _migrate(self, state_dir: Path) -> None:
+        """Older layouts into the log, then their files away. A lease the log holds
+        already was moved by an earlier, interrupted start: its file is stale."""
+        legacy = state_dir / LEGACY_FILE
+        directory = state_dir / DIR_NAME
+        found: dict[str, Lease] = {}
+        if legacy.exists():
+            found.update(load_legacy(legacy))
+        if directory.is_dir():
+            found.update(load(directory))  # per-VM files were written after the single file
+        for vm_id, lease in found.items():
+            if vm_id not in self._leases:
+                self.log.put(vm_id, lease)
+                self._leases[vm_id] = lease
+        if directory.is_dir():
+            for path in directory.glob("*.json"):
+                path.unlink()
+            directory.rmdir()
+        if legacy.exists():
+            legacy.unlink()
+        if found:
+            fsync_dir(state_dir)
+            log.info("moved %d lease(s) of an older layout into %s", len(found), self.path)
 
     # Indexes kept beside the leases, so a setup or teardown looks an address, a TAP
     # or a host port up instead of scanning every lease (O(VMs) per call at scale).
@@ -172,7 +196,7 @@ class LeaseStore:
         ]
         if clash:
             raise Internal(f"host port {clash[0].protocol}/{clash[0].host_port} is mapped twice")
-        save(self.path, lease)
+        self.log.put(lease.vm_id, lease)
         old = self._leases.get(lease.vm_id)
         if old is not None:
             self._unindex(old)
@@ -182,7 +206,7 @@ class LeaseStore:
     def remove(self, vm_id: str) -> Lease | None:
         if vm_id not in self._leases:
             return None
-        delete(self.path, vm_id)
+        self.log.delete(vm_id)
         lease = self._leases.pop(vm_id)
         self._unindex(lease)
         return lease

@@ -25,7 +25,7 @@ NETNS_VETH = "eth0"
 
 
 class Lease(Record):
-    """One VM's network identity, as persisted in ``leases/<vm_id>.json``.
+    """One VM's network identity, as persisted in ``leases.log`` (:mod:`fcd_net.leases`).
 
     Bridge mode: ``ip`` is unique and the TAP sits on the bridge. netns mode:
     ``ip``/``mac``/``tap`` are the same for every VM (inside its own namespace

@@ -41,6 +41,7 @@ import httpx
 
 from fcd_common import ids
 from fcd_dev import suite as suite_mod
+from fcd_net import leases as net_leases
 from fcd_vmm import uidpool
 
 from .harness import api, nft_ruleset, pids_with_uid_in, proc_status, sh, taps
@@ -329,6 +330,7 @@ class Chaos:
         links = set(taps(self.suite.netns or "", cfg.network.tap_prefix))
         namespaces = _netns()
         jail_records = uidpool.stored_records(cfg.state("vmm"))
+        leases = net_leases.stored(cfg.state("net"))
         for vm in vms:
             vm_id, state, pid = vm["id"], vm["state"], vm["pid"]
             if state in ("running", "paused"):
@@ -346,12 +348,10 @@ class Chaos:
             elif vm_id in by_vm:
                 bad.append(f"{vm_id}: {state} but Firecracker {by_vm[vm_id]} runs")
             store = cfg.state("storage") / "disks" / vm_id
-            for what, path in (
-                ("lease", cfg.state("net") / "leases" / f"{vm_id}.json"),
-                ("disk", store),
-            ):
-                if not path.exists():
-                    bad.append(f"{vm_id}: {state} without its {what}")
+            if not store.exists():
+                bad.append(f"{vm_id}: {state} without its disk")
+            if vm_id not in leases:
+                bad.append(f"{vm_id}: {state} without its lease")
             if vm_id not in jail_records:
                 bad.append(f"{vm_id}: {state} without its jail record")
         listed = {v["id"] for v in vms}
@@ -387,7 +387,7 @@ class Chaos:
             c = obj.get("chain")
             if c and c["name"].startswith("vm_") and c["name"] != "vm_to_vm":
                 out.append(f"nft chain {c['name']}")
-        out += [f"lease {p.name}" for p in (cfg.state("net") / "leases").glob("*.json")]
+        out += [f"lease {v}" for v in net_leases.stored(cfg.state("net"))]
         store = cfg.state("storage")
         for sub in ("disks", "snapshots"):
             d = store / sub

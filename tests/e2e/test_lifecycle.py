@@ -17,6 +17,7 @@ import pytest
 
 from fcd_common import ids
 from fcd_dev import devup
+from fcd_net import leases as net_leases
 from fcd_vmm import uidpool
 
 from .harness import (
@@ -47,7 +48,7 @@ def _leftovers(suite, vm_id: str, tap: str, ip: str) -> dict[str, object]:  # ty
         "chroot": (Path(cfg.paths.chroot_base) / fc_name / vm_id).exists(),
         "cgroups": cgroups,
         "processes": pids_with_uid_in(cfg.jail.uid_min, cfg.jail.uid_max, suite.netns),
-        "ip lease": ip in "".join(p.read_text() for p in leases.rglob("*") if p.is_file()),
+        "ip lease": ip in {x.addr for x in net_leases.stored(leases).values()},
         "vmm state": [p.name for p in cfg.state("vmm").rglob("*.json") if vm_id in p.name]
         + [v for v in uidpool.stored_records(cfg.state("vmm")) if v == vm_id],
     }

@@ -41,6 +41,7 @@ from fcd_common.proto.net import (
 )
 from fcd_common.rpc import Done, Reply, Request, RpcClient
 from fcd_dev.suite import SuiteError, spawn, terminate
+from fcd_net import leases as net_leases
 
 pytestmark = pytest.mark.root
 
@@ -228,8 +229,8 @@ def test_teardown_removes_exactly_that_vm(daemon: NetDaemon) -> None:
     assert daemon.call(NetTeardown(vm_id="vm-a")) == Done()
     assert daemon.call(NetTeardown(vm_id="never")) == Done()
     assert [x.vm_id for x in daemon.call(NetList()).items] == ["vm-b"]
-    leases = "".join(p.read_text() for p in (daemon.cfg.state("net") / "leases").glob("*.json"))
-    assert a.ip not in leases and b.ip in leases
+    kept = {x.addr for x in net_leases.stored(daemon.cfg.state("net")).values()}
+    assert a.ip not in kept and b.ip in kept
 
 
 def test_leases_survive_restart_and_ruleset_is_repaired(daemon: NetDaemon) -> None:

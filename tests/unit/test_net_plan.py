@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -113,9 +114,32 @@ def test_lease_file_roundtrip(tmp_path: Path) -> None:
     assert again.by_tap(ids.tap_name("vm-a")) == lease("vm-a", "10.213.0.2")
     again.remove("vm-a")
     assert [x.vm_id for x in LeaseStore(tmp_path / "net")] == ["vm-b"]
-    assert not list((tmp_path / "net" / "leases").glob(".*tmp"))  # no temp files left
-    assert (tmp_path / "net" / "leases" / "vm-b.json").stat().st_mode & 0o777 == 0o600
-    assert not (tmp_path / "net" / "leases" / "vm-a.json").exists()
+    assert os.listdir(tmp_path / "net") == ["leases.log"]  # one file, no temp files
+    assert (tmp_path / "net" / "leases.log").stat().st_mode & 0o777 == 0o600
+    assert set(leases.stored(tmp_path / "net")) == {"vm-b"}
+
+
+def test_a_corrupt_lease_log_stops_the_start(tmp_path: Path) -> None:
+    store = LeaseStore(tmp_path)
+    store.put(lease("vm-a", "10.213.0.2"))
+    store.put(lease("vm-b", "10.213.0.3"))
+    store.log.close()
+    log_file = tmp_path / "leases.log"
+    good = log_file.read_bytes()
+    log_file.write_bytes(good.replace(b'"vm-a"', b'"vm-a\x00', 1))  # a damaged first line
+    with pytest.raises(Internal, match="corrupt"):
+        LeaseStore(tmp_path)
+    # a line that holds another VM's lease, and the same address twice
+    b = msgspec.json.encode(("vm-c", lease("vm-b", "10.213.0.4")))
+    log_file.write_bytes(good + b + b"\n")
+    with pytest.raises(Internal, match="holds the lease"):
+        LeaseStore(tmp_path)
+    c = msgspec.json.encode(("vm-c", lease("vm-c", "10.213.0.2")))
+    log_file.write_bytes(good + c + b"\n")
+    with pytest.raises(Internal, match="twice"):
+        LeaseStore(tmp_path)
+    log_file.write_bytes(good + c[:20])  # a torn last line: never acknowledged, cut off
+    assert [x.vm_id for x in LeaseStore(tmp_path)] == ["vm-a", "vm-b"]
 
 
 def test_store_never_persists_a_double_lease(tmp_path: Path) -> None:
@@ -149,6 +173,21 @@ def test_legacy_single_file_is_migrated(tmp_path: Path) -> None:
     assert store.get("vm-a") == lease("vm-a", "10.213.0.2")
     assert not (tmp_path / "leases.json").exists()
     assert [x.vm_id for x in LeaseStore(tmp_path)] == ["vm-a"]
+
+
+def test_per_vm_lease_files_are_moved_into_the_log(tmp_path: Path) -> None:
+    d = tmp_path / "leases"
+    d.mkdir()
+    for vm_id, ip in (("vm-a", "10.213.0.2"), ("vm-b", "10.213.0.3")):
+        rec = {"version": 1, "lease": msgspec.to_builtins(lease(vm_id, ip))}
+        (d / f"{vm_id}.json").write_text(json.dumps(rec))
+    store = LeaseStore(tmp_path)
+    assert [x.vm_id for x in store] == ["vm-a", "vm-b"]
+    assert not d.exists()
+    assert set(leases.stored(tmp_path)) == {"vm-a", "vm-b"}
+    store.remove("vm-a")
+    store.log.close()
+    assert [x.vm_id for x in LeaseStore(tmp_path)] == ["vm-b"]
 
 
 # --- nftables plan ----------------------------------------------------------------
