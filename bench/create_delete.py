@@ -12,7 +12,9 @@ DELETE /v1/vms/{id}?force=true), one after another. Printed:
 - per-phase medians of a create and a delete, from the ``Server-Timing`` header
   fcd-api returns (its own phases, ``api.*``, and fcd-vmm's, ``vmm.*``);
 - the CPU (user+sys from /proc, threads included, children not) each daemon
-  spent per create+delete.
+  spent per create+delete, and the bare sequence's own CPU for the same work
+  (this process's, its jailer children not counted): the floor the four
+  daemons' sum is compared with.
 
 ``--concurrency C``: C creates at once through fcd and through the bare
 sequence; VMs per second and their ratio. ``--scale N``: N VMs kept alive;
@@ -161,10 +163,13 @@ def run_rounds(fcd: Fcd, bare: Baseline, n: int, rounds: int) -> None:
     b_c: list[float] = []
     b_d: list[float] = []
     cpu = dict.fromkeys(DAEMONS, 0.0)
+    bare_cpu = 0.0
     for r in range(rounds):
         idx = range(r * n, (r + 1) * n)
+        c0 = time.process_time()
         b_c += [bare.create(i) for i in idx]
         b_d += [bare.delete(i) for i in idx]
+        bare_cpu += time.process_time() - c0
         before = fcd.cpu()
         ids = [f"bench-{i}" for i in idx]
         fc_c += [fcd.create(v) for v in ids]
@@ -194,6 +199,7 @@ def run_rounds(fcd: Fcd, bare: Baseline, n: int, rounds: int) -> None:
         "CPU per create+delete (user+sys, ms): "
         + "  ".join(f"fcd-{d} {per[d]:.1f}" for d in DAEMONS)
         + f"  total {sum(per.values()):.1f}"
+        + f"  (bare sequence's own, children excluded: {bare_cpu * 1000 / total:.1f})"
     )
 
 
