@@ -135,6 +135,11 @@ class JailConfig(_Section, frozen=True):
     parent_cgroup: Annotated[str, msgspec.Meta(pattern=r"^[a-zA-Z0-9_-]+\Z")] = "fcd"
     new_pid_ns: bool = True
     """Run Firecracker as init of its own pid namespace (jailer --new-pid-ns)."""
+    firecracker_log_level: Literal["Error", "Warning", "Info", "Debug", "Trace"] = "Warning"
+    """The level of Firecracker's own log (forwarded to the journal, ``FCD_SOURCE=
+    firecracker``). Warning, Firecracker's documented default: at Info it echoes every
+    API request with its body (boot arguments, MMDS data) -- 12 of the 14 lines of a
+    boot, each a journal entry -- which fcd's own records of the same calls cover."""
 
     def __post_init__(self) -> None:
         _absolute("firecracker", self.firecracker)

@@ -41,6 +41,7 @@ from .fcclient import FirecrackerClient
 from .plan import (
     ApiCall,
     CgroupVersion,
+    FcLogLevel,
     JailPaths,
     LaunchSpec,
     cgroup_settings,
@@ -200,12 +201,12 @@ async def _prepare(
 
 
 async def _configure(
-    paths: JailPaths, spec: LaunchSpec, firecracker_version: str, uid: int
+    paths: JailPaths, spec: LaunchSpec, firecracker_version: str, uid: int, log_level: FcLogLevel
 ) -> None:
     async with FirecrackerClient.in_jail(paths, uid) as fc:
         with spans.span("fc.get.ready"):
             await fc.wait_ready()
-        for call in configure_calls(spec, firecracker_version):
+        for call in configure_calls(spec, firecracker_version, log_level):
             try:
                 with spans.span(_span_name(call)):
                     await fc.call(call)
@@ -287,7 +288,7 @@ async def launch(
             if problem:
                 log.warning("%s", problem, extra=logs.vm(vm_id))
         log.info("firecracker pid %d is up, configuring", watch.pid, extra=logs.vm(vm_id))
-        await _configure(paths, spec, firecracker_version, uid)
+        await _configure(paths, spec, firecracker_version, uid, cfg.jail.firecracker_log_level)
         log.info(
             "%s: %d vCPU, %d MiB, pid %d, uid %d",
             "booted" if spec.req.restore is None else f"restored {spec.req.restore.name}",

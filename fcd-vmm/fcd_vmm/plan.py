@@ -293,9 +293,12 @@ class ApiCall:
     body: dict[str, Any] | None = None
 
 
-def logger_body() -> dict[str, Any]:
+FcLogLevel = Literal["Error", "Warning", "Info", "Debug", "Trace"]
+
+
+def logger_body(level: FcLogLevel = "Warning") -> dict[str, Any]:
     # show_level: fclog maps the level tag onto the journal priority
-    return {"log_path": "/" + LOG_FILE, "level": "Info", "show_level": True}
+    return {"log_path": "/" + LOG_FILE, "level": level, "show_level": True}
 
 
 def metrics_body() -> dict[str, Any]:
@@ -357,7 +360,9 @@ def snapshot_create_body(snapshot_type: Literal["full", "diff"]) -> dict[str, An
     }
 
 
-def configure_calls(spec: LaunchSpec, firecracker_version: str = "1.7.0") -> list[ApiCall]:
+def configure_calls(
+    spec: LaunchSpec, firecracker_version: str = "1.7.0", log_level: FcLogLevel = "Warning"
+) -> list[ApiCall]:
     """Every API call from a fresh Firecracker to a booted (or restored) VM, in order.
 
     A restore configures nothing a snapshot load forbids (FIRECRACKER.md §2): only
@@ -366,7 +371,7 @@ def configure_calls(spec: LaunchSpec, firecracker_version: str = "1.7.0") -> lis
     """
     if spec.req.restore is not None:
         return [
-            ApiCall("PUT", "/logger", logger_body()),
+            ApiCall("PUT", "/logger", logger_body(log_level)),
             ApiCall("PUT", "/metrics", metrics_body()),
             ApiCall("PUT", "/snapshot/load", snapshot_load_body(spec, firecracker_version)),
         ]
@@ -376,7 +381,7 @@ def configure_calls(spec: LaunchSpec, firecracker_version: str = "1.7.0") -> lis
         return with_drive_limiter(body, spec.req.rate_limits, ROOT_DRIVE_ID)
 
     return [
-        ApiCall("PUT", "/logger", logger_body()),
+        ApiCall("PUT", "/logger", logger_body(log_level)),
         ApiCall("PUT", "/metrics", metrics_body()),
         ApiCall("PUT", "/machine-config", machine_config_body(spec)),
         ApiCall("PUT", "/boot-source", boot_source_body(spec)),

@@ -296,6 +296,7 @@ uid_min = {uid_min}
 uid_max = {uid_min + 99}
 parent_cgroup = "{parent}"
 new_pid_ns = {"true" if new_pid_ns else "false"}
+firecracker_log_level = "Info"  # tests read which calls Firecracker saw from its log
 
 [limits]
 boot_timeout_s = 15.0

@@ -350,9 +350,11 @@ def test_configure_calls_order_and_bodies(tmp_path: Path) -> None:
     bodies = {c.path: c.body for c in calls}
     assert bodies["/logger"] == {
         "log_path": "/firecracker.log",
-        "level": "Info",
+        "level": "Warning",  # Firecracker's documented default: no echo of every request
         "show_level": True,
     }
+    chatty = plan.configure_calls(spec, log_level="Info")[0]
+    assert chatty.body is not None and chatty.body["level"] == "Info"
     assert bodies["/metrics"] == {"metrics_path": "/metrics.json"}
     assert bodies["/machine-config"] == {"vcpu_count": 2, "mem_size_mib": 256}
     assert bodies["/boot-source"] == {
