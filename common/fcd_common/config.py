@@ -10,6 +10,7 @@ field (``ConfigError: ... at `$.network.subnet```).
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import os
 from pathlib import Path
@@ -244,10 +245,16 @@ class Config(_Section, frozen=True):
 
     # Derived locations. Kept here so that every daemon agrees on them.
     def socket(self, daemon: Literal["api", "api-ro", "net", "storage", "vmm"]) -> Path:
-        return Path(self.paths.run_dir) / f"{daemon}.sock"
+        return _below(self.paths.run_dir, f"{daemon}.sock")
 
     def state(self, daemon: Literal["api", "net", "storage", "vmm"]) -> Path:
-        return Path(self.paths.state_dir) / daemon
+        return _below(self.paths.state_dir, daemon)
+
+
+@functools.lru_cache(maxsize=64)
+def _below(base: str, name: str) -> Path:
+    """``base/name``, built once (a launch asks for these paths a dozen times)."""
+    return Path(base) / name
 
 
 def decode(data: bytes | str, *, source: str = "<config>") -> Config:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import functools
 import logging
 import os
 import signal
@@ -37,6 +38,13 @@ class Mount:
 
 def parse_mounts(text: str) -> list[Mount]:
     """cgroup/cgroup2 mounts from ``/proc/mounts`` text (octal escapes decoded)."""
+    return list(_parse_mounts(text))
+
+
+@functools.lru_cache(maxsize=4)
+def _parse_mounts(text: str) -> tuple[Mount, ...]:
+    """The parse, kept for text read before: /proc/mounts is read fresh on every
+    call and only parsed again when it changed (two reads per VM, ten cgroup lines)."""
     out: list[Mount] = []
     for line in text.splitlines():
         fields = line.split()
@@ -44,7 +52,7 @@ def parse_mounts(text: str) -> list[Mount]:
             continue
         path = fields[1].encode().decode("unicode_escape")
         out.append(Mount(Path(path), fields[2], frozenset(fields[3].split(","))))
-    return out
+    return tuple(out)
 
 
 def read_mounts() -> list[Mount]:
