@@ -63,7 +63,9 @@ class Follower:
 
 
 def test_logs_follow_gets_the_console_and_firecracker_and_ends_on_delete(tmp_path: Path) -> None:
-    with running_suite(tmp_path) as suite, api(suite) as c:
+    # Info: Firecracker logs the pause this test waits for (the default, Warning, does not)
+    jail = {"firecracker_log_level": "Info"}
+    with running_suite(tmp_path, jail=jail) as suite, api(suite) as c:
         devup.import_demo_template(suite, "demo")
         r = c.post("/v1/vms", json={"id": "logvm", "template": "demo"})
         assert r.status_code == 201, r.text

@@ -175,6 +175,8 @@ class Suite:
     """fcd-api's supervision settings (None: the defaults)."""
     limits: dict[str, Any] = field(default_factory=dict)
     """Overrides of ``[limits]`` (e.g. a disk quota below the test machine's free space)."""
+    jail: dict[str, Any] = field(default_factory=dict)
+    """Overrides of ``[jail]`` (e.g. ``firecracker_log_level``)."""
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     _logs: list[IO[bytes]] = field(default_factory=list)
 
@@ -229,6 +231,7 @@ class Suite:
                     firecracker=self.firecracker,
                     jailer=self.jailer,
                     parent_cgroup=self.parent_cgroup,
+                    **self.jail,
                 ),
                 limits=config_mod.LimitsConfig(**{"shutdown_grace_s": 5.0, **self.limits}),
                 # fcd-api runs as this user here: the helpers must know it is fcd-api

@@ -57,6 +57,8 @@ subnet = "10.99.0.0/24"
 firecracker = "{REPO}/tests/fakes/firecracker"
 jailer = "{REPO}/tests/fakes/jailer"
 cgroup_version = "2"
+# the tests follow Firecracker's own lines (a pause, a restart); Warning logs none of them
+firecracker_log_level = "Info"
 # away from the default pool: the e2e harness kills leftovers in that range, host-wide
 uid_min = 2000000
 uid_max = 2000999
