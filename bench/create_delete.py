@@ -288,9 +288,6 @@ def run_scale(fcd: Fcd, bare: Baseline, target: int, offset: int) -> None:
     def med(xs: list[float]) -> float:
         return ms_stats(xs)[0]
 
-    def cpu_ms(a: dict[str, float], b: dict[str, float], k: int) -> float:
-        return sum(b[d] - a[d] for d in DAEMONS) * 1000 / k
-
     lo_c, hi_c = med(creates[:10]), med(creates[-10:])
     hi_d, lo_d = med(deletes[:10]), med(deletes[-10:])
     print(f"scale: {n} VMs alive")
@@ -323,10 +320,24 @@ def run_scale(fcd: Fcd, bare: Baseline, target: int, offset: int) -> None:
         + "  ".join(f"fcd-{d} {rss0[d]:.0f}->{rss_n[d]:.0f}" for d in DAEMONS)
         + f"  total {total0:.0f}->{total_n:.0f} ({(total_n - total0) * 1024 / n:.0f} KiB/VM)"
     )
-    lo = cpu_ms(snaps[0], snaps[10], 10) + cpu_ms(dsnaps[n - 10], dsnaps[n], 10)
-    hi = cpu_ms(snaps[n - 10], snaps[n], 10) + cpu_ms(dsnaps[0], dsnaps[10], 10)
-    print(f"  CPU per create+delete, four daemons: {lo:.1f} ms with ~10 alive, "
-          f"{hi:.1f} ms with ~{n}")  # fmt: skip
+    _scale_cpu(snaps, dsnaps, n)
+
+
+def _scale_cpu(snaps: list[dict[str, float]], dsnaps: list[dict[str, float]], n: int) -> None:
+    """CPU per create+delete of the first/last ten creates and deletes, in total and by
+    daemon: growth in one daemon is its own O(N); growth in all of them, the machine's."""
+
+    def one(d: str, a: dict[str, float], b: dict[str, float]) -> float:
+        return (b[d] - a[d]) * 1000 / 10
+
+    lo = {d: one(d, snaps[0], snaps[10]) + one(d, dsnaps[n - 10], dsnaps[n]) for d in DAEMONS}
+    hi = {d: one(d, snaps[n - 10], snaps[n]) + one(d, dsnaps[0], dsnaps[10]) for d in DAEMONS}
+    print(f"  CPU per create+delete, four daemons: {sum(lo.values()):.1f} ms with ~10 alive, "
+          f"{sum(hi.values()):.1f} ms with ~{n}")  # fmt: skip
+    print(
+        "  per daemon, ~10 -> ~N: "
+        + "  ".join(f"fcd-{d} {lo[d]:.1f}->{hi[d]:.1f}" for d in DAEMONS)
+    )
 
 
 @contextlib.contextmanager

@@ -175,9 +175,9 @@ class NetCore:
         used = self.store.used_ips()
         if mode == "netns":
             self._need_namespaces()
-            lease = plan.new_netns_lease(self.net, vm_id, uid, gid, used)
+            lease = plan.new_netns_lease(self.net, vm_id, uid, gid, used, pools=self.store.pool)
         else:
-            lease = plan.new_lease(self.net, vm_id, uid, gid, used)
+            lease = plan.new_lease(self.net, vm_id, uid, gid, used, pools=self.store.pool)
         return msgspec.structs.replace(lease, ports=allocated, policy=pol)
 
     def _own_tap(self, lease: Lease) -> Link | None:

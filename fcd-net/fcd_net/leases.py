@@ -15,6 +15,7 @@ Older layouts are folded into the log at start and removed: one file per VM in
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from collections.abc import Iterator
 from collections.abc import Set as AbstractSet
@@ -27,6 +28,7 @@ from fcd_common.errors import Internal
 from fcd_common.ids import is_vm_id
 from fcd_common.recordlog import RecordLog, read_records
 
+from .lowfree import LowestFree
 from .plan import Lease
 
 log = logging.getLogger("fcd.net.leases")
@@ -138,6 +140,7 @@ class LeaseStore:
     # Indexes kept beside the leases, so a setup or teardown looks an address, a TAP
     # or a host port up instead of scanning every lease (O(VMs) per call at scale).
     def _reindex(self) -> None:
+        self._pools: dict[tuple[int, int, int], LowestFree] = {}
         self._by_addr: dict[str, str] = {}
         self._by_tap: dict[str, dict[str, None]] = {}  # netns clones share one TAP name
         self._port_owner: dict[tuple[str, int], str] = {}
@@ -150,9 +153,22 @@ class LeaseStore:
         for p in lease.ports:
             self._port_owner[(p.protocol, p.host_port)] = lease.vm_id
 
+    def pool(self, first: int, last: int, step: int) -> LowestFree:
+        """The lowest-free index of an address range (made on first use from the
+        leases; kept current by every lease that leaves): plan.allocate_ip's ``pools``."""
+        key = (first, last, step)
+        index = self._pools.get(key)
+        if index is None:
+            used = (int(ipaddress.IPv4Address(a)) for a in self._by_addr)
+            index = self._pools[key] = LowestFree(first, last, step, used)
+        return index
+
     def _unindex(self, lease: Lease) -> None:
         if self._by_addr.get(lease.addr) == lease.vm_id:
             del self._by_addr[lease.addr]
+            freed = int(ipaddress.IPv4Address(lease.addr))
+            for index in self._pools.values():
+                index.release(freed)
         holders = self._by_tap.get(lease.tap, {})
         holders.pop(lease.vm_id, None)
         if not holders:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from collections.abc import Set as AbstractSet
 
 from fcd_common import ids
@@ -18,6 +18,8 @@ from fcd_common.config import JailConfig, NetworkConfig
 from fcd_common.errors import InvalidArgument, ResourceExhausted
 from fcd_common.proto.net import NetInfo, NetMode, PolicySpec, PortMapping
 from fcd_common.schema import Record
+
+from .lowfree import LowestFree
 
 NETNS_DIR = ids.NETNS_DIR
 NETNS_VETH = "eth0"
@@ -82,7 +84,30 @@ def check_owner(jail: JailConfig, uid: int, gid: int) -> None:
 # --- addresses -----------------------------------------------------------------
 
 
-def allocate_ip(net: NetworkConfig, used: Iterable[str]) -> ipaddress.IPv4Address:
+Pools = Callable[[int, int, int], LowestFree]
+"""``(first, last, step) -> LowestFree`` of a range of addresses (LeaseStore.pool)."""
+
+
+def _dotted(value: int) -> str:
+    return socket.inet_ntoa(value.to_bytes(4, "big"))
+
+
+def _lowest(
+    first: int, last: int, step: int, taken: AbstractSet[str], pools: Pools | None
+) -> int | None:
+    """The lowest value of the range whose dotted quad is not ``taken``: from the
+    store's index (O(log n)) or, without one, by scanning from ``first``."""
+    if pools is not None:
+        return pools(first, last, step).lowest(lambda v: _dotted(v) in taken)
+    for value in range(first, last + 1, step):
+        if _dotted(value) not in taken:
+            return value
+    return None
+
+
+def allocate_ip(
+    net: NetworkConfig, used: Iterable[str], pools: Pools | None = None
+) -> ipaddress.IPv4Address:
     """Lowest free host address of the pool after the gateway.
 
     Never the network, broadcast or gateway address, never one in ``used``.
@@ -93,16 +118,24 @@ def allocate_ip(net: NetworkConfig, used: Iterable[str]) -> ipaddress.IPv4Addres
     taken = used if isinstance(used, AbstractSet) else set(used)
     first = int(net.gateway) + 1
     last = int(network.broadcast_address) - 1
-    for value in range(first, last + 1):
-        if socket.inet_ntoa(value.to_bytes(4, "big")) not in taken:
-            return ipaddress.IPv4Address(value)
+    value = _lowest(first, last, 1, taken, pools)
+    if value is not None:
+        return ipaddress.IPv4Address(value)
     raise ResourceExhausted(
         f"address pool {network} is exhausted ({last - first + 1} guest addresses in use)"
     )
 
 
-def new_lease(net: NetworkConfig, vm_id: str, uid: int, gid: int, used: Iterable[str]) -> Lease:
-    ip = str(allocate_ip(net, used))
+def new_lease(
+    net: NetworkConfig,
+    vm_id: str,
+    uid: int,
+    gid: int,
+    used: Iterable[str],
+    *,
+    pools: Pools | None = None,
+) -> Lease:
+    ip = str(allocate_ip(net, used, pools))
     return Lease(
         vm_id=vm_id,
         ip=ip,
@@ -136,21 +169,28 @@ def netns_guest(net: NetworkConfig) -> tuple[ipaddress.IPv4Address, ipaddress.IP
     return n.network_address + 1, n.network_address + 2
 
 
-def allocate_veth(net: NetworkConfig, used: Iterable[str]) -> ipaddress.IPv4Address:
+def allocate_veth(
+    net: NetworkConfig, used: Iterable[str], pools: Pools | None = None
+) -> ipaddress.IPv4Address:
     """The lowest free VM-side veth address: the odd half of a /31 of ``veth_subnet``."""
     network = ipaddress.IPv4Network(net.veth_subnet)
     # dotted quads compared as strings, as in allocate_ip: nothing parsed per lease
     taken = used if isinstance(used, AbstractSet) else set(used)
     base = int(network.network_address)
-    for pair in range(network.num_addresses // 2):
-        value = base + 2 * pair + 1
-        if socket.inet_ntoa(value.to_bytes(4, "big")) not in taken:
-            return ipaddress.IPv4Address(value)
+    value = _lowest(base + 1, base + network.num_addresses - 1, 2, taken, pools)
+    if value is not None:
+        return ipaddress.IPv4Address(value)
     raise ResourceExhausted(f"veth pool {network} is exhausted")
 
 
 def new_netns_lease(
-    net: NetworkConfig, vm_id: str, uid: int, gid: int, used: Iterable[str]
+    net: NetworkConfig,
+    vm_id: str,
+    uid: int,
+    gid: int,
+    used: Iterable[str],
+    *,
+    pools: Pools | None = None,
 ) -> Lease:
     _, guest = netns_guest(net)
     return Lease(
@@ -163,7 +203,7 @@ def new_netns_lease(
         mode="netns",
         netns=netns_name(net, vm_id),
         veth=ids.tap_name(vm_id, net.veth_prefix),
-        host_ip=str(allocate_veth(net, used)),
+        host_ip=str(allocate_veth(net, used, pools)),
     )
 
 
