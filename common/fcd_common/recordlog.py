@@ -92,7 +92,7 @@ class RecordLog(Generic[T]):
                 os.ftruncate(fd, good)
                 os.fdatasync(fd)
                 data = data[:good]
-            live, lines = self._replay(data)
+            live, raws, lines = _replay(data, self.path, strict=self.strict)
         except BaseException:
             os.close(fd)
             raise
@@ -100,8 +100,7 @@ class RecordLog(Generic[T]):
             fsync_dir(self.path.parent)
         self._fd, self._live, self._lines, self._size = fd, live, lines, len(data)
         out: dict[str, T] = {}
-        for key, line in live.items():
-            raw = _line_dec.decode(line)[1]
+        for key, raw in raws.items():
             try:
                 out[key] = self._dec.decode(raw)
             except msgspec.DecodeError as e:
@@ -109,30 +108,8 @@ class RecordLog(Generic[T]):
                     self.close()
                     raise Internal(f"{self.path}: the record of {key!r} is corrupt: {e}") from None
                 log.error("%s: ignoring the record of %r: %s", self.path, key, e)
-        if self._lines >= self.min_compact and self._lines > 4 * len(self._live):
-            self._compact()
+        self._maybe_compact()
         return out
-
-    def _replay(self, data: bytes) -> tuple[dict[str, bytes], int]:
-        """(key -> its last put line, number of lines) of whole lines ``data``."""
-        live: dict[str, bytes] = {}
-        lines = 0
-        for n, line in enumerate(data.splitlines(), 1):
-            if not line:
-                continue
-            lines += 1
-            try:
-                key, raw = _line_dec.decode(line)
-            except msgspec.DecodeError as e:
-                if self.strict:
-                    raise Internal(f"{self.path}: line {n} is corrupt: {e}") from None
-                log.error("%s: skipping unreadable line %d: %s", self.path, n, e)
-                continue
-            if bytes(raw) == _NULL:
-                live.pop(key, None)
-            else:
-                live[key] = line + b"\n"
-        return live, lines
 
     def keys(self) -> Iterator[str]:
         return iter(list(self._live))
@@ -197,19 +174,41 @@ def _read_all(fd: int) -> bytes:
     return b"".join(chunks)
 
 
+def _replay(
+    data: bytes, path: Path, *, strict: bool
+) -> tuple[dict[str, bytes], dict[str, msgspec.Raw], int]:
+    """Of whole lines ``data``: key -> its last put line, key -> that record's JSON, and
+    the number of lines. A line that does not decode is skipped, or with ``strict``
+    refuses the lot."""
+    live: dict[str, bytes] = {}
+    raws: dict[str, msgspec.Raw] = {}
+    lines = 0
+    for n, line in enumerate(data.splitlines(), 1):
+        if not line:
+            continue
+        lines += 1
+        try:
+            key, raw = _line_dec.decode(line)
+        except msgspec.DecodeError as e:
+            if strict:
+                raise Internal(f"{path}: line {n} is corrupt: {e}") from None
+            log.error("%s: skipping unreadable line %d: %s", path, n, e)
+            continue
+        if bytes(raw) == _NULL:
+            live.pop(key, None)
+            raws.pop(key, None)
+        else:
+            live[key] = line + b"\n"
+            raws[key] = raw
+    return live, raws, lines
+
+
 def read_records(path: Path, type_: type[T]) -> dict[str, T]:
     """The live records of a log, read only (for tests and tools; no repair, no compaction)."""
     try:
         data = path.read_bytes()
     except FileNotFoundError:
         return {}
-    live: dict[str, msgspec.Raw] = {}
-    for line in data[: data.rfind(b"\n") + 1].splitlines():
-        with contextlib.suppress(msgspec.DecodeError):
-            key, raw = _line_dec.decode(line)
-            if bytes(raw) == _NULL:
-                live.pop(key, None)
-            else:
-                live[key] = raw
+    _, raws, _ = _replay(data[: data.rfind(b"\n") + 1], path, strict=False)
     dec = msgspec.json.Decoder(type_)
-    return {k: dec.decode(v) for k, v in live.items()}
+    return {k: dec.decode(v) for k, v in raws.items()}

@@ -88,12 +88,19 @@ _SIOCGIFINDEX = 0x8933
 _IFREQ = struct.Struct("16si20x")  # struct ifreq: name, then ifr_ifindex in the union
 
 
+def _ifname(name: str, action: str) -> bytes:
+    """``name`` as the kernel takes it; a name it would cut (IFNAMSIZ) or reject is an
+    FcdError, as from netlink."""
+    raw = name.encode()
+    if not 0 < len(raw) < 16:
+        raise _err(f"{action} {name!r}", OSError(errno.EINVAL, "invalid interface name"))
+    return raw
+
+
 def _index(name: str) -> int | None:
     """The interface's index in this thread's namespace, None if there is none by that
     name (ENODEV); any other failure is an FcdError, as from netlink. One ioctl."""
-    raw = name.encode()
-    if not 0 < len(raw) < 16:  # IFNAMSIZ: the kernel would cut it, never find it
-        raise _err(f"look up {name!r}", OSError(errno.EINVAL, "invalid interface name"))
+    raw = _ifname(name, "look up")
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
             out = fcntl.ioctl(s.fileno(), _SIOCGIFINDEX, _IFREQ.pack(raw, 0))
@@ -118,9 +125,7 @@ def _tun_type(name: str) -> str | None:
     One ``ETHTOOL_GDRVINFO`` ioctl (what ``ethtool -i`` prints): the tun driver names
     itself ``tun`` and puts the device type in ``bus_info``. The same answer as
     decoding ``IFLA_LINKINFO`` from an ``RTM_GETLINK``, at a fortieth of the CPU."""
-    raw = name.encode()
-    if not 0 < len(raw) < 16:
-        raise _err(f"look up {name!r}", OSError(errno.EINVAL, "invalid interface name"))
+    raw = _ifname(name, "look up")
     buf = array.array("B", struct.pack("I", _ETHTOOL_GDRVINFO) + bytes(_DRVINFO_LEN - 4))
     addr, _ = buf.buffer_info()
     try:
@@ -251,9 +256,9 @@ class Links:
         netlink message pyroute2 builds and runs through its event loop only to
         hand the ioctls these fields: 0.8 -> 0.3 CPU-ms per TAP.
         """
-        raw = name.encode()
-        if not 0 < len(raw) < 16 or tuntap.TUNSETIFF is None:
-            raise _err(f"create TAP {name!r}", OSError(errno.EINVAL, "invalid interface name"))
+        raw = _ifname(name, "create TAP")
+        if tuntap.TUNSETIFF is None:  # pyroute2 knows no tun ioctls for this machine
+            raise _err(f"create TAP {name}", OSError(errno.EOPNOTSUPP, "no tun ioctls here"))
         try:
             fd = os.open(tuntap.TUNDEV, os.O_RDWR | os.O_CLOEXEC)
             try:
