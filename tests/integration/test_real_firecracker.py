@@ -9,6 +9,7 @@ stdout until a logger is configured).
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -21,6 +22,16 @@ from fakes import guest_kernel
 pytestmark = [pytest.mark.root, pytest.mark.realfc]
 
 
+def _accepts(path: Path) -> bool:
+    """The socket exists and takes a connection (not only bound: ECONNREFUSED)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        try:
+            s.connect(str(path))
+        except OSError:
+            return False
+    return True
+
+
 def test_minimal_guest_prints_on_serial(tmp_path: Path) -> None:
     fc = os.environ["FCD_FIRECRACKER"]
     kernel = guest_kernel.build(tmp_path / "vmlinux")
@@ -29,7 +40,8 @@ def test_minimal_guest_prints_on_serial(tmp_path: Path) -> None:
     proc = subprocess.Popen([fc, "--api-sock", str(sock), "--id", "realfc-1"], stdout=out)
     try:
         deadline = time.monotonic() + 5
-        while not sock.exists() and time.monotonic() < deadline:
+        while not _accepts(sock):  # Firecracker binds, then listens (FIRECRACKER.md)
+            assert time.monotonic() < deadline, "no API socket within 5 s"
             time.sleep(0.01)  # polls a foreign binary's socket in a test, not in fcd
         with httpx.Client(
             transport=httpx.HTTPTransport(uds=str(sock), verify=False), base_url="http://localhost"
