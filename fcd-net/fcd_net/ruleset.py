@@ -14,12 +14,13 @@ mode); a VM's *address* is its pool IP (bridge) or the VM end of its veth
 ``table inet fcd`` -- the routed path:
 
 * sets ``vm_addrs`` (every VM), ``peer_ok`` (VMs that allow VM-to-VM),
-  ``isolated`` ("no network" VMs), ``gw_addrs`` (the gateway addresses
+  ``isolated`` ("no network" VMs), ``no_internet`` (VMs with ``internet``
+  off), ``gw_addrs`` (the gateway addresses
   guests see: the bridge's and every veth's host end), ``private`` (interval
   set, :data:`fcd_net.checks.PRIVATE`), ``gw_services`` (proto . port from
   ``network.gateway_services``); maps ``port_addr``/``port_port`` (proto .
   host port : VM address / guest port) and ``vm_egress`` (VM address : jump
-  to its chain).
+  to its chain; only VMs with deny or allow lists have one).
 * ``prerouting``/``output`` (nat, dstnat): ``fib daddr type local`` tcp/udp
   is DNATed through those maps -- from outside, and from the host itself
   (output path) -- except to 127.0.0.0/8: a host service bound to
@@ -36,8 +37,8 @@ mode); a VM's *address* is its pool IP (bridge) or the VM end of its veth
   guest interface ``jump to_guest``.
 * ``from_guest``: isolated source drop; destination a VM → ``vm_to_vm``
   (accept only if both addresses are in ``peer_ok``); ``ip saddr vmap
-  @vm_egress`` (the VM's own chain: deny list drop, allow list accept, drop if
-  ``internet`` is off, else return); ``ip daddr @private drop``; accept.
+  @vm_egress`` (the VM's own chain: deny list drop, allow list accept, else
+  return); ``ip saddr @no_internet drop``; ``ip daddr @private drop``; accept.
 * ``to_guest``: isolated destination drop; ``ct status dnat`` (a port
   mapping) accept; anything else new is dropped.
 * ``input``: from a guest interface ``jump guest_input``: established pass;
@@ -127,6 +128,7 @@ def inet_table(net: NetworkConfig) -> list[Json]:
         set_decl(fam, t, s.SET_ADDRS, "ipv4_addr"),
         set_decl(fam, t, s.SET_PEERS, "ipv4_addr"),
         set_decl(fam, t, s.SET_ISOLATED, "ipv4_addr"),
+        set_decl(fam, t, s.SET_NO_INTERNET, "ipv4_addr"),
         set_decl(fam, t, s.SET_GW, "ipv4_addr", elem=[str(net.gateway)]),
         set_decl(fam, t, "private", "ipv4_addr", interval=True, elem=[prefix(c) for c in PRIVATE]),
         set_decl(fam, t, "gw_services", ["inet_proto", "inet_service"], elem=_services(net)),
@@ -210,6 +212,7 @@ def inet_table(net: NetworkConfig) -> list[Json]:
             "fcd: the VM's own allow/deny lists",
             {"vmap": {"key": saddr, "data": f"@{s.MAP_EGRESS}"}},
         ),
+        rule(fam, t, "from_guest", "fcd: no internet", match(saddr, f"@{s.SET_NO_INTERNET}"), DROP),
         rule(
             fam,
             t,

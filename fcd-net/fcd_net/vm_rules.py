@@ -6,11 +6,17 @@ removes -- only these, in a single transaction:
 * bridge mode, ``network`` on: one element each in ``vm_ip4`` and ``vm_arp``
   (anti-spoofing identity); ``network`` off: one in ``isolated_taps``;
   ``peers`` on: one in ``peer_taps``;
-* inet: ``vm_addrs`` (+ ``peer_ok``, ``isolated``, and for netns mode the
-  veth's host end in ``gw_addrs``); per mapping one element in each of
-  ``port_addr``/``port_port``;
-  the chain ``vm_<address in hex>`` holding the VM's deny/allow lists and a
-  ``vm_egress`` element jumping to it.
+* inet: ``vm_addrs`` (+ ``peer_ok``, ``isolated``, ``no_internet``, and for
+  netns mode the veth's host end in ``gw_addrs``); per mapping one element in
+  each of ``port_addr``/``port_port``;
+* only for a VM with deny or allow lists: the chain ``vm_<address in hex>``
+  holding them and a ``vm_egress`` element jumping to it.
+
+A VM without lists has no chain: every chain and every jump element is paid
+for by every later transaction -- libnftables lists all chains of the netns
+before it adds an element, and the kernel re-validates the jump graph after a
+jump element is added -- which made one VM's transaction grow with the number
+of VMs (0.9 ms of CPU with 10 VMs, 3.5 ms with 1,000).
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ SET_ADDRS = "vm_addrs"
 SET_PEERS = "peer_ok"
 SET_ISOLATED = "isolated"
 SET_GW = "gw_addrs"
+SET_NO_INTERNET = "no_internet"
 MAP_DNAT_ADDR = "port_addr"
 MAP_DNAT_PORT = "port_port"
 MAP_EGRESS = "vm_egress"
@@ -83,6 +90,8 @@ def _sets(net: NetworkConfig, lease: Lease) -> list[tuple[str, str, list[Any]]]:
         out.append(("inet", SET_PEERS, [lease.addr]))
     if not p.network:
         out.append(("inet", SET_ISOLATED, [lease.addr]))
+    elif not p.internet:
+        out.append(("inet", SET_NO_INTERNET, [lease.addr]))
     if lease.veth_gateway is not None:
         out.append(("inet", SET_GW, [lease.veth_gateway]))
     return out
@@ -97,16 +106,20 @@ def _match_rule(r: RuleSpec) -> list[Json]:
     return expr
 
 
+def has_chain(lease: Lease) -> bool:
+    """Whether the VM needs a chain of its own: only for deny or allow lists."""
+    return bool(lease.policy.deny or lease.policy.allow)
+
+
 def egress_chain(net: NetworkConfig, lease: Lease) -> list[Json]:
-    """The VM's own chain: deny list, allow list, then drop if ``internet`` is off."""
+    """The VM's own chain: deny list, allow list; what matches neither returns to
+    ``from_guest`` (which drops it if ``internet`` is off, via ``no_internet``)."""
     fam, t, name = "inet", net.nft_table, vm_chain(lease)
     cmds = [chain(fam, t, name)]
     for r in lease.policy.deny:
         cmds.append(rule(fam, t, name, None, *_match_rule(r), DROP))
     for r in lease.policy.allow:
         cmds.append(rule(fam, t, name, None, *_match_rule(r), ACCEPT))
-    if not lease.policy.internet:
-        cmds.append(rule(fam, t, name, "fcd: no internet", DROP))
     return cmds
 
 
@@ -130,31 +143,39 @@ def port_cmds(net: NetworkConfig, lease: Lease, verb: Verb = "add") -> list[Json
 
 
 def vm_cmds(net: NetworkConfig, lease: Lease) -> list[Json]:
-    """Add one VM: its chain (replaced if present), elements and port mappings."""
+    """Add one VM: its elements, port mappings and chain (replaced if present)."""
     t = net.nft_table
-    name = vm_chain(lease)
-    cmds = [
-        chain("inet", t, name),
-        {"flush": {"chain": {"family": "inet", "table": t, "name": name}}},
-    ]
-    cmds += egress_chain(net, lease)[1:]
+    cmds: list[Json] = []
     for fam, set_name, elem in _sets(net, lease):
         cmds += elements("add", fam, t, set_name, elem)
-    cmds += elements("add", "inet", t, MAP_EGRESS, [[lease.addr, {"jump": {"target": name}}]])
+    if has_chain(lease):
+        name = vm_chain(lease)
+        cmds += [
+            chain("inet", t, name),
+            {"flush": {"chain": {"family": "inet", "table": t, "name": name}}},
+        ]
+        cmds += egress_chain(net, lease)[1:]
+        cmds += elements("add", "inet", t, MAP_EGRESS, [[lease.addr, {"jump": {"target": name}}]])
     return cmds + port_cmds(net, lease)
 
 
 def remove_cmds(net: NetworkConfig, lease: Lease) -> list[Json]:
-    """Remove one VM, whatever of it is present (idempotent)."""
+    """Remove one VM, whatever of it is present (idempotent).
+
+    A lease's policy never changes after its first setup, and the tables are
+    rebuilt from the leases at start, so a VM without lists has no chain to remove."""
     t = net.nft_table
-    name = vm_chain(lease)
-    cmds = [chain("inet", t, name)]
-    cmds += idempotent_delete("inet", t, MAP_EGRESS, [[lease.addr, {"jump": {"target": name}}]])
+    cmds: list[Json] = []
     for fam, set_name, elem in _sets(net, lease):
         cmds += idempotent_delete(fam, t, set_name, elem)
     cmds += port_cmds(net, lease, "remove")
-    cmds += [
-        {"flush": {"chain": {"family": "inet", "table": t, "name": name}}},
-        {"delete": {"chain": {"family": "inet", "table": t, "name": name}}},
-    ]
+    if has_chain(lease):
+        name = vm_chain(lease)
+        cmds = [
+            chain("inet", t, name),
+            *idempotent_delete("inet", t, MAP_EGRESS, [[lease.addr, {"jump": {"target": name}}]]),
+            *cmds,
+            {"flush": {"chain": {"family": "inet", "table": t, "name": name}}},
+            {"delete": {"chain": {"family": "inet", "table": t, "name": name}}},
+        ]
     return cmds

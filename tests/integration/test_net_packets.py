@@ -278,13 +278,18 @@ def _allow_and_deny(lab: Lab) -> None:
     b = lab.setup(
         "vm-b", policy=PolicySpec(deny=[RuleSpec(cidr="198.51.100.0/24", protocol="udp")])
     )
-    ga, gb = lab.guest(a), lab.guest(b)
+    # internet off and no lists: no chain of its own, an element of no_internet
+    c = lab.setup("vm-d", policy=PolicySpec(internet=False))
+    ga, gb, gc = lab.guest(a), lab.guest(b), lab.guest(c)
     lab.ok(ga, "tcp-call", PRIVATE, "8080")
     lab.fails(ga, "udp-call", PRIVATE, "8080")
     lab.fails(ga, "tcp-call", INET, "8080")
     lab.ok(ga, "ping", a.gateway)
     lab.ok(gb, "tcp-call", INET, "8080")
     lab.fails(gb, "udp-call", INET, "8080")
+    lab.fails(gc, "tcp-call", INET, "8080")
+    lab.fails(gc, "tcp-call", PRIVATE, "8080")
+    lab.ok(gc, "ping", c.gateway)
     with pytest.raises(InvalidArgument) as e:
         lab.setup("vm-c", policy=PolicySpec(allow=[RuleSpec(cidr="fe80::/64")]))
     assert e.value.details == {"field": "policy.allow[0].cidr"}

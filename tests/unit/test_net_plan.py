@@ -299,7 +299,7 @@ def test_base_ruleset_carries_every_lease() -> None:
     counts: dict[str, int] = {}
     for e in elems:
         counts[e["name"]] = counts.get(e["name"], 0) + len(e["elem"])
-    assert counts == {"vm_ip4": 2, "vm_arp": 2, "vm_addrs": 2, "vm_egress": 2}
+    assert counts == {"vm_ip4": 2, "vm_arp": 2, "vm_addrs": 2}
 
 
 def _size(doc: dict[str, Any]) -> int:
@@ -313,14 +313,14 @@ def test_one_vm_is_a_constant_number_of_commands_in_one_transaction() -> None:
     assert {"name": "vm_ip4", "elem": [{"concat": [a.tap, a.mac, "10.213.0.2"]}]}.items() <= elems[
         0
     ].items()
-    assert [e["name"] for e in elems] == ["vm_ip4", "vm_arp", "vm_addrs", "vm_egress"]
+    assert [e["name"] for e in elems] == ["vm_ip4", "vm_arp", "vm_addrs"]
+    # no lists, no chain: a chain or jump element would cost every later transaction
+    assert not [c for c in add if "chain" in c.get("add", {})]
     rm = ruleset.remove_vm(NET, a)["nftables"]
-    assert rm[-1] == {
-        "delete": {"chain": {"family": "inet", "table": "fcd", "name": "vm_0ad50002"}}
-    }
+    assert not [c for c in rm if "chain" in c.get("delete", {})]
     # add-then-delete: idempotent removal in one transaction
     verbs = [next(iter(c)) for c in rm]
-    assert verbs.count("add") - 1 == verbs.count("delete") - 1
+    assert verbs.count("add") == verbs.count("delete")
     # the size of one VM's transaction does not depend on how many VMs exist
     assert _size(ruleset.add_vm(NET, lease("vm-z", "10.213.0.200"))) == len(add)
 
@@ -344,12 +344,27 @@ def test_policy_and_ports_become_elements_and_one_chain() -> None:
         "peer_taps",
         "vm_addrs",
         "peer_ok",
+        "no_internet",
         "vm_egress",
         "port_addr",
         "port_port",
     ]
+    # deny, then allow; what neither matches returns to from_guest (no_internet: drop)
     chain = [c["add"]["rule"]["expr"] for c in cmds if "rule" in c.get("add", {})]
-    assert [e[-1] for e in chain] == [{"drop": None}, {"accept": None}, {"drop": None}]
+    assert [e[-1] for e in chain] == [{"drop": None}, {"accept": None}]
+    rm = ruleset.remove_vm(NET, a)["nftables"]
+    assert rm[-1] == {
+        "delete": {"chain": {"family": "inet", "table": "fcd", "name": "vm_0ad50002"}}
+    }
+    verbs = [next(iter(c)) for c in rm]
+    assert verbs.count("add") - 1 == verbs.count("delete") - 1
+    # internet off without lists: an element, no chain
+    closed = msgspec.structs.replace(a, policy=PolicySpec(internet=False))
+    cmds = ruleset.add_vm(NET, closed)["nftables"]
+    assert not [c for c in cmds if "chain" in c.get("add", {})]
+    assert "no_internet" in [
+        c["add"]["element"]["name"] for c in cmds if "element" in c.get("add", {})
+    ]
     assert chain[0][0]["match"]["right"] == "1.2.3.4"
     assert chain[1][-2]["match"]["right"] == {"set": [5432]}
     isolated = msgspec.structs.replace(a, policy=PolicySpec(network=False))
