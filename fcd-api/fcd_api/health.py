@@ -111,7 +111,8 @@ class HealthMonitor:
         if generation == self._seen and not any(t.done() for t in self._tasks.values()):
             return
         wanted: dict[tuple[str, int], Effective] = {}
-        for rec in self.flows.registry.health_rows():
+        everyone = bool(self.cfg.health_check)  # a default check probes every VM
+        for rec in self.flows.registry.health_rows(everyone=everyone):
             check = effective_check(rec.check, self.cfg)
             pid = rec.pid
             if check is not None and rec.state in PROBED and pid is not None:

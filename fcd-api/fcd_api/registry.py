@@ -204,13 +204,23 @@ class Registry:
         """``rec.to_public()``, built once for each version of a row this registry read."""
         return self._decoded.public(rec)
 
-    def health_rows(self) -> list[HealthRow]:
+    def health_rows(self, *, everyone: bool = True) -> list[HealthRow]:
         """What the health scan uses of every VM -- id, state, the spec's check, pid, and
-        whether health is set -- extracted by SQLite instead of decoding whole records."""
+        whether health is set -- extracted by SQLite instead of decoding whole records.
+
+        ``everyone=False`` (no default check configured): only the VMs with a check of
+        their own or a health to clear; SQLite filters, so 1,000 VMs without checks
+        cost no Python object each."""
+        where = (
+            ""
+            if everyone
+            else " WHERE json_extract(spec, '$.health_check') IS NOT NULL"
+            " OR json_extract(runtime, '$.health') IS NOT NULL"
+        )
         rows = self._conn.execute(
             "SELECT id, state, json_extract(spec, '$.health_check'),"
             " json_extract(runtime, '$.pid'), json_extract(runtime, '$.health') IS NOT NULL"
-            " FROM vms ORDER BY created_at, id"
+            f" FROM vms{where} ORDER BY created_at, id"
         )
         return [
             HealthRow(

@@ -222,6 +222,14 @@ def test_health_rows_agree_with_the_decoded_records(reg: Registry) -> None:
         assert row.has_health == (full.runtime.health is not None)
     assert rows == {}
     assert reg.health_rows()[1].check == check and reg.health_rows()[1].pid == 4242
+    # without a default check only VMs with a check or a health to clear are read
+    assert [r.id for r in reg.health_rows(everyone=False)] == ["b"]
+    c = msgspec.structs.replace(rec("c", VMState.STOPPED), spec=rec("c").spec)
+    reg.insert(c)
+    live = reg.require("c")
+    runtime = msgspec.structs.replace(live.runtime, health=Health.UNHEALTHY)
+    reg.update(msgspec.structs.replace(live, runtime=runtime))
+    assert [r.id for r in reg.health_rows(everyone=False)] == ["b", "c"]
 
 
 def test_reads_reuse_a_decoded_record_only_while_its_row_is_unchanged(

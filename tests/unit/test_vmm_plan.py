@@ -86,6 +86,31 @@ def test_pool_allocates_distinct_uid_equals_gid(tmp_path: Path) -> None:
     assert all(100 <= u <= 109 and r.gid == u for u, r in zip(uids, recs, strict=True))
 
 
+def test_pool_churn_matches_a_pick_from_the_records(tmp_path: Path) -> None:
+    """The pool's own set of uids (kept instead of rebuilt per pick) never drifts from
+    its records: every allocation, across releases, failures and a reload, is what a
+    pick over the records themselves would give."""
+    import random
+
+    rng = random.Random(7)
+    pool = UidPool(tmp_path, 100, 139, max_vms=100)
+    pool.load()
+    alive: list[str] = []
+    for step in range(600):
+        if step == 300:
+            pool = UidPool(tmp_path, 100, 139, max_vms=100)
+            pool.load()
+        if alive and (len(alive) >= 40 or rng.random() < 0.45):
+            pool.release(alive.pop(rng.randrange(len(alive))))
+            continue
+        expected = pick_uid([r.uid for r in pool], 100, 139, pool._next)
+        vm_id = f"vm-{step}"
+        rec = pool.allocate(vm_id)
+        alive.append(vm_id)
+        assert rec.uid == expected
+    assert sorted(r.uid for r in pool) == sorted(pool._uids)
+
+
 def test_pool_is_idempotent(tmp_path: Path) -> None:
     pool = UidPool(tmp_path, 100, 109, max_vms=50)
     pool.load()
