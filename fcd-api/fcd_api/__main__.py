@@ -43,6 +43,9 @@ async def start_http(
         log_config=None,
         access_log=False,
         server_header=False,
+        # no proxy sits in front of a local socket: X-Forwarded-* is never trusted, and
+        # uvicorn's ProxyHeadersMiddleware is not wrapped around every request
+        proxy_headers=False,
         timeout_graceful_shutdown=max(1, int(grace)),
     )
     config.load()

@@ -99,14 +99,21 @@ def test_attach_uses_indexes_and_keeps_its_errors(in_ns: Any) -> None:
         ln.create_tap("tap1", 1000, 1000)
         ln.attach("tap1", "br0")
         tap = ln.get("tap1")
+        with open("/proc/sys/net/ipv6/conf/tap1/disable_ipv6") as f:  # this thread's netns
+            v6_off = f.read().strip()
+        with IPRoute() as ipr:
+            info = ipr.link("get", index=br.index)[0].get_attr("IFLA_LINKINFO")
+            snooping = info.get_attr("IFLA_INFO_DATA").get_attr("IFLA_BR_MCAST_SNOOPING")
         errors = []
         for tap_name, bridge in (("tap1", "nobr0"), ("gone0", "br0")):
             try:
                 ln.attach(tap_name, bridge)
             except Internal as e:
                 errors.append(e.message)
-        return br, tap, errors
+        return br, tap, errors, v6_off, snooping
 
-    br, tap, errors = in_ns(body)
+    br, tap, errors, v6_off, snooping = in_ns(body)
     assert tap.master == br.index and tap.up
+    # a bridge port has no IPv6 of its own; the bridge keeps no multicast state
+    assert (v6_off, snooping) == ("1", 0)
     assert errors == ["bridge nobr0 is missing", "gone0 vanished while attaching it to br0"]
