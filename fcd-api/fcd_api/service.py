@@ -67,7 +67,6 @@ request_id: contextvars.ContextVar[str] = reqid.request_id
 """The X-Request-Id of the HTTP request being served (set by the app's middleware;
 the one variable of :mod:`fcd_common.reqid`, so RPC calls carry it on)."""
 
-Step = tuple[str, Callable[[], Awaitable[None]]]
 T = TypeVar("T")
 
 _EVENT_OF = {
@@ -438,29 +437,46 @@ class Flows:
             log.info("deleting (from %s, force=%s)", rec.state.value, force, extra=_extra(vm_id))
             was = rec.state
             rec = self.write(rec, VMState.DELETING)  # cut short: reconciliation finishes it
-            steps: list[Step] = [
-                ("vmm.release", lambda: self._release_jail(vm_id)),
-                ("net.teardown", lambda: self._teardown_net(vm_id)),
-                ("storage.release", lambda: self._release_disk(vm_id)),
-            ]
-            for name, fn in steps:
-                try:
-                    with spans.span(f"api.{name}"):
-                        await fn()
-                except Unavailable as e:  # every step is idempotent: it is finished later
-                    log.warning(
-                        "delete (%s): %s; still deleting", name, e.message, extra=_extra(vm_id)
-                    )
-                    raise
-                except Exception as exc:
-                    err = self._fail(rec, f"delete ({name})", exc)
-                    if err is exc:
-                        raise
-                    raise err from exc
+            # the jail first (the process must be gone before its TAP and disk go), then
+            # network and storage together: neither needs the other
+            await self._delete_step(rec, "vmm.release", self._release_jail(vm_id))
+            await self._delete_steps(
+                rec,
+                ("net.teardown", self._teardown_net(vm_id)),
+                ("storage.release", self._release_disk(vm_id)),
+            )
             with spans.span("api.registry"):
                 self.registry.delete(vm_id)
             log.info("deleted", extra=_extra(vm_id))
             events.publish("deleted", vm_id, forced=force, was=was.value)
+
+    async def _delete_step(self, rec: VmRecord, name: str, call: Awaitable[None]) -> None:
+        await self._delete_steps(rec, (name, call))
+
+    async def _delete_steps(self, rec: VmRecord, *steps: tuple[str, Awaitable[None]]) -> None:
+        """Run idempotent delete steps concurrently. One the helper refused leaves the VM
+        ``error`` (first in ``steps`` order); else one whose helper was unreachable
+        leaves it ``deleting`` (reconciliation finishes it); either error is raised
+        once every step has ended."""
+        results = await asyncio.gather(
+            *(_timed(f"api.{name}", call) for name, call in steps), return_exceptions=True
+        )
+        unavailable: Unavailable | None = None
+        for (name, _), res in zip(steps, results, strict=True):
+            if isinstance(res, Unavailable):
+                log.warning(
+                    "delete (%s): %s; still deleting", name, res.message, extra=_extra(rec.id)
+                )
+                unavailable = unavailable or res
+            elif isinstance(res, BaseException):
+                if not isinstance(res, Exception):
+                    raise res  # cancelled: fcd-api is stopping; the VM stays deleting
+                err = self._fail(rec, f"delete ({name})", res)
+                if err is res:
+                    raise res
+                raise err from res
+        if unavailable is not None:
+            raise unavailable
 
     # --- network ---------------------------------------------------------------
     async def change_ports(self, vm_id: str, add: bool, ports: list[PortMapping]) -> VmRecord:

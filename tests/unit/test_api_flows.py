@@ -334,6 +334,32 @@ def test_failed_undo_leaves_error_row_then_delete_finishes() -> None:
     run(t)
 
 
+def test_delete_releases_network_and_storage_together_and_a_refusal_wins() -> None:
+    """After the jail, net and storage are released concurrently: one failing does not
+    keep the other from running; a refusal leaves ``error``, an unreachable helper
+    alone ``deleting``; a repeat finishes the delete."""
+
+    async def t(h: Harness) -> None:
+        await h.client.post("/v1/vms", json=CREATE)
+        h.fakes.fail["net.teardown"] = Unavailable("fcd-net is down")
+        h.fakes.fail["storage.release"] = Internal("disk stuck")
+        r = await h.client.delete("/v1/vms/vm1", params={"force": "true"})
+        assert r.status_code == 500 and err(r)["message"] == "disk stuck"
+        vm = (await h.client.get("/v1/vms/vm1")).json()
+        assert vm["state"] == "error" and "delete (storage.release)" in vm["error"]
+        assert not h.fakes.jails  # the jail went first
+        del h.fakes.fail["storage.release"]
+        r = await h.client.delete("/v1/vms/vm1")
+        assert r.status_code == 503 and err(r)["code"] == "unavailable"
+        assert not h.fakes.disks  # released although fcd-net was unreachable
+        assert (await h.client.get("/v1/vms/vm1")).json()["state"] == "deleting"
+        del h.fakes.fail["net.teardown"]
+        assert (await h.client.delete("/v1/vms/vm1")).status_code == 204
+        assert not h.fakes.nets and h.registry.count() == 0
+
+    run(t)
+
+
 def test_lifecycle_failure_marks_error() -> None:
     async def t(h: Harness) -> None:
         await h.client.post("/v1/vms", json=CREATE)
