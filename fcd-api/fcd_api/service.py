@@ -294,18 +294,16 @@ class Flows:
         if timings is not None:
             timings.merge("vmm.", proc.timings)
         final = VMState.PAUSED if proc.state == "paused" else VMState.RUNNING
-        with spans.span("api.registry"):
-            rec = self.write(rec, runtime=msgspec.structs.replace(rec.runtime, pid=proc.pid))
-        if final is VMState.RUNNING and self.ready is not None:
+        runtime = msgspec.structs.replace(rec.runtime, pid=proc.pid)
+        waits = final is VMState.RUNNING and self.ready is not None and spec.wait_for is not None
+        if waits and self.ready is not None:
+            # the pid is on record while the guest may take long to be ready
+            with spans.span("api.registry"):
+                rec = self.write(rec, runtime=runtime)
             with spans.span("api.ready"):
                 await self.ready(rec, launched_at)  # a timeout fails the create: undone
         with spans.span("api.final_write"):
-            rec = self.write(
-                rec,
-                final,
-                started_at=now(),
-                error=None,
-            )
+            rec = self.write(rec, final, runtime=runtime, started_at=now(), error=None)
         log.info("%s (pid %s, ip %s)", final.value, proc.pid, net.ip, extra=_extra(vm_id))
         return rec
 
