@@ -12,6 +12,7 @@ import errno
 import fcntl
 import hashlib
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -183,7 +184,35 @@ def free_bytes(path: Path) -> int:
 
 
 def make_staging(tmp: Path, prefix: str) -> Path:
-    return Path(tempfile.mkdtemp(dir=tmp, prefix=prefix))
+    """A new directory ``tmp/<prefix><pid>-<random>``: the pid of its maker tells
+    :func:`staging_owner_alive` whether it may still be in use."""
+    return Path(tempfile.mkdtemp(dir=tmp, prefix=f"{prefix}{os.getpid()}-"))
+
+
+_STAGING_PID = re.compile(r"-([0-9]+)-[a-z0-9_]{8}\Z")
+"""``<pid>-<mkdtemp's 8 characters>`` at the end of a staging name (the random part
+has no ``-``, so a digit-bearing prefix such as ``tpl-v2-`` cannot be mistaken)."""
+
+
+def staging_owner_alive(entry: Path) -> bool:
+    """Whether the process that made staging ``entry`` -- another one than this: a
+    ``fcd-storage import`` beside the daemon -- still runs, i.e. may still be filling
+    it. False for this process's own entries (its callers know whether they are in
+    flight), for names without a pid (an older fcd's) and for dead makers. A reused
+    pid only keeps the entry until a later reclaim; it never loses one in use."""
+    m = _STAGING_PID.search(entry.name)
+    if m is None:
+        return False
+    pid = int(m.group(1))
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # alive, another user's
+    return True
 
 
 def publish_dir(staging: Path, final: Path) -> bool:

@@ -98,13 +98,19 @@ class Store:
     def reclaim(self, *, keep_pending: bool = False) -> list[Path]:
         """Remove staging leftovers and entries without a manifest; return what was removed.
 
-        At start nothing is in flight, so pending snapshots go too; on request
+        At start nothing of this daemon is in flight, so pending snapshots go too
+        (a ``tmp/`` entry another live process is filling stays); on request
         (``keep_pending``, with every other operation excluded by the caller)
         they stay, and :mod:`fcd_storage.reclaim` decides about them by VM.
         """
         lay = self.layout
         removed: list[Path] = []
         for entry in _entries(lay.tmp):
+            if fileio.staging_owner_alive(entry):
+                # another process's staging (``fcd-storage import`` while the daemon
+                # runs): in use; it goes once its maker is gone
+                log.info("kept %s: its maker still runs", entry.name)
+                continue
             fileio.remove_tree(entry)
             removed.append(entry)
         complete = (

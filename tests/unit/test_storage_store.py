@@ -244,6 +244,28 @@ def test_reclaim_removes_partials_only(store: Store, sources: tuple[Path, Path])
     assert lay.disk_rootfs("vm-1").exists()
 
 
+def test_reclaim_keeps_what_another_live_process_is_staging(store: Store) -> None:
+    """``fcd-storage import`` runs beside the daemon: its staging directory must
+    survive the daemon's reclaim (fcd-api's reconciliation asks for one at any time)
+    for as long as the import runs, and go once it is gone."""
+    lay = store.layout
+    other = subprocess.Popen(["sleep", "30"])
+    try:
+        theirs = lay.tmp / f"tpl-demo-{other.pid}-abcd_123"
+        theirs.mkdir()
+        mine = fileio.make_staging(lay.tmp, "tpl-v2-")  # this process: not in flight here
+        assert mine.name.startswith(f"tpl-v2-{os.getpid()}-")
+        gone = lay.tmp / "tpl-v2-999999999-zzzzzzzz"  # no such pid
+        gone.mkdir()
+        removed = store.reclaim(keep_pending=True)
+        assert sorted(p.name for p in removed) == sorted([mine.name, gone.name])
+        assert theirs.is_dir()
+    finally:
+        other.kill()
+        other.wait()
+    assert [p.name for p in store.reclaim()] == [theirs.name]
+
+
 def test_corrupt_manifest_is_internal(store: Store, sources: tuple[Path, Path]) -> None:
     kernel, rootfs = sources
     templates.import_template(store, "base", str(kernel), str(rootfs))
