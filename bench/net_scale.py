@@ -50,7 +50,7 @@ def count(nft: Any) -> tuple[int, int]:
     return rules, elems
 
 
-def run(sizes: list[int], repeat: int) -> None:
+def run(sizes: list[int], repeat: int, tmp: Path) -> None:
     import nftables
 
     from fcd_common.config import Config, JailConfig, NetworkConfig, PathsConfig
@@ -61,7 +61,6 @@ def run(sizes: list[int], repeat: int) -> None:
     from fcd_net.leases import LeaseStore
     from fcd_net.links import Links
 
-    tmp = Path(tempfile.mkdtemp(prefix="fcd-netbench-"))
     net = NetworkConfig(subnet="10.200.0.0/16", port_min=20000, port_max=40000)
     cfg = Config(
         paths=PathsConfig(state_dir=str(tmp), run_dir=str(tmp), chroot_base=str(tmp)),
@@ -136,7 +135,8 @@ def main() -> int:
     import logging
 
     logging.basicConfig(level=logging.WARNING)
-    run(sorted(args.sizes), args.repeat)
+    with tempfile.TemporaryDirectory(prefix="fcd-netbench-") as tmp:  # leases, state
+        run(sorted(args.sizes), args.repeat, Path(tmp))
     return 0
 
 
