@@ -295,13 +295,13 @@ class Flows:
             timings.merge("vmm.", proc.timings)
         final = VMState.PAUSED if proc.state == "paused" else VMState.RUNNING
         runtime = msgspec.structs.replace(rec.runtime, pid=proc.pid)
-        waits = final is VMState.RUNNING and self.ready is not None and spec.wait_for is not None
-        if waits and self.ready is not None:
+        ready = self.ready if final is VMState.RUNNING and spec.wait_for is not None else None
+        if ready is not None:
             # the pid is on record while the guest may take long to be ready
             with spans.span("api.registry"):
                 rec = self.write(rec, runtime=runtime)
             with spans.span("api.ready"):
-                await self.ready(rec, launched_at)  # a timeout fails the create: undone
+                await ready(rec, launched_at)  # a timeout fails the create: undone
         with spans.span("api.final_write"):
             rec = self.write(rec, final, runtime=runtime, started_at=now(), error=None)
         log.info("%s (pid %s, ip %s)", final.value, proc.pid, net.ip, extra=_extra(vm_id))
@@ -437,7 +437,7 @@ class Flows:
             rec = self.write(rec, VMState.DELETING)  # cut short: reconciliation finishes it
             # the jail first (the process must be gone before its TAP and disk go), then
             # network and storage together: neither needs the other
-            await self._delete_step(rec, "vmm.release", self._release_jail(vm_id))
+            await self._delete_steps(rec, ("vmm.release", self._release_jail(vm_id)))
             await self._delete_steps(
                 rec,
                 ("net.teardown", self._teardown_net(vm_id)),
@@ -447,9 +447,6 @@ class Flows:
                 self.registry.delete(vm_id)
             log.info("deleted", extra=_extra(vm_id))
             events.publish("deleted", vm_id, forced=force, was=was.value)
-
-    async def _delete_step(self, rec: VmRecord, name: str, call: Awaitable[None]) -> None:
-        await self._delete_steps(rec, (name, call))
 
     async def _delete_steps(self, rec: VmRecord, *steps: tuple[str, Awaitable[None]]) -> None:
         """Run idempotent delete steps concurrently. One the helper refused leaves the VM

@@ -111,16 +111,14 @@ def has_chain(lease: Lease) -> bool:
     return bool(lease.policy.deny or lease.policy.allow)
 
 
-def egress_chain(net: NetworkConfig, lease: Lease) -> list[Json]:
-    """The VM's own chain: deny list, allow list; what matches neither returns to
-    ``from_guest`` (which drops it if ``internet`` is off, via ``no_internet``)."""
+def egress_rules(net: NetworkConfig, lease: Lease) -> list[Json]:
+    """The rules of the VM's own chain: deny list, allow list; what matches neither
+    returns to ``from_guest`` (which drops it if ``internet`` is off, via
+    ``no_internet``)."""
     fam, t, name = "inet", net.nft_table, vm_chain(lease)
-    cmds = [chain(fam, t, name)]
-    for r in lease.policy.deny:
-        cmds.append(rule(fam, t, name, None, *_match_rule(r), DROP))
-    for r in lease.policy.allow:
-        cmds.append(rule(fam, t, name, None, *_match_rule(r), ACCEPT))
-    return cmds
+    return [rule(fam, t, name, None, *_match_rule(r), DROP) for r in lease.policy.deny] + [
+        rule(fam, t, name, None, *_match_rule(r), ACCEPT) for r in lease.policy.allow
+    ]
 
 
 def port_cmds(net: NetworkConfig, lease: Lease, verb: Verb = "add") -> list[Json]:
@@ -153,8 +151,8 @@ def vm_cmds(net: NetworkConfig, lease: Lease) -> list[Json]:
         cmds += [
             chain("inet", t, name),
             {"flush": {"chain": {"family": "inet", "table": t, "name": name}}},
+            *egress_rules(net, lease),
         ]
-        cmds += egress_chain(net, lease)[1:]
         cmds += elements("add", "inet", t, MAP_EGRESS, [[lease.addr, {"jump": {"target": name}}]])
     return cmds + port_cmds(net, lease)
 
