@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import fcntl
 import ipaddress
+import os
 import secrets
 import threading
 from collections.abc import Callable, Iterator
@@ -10,6 +12,7 @@ from typing import Any, TypeVar
 
 import pytest
 from pyroute2 import IPRoute, netns
+from pyroute2.netlink.rtnl.ifinfmsg import IFT_TAP, tuntap
 
 from fcd_common.errors import Internal
 from fcd_net import links
@@ -117,3 +120,52 @@ def test_attach_uses_indexes_and_keeps_its_errors(in_ns: Any) -> None:
     # a bridge port has no IPv6 of its own; the bridge keeps no multicast state
     assert (v6_off, snooping) == ("1", 0)
     assert errors == ["bridge nobr0 is missing", "gone0 vanished while attaching it to br0"]
+
+
+def test_attach_again_or_to_another_bridge_takes_the_netlink_way(in_ns: Any) -> None:
+    """SIOCBRADDIF refuses a TAP that is a port already (EBUSY): attach then keeps it
+    on the same bridge, or moves it, as the netlink request always did."""
+
+    def body() -> tuple[Any, ...]:
+        ln = links.Links()
+        br0 = ln.ensure_bridge("br0", ipaddress.IPv4Interface("10.9.0.1/24"))
+        br1 = ln.ensure_bridge("br1", ipaddress.IPv4Interface("10.9.1.1/24"))
+        ln.create_tap("tap1", 1000, 1000)
+        ln.attach("tap1", "br0")
+        ln.attach("tap1", "br0")
+        again = ln.get("tap1")
+        ln.attach("tap1", "br1")
+        moved = ln.get("tap1")
+        return br0.index, br1.index, again, moved
+
+    br0, br1, again, moved = in_ns(body)
+    assert again.master == br0 and again.up
+    assert moved.master == br1 and moved.up
+
+
+def test_delete_removes_idle_taps_held_taps_and_other_kinds(in_ns: Any) -> None:
+    """An idle TAP goes through /dev/net/tun; one a process holds open (as a running
+    Firecracker does), and any other kind of interface, through netlink: each is
+    gone afterwards, and a missing name is False."""
+
+    def body() -> tuple[Any, ...]:
+        ln = links.Links()
+        ln.ensure_bridge("br0", ipaddress.IPv4Interface("10.9.0.1/24"))
+        ln.create_tap("idle0", 1000, 1000)
+        ln.attach("idle0", "br0")
+        ln.create_tap("held0", 1000, 1000)
+        holder = os.open("/dev/net/tun", os.O_RDWR)  # as the jailed Firecracker does
+        fcntl.ioctl(holder, tuntap.TUNSETIFF, links._IFREQ_FLAGS.pack(b"held0", IFT_TAP))
+        with IPRoute() as ipr:
+            ipr.link("add", ifname="ve0", kind="veth", peer="ve1")
+            ipr.link("add", ifname="tun0", kind="tuntap", mode="tun")
+        assert links._drop_tap("held0") is False  # EBUSY: left as it was
+        assert ln.is_tap("held0") is True
+        out = [ln.delete(n) for n in ("idle0", "held0", "ve0", "tun0", "nope0")]
+        os.close(holder)
+        left = sorted(ln.names())
+        return out, left
+
+    out, left = in_ns(body)
+    assert out == [True, True, True, True, False]
+    assert left == ["br0", "lo"]
