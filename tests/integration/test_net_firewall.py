@@ -1,0 +1,43 @@
+"""fcd_net.firewall's table check against the kernel, in a network namespace of the test's own."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import nftables
+import pytest
+
+from fcd_common.config import NetworkConfig
+from fcd_net.firewall import Firewall
+
+from .test_net_links import in_ns  # noqa: F401  (the fixture)
+
+pytestmark = pytest.mark.root
+
+
+def _nft(cmd: str) -> None:
+    rc, _, err = nftables.Nftables().cmd(cmd)
+    assert rc == 0, err
+
+
+def test_present_sees_each_table_go_and_come_back(in_ns: Any) -> None:  # noqa: F811
+    """present() is False as soon as either fcd table is gone (a flush, a firewall
+    reload), and a table of that name in another family does not count."""
+
+    def body() -> list[bool]:
+        fw = Firewall(NetworkConfig(nft_table="fcdt"))
+        seen = [fw.present()]  # nothing built yet
+        fw.ensure_base([])
+        seen.append(fw.present())
+        _nft("delete table bridge fcdt")
+        seen.append(fw.present())
+        fw.ensure_base([])
+        seen.append(fw.present())
+        _nft("flush ruleset")
+        _nft("add table ip fcdt; add table netdev fcdt")  # same name, other families
+        seen.append(fw.present())
+        fw.ensure_base([])
+        seen.append(fw.present())
+        return seen
+
+    assert in_ns(body) == [False, True, False, True, False, True]
