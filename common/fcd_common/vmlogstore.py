@@ -82,6 +82,8 @@ class VmFileHandler(logging.Handler):
         self.daemon = daemon
         self.max_bytes = max_bytes
         self._fds: collections.OrderedDict[str, int] = collections.OrderedDict()
+        self._sizes: dict[str, int] = {}
+        """Bytes in each open file (its size when opened, plus what this handler wrote)."""
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o755)
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -92,7 +94,9 @@ class VmFileHandler(logging.Handler):
             line = _enc.encode(entry_of(record, self.daemon, record.getMessage())) + b"\n"
             fd = self._fd(vm_id)
             os.write(fd, line)
-            if os.fstat(fd).st_size > self.max_bytes:
+            # this daemon is the file's only writer: its size is known without an fstat
+            self._sizes[vm_id] += len(line)
+            if self._sizes[vm_id] > self.max_bytes:
                 self._rotate(vm_id)
         except Exception:
             self.handleError(record)
@@ -103,25 +107,29 @@ class VmFileHandler(logging.Handler):
             self._fds.move_to_end(vm_id)
             return fd
         while len(self._fds) >= MAX_OPEN:
-            _, old = self._fds.popitem(last=False)
+            gone, old = self._fds.popitem(last=False)
+            self._sizes.pop(gone, None)
             os.close(old)
         path = self.dir / (vm_id + SUFFIX)
         fd = os.open(
             path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644
         )
         self._fds[vm_id] = fd
+        self._sizes[vm_id] = os.fstat(fd).st_size
         return fd
 
     def _rotate(self, vm_id: str) -> None:
         path = self.dir / (vm_id + SUFFIX)
         os.replace(path, path.with_name(path.name + ".1"))
         os.close(self._fds.pop(vm_id))
+        self._sizes.pop(vm_id, None)
 
     def close(self) -> None:
         for fd in self._fds.values():
             with contextlib.suppress(OSError):
                 os.close(fd)
         self._fds.clear()
+        self._sizes.clear()
         super().close()
 
 

@@ -113,12 +113,23 @@ class Flows:
         """Set by fcd-api's composition root (fcd_api.readiness): waits for a guest with
         ``wait_for`` to be up; a create or start answers only after it returned."""
 
-    def write(self, rec: VmRecord, state: VMState | None = None, **changes: Any) -> VmRecord:
-        """Write ``rec`` with a new state (checked against states.EDGES) and other fields."""
+    def write(
+        self, rec: VmRecord, state: VMState | None = None, *, quiet: bool = False, **changes: Any
+    ) -> VmRecord:
+        """Write ``rec`` with a new state (checked against states.EDGES) and other fields.
+
+        A state change is logged, at debug level with ``quiet`` (the flow's own lines
+        say it: "creating ...", "running (pid ...)"; each record costs fcd-api CPU)."""
         if state is not None and state is not rec.state:
             states.move(rec.state, state)
             changes["state"] = state
-            log.info("%s -> %s", rec.state.value, state.value, extra=_extra(rec.id))
+            log.log(
+                logging.DEBUG if quiet else logging.INFO,
+                "%s -> %s",
+                rec.state.value,
+                state.value,
+                extra=_extra(rec.id),
+            )
         return self.registry.update(msgspec.structs.replace(rec, **changes))
 
     @contextmanager
@@ -282,7 +293,7 @@ class Flows:
             check_same_guest_network(source.origin, net)
         rt = msgspec.structs.replace(rec.runtime, disk=disk, net=net)
         with spans.span("api.registry"):
-            rec = self.write(rec, VMState.STARTING, runtime=rt)
+            rec = self.write(rec, VMState.STARTING, quiet=True, runtime=rt)
 
         launched_at = time.time()  # readiness: console lines before it are not this boot's
         with spans.span("api.launch"):
@@ -303,7 +314,7 @@ class Flows:
             with spans.span("api.ready"):
                 await ready(rec, launched_at)  # a timeout fails the create: undone
         with spans.span("api.final_write"):
-            rec = self.write(rec, final, runtime=runtime, started_at=now(), error=None)
+            rec = self.write(rec, final, quiet=True, runtime=runtime, started_at=now(), error=None)
         log.info("%s (pid %s, ip %s)", final.value, proc.pid, net.ip, extra=_extra(vm_id))
         return rec
 
@@ -434,7 +445,8 @@ class Flows:
             states.check(Action.DELETE, rec.state, force=force)
             log.info("deleting (from %s, force=%s)", rec.state.value, force, extra=_extra(vm_id))
             was = rec.state
-            rec = self.write(rec, VMState.DELETING)  # cut short: reconciliation finishes it
+            # cut short: reconciliation finishes it
+            rec = self.write(rec, VMState.DELETING, quiet=True)
             # the jail first (the process must be gone before its TAP and disk go), then
             # network and storage together: neither needs the other
             await self._delete_steps(rec, ("vmm.release", self._release_jail(vm_id)))

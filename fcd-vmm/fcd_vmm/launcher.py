@@ -287,7 +287,7 @@ async def launch(
             )
             if problem:
                 log.warning("%s", problem, extra=logs.vm(vm_id))
-        log.info("firecracker pid %d is up, configuring", watch.pid, extra=logs.vm(vm_id))
+        log.debug("firecracker pid %d is up, configuring", watch.pid, extra=logs.vm(vm_id))
         await _configure(paths, spec, firecracker_version, uid, cfg.jail.firecracker_log_level)
         log.info(
             "%s: %d vCPU, %d MiB, pid %d, uid %d",

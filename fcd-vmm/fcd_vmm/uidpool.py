@@ -186,7 +186,7 @@ class UidPool:
             self._uids.discard(uid)
             raise
         self._next = uid + 1
-        log.info("allocated uid/gid %d", uid, extra=logs.vm(vm_id))
+        log.debug("allocated uid/gid %d", uid, extra=logs.vm(vm_id))
         return rec
 
     def release(self, vm_id: str) -> JailRecord | None:
@@ -195,7 +195,7 @@ class UidPool:
         self.log.delete(vm_id)
         if rec is not None:
             self._uids.discard(rec.uid)
-            log.info("freed uid/gid %d", rec.uid, extra=logs.vm(vm_id))
+            log.debug("freed uid/gid %d", rec.uid, extra=logs.vm(vm_id))
         return rec
 
 
