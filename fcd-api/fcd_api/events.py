@@ -260,7 +260,8 @@ def publish(kind: str, vm_id: str | None, **data: Any) -> Event | None:
             ev = s.add(kind, vm_id, data)
         except (sqlite3.Error, ValueError, TypeError, msgspec.EncodeError) as e:
             log.error("cannot store event %s of %s: %s", kind, vm_id, e)
-    extra: dict[str, Any] = {"MESSAGE_ID": message_id(kind), "FCD_EVENT": kind}
+    mid = MESSAGE_IDS.get(kind) or message_id(kind)
+    extra: dict[str, Any] = {"MESSAGE_ID": mid, "FCD_EVENT": kind}
     if vm_id is not None:
         extra.update(logs.vm(vm_id))
     if ev is not None:

@@ -9,6 +9,7 @@ fcd-storage's directory reached without any symlink.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import os
 import re
@@ -186,6 +187,15 @@ class StorageFile:
             self.fd = -1
 
 
+@functools.lru_cache(maxsize=8)
+def _real_root(storage_root: str) -> str:
+    """The storage directory's real path, resolved once per process (an lstat per
+    component, three times per launch, before). It comes from fcd's configuration
+    and only root can move it; if it ever were, every file's real location would
+    lie outside the cached one and be refused, never accepted."""
+    return os.path.realpath(storage_root)
+
+
 def open_storage_file(path: str, storage_root: str, field: str) -> StorageFile:
     """Open ``path`` without following symlinks and prove it is a regular file
     whose real location is the same path below the real ``storage_root``.
@@ -207,7 +217,7 @@ def open_storage_file(path: str, storage_root: str, field: str) -> StorageFile:
         if not stat.S_ISREG(st.st_mode):
             raise _bad(field, f"{path} is not a regular file")
         real = os.readlink(f"/proc/self/fd/{fd}")
-        real_root = os.path.realpath(storage_root)
+        real_root = _real_root(storage_root)
         rel_asked = os.path.relpath(path, os.path.normpath(storage_root))
         if os.path.commonpath([real_root, real]) != real_root or (
             os.path.relpath(real, real_root) != rel_asked

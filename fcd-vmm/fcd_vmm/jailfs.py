@@ -79,10 +79,12 @@ def remove_jail_dir(paths: JailPaths) -> None:
     """
     if not paths.jail_dir.exists():
         return
-    for mnt in mounts_below(paths.jail_dir, Path("/proc/self/mountinfo").read_text()):
+    found = mounts_below(paths.jail_dir, Path("/proc/self/mountinfo").read_text())
+    for mnt in found:
         log.warning("detaching mount %s inside the jail", mnt, extra=logs.vm(paths.vm_id))
         _umount_detach(mnt)
-    if mounts_below(paths.jail_dir, Path("/proc/self/mountinfo").read_text()):
+    # looked at again only after detaching something (the usual jail has no mount here)
+    if found and mounts_below(paths.jail_dir, Path("/proc/self/mountinfo").read_text()):
         raise OSError(errno.EBUSY, f"mounts remain below {paths.jail_dir}")
     with contextlib.suppress(FileNotFoundError):
         shutil.rmtree(paths.jail_dir)
