@@ -251,14 +251,14 @@ class Flows:
         undo.push("vmm.release", lambda: self._release_jail(vm_id))
         with spans.span("api.uid"):
             jail = await h.vmm.call(pvmm.AllocateJail(vm_id=vm_id))
+        # on record with the disk and network below, in one write: a create cut short
+        # before that is undone by VM id (fcd_api.reconcile), which needs no uid
         rt = msgspec.structs.replace(
             rec.runtime,
             jail=jail,
             template_kernel_args=base_args,
             restored_from=source.files.name if source else None,
         )
-        with spans.span("api.registry"):
-            rec = self.write(rec, runtime=rt)
 
         # Storage and network need only the jail's uid/gid: run them together.
         undo.push("storage.release", lambda: self._release_disk(vm_id))
@@ -291,7 +291,7 @@ class Flows:
             raise net
         if source is not None:
             check_same_guest_network(source.origin, net)
-        rt = msgspec.structs.replace(rec.runtime, disk=disk, net=net)
+        rt = msgspec.structs.replace(rt, disk=disk, net=net)
         with spans.span("api.registry"):
             rec = self.write(rec, VMState.STARTING, quiet=True, runtime=rt)
 
