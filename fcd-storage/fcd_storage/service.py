@@ -87,6 +87,10 @@ class StorageService:
             used = templates.users(self.store).get(m.name) if req.users else None
             return m.info(self.store.layout, used)
 
+        if not req.users:
+            # one small manifest read (every create asks): cheaper on the loop than
+            # the thread hop (~70 CPU-us); counting users reads every disk's manifest
+            return get()
         return await asyncio.to_thread(get)
 
     @handles(proto.TemplateList)
