@@ -65,16 +65,28 @@ class Firewall:
         whatever the ruleset holds: libnftables' ``list tables`` first fills its cache
         with every chain, set and set element (on fcd's ruleset two dozen netlink
         round trips, 1 ms at 1,000 elements of one set), and this runs every
-        ``table_check_s`` on fcd-net's only worker thread. A failed dump counts as
-        "gone", as a refused ``list`` did: the rebuild that follows is idempotent."""
+        ``table_check_s`` on fcd-net's only worker thread. If that dump fails, the
+        libnftables query answers instead; if that fails too the tables count as
+        gone, and the rebuild that follows is idempotent."""
         try:
             have = {(t.get("nfgen_family"), t.get_attr("NFTA_TABLE_NAME")) for t in self._tables()}
         except (NetlinkError, OSError) as e:
             self._close_tables()
-            log.warning("cannot list the nft tables: %s", e)
-            return False
+            log.warning("cannot dump the nft tables (%s): asking libnftables", e)
+            have = self._listed_tables()
         t = self.net.nft_table
         return {(NFPROTO_INET, t), (NFPROTO_BRIDGE, t)} <= have
+
+    def _listed_tables(self) -> set[tuple[int, str]]:
+        rc, out, _ = self._nft.json_cmd({"nftables": [{"list": {"tables": None}}]})
+        if rc != 0:
+            return set()
+        families = {"inet": NFPROTO_INET, "bridge": NFPROTO_BRIDGE}
+        return {
+            (families.get(o["table"].get("family"), -1), o["table"].get("name"))
+            for o in (out or {}).get("nftables", [])
+            if isinstance(o, dict) and isinstance(o.get("table"), dict)
+        }
 
     def _tables(self) -> list[Any]:
         nf = getattr(self._local, "nf", None)

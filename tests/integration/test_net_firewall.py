@@ -41,3 +41,24 @@ def test_present_sees_each_table_go_and_come_back(in_ns: Any) -> None:  # noqa: 
         return seen
 
     assert in_ns(body) == [False, True, False, True, False, True]
+
+
+def test_present_falls_back_to_libnftables_when_the_dump_fails(in_ns: Any) -> None:  # noqa: F811
+    """A netlink dump that cannot be made (a socket refused, say) does not read as
+    "tables gone" -- which would rebuild them every check: libnftables answers."""
+
+    def body() -> list[bool]:
+        fw = Firewall(NetworkConfig(nft_table="fcdt"))
+
+        def broken() -> list[Any]:
+            raise OSError(13, "Permission denied")
+
+        fw._tables = broken  # type: ignore[method-assign]
+        seen = [fw.present()]
+        fw.ensure_base([])
+        seen.append(fw.present())
+        _nft("delete table inet fcdt")
+        seen.append(fw.present())
+        return seen
+
+    assert in_ns(body) == [False, True, False]
