@@ -96,10 +96,12 @@ def suite() -> Iterator[Suite]:
         c.run("useradd", "-M", "-G", "fcd-users", MEMBER)
         c.run("useradd", "-M", OTHER)
         c.systemctl("start", "fcd.target")
+        started = time.monotonic()
         c.run("runuser", "-u", "fcd-storage", "--", str(VENV / "bin/fcd-storage"), "import",
               "--name", "demo", "--kernel", f"{SRC}/vmlinux",
               "--rootfs", f"{SRC}/rootfs.ext4")  # fmt: skip
         s = Suite(c)
+        s.state["started"] = started
         yield s
         if "vm" in s.state:  # the shared VM: deleted so the container powers off cleanly
             s.fcctl("rm", "--force", s.state["vm"]["id"], check=False)
@@ -476,3 +478,16 @@ def test_stopping_the_target_returns_after_every_daemon_stopped(suite: Suite) ->
         suite.c.systemctl("start", "fcd.target")
         for d in DAEMONS:
             suite.wait_active(d)
+
+
+def test_net_table_guard_works_in_its_sandbox(suite: Suite) -> None:
+    """fcd-net's periodic table check (a netlink dump of the table list) runs under
+    the unit's seccomp filter and address families: after a few checks its journal
+    has no failed dump and no rebuild of tables that were there all along."""
+    from fcd_net.service import TABLE_CHECK_S
+
+    time.sleep(max(0.0, suite.state["started"] + 3 * TABLE_CHECK_S - time.monotonic()))
+    msgs = [e["MESSAGE"] for e in suite.journal("-u", "fcd-net")]
+    assert msgs, "no journal of fcd-net"
+    bad = [m for m in msgs if "cannot dump the nft tables" in m or "tables are gone" in m]
+    assert not bad, bad
