@@ -457,7 +457,7 @@ class Flows:
             )
             with spans.span("api.registry"):
                 self.registry.delete(vm_id)
-            log.info("deleted", extra=_extra(vm_id))
+            # the event's record ("event deleted: forced=... was=...") is the log line
             events.publish("deleted", vm_id, forced=force, was=was.value)
 
     async def _delete_steps(self, rec: VmRecord, *steps: tuple[str, Awaitable[None]]) -> None:

@@ -88,15 +88,19 @@ async def binary_output(argv: list[str]) -> str:
 async def _run_jailer(argv: list[str], vm_id: str, stdout: int | None = None) -> None:
     # stderr goes to a file, not a pipe: the forked Firecracker inherits it
     # and would otherwise hold the pipe open for the VM's whole life.
+    # the command line (600+ characters) is a debug record: on every create it cost
+    # more CPU than the spawn itself; a failed start logs it as an error instead
+    log.debug("starting jailer: %s", " ".join(argv), extra=logs.vm(vm_id))
     with tempfile.TemporaryFile() as err:
-        log.info("starting jailer: %s", " ".join(argv), extra=logs.vm(vm_id))
         try:  # vfork, not uvloop's fork of the whole daemon (spawn.py)
             rc = await spawn.run(argv, stderr=err, stdout=stdout, new_session=True)
         except OSError as e:  # vanished since the check in launch(): still the host's fault
+            log.error("cannot run %s: %s", " ".join(argv), e.strerror, extra=logs.vm(vm_id))
             raise FailedPrecondition(f"cannot run jailer {argv[0]}: {e.strerror}") from None
         err.seek(0)
         text = err.read(16384).decode(errors="replace").strip()
     if rc != 0:
+        log.error("jailer exited with status %d: %s", rc, " ".join(argv), extra=logs.vm(vm_id))
         raise FirecrackerError(
             f"jailer exited with status {rc}: {text or '(no output)'}",
             details={"exit_code": rc, "stderr": text},
