@@ -96,13 +96,13 @@ def available_controllers(
 
 def vm_cgroup_dirs(mounts: list[Mount], parent: str, vm_id: str) -> list[Path]:
     """Every place a VM's cgroup may live, one per distinct hierarchy mount."""
-    seen: set[Path] = set()
+    seen: set[str] = set()
     out: list[Path] = []
     for m in mounts:
-        p = m.path / parent / vm_id
+        p = f"{m.path}/{parent}/{vm_id}"  # one parse per directory, not two joins
         if p not in seen:
             seen.add(p)
-            out.append(p)
+            out.append(Path(p))
     return out
 
 

@@ -135,7 +135,14 @@ def exec_name(cfg: Config) -> str:
 
 
 def jail_paths(cfg: Config, vm_id: str) -> JailPaths:
-    return JailPaths(Path(cfg.paths.chroot_base), exec_name(cfg), check_vm_id(vm_id))
+    return _jail_paths(cfg.paths.chroot_base, exec_name(cfg), check_vm_id(vm_id))
+
+
+@functools.lru_cache(maxsize=2048)
+def _jail_paths(chroot_base: str, exec_file: str, vm_id: str) -> JailPaths:
+    """The same (immutable) instance for a VM's launch, calls and teardown, so its
+    paths are joined once: a create+delete asked for them four times."""
+    return JailPaths(Path(chroot_base), exec_file, vm_id)
 
 
 # --- cgroups ---------------------------------------------------------------------------
