@@ -39,6 +39,7 @@ class Firewall:
         self._nft.set_json_output(True)
         self._nft.set_handle_output(False)
         self._local = threading.local()
+        self._dump_failed = False
 
     def run(self, what: str, cmd: Json) -> Any:
         """One transaction; raise Internal with nft's own message if it is refused."""
@@ -72,7 +73,10 @@ class Firewall:
             have = {(t.get("nfgen_family"), t.get_attr("NFTA_TABLE_NAME")) for t in self._tables()}
         except (NetlinkError, OSError) as e:
             self._close_tables()
-            log.warning("cannot dump the nft tables (%s): asking libnftables", e)
+            # said once at warning level: a dump that keeps failing would say it every check
+            level = logging.DEBUG if self._dump_failed else logging.WARNING
+            self._dump_failed = True
+            log.log(level, "cannot dump the nft tables (%s): asking libnftables", e)
             have = self._listed_tables()
         t = self.net.nft_table
         return {(NFPROTO_INET, t), (NFPROTO_BRIDGE, t)} <= have

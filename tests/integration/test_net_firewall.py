@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import nftables
@@ -62,3 +63,24 @@ def test_present_falls_back_to_libnftables_when_the_dump_fails(in_ns: Any) -> No
         return seen
 
     assert in_ns(body) == [False, True, False]
+
+
+def test_a_dump_that_keeps_failing_is_a_warning_once(
+    in_ns: Any,  # noqa: F811
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def body() -> None:
+        fw = Firewall(NetworkConfig(nft_table="fcdt"))
+
+        def broken() -> list[Any]:
+            raise OSError(13, "Permission denied")
+
+        fw._tables = broken  # type: ignore[method-assign]
+        fw.ensure_base([])
+        for _ in range(3):
+            assert fw.present()
+
+    with caplog.at_level(logging.DEBUG, logger="fcd.net.firewall"):
+        in_ns(body)
+    said = [r.levelno for r in caplog.records if "cannot dump" in r.getMessage()]
+    assert said == [logging.WARNING, logging.DEBUG, logging.DEBUG]
