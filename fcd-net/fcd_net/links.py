@@ -158,27 +158,35 @@ def _ioctl_socket() -> socket.socket:
     return socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
 
 
-def _drop_tap(name: str) -> bool:
-    """Remove the persistent TAP ``name`` through /dev/net/tun; False, with the TAP
-    left as it was, if that way is closed: a process holds it (EBUSY) or it is
-    not a single-queue TAP (EINVAL). The caller has seen ``name`` is a TAP."""
-    raw = _ifname(name, "delete")
-    if tuntap.TUNSETIFF is None:
-        return False
+@contextmanager
+def _tun_attached(raw: bytes) -> Iterator[int]:
+    """A /dev/net/tun descriptor attached (``TUNSETIFF``, IFF_TAP) to TAP ``raw``, which
+    the kernel creates if it does not exist; closed on the way out. OSError as the
+    kernel gives it (EBUSY: a process holds the TAP)."""
+    if tuntap.TUNSETIFF is None:  # pyroute2 knows no tun ioctls for this machine
+        raise OSError(errno.EOPNOTSUPP, "no tun ioctls here")
     fd = os.open(tuntap.TUNDEV, os.O_RDWR | os.O_CLOEXEC)
     try:
-        try:
-            fcntl.ioctl(fd, tuntap.TUNSETIFF, _IFREQ_FLAGS.pack(raw, IFT_TAP))
-        except OSError as e:
-            if e.errno in (errno.EBUSY, errno.EINVAL):
-                return False
-            raise _err(f"delete {name}", e) from None
-        try:
-            fcntl.ioctl(fd, tuntap.TUNSETPERSIST, 0)
-        except OSError as e:
-            raise _err(f"delete {name}", e) from None
+        fcntl.ioctl(fd, tuntap.TUNSETIFF, _IFREQ_FLAGS.pack(raw, IFT_TAP))
+        yield fd
     finally:
-        os.close(fd)  # not persistent any more: the kernel unregisters it here
+        os.close(fd)
+
+
+def _drop_tap(name: str) -> bool:
+    """Remove the persistent TAP ``name`` through /dev/net/tun; False, with the TAP
+    left as it was, if that way is closed: a process holds it (EBUSY), it is not a
+    single-queue TAP (EINVAL), or this machine has no tun ioctls. The caller has seen
+    ``name`` is a TAP."""
+    raw = _ifname(name, "delete")
+    try:
+        with _tun_attached(raw) as fd:
+            # not persistent any more: the kernel unregisters it when fd closes
+            fcntl.ioctl(fd, tuntap.TUNSETPERSIST, 0)
+    except OSError as e:
+        if e.errno in (errno.EBUSY, errno.EINVAL, errno.EOPNOTSUPP):
+            return False
+        raise _err(f"delete {name}", e) from None
     return True
 
 
@@ -301,17 +309,11 @@ class Links:
         hand the ioctls these fields: 0.8 -> 0.3 CPU-ms per TAP.
         """
         raw = _ifname(name, "create TAP")
-        if tuntap.TUNSETIFF is None:  # pyroute2 knows no tun ioctls for this machine
-            raise _err(f"create TAP {name}", OSError(errno.EOPNOTSUPP, "no tun ioctls here"))
         try:
-            fd = os.open(tuntap.TUNDEV, os.O_RDWR | os.O_CLOEXEC)
-            try:
-                fcntl.ioctl(fd, tuntap.TUNSETIFF, _IFREQ_FLAGS.pack(raw, IFT_TAP))
+            with _tun_attached(raw) as fd:
                 fcntl.ioctl(fd, tuntap.TUNSETOWNER, uid)
                 fcntl.ioctl(fd, tuntap.TUNSETGROUP, gid)
                 fcntl.ioctl(fd, tuntap.TUNSETPERSIST, 1)
-            finally:
-                os.close(fd)
         except OSError as e:
             raise _err(f"create TAP {name}", e) from None
 
