@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import re
 import sqlite3
@@ -74,8 +75,10 @@ QUEUE = 1_000
 _KIND_RE = re.compile(r"[a-z][a-z0-9_]{0,63}")
 
 
+@functools.cache
 def message_id(kind: str) -> str:
-    """The journal ``MESSAGE_ID`` of events of ``kind`` (fixed: a name-based UUID)."""
+    """The journal ``MESSAGE_ID`` of events of ``kind`` (fixed: a name-based UUID,
+    computed once per kind: every event's log record carries it)."""
     return uuid.uuid5(EVENTS_NS, f"fcd.event.{kind}").hex
 
 
@@ -260,8 +263,7 @@ def publish(kind: str, vm_id: str | None, **data: Any) -> Event | None:
             ev = s.add(kind, vm_id, data)
         except (sqlite3.Error, ValueError, TypeError, msgspec.EncodeError) as e:
             log.error("cannot store event %s of %s: %s", kind, vm_id, e)
-    mid = MESSAGE_IDS.get(kind) or message_id(kind)
-    extra: dict[str, Any] = {"MESSAGE_ID": mid, "FCD_EVENT": kind}
+    extra: dict[str, Any] = {"MESSAGE_ID": message_id(kind), "FCD_EVENT": kind}
     if vm_id is not None:
         extra.update(logs.vm(vm_id))
     if ev is not None:
