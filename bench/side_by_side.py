@@ -11,7 +11,12 @@ namespace, and alternates blocks of ``--block`` create+deletes between them
 daemon's user+sys CPU per create+delete (mean over blocks) and the total's mean
 and median, for both.
 
+``--dirs A B`` puts each side's state (registry, store, jails, logs) under its
+own directory, e.g. one on tmpfs and one on ext4: without ``--old`` both sides
+run this checkout, so the difference is what the filesystem costs fcd.
+
     .venv/bin/python bench/side_by_side.py --old 2674e10 --n 300
+    .venv/bin/python bench/side_by_side.py --dirs /mnt/tmpfs /var/tmp --n 200
 
 Figures, not assertions. Test double unless FCD_FIRECRACKER/FCD_JAILER are set.
 Needs root.
@@ -56,15 +61,18 @@ def worktree(rev: str) -> Iterator[Path]:
             )
 
 
-def _start(st: contextlib.ExitStack, pythonpath: str | None, subnet: str) -> cd.Fcd:
-    """A suite whose daemons import from ``pythonpath`` (they inherit the variable)."""
+def _start(
+    st: contextlib.ExitStack, pythonpath: str | None, subnet: str, parent: str | None
+) -> cd.Fcd:
+    """A suite whose daemons import from ``pythonpath`` (they inherit the variable),
+    with its state in a new directory under ``parent`` (TMPDIR if None)."""
     saved = os.environ.get("PYTHONPATH")
     try:
         if pythonpath:
             os.environ["PYTHONPATH"] = pythonpath
         else:
             os.environ.pop("PYTHONPATH", None)
-        tmp = st.enter_context(tempfile.TemporaryDirectory(prefix="fcd-sbs-"))
+        tmp = st.enter_context(tempfile.TemporaryDirectory(prefix="fcd-sbs-", dir=parent))
         suite = st.enter_context(cd.running_suite(Path(tmp), subnet=subnet))
     finally:
         if saved is None:
@@ -97,21 +105,34 @@ def _measure(sides: list[cd.Fcd], n: int, block: int) -> list[dict[str, list[flo
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--old", required=True, help="git revision to compare with")
+    p.add_argument("--old", help="git revision to compare with (default: this checkout)")
     p.add_argument("--n", type=int, default=200, help="create+deletes per version")
     p.add_argument("--block", type=int, default=10)
+    p.add_argument(
+        "--dirs",
+        nargs=2,
+        metavar=("OLD_DIR", "NEW_DIR"),
+        help="parent directory of each side's state (default: TMPDIR for both)",
+    )
     args = p.parse_args()
+    if args.old is None and args.dirs is None:
+        p.error("give --old REV, --dirs A B, or both")
     if os.geteuid() != 0:
         print("needs root", file=sys.stderr)
         return 1
-    names = [f"old {args.old}", "this checkout"]
+    dirs: list[str | None] = list(args.dirs) if args.dirs else [None, None]
+    names = [f"old {args.old}" if args.old else "this checkout", "this checkout"]
+    if args.dirs:
+        names = [f"{n} on {d}" for n, d in zip(names, dirs, strict=True)]
     with contextlib.ExitStack() as st:
-        old_src = st.enter_context(worktree(args.old))
+        old_path = os.environ.get("PYTHONPATH")
+        if args.old:
+            old_src = st.enter_context(worktree(args.old))
+            old_path = ":".join(str(old_src / d) for d in PACKAGES)
         st.enter_context(cd.bench_config(100))
-        old_path = ":".join(str(old_src / d) for d in PACKAGES)
         sides = [
-            _start(st, old_path, "10.64.0.0/16"),
-            _start(st, os.environ.get("PYTHONPATH"), "10.65.0.0/16"),
+            _start(st, old_path, "10.64.0.0/16", dirs[0]),
+            _start(st, os.environ.get("PYTHONPATH"), "10.65.0.0/16", dirs[1]),
         ]
         per = _measure(sides, args.n, args.block)
     print(
@@ -122,7 +143,7 @@ def main() -> int:
         totals = [sum(x) for x in zip(*by_daemon.values(), strict=True)]
         daemons = "  ".join(f"{d} {statistics.fmean(v):.2f}" for d, v in by_daemon.items())
         print(
-            f"  {name:<22} {daemons}  total {statistics.fmean(totals):.2f}"
+            f"  {name:<30} {daemons}  total {statistics.fmean(totals):.2f}"
             f" (median {statistics.median(totals):.2f})"
         )
     return 0
