@@ -38,6 +38,7 @@ from fcd_common.errors import (
 from . import cgroup_limits, cgroups, console, cpuacct, fclog, hostcheck, jailfs, spawn
 from .checks import StorageFile, check_snapshot_stage, open_storage_file
 from .fcclient import FirecrackerClient
+from .pathwait import Aborted, wait_for_path
 from .plan import (
     ApiCall,
     CgroupVersion,
@@ -49,7 +50,7 @@ from .plan import (
     jail_paths,
     jailer_argv,
 )
-from .procs import Aborted, PidWatch, proc_uid, reap_orphans, same_root, wait_for_path
+from .procs import PidWatch, proc_uid, reap_orphans, same_root
 
 log = logging.getLogger("fcd.vmm.launcher")
 

@@ -1,5 +1,5 @@
-"""Process plumbing for jailed Firecrackers: pidfds, the subreaper, reaping, and
-awaiting files with inotify.
+"""Process plumbing for jailed Firecrackers: pidfds, the subreaper and reaping
+(awaiting files with inotify: :mod:`fcd_vmm.pathwait`).
 
 With ``--daemonize`` the jailer double-forks and exits, so Firecracker is not
 our child. fcd-vmm marks itself a *child subreaper*: the orphaned processes of
@@ -21,11 +21,7 @@ import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from asyncinotify import Inotify, Mask
-
 from fcd_common.errors import Internal
-
-from .closer import closed_later
 
 log = logging.getLogger("fcd.vmm.procs")
 
@@ -203,52 +199,3 @@ class PidWatch:
             self._loop.remove_reader(self.fd)
             os.close(self.fd)
             self.fd = -1
-
-
-class Aborted(Exception):
-    """The process we were waiting for died first."""
-
-
-async def wait_for_path(
-    target: Path,
-    *,
-    within: Path,
-    ready: Callable[[Path], bool] = os.path.exists,
-    abort: asyncio.Future[None] | None = None,
-) -> None:
-    """Return once ``ready(target)`` holds, woken by inotify (no polling).
-
-    Watches the deepest existing directory between ``within`` and ``target``
-    and re-checks after every event; the check always follows the watch, so a
-    creation between "look" and "watch" cannot be missed. Bound it with
-    ``asyncio.timeout``. Raises :class:`Aborted` if ``abort`` completes first.
-    """
-    parts = target.relative_to(within).parts
-    # the jail uid owns the directories below a jail root: never watch through a link
-    mask = Mask.CREATE | Mask.MOVED_TO | Mask.CLOSE_WRITE | Mask.ONLYDIR | Mask.DONT_FOLLOW
-    with closed_later(Inotify()) as ino:  # its close waits ~12 ms in the kernel
-        watched: set[Path] = set()
-        while True:
-            d = within
-            for part in parts[:-1]:
-                if (d / part).is_symlink() or not (d / part).is_dir():
-                    break
-                d = d / part
-            if d not in watched:
-                ino.add_watch(d, mask)
-                watched.add(d)
-            if ready(target):
-                return
-            if abort is not None and abort.done():
-                raise Aborted(str(target))
-            get = asyncio.ensure_future(ino.get())
-            waits: list[asyncio.Future[object]] = [get]  # type: ignore[list-item]
-            if abort is not None:
-                waits.append(abort)  # type: ignore[arg-type]
-            try:
-                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                if not get.done():
-                    get.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await get

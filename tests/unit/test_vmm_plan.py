@@ -4,6 +4,7 @@ argument re-checks, Firecracker client error mapping, inotify waits. No root nee
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -22,7 +23,7 @@ from fcd_common.ids import tap_name
 from fcd_common.proto.vmm import Launch, SnapshotFiles
 from fcd_vmm import cgroups, checks, plan
 from fcd_vmm.fcclient import FirecrackerClient, fault_text
-from fcd_vmm.procs import Aborted, wait_for_path
+from fcd_vmm.pathwait import Aborted, wait_for_path
 from fcd_vmm.uidpool import UidPool, pick_uid, stored_records
 
 from ..launches import make_launch
@@ -822,6 +823,79 @@ def test_wait_for_path_ready_predicate_and_abort(tmp_path: Path) -> None:
         died.set_result(None)
         with pytest.raises(Aborted):
             await asyncio.wait_for(other, 2)
+
+    asyncio.run(main())
+
+
+def _inotify_fds() -> int:
+    n = 0
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            n += os.readlink(f"/proc/self/fd/{fd}") == "anon_inode:inotify"
+    return n
+
+
+def test_waits_share_one_inotify_and_leave_no_watch_behind(tmp_path: Path) -> None:
+    """Many waits, two at a time in one directory: one inotify instance for all of
+    them, and once they end no directory is watched any more."""
+    from fcd_vmm import pathwait
+
+    async def main() -> None:
+        before = _inotify_fds()
+        for i in range(20):
+            d = tmp_path / f"jail{i}"
+            d.mkdir()
+            a = asyncio.create_task(wait_for_path(d / "firecracker.pid", within=tmp_path))
+            b = asyncio.create_task(wait_for_path(d / "run" / "api.sock", within=tmp_path))
+            await asyncio.sleep(0.01)
+            assert pathwait.watcher().watching == 1  # both on d: one watch
+            (d / "firecracker.pid").write_text("1")
+            await asyncio.wait_for(a, 2)
+            assert not b.done()
+            (d / "run").mkdir()
+            (d / "run" / "api.sock").touch()
+            await asyncio.wait_for(b, 2)
+            assert pathwait.watcher().watching == 0
+        assert _inotify_fds() - before == 1
+
+    asyncio.run(main())
+
+
+def test_a_wait_whose_directory_is_removed_watches_what_is_left(tmp_path: Path) -> None:
+    """The jail directory removed under a wait (its watch ends with it): the wait
+    keeps waiting on the directory above, and sees the path when it is made again."""
+    from fcd_vmm import pathwait
+
+    d = tmp_path / "jail"
+    d.mkdir()
+    target = d / "run" / "api.sock"
+
+    async def main() -> None:
+        waiter = asyncio.create_task(wait_for_path(target, within=tmp_path))
+        await asyncio.sleep(0.02)
+        d.rmdir()
+        await asyncio.sleep(0.05)
+        assert not waiter.done()
+        assert pathwait.watcher().watching == 1  # now tmp_path
+        (d / "run").mkdir(parents=True)
+        target.touch()
+        await asyncio.wait_for(waiter, 2)
+        assert pathwait.watcher().watching == 0
+
+    asyncio.run(main())
+
+
+def test_a_cancelled_wait_removes_its_watch(tmp_path: Path) -> None:
+    from fcd_vmm import pathwait
+
+    async def main() -> None:
+        waiter = asyncio.create_task(wait_for_path(tmp_path / "never", within=tmp_path))
+        await asyncio.sleep(0.02)
+        assert pathwait.watcher().watching == 1
+        waiter.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+        assert pathwait.watcher().watching == 0
 
     asyncio.run(main())
 
