@@ -49,6 +49,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,9 +61,22 @@ from asyncinotify import Inotify, Mask  # noqa: E402
 
 from fcd_storage import fileio  # noqa: E402
 from fcd_vmm import cgroups  # noqa: E402
-from fcd_vmm.closer import closed_later  # noqa: E402
 from fcd_vmm.plan import cgroup_settings  # noqa: E402
 from fcd_vmm.procs import set_child_subreaper  # noqa: E402
+
+_closer = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="bare-close")
+
+
+@contextlib.contextmanager
+def closed_later(ino: Inotify) -> Iterator[Inotify]:
+    """``ino``, closed by a worker thread afterwards: closing an inotify descriptor that
+    had a watch waits in the kernel for an SRCU grace period (~12 ms), which is not
+    the create's work (fcd-vmm keeps one instance instead: fcd_vmm.pathwait)."""
+    try:
+        yield ino
+    finally:
+        _closer.submit(ino.close)
+
 
 BARE_UID = 980_000
 """Jail uids of the bare sequence: above fcd's default pool and snapshot.py's 970000+."""
