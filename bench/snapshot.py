@@ -218,11 +218,12 @@ def run_size(c: httpx.Client, suite: Any, mem: int, n: int, scale: int) -> None:
         fcd.append(time.perf_counter() - t0)
         if r.status_code != 201:
             raise SystemExit(f"restore failed: {r.status_code} {r.text}")
-    bare = Bare(suite, snap, Path(tempfile.mkdtemp(prefix="fcd-bare-")))
-    try:
-        bares = [bare.restore(k) for k in range(n)]
-    finally:
-        bare.close()
+    with tempfile.TemporaryDirectory(prefix="fcd-bare-") as base:
+        bare = Bare(suite, snap, Path(base))
+        try:
+            bares = [bare.restore(k) for k in range(n)]
+        finally:
+            bare.close()  # its processes and jails first; then the directory goes
     print(f"{mem} MiB VM ({snap['memory_size'] >> 20} MiB memory file)")
     print(line("snapshot create (API, then=resume)", takes))
     print(line("restore to running (API)", fcd[:n]))
