@@ -13,7 +13,10 @@ and median, for both.
 
 ``--dirs A B`` puts each side's state (registry, store, jails, logs) under its
 own directory, e.g. one on tmpfs and one on ext4: without ``--old`` both sides
-run this checkout, so the difference is what the filesystem costs fcd.
+run this checkout, so the difference is what the filesystem costs fcd. Two
+sides on one ext4 differ by up to ~2 ms even with the same code (each state
+directory lands in its own block group, and inode allocation there depends on
+that group's recent frees): swap the two and average.
 
     .venv/bin/python bench/side_by_side.py --old 2674e10 --n 300
     .venv/bin/python bench/side_by_side.py --dirs /mnt/tmpfs /var/tmp --n 200
