@@ -8,6 +8,12 @@ Each daemon writes only its own directory (no two writers share a file); a file
 over ``max_bytes`` is renamed to ``<vm_id>.ndjson.1`` (replacing the older one)
 and a new one started, so a VM keeps at most ``2 x max_bytes`` per daemon.
 
+A deleted VM's files stay (its lines are still served), so the directory as a
+whole is capped too, as journald caps its journal (``SystemMaxUse``): once its
+files exceed ``max_total_bytes``, the VMs written to least recently lose theirs,
+oldest first, until it is under the cap again. The handler counts what it
+writes and reads the directory only once, when it starts.
+
 The guest console and Firecracker's own lines are records of fcd-vmm with
 ``FCD_SOURCE=console`` / ``firecracker``; everything else is ``fcd``.
 """
@@ -18,6 +24,7 @@ import collections
 import contextlib
 import logging
 import os
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +35,8 @@ from .ids import is_vm_id
 from .schema import Record
 
 DEFAULT_MAX_BYTES = 1 << 20
+DEFAULT_MAX_TOTAL_BYTES = 256 << 20
+"""Per daemon directory: 256 MiB, at most 1 GiB for the four daemons."""
 MAX_OPEN = 64
 SUFFIX = ".ndjson"
 
@@ -76,15 +85,45 @@ def entry_of(record: logging.LogRecord, daemon: str, message: str) -> Entry:
 class VmFileHandler(logging.Handler):
     """Appends the records that carry ``FCD_VM_ID`` to that VM's file of this daemon."""
 
-    def __init__(self, root: Path, daemon: str, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+    def __init__(
+        self,
+        root: Path,
+        daemon: str,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        max_total_bytes: int = DEFAULT_MAX_TOTAL_BYTES,
+    ) -> None:
         super().__init__()
         self.dir = daemon_dir(root, daemon)
         self.daemon = daemon
         self.max_bytes = max_bytes
+        self.max_total_bytes = max_total_bytes
         self._fds: collections.OrderedDict[str, int] = collections.OrderedDict()
-        self._sizes: dict[str, int] = {}
-        """Bytes in each open file (its size when opened, plus what this handler wrote)."""
+        self._usage: collections.OrderedDict[str, list[int]] = collections.OrderedDict()
+        """VM id -> [bytes in its current file, bytes in its rotated one], the VM
+        written to least recently first. This daemon is the files' only writer: the
+        sizes are known without an fstat per record."""
+        self._total = 0
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o755)
+        self._index()
+
+    def _index(self) -> None:
+        """What the directory holds already (a restart), oldest file first."""
+        found: list[tuple[int, str, bool, int]] = []
+        with os.scandir(self.dir) as it:
+            for e in it:
+                rotated = e.name.endswith(SUFFIX + ".1")
+                vm_id = e.name.removesuffix(".1").removesuffix(SUFFIX)
+                if not (rotated or e.name.endswith(SUFFIX)) or not is_vm_id(vm_id):
+                    continue
+                with contextlib.suppress(OSError):
+                    st = e.stat(follow_symlinks=False)
+                    if stat.S_ISREG(st.st_mode):
+                        found.append((st.st_mtime_ns, vm_id, rotated, st.st_size))
+        for _, vm_id, rotated, size in sorted(found):
+            usage = self._usage.setdefault(vm_id, [0, 0])
+            usage[1 if rotated else 0] = size
+            self._usage.move_to_end(vm_id)
+            self._total += size
 
     def emit(self, record: logging.LogRecord) -> None:
         vm_id = getattr(record, "FCD_VM_ID", None)
@@ -94,10 +133,13 @@ class VmFileHandler(logging.Handler):
             line = _enc.encode(entry_of(record, self.daemon, record.getMessage())) + b"\n"
             fd = self._fd(vm_id)
             os.write(fd, line)
-            # this daemon is the file's only writer: its size is known without an fstat
-            self._sizes[vm_id] += len(line)
-            if self._sizes[vm_id] > self.max_bytes:
+            usage = self._usage[vm_id]
+            usage[0] += len(line)
+            self._total += len(line)
+            if usage[0] > self.max_bytes:
                 self._rotate(vm_id)
+            if self._total > self.max_total_bytes:
+                self._prune(keep=vm_id)
         except Exception:
             self.handleError(record)
 
@@ -105,31 +147,52 @@ class VmFileHandler(logging.Handler):
         fd = self._fds.get(vm_id)
         if fd is not None:
             self._fds.move_to_end(vm_id)
+            self._usage.move_to_end(vm_id)
             return fd
         while len(self._fds) >= MAX_OPEN:
-            gone, old = self._fds.popitem(last=False)
-            self._sizes.pop(gone, None)
-            os.close(old)
+            os.close(self._fds.popitem(last=False)[1])
         path = self.dir / (vm_id + SUFFIX)
         fd = os.open(
             path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644
         )
         self._fds[vm_id] = fd
-        self._sizes[vm_id] = os.fstat(fd).st_size
+        usage = self._usage.setdefault(vm_id, [0, 0])
+        self._usage.move_to_end(vm_id)
+        size = os.fstat(fd).st_size
+        self._total += size - usage[0]
+        usage[0] = size
         return fd
 
     def _rotate(self, vm_id: str) -> None:
         path = self.dir / (vm_id + SUFFIX)
         os.replace(path, path.with_name(path.name + ".1"))
         os.close(self._fds.pop(vm_id))
-        self._sizes.pop(vm_id, None)
+        usage = self._usage[vm_id]
+        self._total -= usage[1]
+        usage[:] = [0, usage[0]]
+
+    def _prune(self, keep: str) -> None:
+        """Remove the files of the VMs written to least recently until the directory is
+        under its cap (never ``keep``'s, the VM written to just now)."""
+        while self._total > self.max_total_bytes:
+            vm_id = next(iter(self._usage))
+            if vm_id == keep:
+                return
+            cur, rot = self._usage.pop(vm_id)
+            self._total -= cur + rot
+            fd = self._fds.pop(vm_id, None)
+            if fd is not None:
+                os.close(fd)
+            path = self.dir / (vm_id + SUFFIX)
+            for p in (path, path.with_name(path.name + ".1")):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(p)
 
     def close(self) -> None:
         for fd in self._fds.values():
             with contextlib.suppress(OSError):
                 os.close(fd)
         self._fds.clear()
-        self._sizes.clear()
         super().close()
 
 

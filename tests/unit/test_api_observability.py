@@ -166,6 +166,51 @@ def test_tailer_follows_a_file_across_its_rotation(tmp_path: Path) -> None:
     assert (tmp_path / "fcd-vmm" / "vm1.ndjson.1").exists()
 
 
+def _dir_bytes(d: Path) -> int:
+    return sum(f.stat().st_size for f in d.iterdir())
+
+
+def test_the_store_of_one_daemon_stays_under_its_cap_oldest_vms_first(tmp_path: Path) -> None:
+    """Deleted VMs' files stay, but not without bound: past ``max_total_bytes`` the
+    VMs written to least recently lose their files (current and rotated), the VM
+    being written never does, and a VM written again is young again. A new handler
+    (a restart) counts what is there and goes on from it."""
+    d = tmp_path / "fcd-vmm"
+
+    def handler() -> vmlogstore.VmFileHandler:
+        return vmlogstore.VmFileHandler(tmp_path, "fcd-vmm", max_bytes=400, max_total_bytes=3000)
+
+    h = handler()
+    lg = logging.getLogger("test.cap")
+    lg.addHandler(h)
+    lg.propagate = False
+    try:
+        for i in range(40):
+            for k in range(4):
+                lg.warning("vm %d line %d", i, k, extra=logs.vm(f"vm{i}"))
+            if i >= 3:
+                lg.warning("still here", extra=logs.vm("vm0"))  # vm0 keeps being written
+            assert _dir_bytes(d) <= 3000
+        names = {f.name for f in d.iterdir()}
+        assert {"vm0.ndjson", "vm39.ndjson.1"} <= names  # 4 lines rotate once at 400 bytes
+        assert "vm1.ndjson" not in names and "vm1.ndjson.1" not in names
+        assert any(n.endswith(".ndjson.1") for n in names)  # rotation still happens
+        lg.removeHandler(h)
+        h.close()
+        h = handler()  # a restart: it counts the files that are there
+        lg.addHandler(h)
+        before = {f.name for f in d.iterdir()}
+        for i in range(40, 50):
+            for k in range(4):
+                lg.warning("vm %d line %d", i, k, extra=logs.vm(f"vm{i}"))
+            assert _dir_bytes(d) <= 3000
+        after = {f.name for f in d.iterdir()}
+        assert "vm49.ndjson.1" in after and before - after  # older ones made room
+    finally:
+        lg.removeHandler(h)
+        h.close()
+
+
 def test_events_follow_of_one_vm_ends_with_its_deletion() -> None:
     async def t(h: Harness) -> None:
         follow = asyncio.create_task(
