@@ -47,27 +47,25 @@ class Watcher:
         # asyncinotify's InitFlags.NONBLOCK is O_CLOEXEC's value (0.4.x): set it here,
         # or the read that drains the queue blocks the loop once it is empty
         os.set_blocking(self.ino.fd, False)
-        self._waits: dict[int, set[asyncio.Event]] = {}
-        """Watch descriptor -> the events of the waits on that directory."""
-        self._watches: dict[int, Watch] = {}
+        self._waits: dict[int, tuple[Watch, set[asyncio.Event]]] = {}
+        """Watch descriptor -> its watch and the events of the waits on that directory."""
         loop.add_reader(self.ino.fd, self._readable)
 
     def watch(self, directory: Path, wake: asyncio.Event) -> int:
         """Wake ``wake`` on events in ``directory``; the watch descriptor (for :meth:`unwatch`)."""
         w = self.ino.add_watch(directory, MASK)
-        self._waits.setdefault(w.wd, set()).add(wake)
-        self._watches[w.wd] = w
+        self._waits.setdefault(w.wd, (w, set()))[1].add(wake)
         return w.wd
 
     def unwatch(self, wd: int, wake: asyncio.Event) -> None:
-        waits = self._waits.get(wd)
-        if waits is None:
+        entry = self._waits.get(wd)
+        if entry is None:
             return  # its directory went: the kernel ended the watch already
+        w, waits = entry
         waits.discard(wake)
         if waits:
             return
         del self._waits[wd]
-        w = self._watches.pop(wd)
         try:
             self.ino.rm_watch(w)
         except OSError as e:  # EINVAL: ended meanwhile (its IN_IGNORED is queued)
@@ -100,17 +98,16 @@ class Watcher:
             w = event.watch
             if w is None:
                 continue
-            waits = self._waits.get(w.wd)
-            if waits is None or self._watches.get(w.wd) is not w:
+            entry = self._waits.get(w.wd)
+            if entry is None or entry[0] is not w:
                 continue  # a watch removed by unwatch, or of another instance
-            for wake in waits:
+            for wake in entry[1]:
                 wake.set()
             if Mask.IGNORED in event.mask:  # the directory is gone, and the watch with it
                 del self._waits[w.wd]
-                del self._watches[w.wd]
 
     def _wake_all(self) -> None:
-        for waits in self._waits.values():
+        for _, waits in self._waits.values():
             for wake in waits:
                 wake.set()
 
