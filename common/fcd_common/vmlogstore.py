@@ -10,9 +10,11 @@ and a new one started, so a VM keeps at most ``2 x max_bytes`` per daemon.
 
 A deleted VM's files stay (its lines are still served), so the directory as a
 whole is capped too, as journald caps its journal (``SystemMaxUse``): once its
-files exceed ``max_total_bytes``, the VMs written to least recently lose theirs,
-oldest first, until it is under the cap again. The handler counts what it
-writes and reads the directory only once, when it starts.
+files exceed ``max_total_bytes`` or it holds the files of more than ``max_vms``
+VMs, the VMs written to least recently lose theirs, oldest first, until it is
+under both caps again. The count of VMs bounds the inodes (a small file still
+takes a block) and the one read of the directory the handler makes, when it
+starts; after that it counts what it writes.
 
 The guest console and Firecracker's own lines are records of fcd-vmm with
 ``FCD_SOURCE=console`` / ``firecracker``; everything else is ``fcd``.
@@ -37,6 +39,8 @@ from .schema import Record
 DEFAULT_MAX_BYTES = 1 << 20
 DEFAULT_MAX_TOTAL_BYTES = 256 << 20
 """Per daemon directory: 256 MiB, at most 1 GiB for the four daemons."""
+DEFAULT_MAX_VMS = 10_000
+"""Per daemon directory: the VMs whose files it keeps."""
 MAX_OPEN = 64
 SUFFIX = ".ndjson"
 
@@ -91,12 +95,14 @@ class VmFileHandler(logging.Handler):
         daemon: str,
         max_bytes: int = DEFAULT_MAX_BYTES,
         max_total_bytes: int = DEFAULT_MAX_TOTAL_BYTES,
+        max_vms: int = DEFAULT_MAX_VMS,
     ) -> None:
         super().__init__()
         self.dir = daemon_dir(root, daemon)
         self.daemon = daemon
         self.max_bytes = max_bytes
         self.max_total_bytes = max_total_bytes
+        self.max_vms = max_vms
         self._fds: collections.OrderedDict[str, int] = collections.OrderedDict()
         self._usage: collections.OrderedDict[str, list[int]] = collections.OrderedDict()
         """VM id -> [bytes in its current file, bytes in its rotated one], the VM
@@ -138,7 +144,7 @@ class VmFileHandler(logging.Handler):
             self._total += len(line)
             if usage[0] > self.max_bytes:
                 self._rotate(vm_id)
-            if self._total > self.max_total_bytes:
+            if self._total > self.max_total_bytes or len(self._usage) > self.max_vms:
                 self._prune(keep=vm_id)
         except Exception:
             self.handleError(record)
@@ -173,8 +179,8 @@ class VmFileHandler(logging.Handler):
 
     def _prune(self, keep: str) -> None:
         """Remove the files of the VMs written to least recently until the directory is
-        under its cap (never ``keep``'s, the VM written to just now)."""
-        while self._total > self.max_total_bytes:
+        under its caps (never ``keep``'s, the VM written to just now)."""
+        while self._total > self.max_total_bytes or len(self._usage) > self.max_vms:
             vm_id = next(iter(self._usage))
             if vm_id == keep:
                 return

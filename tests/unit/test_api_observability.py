@@ -211,6 +211,24 @@ def test_the_store_of_one_daemon_stays_under_its_cap_oldest_vms_first(tmp_path: 
         h.close()
 
 
+def test_the_store_keeps_the_files_of_at_most_max_vms(tmp_path: Path) -> None:
+    """Many VMs with a line each stay far under the byte cap; the count cap bounds
+    the files (and the handler's one directory read at start)."""
+    d = tmp_path / "fcd-vmm"
+    h = vmlogstore.VmFileHandler(tmp_path, "fcd-vmm", max_vms=5)
+    lg = logging.getLogger("test.capvms")
+    lg.addHandler(h)
+    lg.propagate = False
+    try:
+        for i in range(12):
+            lg.warning("hello", extra=logs.vm(f"vm{i}"))
+            assert len(list(d.iterdir())) <= 5
+        assert {f.name for f in d.iterdir()} == {f"vm{i}.ndjson" for i in range(7, 12)}
+    finally:
+        lg.removeHandler(h)
+        h.close()
+
+
 def test_events_follow_of_one_vm_ends_with_its_deletion() -> None:
     async def t(h: Harness) -> None:
         follow = asyncio.create_task(
